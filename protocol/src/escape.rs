@@ -1,0 +1,1 @@
+//! Header escaping per version. (Implementation in progress.)
