@@ -80,7 +80,9 @@ impl Command {
 
     /// Parses a command line (without its EOL). Case sensitive, as the specification requires.
     pub fn from_bytes(line: &[u8]) -> Option<Command> {
-        Command::ALL.into_iter().find(|c| c.as_str().as_bytes() == line)
+        Command::ALL
+            .into_iter()
+            .find(|c| c.as_str().as_bytes() == line)
     }
 
     /// CONNECT, STOMP and CONNECTED headers are never escaped, "for backwards compatibility

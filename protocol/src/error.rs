@@ -44,7 +44,9 @@ impl fmt::Display for LimitKind {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     /// The command line is not one of the fifteen STOMP commands (they are case sensitive).
-    #[error("unknown command {0:?}: expected one of CONNECT, STOMP, SEND, SUBSCRIBE, UNSUBSCRIBE, ACK, NACK, BEGIN, COMMIT, ABORT, DISCONNECT, CONNECTED, MESSAGE, RECEIPT, ERROR")]
+    #[error(
+        "unknown command {0:?}: expected one of CONNECT, STOMP, SEND, SUBSCRIBE, UNSUBSCRIBE, ACK, NACK, BEGIN, COMMIT, ABORT, DISCONNECT, CONNECTED, MESSAGE, RECEIPT, ERROR"
+    )]
     UnknownCommand(String),
     /// A header line has no `:` separating name from value.
     #[error("header line {line} has no ':' between name and value: {text:?}")]
@@ -55,7 +57,9 @@ pub enum DecodeError {
         text: String,
     },
     /// A backslash escape other than those the version defines.
-    #[error("invalid escape sequence {sequence:?} in header {header:?}: STOMP {version} allows only {allowed}")]
+    #[error(
+        "invalid escape sequence {sequence:?} in header {header:?}: STOMP {version} allows only {allowed}"
+    )]
     InvalidEscape {
         /// The two characters of the bad sequence (or just `\` at the end of a value).
         sequence: String,
@@ -70,7 +74,9 @@ pub enum DecodeError {
     #[error("invalid content-length {0:?}: expected a non-negative decimal number of octets")]
     InvalidContentLength(String),
     /// The octet after a `content-length` body is not NUL.
-    #[error("the {content_length} octets announced by content-length are not followed by a NUL octet")]
+    #[error(
+        "the {content_length} octets announced by content-length are not followed by a NUL octet"
+    )]
     MissingNul {
         /// The announced body length.
         content_length: usize,

@@ -1,1 +1,200 @@
-//! Header escaping per version. (Implementation in progress.)
+//! Header escaping per version.
+//!
+//! Escaping exists so that a header value can carry the octets that otherwise delimit it: the
+//! colon between name and value and the EOL that ends the line. STOMP 1.0 had no escapes, so a
+//! 1.0 peer receives backslashes literally; 1.1 added `\n`, `\c` and `\\`; 1.2 added `\r` because
+//! it also allowed CRLF line ends. CONNECT, STOMP and CONNECTED are never escaped
+//! ([`Command::uses_escaping`](crate::Command::uses_escaping)), whatever the version.
+//!
+//! Decoding is split in two so that a bad escape is reported while the head is parsed, before the
+//! body has arrived: [`validate`] runs on every header as its line completes and only says
+//! whether [`unescape`] will be needed; [`unescape`] runs once the frame is complete and cannot
+//! fail. Most headers contain no backslash, so most headers are never copied.
+
+use bytes::{BufMut, BytesMut};
+
+use crate::{DecodeError, Version};
+
+/// Whether headers of a frame are escaped on the wire, given its command and the version.
+pub(crate) fn applies(uses_escaping: bool, version: Version) -> bool {
+    uses_escaping && version != Version::V1_0
+}
+
+/// The escapes `version` allows, as the text of an [`DecodeError::InvalidEscape`].
+fn allowed(version: Version) -> &'static str {
+    match version {
+        Version::V1_0 => "no escape sequences",
+        Version::V1_1 => r"\n, \c and \\",
+        Version::V1_2 => r"\r, \n, \c and \\",
+    }
+}
+
+/// Checks every backslash sequence of a raw (still escaped) header name or value.
+///
+/// Returns `Ok(true)` when `raw` contains escapes, so [`unescape`] must run on it.
+///
+/// "Undefined escape sequences such as `\t` (octet 92 and 116) MUST be treated as a fatal
+/// protocol error."
+pub(crate) fn validate(raw: &[u8], version: Version, header: &[u8]) -> Result<bool, DecodeError> {
+    let mut from = 0;
+    let mut found = false;
+    while let Some(offset) = memchr::memchr(b'\\', &raw[from..]) {
+        let at = from + offset;
+        match raw.get(at + 1) {
+            Some(b'n' | b'c' | b'\\') => {}
+            Some(b'r') if version >= Version::V1_2 => {}
+            next => {
+                let mut sequence = String::from("\\");
+                if let Some(&byte) = next {
+                    // The byte may start a multi-byte character; show it readably either way.
+                    sequence.push_str(&String::from_utf8_lossy(&[byte]));
+                }
+                return Err(DecodeError::InvalidEscape {
+                    sequence,
+                    header: readable(header),
+                    version,
+                    allowed: allowed(version),
+                });
+            }
+        }
+        found = true;
+        from = at + 2;
+    }
+    Ok(found)
+}
+
+/// Replaces the escape sequences of `raw`, which [`validate`] has accepted.
+pub(crate) fn unescape(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('c') => out.push(':'),
+            // `\\`, and (never reached after `validate`) anything else kept as it was.
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+/// True when `byte` has to be escaped under `version`.
+#[inline]
+fn is_special(byte: u8, version: Version) -> bool {
+    match byte {
+        b'\n' | b':' | b'\\' => true,
+        b'\r' => version >= Version::V1_2,
+        _ => false,
+    }
+}
+
+/// Bytes `text` takes once escaped under `version` (`escaping` false: its own length).
+pub(crate) fn escaped_len(text: &str, version: Version, escaping: bool) -> usize {
+    if !applies(escaping, version) {
+        return text.len();
+    }
+    text.len() + text.bytes().filter(|&b| is_special(b, version)).count()
+}
+
+/// Appends `text` to `dst`, escaped under `version` when `escaping` holds. Text with nothing to
+/// escape is copied in one piece.
+///
+/// "The CONNECT and CONNECTED frames do not escape the carriage return, line feed or colon
+/// octets in order to remain backward compatible with STOMP 1.0."
+pub(crate) fn write_escaped(text: &str, version: Version, escaping: bool, dst: &mut BytesMut) {
+    let bytes = text.as_bytes();
+    if !applies(escaping, version) {
+        dst.put_slice(bytes);
+        return;
+    }
+    let mut start = 0;
+    for (index, &byte) in bytes.iter().enumerate() {
+        if !is_special(byte, version) {
+            continue;
+        }
+        dst.put_slice(&bytes[start..index]);
+        dst.put_slice(match byte {
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b':' => b"\\c",
+            _ => b"\\\\",
+        });
+        start = index + 1;
+    }
+    dst.put_slice(&bytes[start..]);
+}
+
+/// Lossy, length-capped text of raw bytes for error messages.
+pub(crate) fn readable(raw: &[u8]) -> String {
+    const MAX: usize = 80;
+    let cut = &raw[..raw.len().min(MAX)];
+    let mut text = String::from_utf8_lossy(cut).into_owned();
+    if raw.len() > MAX {
+        text.push('…');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn escaped(text: &str, version: Version) -> String {
+        let mut dst = BytesMut::new();
+        write_escaped(text, version, true, &mut dst);
+        assert_eq!(dst.len(), escaped_len(text, version, true));
+        String::from_utf8(dst.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn version_1_0_escapes_nothing() {
+        assert_eq!(escaped("a:b\\c", Version::V1_0), "a:b\\c");
+        assert_eq!(
+            validate(b"\\t", Version::V1_0, b"h"),
+            Err(DecodeError::InvalidEscape {
+                sequence: "\\t".into(),
+                header: "h".into(),
+                version: Version::V1_0,
+                allowed: "no escape sequences",
+            })
+        );
+    }
+
+    #[test]
+    fn version_1_1_escapes_newline_colon_backslash_but_not_carriage_return() {
+        assert_eq!(escaped("a\nb:c\\d\re", Version::V1_1), "a\\nb\\cc\\\\d\re");
+        assert_eq!(validate(b"\\n\\c\\\\", Version::V1_1, b"h"), Ok(true));
+        assert!(validate(b"\\r", Version::V1_1, b"h").is_err());
+    }
+
+    #[test]
+    fn version_1_2_adds_carriage_return() {
+        assert_eq!(escaped("a\rb", Version::V1_2), "a\\rb");
+        assert_eq!(validate(b"\\r", Version::V1_2, b"h"), Ok(true));
+        assert_eq!(unescape("x\\r\\n\\c\\\\y"), "x\r\n:\\y");
+    }
+
+    #[test]
+    fn trailing_backslash_is_invalid() {
+        let err = validate(b"abc\\", Version::V1_2, b"name").unwrap_err();
+        assert!(matches!(err, DecodeError::InvalidEscape { ref sequence, .. } if sequence == "\\"));
+    }
+
+    #[test]
+    fn text_without_escapes_needs_no_unescape() {
+        assert_eq!(validate(b"plain value", Version::V1_2, b"h"), Ok(false));
+    }
+
+    #[test]
+    fn connect_style_headers_are_written_raw() {
+        let mut dst = BytesMut::new();
+        write_escaped("pass:w\\rd", Version::V1_2, false, &mut dst);
+        assert_eq!(&dst[..], b"pass:w\\rd");
+    }
+}

@@ -94,8 +94,14 @@ mod tests {
 
     #[test]
     fn highest_common_version_wins() {
-        assert_eq!(Version::negotiate(Some("1.0,1.1,1.2"), &Version::ALL), Some(Version::V1_2));
-        assert_eq!(Version::negotiate(Some("1.1,1.0"), &Version::ALL), Some(Version::V1_1));
+        assert_eq!(
+            Version::negotiate(Some("1.0,1.1,1.2"), &Version::ALL),
+            Some(Version::V1_2)
+        );
+        assert_eq!(
+            Version::negotiate(Some("1.1,1.0"), &Version::ALL),
+            Some(Version::V1_1)
+        );
         assert_eq!(
             Version::negotiate(Some("1.2"), &[Version::V1_0, Version::V1_1]),
             None,
@@ -105,7 +111,10 @@ mod tests {
 
     #[test]
     fn unknown_versions_are_ignored_in_the_offer() {
-        assert_eq!(Version::negotiate(Some("2.0,1.1"), &Version::ALL), Some(Version::V1_1));
+        assert_eq!(
+            Version::negotiate(Some("2.0,1.1"), &Version::ALL),
+            Some(Version::V1_1)
+        );
         assert_eq!(Version::negotiate(Some("9.9"), &Version::ALL), None);
     }
 }
