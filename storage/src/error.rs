@@ -1,0 +1,117 @@
+//! The one error type of this crate.
+//!
+//! Every variant says what failed and, where a directory is involved, which one, so that the
+//! broker can log it or put it into an ERROR frame without adding context of its own. The type is
+//! `Clone` because one failed group commit completes many submissions with the same error.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Why a storage operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The data directory could not be created, locked or opened.
+    #[error(
+        "cannot open the message store in {path}: {source} \
+         (check that the directory is writable and that no other stampede process uses it)"
+    )]
+    Open {
+        /// The data directory.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: Arc<io::Error>,
+    },
+
+    /// Reading from or writing to the data directory failed (disk full, I/O error).
+    #[error("storage I/O error while {action} in {path}: {source}")]
+    Io {
+        /// The data directory.
+        path: PathBuf,
+        /// What the store was doing, e.g. "writing a batch" or "syncing to disk".
+        action: &'static str,
+        /// The underlying I/O error.
+        #[source]
+        source: Arc<io::Error>,
+    },
+
+    /// The storage engine found its own files damaged (beyond a single record, which recovery
+    /// reports and skips instead).
+    #[error(
+        "the message store in {path} is corrupt ({detail}); restore it from a backup or move it aside"
+    )]
+    Corruption {
+        /// The data directory.
+        path: PathBuf,
+        /// What the engine reported.
+        detail: String,
+    },
+
+    /// Any other failure reported by the storage engine.
+    #[error("storage engine error while {action} in {path}: {detail}")]
+    Engine {
+        /// The data directory.
+        path: PathBuf,
+        /// What the store was doing.
+        action: &'static str,
+        /// What the engine reported.
+        detail: String,
+    },
+
+    /// An earlier write failed and the store has not yet been able to reopen its files; the
+    /// write was not attempted. The store retries on later writes.
+    #[error("the message store in {path} is unavailable after an earlier failure: {cause}")]
+    Unavailable {
+        /// The data directory.
+        path: PathBuf,
+        /// The failure that made it unavailable.
+        cause: String,
+    },
+
+    /// Too many submissions are waiting for the writer thread; the submission was refused.
+    #[error(
+        "the storage write queue is full ({limit} pending submissions): \
+         the disk is slower than the publishers (raise storage max_pending or slow producers)"
+    )]
+    Backlogged {
+        /// The configured bound (`StoreOptions::max_pending`).
+        limit: usize,
+    },
+
+    /// The store has shut down (its writer thread has exited).
+    #[error("the message store is closed")]
+    Closed,
+
+    /// A configuration value could not be understood.
+    #[error("invalid storage option: {0}")]
+    InvalidOption(String),
+}
+
+impl StorageError {
+    /// Converts an engine error, naming the directory and what the store was doing.
+    pub(crate) fn from_engine(
+        path: &std::path::Path,
+        action: &'static str,
+        err: sled::Error,
+    ) -> StorageError {
+        let path = path.to_path_buf();
+        match err {
+            sled::Error::Io(source) => StorageError::Io {
+                path,
+                action,
+                source: Arc::new(source),
+            },
+            sled::Error::Corruption { at, .. } => StorageError::Corruption {
+                path,
+                detail: format!("engine corruption at {at:?}"),
+            },
+            other => StorageError::Engine {
+                path,
+                action,
+                detail: other.to_string(),
+            },
+        }
+    }
+}

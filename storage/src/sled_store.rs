@@ -1,0 +1,702 @@
+//! The sled engine behind [`Store`]: one writer thread, group commit, checksummed records.
+//!
+//! # Why a writer thread
+//! sled's API is synchronous and its `flush` is an fsync that can take milliseconds. The broker
+//! runs on tokio, so nothing here may block a caller on I/O. [`SledStore::submit`] only puts the
+//! submission on a bounded channel; a named OS thread (`stampede-storage`) owns the database,
+//! applies submissions in arrival order, syncs, and then runs their completions. While it syncs,
+//! new submissions queue up and are committed together by the next sync: that is the group
+//! commit, and it is why durability does not cost one fsync per message.
+//!
+//! # Failure
+//! sled stops accepting writes after an I/O error. The writer then completes the failed group
+//! with the error, drops its handles, and on a later submission (at most once per
+//! [`StoreOptions::reopen_backoff`]) reopens the files, which replays sled's log to the last
+//! durable point. So a full disk fails the SENDs that hit it, and writes succeed again once space
+//! is freed. Nothing that was completed with `Ok` is lost by this, because `Ok` is only given after
+//! a successful sync (except in [`FsyncMode::Never`], which promises nothing).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use sled::{Batch, Db, IVec, Tree};
+use tracing::{debug, info, warn};
+
+use crate::codec::{self, QueueKey};
+use crate::{
+    Completion, FsyncMode, Op, ProblemKind, QueueRecord, RecordPosition, RecoveredQueue, Recovery,
+    RecoveryProblem, StorageError, Store, StoreMetrics, StoreOptions,
+};
+
+/// How often the writer refreshes the figure behind [`Store::disk_usage_bytes`].
+const DISK_USAGE_REFRESH: Duration = Duration::from_millis(100);
+
+/// A [`Store`] on disk, in one directory, using sled.
+///
+/// Dropping it stops the writer thread after it has committed and synced everything already
+/// submitted.
+#[derive(Debug)]
+pub struct SledStore {
+    /// `None` only during `drop`, to disconnect the writer.
+    commands: Option<SyncSender<Command>>,
+    writer: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
+    path: PathBuf,
+    max_pending: usize,
+}
+
+/// State visible to both the store handle and the writer thread.
+#[derive(Debug, Default)]
+struct Shared {
+    submissions: AtomicU64,
+    ops: AtomicU64,
+    batches: AtomicU64,
+    fsyncs: AtomicU64,
+    failed_submissions: AtomicU64,
+    rejected_submissions: AtomicU64,
+    reopens: AtomicU64,
+    disk_usage: AtomicU64,
+    /// Fault injection: the next this-many group commits fail as if the disk had failed.
+    #[cfg(any(test, feature = "failpoints"))]
+    inject_failures: AtomicU64,
+}
+
+enum Command {
+    Submit(Submission),
+    Recover(SyncSender<Result<Recovery, StorageError>>),
+    Flush(SyncSender<Result<(), StorageError>>),
+}
+
+struct Submission {
+    ops: Vec<Op>,
+    done: Option<Completion>,
+}
+
+impl Submission {
+    fn complete(self, result: Result<(), StorageError>) {
+        if let Some(done) = self.done {
+            done(result);
+        }
+    }
+}
+
+impl SledStore {
+    /// Opens (creating if needed) the store in `dir` and starts its writer thread.
+    ///
+    /// Blocking: sled replays its log here. Call [`Store::recover`] next to read the contents.
+    ///
+    /// # Errors
+    /// [`StorageError::Open`] if the directory cannot be created or opened, for instance when it
+    /// is not writable or another process holds its lock; other variants for engine failures.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<SledStore, StorageError> {
+        let path = dir.to_path_buf();
+        std::fs::create_dir_all(&path).map_err(|e| StorageError::Open {
+            path: path.clone(),
+            source: Arc::new(e),
+        })?;
+        let engine = Engine::open(&path, &options)?;
+        let shared = Arc::new(Shared::default());
+        shared
+            .disk_usage
+            .store(engine.db.size_on_disk().unwrap_or(0), Relaxed);
+        let (commands, rx) = mpsc::sync_channel(options.max_pending.max(1));
+        let max_pending = options.max_pending;
+        let writer = Writer {
+            path: path.clone(),
+            options,
+            rx,
+            engine: Some(engine),
+            failure: None,
+            shared: Arc::clone(&shared),
+            usage_refreshed: Instant::now(),
+        };
+        let writer = std::thread::Builder::new()
+            .name("stampede-storage".into())
+            .spawn(move || writer.run())
+            .map_err(|e| StorageError::Open {
+                path: path.clone(),
+                source: Arc::new(e),
+            })?;
+        info!(path = %path.display(), "message store opened");
+        Ok(SledStore {
+            commands: Some(commands),
+            writer: Some(writer),
+            shared,
+            path,
+            max_pending,
+        })
+    }
+
+    /// The data directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Makes the next `count` group commits fail as if the disk had returned an I/O error, and
+    /// the store reopen its files afterwards. For tests of the error path.
+    #[cfg(any(test, feature = "failpoints"))]
+    pub fn inject_failures(&self, count: u64) {
+        self.shared.inject_failures.store(count, Relaxed);
+    }
+
+    fn request<T>(
+        &self,
+        make: impl FnOnce(SyncSender<Result<T, StorageError>>) -> Command,
+    ) -> Result<T, StorageError> {
+        let commands = self.commands.as_ref().ok_or(StorageError::Closed)?;
+        let (reply, answer) = mpsc::sync_channel(1);
+        commands
+            .send(make(reply))
+            .map_err(|_| StorageError::Closed)?;
+        answer.recv().map_err(|_| StorageError::Closed)?
+    }
+}
+
+impl Store for SledStore {
+    fn submit(&self, ops: Vec<Op>, done: Option<Completion>) {
+        let Some(commands) = &self.commands else {
+            return Submission { ops, done }.complete(Err(StorageError::Closed));
+        };
+        match commands.try_send(Command::Submit(Submission { ops, done })) {
+            Ok(()) => {}
+            Err(TrySendError::Full(Command::Submit(refused))) => {
+                self.shared.rejected_submissions.fetch_add(1, Relaxed);
+                refused.complete(Err(StorageError::Backlogged {
+                    limit: self.max_pending,
+                }));
+            }
+            Err(TrySendError::Disconnected(Command::Submit(refused))) => {
+                refused.complete(Err(StorageError::Closed));
+            }
+            Err(_) => {} // only a Submit was sent
+        }
+    }
+
+    fn recover(&self) -> Result<Recovery, StorageError> {
+        self.request(Command::Recover)
+    }
+
+    fn flush(&self) -> Result<(), StorageError> {
+        self.request(Command::Flush)
+    }
+
+    fn disk_usage_bytes(&self) -> u64 {
+        self.shared.disk_usage.load(Relaxed)
+    }
+
+    fn metrics(&self) -> StoreMetrics {
+        let s = &self.shared;
+        StoreMetrics {
+            submissions: s.submissions.load(Relaxed),
+            ops: s.ops.load(Relaxed),
+            batches: s.batches.load(Relaxed),
+            fsyncs: s.fsyncs.load(Relaxed),
+            failed_submissions: s.failed_submissions.load(Relaxed),
+            rejected_submissions: s.rejected_submissions.load(Relaxed),
+            reopens: s.reopens.load(Relaxed),
+        }
+    }
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        // Disconnecting makes the writer finish what is queued, sync, and exit.
+        drop(self.commands.take());
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            warn!(path = %self.path.display(), "storage writer thread panicked");
+        }
+    }
+}
+
+/// The open database and the trees the writer uses.
+struct Engine {
+    db: Db,
+    meta: Tree,
+    quarantine: Tree,
+    /// Open queue trees by queue name, so each write does not look the tree up by name.
+    queues: HashMap<String, Tree>,
+}
+
+impl Engine {
+    fn open(path: &Path, options: &StoreOptions) -> Result<Engine, StorageError> {
+        let background = match options.fsync {
+            FsyncMode::Never => Some(
+                u64::try_from(options.background_flush.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            ),
+            // The writer syncs itself; a background flusher would only add fsyncs.
+            FsyncMode::Always | FsyncMode::Batch => None,
+        };
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(options.cache_capacity_bytes)
+            .flush_every_ms(background)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(source) => StorageError::Open {
+                    path: path.to_path_buf(),
+                    source: Arc::new(source),
+                },
+                other => StorageError::from_engine(path, "opening", other),
+            })?;
+        let meta = db
+            .open_tree(codec::META_TREE)
+            .map_err(|e| StorageError::from_engine(path, "opening", e))?;
+        let quarantine = db
+            .open_tree(codec::QUARANTINE_TREE)
+            .map_err(|e| StorageError::from_engine(path, "opening", e))?;
+        Ok(Engine {
+            db,
+            meta,
+            quarantine,
+            queues: HashMap::new(),
+        })
+    }
+
+    fn queue(&mut self, name: &str) -> sled::Result<&Tree> {
+        if !self.queues.contains_key(name) {
+            let tree = self.db.open_tree(codec::queue_tree_name(name))?;
+            self.queues.insert(name.to_owned(), tree);
+        }
+        Ok(&self.queues[name])
+    }
+}
+
+/// The writer thread's state.
+struct Writer {
+    path: PathBuf,
+    options: StoreOptions,
+    rx: Receiver<Command>,
+    /// `None` after a failure, until reopened.
+    engine: Option<Engine>,
+    /// When and why the engine was last lost (or last failed to reopen).
+    failure: Option<(Instant, StorageError)>,
+    shared: Arc<Shared>,
+    usage_refreshed: Instant,
+}
+
+impl Writer {
+    fn run(mut self) {
+        while let Ok(command) = self.rx.recv() {
+            match command {
+                Command::Submit(first) => {
+                    let (group, interrupted_by) = self.gather(first);
+                    self.commit(group);
+                    if let Some(command) = interrupted_by {
+                        self.serve(command);
+                    }
+                }
+                other => self.serve(other),
+            }
+        }
+        // Every handle is gone: make what was applied durable before exiting.
+        if let Err(e) = self.sync_all() {
+            warn!(path = %self.path.display(), error = %e, "final sync of the message store failed");
+        }
+        debug!(path = %self.path.display(), "storage writer stopped");
+    }
+
+    /// Collects the submissions that form one group commit, starting with `first`. Returns a
+    /// non-submit command met on the way, to be served right after the group.
+    fn gather(&mut self, first: Submission) -> (Vec<Submission>, Option<Command>) {
+        let mut ops = first.ops.len();
+        let mut group = vec![first];
+        let deadline = match self.options.fsync {
+            FsyncMode::Batch => Some(Instant::now() + self.options.commit_interval),
+            FsyncMode::Always | FsyncMode::Never => None,
+        };
+        while ops < self.options.max_batch {
+            let next = match deadline {
+                None => self.rx.try_recv().ok(),
+                Some(deadline) => {
+                    // Timeout or disconnection both end the group.
+                    self.rx
+                        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                        .ok()
+                }
+            };
+            match next {
+                Some(Command::Submit(submission)) => {
+                    ops += submission.ops.len();
+                    group.push(submission);
+                }
+                Some(other) => return (group, Some(other)),
+                None => break,
+            }
+        }
+        (group, None)
+    }
+
+    fn serve(&mut self, command: Command) {
+        match command {
+            Command::Submit(submission) => self.commit(vec![submission]),
+            Command::Recover(reply) => {
+                let _ = reply.send(self.recover());
+            }
+            Command::Flush(reply) => {
+                let _ = reply.send(self.sync_all());
+            }
+        }
+    }
+
+    fn commit(&mut self, group: Vec<Submission>) {
+        let s = Arc::clone(&self.shared);
+        s.batches.fetch_add(1, Relaxed);
+        s.submissions.fetch_add(group.len() as u64, Relaxed);
+        let outcome = self.apply_and_sync(&group);
+        if let Err(e) = &outcome {
+            s.failed_submissions.fetch_add(group.len() as u64, Relaxed);
+            warn!(path = %self.path.display(), error = %e, submissions = group.len(), "group commit failed");
+        }
+        self.refresh_disk_usage(false);
+        for submission in group {
+            submission.complete(outcome.clone());
+        }
+    }
+
+    /// Applies every submission of the group in order, then syncs per the fsync mode. Any error
+    /// fails the whole group: it is not known to be durable.
+    fn apply_and_sync(&mut self, group: &[Submission]) -> Result<(), StorageError> {
+        self.ensure_open()?;
+        #[cfg(any(test, feature = "failpoints"))]
+        if self
+            .shared
+            .inject_failures
+            .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            let error = StorageError::Io {
+                path: self.path.clone(),
+                action: "writing a batch",
+                source: Arc::new(std::io::Error::other("injected failure")),
+            };
+            return Err(self.lose_engine(error));
+        }
+        let result = self.try_apply_and_sync(group);
+        result.map_err(|e| self.lose_engine(e))
+    }
+
+    fn try_apply_and_sync(&mut self, group: &[Submission]) -> Result<(), StorageError> {
+        let path = self.path.clone();
+        let engine = self.engine.as_mut().ok_or(StorageError::Closed)?;
+        for submission in group {
+            apply(engine, &submission.ops)
+                .map_err(|e| StorageError::from_engine(&path, "writing a batch", e))?;
+            self.shared
+                .ops
+                .fetch_add(submission.ops.len() as u64, Relaxed);
+        }
+        match self.options.fsync {
+            FsyncMode::Always | FsyncMode::Batch => {
+                self.shared.fsyncs.fetch_add(1, Relaxed);
+                engine
+                    .db
+                    .flush()
+                    .map_err(|e| StorageError::from_engine(&path, "syncing to disk", e))?;
+            }
+            FsyncMode::Never => {}
+        }
+        Ok(())
+    }
+
+    /// Drops the engine after a failure so that a later write reopens it; returns `error`.
+    fn lose_engine(&mut self, error: StorageError) -> StorageError {
+        self.engine = None;
+        self.failure = Some((Instant::now(), error.clone()));
+        error
+    }
+
+    /// Reopens the engine after a failure, at most once per `reopen_backoff`.
+    fn ensure_open(&mut self) -> Result<(), StorageError> {
+        if self.engine.is_some() {
+            return Ok(());
+        }
+        if let Some((at, cause)) = &self.failure
+            && at.elapsed() < self.options.reopen_backoff
+        {
+            return Err(StorageError::Unavailable {
+                path: self.path.clone(),
+                cause: cause.to_string(),
+            });
+        }
+        match Engine::open(&self.path, &self.options) {
+            Ok(engine) => {
+                info!(path = %self.path.display(), "message store reopened after a failure");
+                self.shared.reopens.fetch_add(1, Relaxed);
+                self.engine = Some(engine);
+                self.failure = None;
+                Ok(())
+            }
+            Err(e) => {
+                self.failure = Some((Instant::now(), e.clone()));
+                Err(e)
+            }
+        }
+    }
+
+    fn sync_all(&mut self) -> Result<(), StorageError> {
+        self.ensure_open()?;
+        let engine = self.engine.as_ref().ok_or(StorageError::Closed)?;
+        self.shared.fsyncs.fetch_add(1, Relaxed);
+        let result = engine
+            .db
+            .flush()
+            .map(drop)
+            .map_err(|e| StorageError::from_engine(&self.path, "syncing to disk", e));
+        self.refresh_disk_usage(true);
+        result.map_err(|e| self.lose_engine(e))
+    }
+
+    fn refresh_disk_usage(&mut self, now: bool) {
+        if !now && self.usage_refreshed.elapsed() < DISK_USAGE_REFRESH {
+            return;
+        }
+        if let Some(engine) = &self.engine
+            && let Ok(bytes) = engine.db.size_on_disk()
+        {
+            self.shared.disk_usage.store(bytes, Relaxed);
+        }
+        self.usage_refreshed = Instant::now();
+    }
+
+    fn recover(&mut self) -> Result<Recovery, StorageError> {
+        self.ensure_open()?;
+        let path = self.path.clone();
+        let engine = self.engine.as_mut().ok_or(StorageError::Closed)?;
+        let started = Instant::now();
+        let recovery =
+            read_all(engine).map_err(|e| StorageError::from_engine(&path, "recovering", e))?;
+        for problem in &recovery.problems {
+            warn!(path = %path.display(), queue = %problem.queue, position = %problem.position,
+                kind = ?problem.kind, detail = %problem.detail, "recovery skipped a stored record");
+        }
+        info!(path = %path.display(), queues = recovery.queues.len(), messages = recovery.message_count(),
+            problems = recovery.problems.len(), elapsed_ms = started.elapsed().as_millis() as u64, "message store recovered");
+        self.sync_all()?;
+        Ok(recovery)
+    }
+}
+
+/// Applies one submission. Changes to each tree are gathered into one sled `Batch` (atomic per
+/// tree); definitions are written before messages, and a `DeleteQueue` first applies everything
+/// before it, so the result is what applying the ops one by one would give.
+fn apply(engine: &mut Engine, ops: &[Op]) -> sled::Result<()> {
+    let mut meta: Option<Batch> = None;
+    let mut queues: Vec<(&str, Batch)> = Vec::new();
+    fn batch_for<'a, 'q>(queues: &'q mut Vec<(&'a str, Batch)>, queue: &'a str) -> &'q mut Batch {
+        let index = match queues.iter().position(|(name, _)| *name == queue) {
+            Some(index) => index,
+            None => {
+                queues.push((queue, Batch::default()));
+                queues.len() - 1
+            }
+        };
+        &mut queues[index].1
+    }
+    for op in ops {
+        match op {
+            Op::DefineQueue(record) => {
+                meta.get_or_insert_with(Batch::default)
+                    .insert(record.name.as_bytes(), codec::encode_record(record));
+            }
+            Op::DeleteQueue { name } => {
+                apply_pending(engine, &mut meta, &mut queues)?;
+                engine.meta.remove(name.as_bytes())?;
+                engine.queues.remove(name.as_str());
+                engine.db.drop_tree(codec::queue_tree_name(name))?;
+            }
+            Op::Append { queue, message } => {
+                let batch = batch_for(&mut queues, queue);
+                batch.insert(
+                    &codec::message_key(message.seq)[..],
+                    codec::encode_message(message),
+                );
+                // A replaced message starts from its own delivery count.
+                batch.remove(&codec::delivery_count_key(message.seq)[..]);
+            }
+            Op::Remove { queue, seq } => {
+                let batch = batch_for(&mut queues, queue);
+                batch.remove(&codec::message_key(*seq)[..]);
+                batch.remove(&codec::delivery_count_key(*seq)[..]);
+            }
+            Op::SetDeliveryCount { queue, seq, count } => {
+                batch_for(&mut queues, queue).insert(
+                    &codec::delivery_count_key(*seq)[..],
+                    codec::encode_delivery_count(*count),
+                );
+            }
+        }
+    }
+    apply_pending(engine, &mut meta, &mut queues)
+}
+
+fn apply_pending(
+    engine: &mut Engine,
+    meta: &mut Option<Batch>,
+    queues: &mut Vec<(&str, Batch)>,
+) -> sled::Result<()> {
+    if let Some(batch) = meta.take() {
+        engine.meta.apply_batch(batch)?;
+    }
+    for (name, batch) in queues.drain(..) {
+        engine.queue(name)?.apply_batch(batch)?;
+    }
+    Ok(())
+}
+
+/// A record recovery set aside: where it was and its bytes.
+struct Quarantined {
+    tree: Tree,
+    tree_name: IVec,
+    key: IVec,
+    value: IVec,
+}
+
+/// Reads every definition and message, moving undecodable records to the quarantine tree.
+fn read_all(engine: &mut Engine) -> sled::Result<Recovery> {
+    let mut problems = Vec::new();
+    let mut set_aside = Vec::new();
+    let mut definitions = BTreeMap::new();
+    for item in engine.meta.iter() {
+        let (key, value) = item?;
+        let name = String::from_utf8_lossy(&key).into_owned();
+        match codec::decode_record(&value) {
+            Ok(mut record) => {
+                record.name.clone_from(&name);
+                definitions.insert(name, record);
+            }
+            Err(detail) => {
+                problems.push(RecoveryProblem {
+                    queue: name,
+                    position: RecordPosition::Definition,
+                    kind: ProblemKind::Corrupt,
+                    detail,
+                });
+                set_aside.push(Quarantined {
+                    tree: engine.meta.clone(),
+                    tree_name: codec::META_TREE.into(),
+                    key,
+                    value,
+                });
+            }
+        }
+    }
+
+    let mut queues = BTreeMap::new();
+    let mut orphans = Vec::new();
+    for tree_name in engine.db.tree_names() {
+        let Some(name) = tree_name.strip_prefix(codec::QUEUE_TREE_PREFIX.as_bytes()) else {
+            continue;
+        };
+        let name = String::from_utf8_lossy(name).into_owned();
+        let tree = engine.db.open_tree(&tree_name)?;
+        let mut messages: Vec<crate::StoredMessage> = Vec::new();
+        let mut next_seq = 0;
+        for item in tree.iter() {
+            let (key, value) = item?;
+            let mut problem = |position, kind, detail| {
+                problems.push(RecoveryProblem {
+                    queue: name.clone(),
+                    position,
+                    kind,
+                    detail,
+                });
+                set_aside.push(Quarantined {
+                    tree: tree.clone(),
+                    tree_name: tree_name.clone(),
+                    key: key.clone(),
+                    value: value.clone(),
+                });
+            };
+            match codec::parse_queue_key(&key) {
+                QueueKey::Message(seq) => {
+                    next_seq = next_seq.max(seq.saturating_add(1));
+                    match codec::decode_message(seq, &value) {
+                        Ok(message) => messages.push(message),
+                        Err(detail) => problem(
+                            RecordPosition::Message { seq },
+                            ProblemKind::Corrupt,
+                            detail,
+                        ),
+                    }
+                }
+                QueueKey::DeliveryCount(seq) => match messages.last_mut() {
+                    Some(message) if message.seq == seq => {
+                        match codec::decode_delivery_count(&value) {
+                            Ok(count) => message.delivery_count = count,
+                            Err(detail) => problem(
+                                RecordPosition::DeliveryCount { seq },
+                                ProblemKind::Corrupt,
+                                detail,
+                            ),
+                        }
+                    }
+                    // The message was removed or never written: the count means nothing.
+                    _ => orphans.push((tree.clone(), key.clone())),
+                },
+                QueueKey::Unknown => problem(
+                    RecordPosition::UnknownKey(key.to_vec()),
+                    ProblemKind::UnknownKey,
+                    "key does not belong to the queue layout".into(),
+                ),
+            }
+        }
+        let record = match definitions.remove(&name) {
+            Some(record) => record,
+            None if messages.is_empty() && next_seq == 0 => continue,
+            None => {
+                problems.push(RecoveryProblem {
+                    queue: name.clone(),
+                    position: RecordPosition::Queue,
+                    kind: ProblemKind::MissingDefinition,
+                    detail: format!(
+                        "{} messages stored without a definition; recovered as a plain queue",
+                        messages.len()
+                    ),
+                });
+                QueueRecord::queue(&name)
+            }
+        };
+        queues.insert(
+            name,
+            RecoveredQueue {
+                record,
+                messages,
+                next_seq,
+            },
+        );
+    }
+    for (name, record) in definitions {
+        queues.insert(
+            name,
+            RecoveredQueue {
+                record,
+                messages: Vec::new(),
+                next_seq: 0,
+            },
+        );
+    }
+
+    for q in set_aside {
+        let mut key = q.tree_name.to_vec();
+        key.push(0);
+        key.extend_from_slice(&q.key);
+        engine.quarantine.insert(key, q.value)?;
+        q.tree.remove(&q.key)?;
+    }
+    for (tree, key) in orphans {
+        tree.remove(key)?;
+    }
+    Ok(Recovery {
+        queues: queues.into_values().collect(),
+        problems,
+    })
+}
