@@ -1,1 +1,25 @@
+//! Stampede, a STOMP message broker for browsers and backends.
+//!
+//! # Layout
+//! - [`server`]: listeners and the broker's lifetime ([`server::start`]).
+//! - [`connection`]: one task per connection: socket, decoder, heart-beats, outbox.
+//! - [`session`]: the STOMP state machine of one client, free of socket code.
+//! - [`router`]: destination names to topics and queues.
+//! - [`topic`] and [`queue`]: the two kinds of destination; a queue is an actor.
+//! - [`outbox`]: the bounded buffer between destinations and a connection.
+//! - [`error`]: the one mapping from failures to ERROR frames.
+//! - [`config`]: defaults, TOML file, environment and flags.
+#![forbid(unsafe_code)]
 
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod outbox;
+pub mod queue;
+pub mod router;
+pub mod server;
+pub mod session;
+pub mod topic;
+
+pub use config::{Cli, Config};
+pub use server::{RunningBroker, start};

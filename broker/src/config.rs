@@ -1,0 +1,307 @@
+//! Configuration: built-in defaults, then a TOML file, then environment variables and flags.
+//!
+//! Every key of the TOML file has the same name as its flag (with `_` for `-`), and every flag
+//! can also come from a `STAMPEDE_*` environment variable, so the same settings work in a
+//! systemd unit, a container and a shell. Every limit has a default here and is named in the
+//! ERROR a client gets when it hits it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde::Deserialize;
+use stampede_protocol::Limits;
+use stampede_protocol::heartbeat::HeartBeat;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::connection::ConnectionSettings;
+use crate::outbox::SlowConsumerPolicy;
+use crate::queue::QueueSettings;
+use crate::session::SessionConfig;
+
+/// The broker's settings. Field names are the TOML keys.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address for STOMP over TCP.
+    pub stomp_addr: SocketAddr,
+    /// Address for STOMP over WebSocket.
+    pub ws_addr: SocketAddr,
+    /// HTTP path of the WebSocket endpoint; other paths get 404.
+    pub ws_path: String,
+    /// Where durable data lives.
+    pub data_dir: PathBuf,
+    /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing filter).
+    pub log_level: String,
+
+    /// Heart-beat interval the server offers to send, in ms (CONNECTED's first number).
+    pub heartbeat_send_ms: u32,
+    /// Heart-beat interval the server asks clients for, in ms (CONNECTED's second number).
+    pub heartbeat_receive_ms: u32,
+    /// Silence tolerated before a connection is closed, as a multiple of the agreed client
+    /// interval. Background browser tabs send late, so keep this at 2 or more.
+    pub heartbeat_grace: f64,
+    /// WebSocket ping after this much outbound silence, in ms; 0 disables.
+    pub ws_ping_interval_ms: u64,
+    /// Time allowed from socket open (and WebSocket handshake) to CONNECT, in ms.
+    pub connect_timeout_ms: u64,
+    /// Longest one socket write may take, in ms.
+    pub write_timeout_ms: u64,
+
+    /// Longest header line, in bytes.
+    pub max_header_line: usize,
+    /// Most headers per frame.
+    pub max_headers: usize,
+    /// Most bytes of command plus headers per frame.
+    pub max_header_bytes: usize,
+    /// Largest body, in bytes.
+    pub max_body: usize,
+    /// Most simultaneous connections.
+    pub max_connections: usize,
+    /// Bytes of topic messages queued for one connection before the slow-consumer policy
+    /// applies.
+    pub max_outbox_bytes: usize,
+    /// `disconnect` (ERROR and close) or `drop-oldest` (drop and count).
+    pub slow_consumer_policy: SlowConsumerPolicy,
+    /// Most subscriptions per connection.
+    pub max_subscriptions_per_connection: usize,
+    /// Most unacknowledged messages per consumer (caps any prefetch asked for).
+    pub max_unacked_per_consumer: u32,
+    /// Unacknowledged bytes per consumer.
+    pub consumer_window_bytes: usize,
+    /// Prefetch of `ack:auto` subscriptions that ask for none.
+    pub default_prefetch_auto: u32,
+    /// Prefetch of `client`/`client-individual` subscriptions that ask for none.
+    pub default_prefetch_client: u32,
+    /// Most frames buffered in one transaction.
+    pub max_transaction_frames: usize,
+    /// Deliveries after which a message goes to the dead-letter queue; 0 = never.
+    pub max_deliveries: u32,
+    /// Dead-letter queue name prefix: messages of `/queue/x` go to `/queue/<prefix>x`.
+    pub dead_letter_prefix: String,
+    /// Largest WebSocket message, in bytes (bounds reassembly inside tungstenite).
+    pub ws_max_message_size: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let limits = Limits::default();
+        Config {
+            stomp_addr: SocketAddr::from(([127, 0, 0, 1], 61613)),
+            ws_addr: SocketAddr::from(([127, 0, 0, 1], 15674)),
+            ws_path: "/ws".to_owned(),
+            data_dir: PathBuf::from("./data"),
+            log_level: "info".to_owned(),
+            heartbeat_send_ms: 1000,
+            heartbeat_receive_ms: 1000,
+            heartbeat_grace: 3.0,
+            ws_ping_interval_ms: 30_000,
+            connect_timeout_ms: 10_000,
+            write_timeout_ms: 30_000,
+            max_header_line: limits.max_header_line,
+            max_headers: limits.max_headers,
+            max_header_bytes: limits.max_header_bytes,
+            max_body: limits.max_body,
+            max_connections: 100_000,
+            max_outbox_bytes: 8 * 1024 * 1024,
+            slow_consumer_policy: SlowConsumerPolicy::Disconnect,
+            max_subscriptions_per_connection: 1000,
+            max_unacked_per_consumer: 10_000,
+            consumer_window_bytes: 8 * 1024 * 1024,
+            default_prefetch_auto: 1000,
+            default_prefetch_client: 100,
+            max_transaction_frames: 10_000,
+            max_deliveries: 10,
+            dead_letter_prefix: "DLQ.".to_owned(),
+            ws_max_message_size: limits.max_body + limits.max_header_bytes + 64,
+        }
+    }
+}
+
+/// Reading the configuration failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for these keys.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Box<toml::de::Error>,
+    },
+}
+
+impl Config {
+    /// Reads a TOML file over the defaults.
+    ///
+    /// # Errors
+    /// When the file cannot be read or has unknown keys or wrong types.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// A configuration for tests: both listeners on loopback port 0.
+    pub fn ephemeral() -> Config {
+        Config {
+            stomp_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ws_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..Config::default()
+        }
+    }
+
+    /// Decoder limits.
+    pub fn frame_limits(&self) -> Limits {
+        Limits {
+            max_header_line: self.max_header_line,
+            max_headers: self.max_headers,
+            max_header_bytes: self.max_header_bytes,
+            max_body: self.max_body,
+        }
+    }
+
+    pub(crate) fn connection_settings(&self) -> ConnectionSettings {
+        ConnectionSettings {
+            frame_limits: self.frame_limits(),
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            heartbeat_grace: self.heartbeat_grace.max(1.0),
+            max_outbox_bytes: self.max_outbox_bytes,
+            write_timeout: Duration::from_millis(self.write_timeout_ms),
+            ws_ping_interval: (self.ws_ping_interval_ms > 0)
+                .then(|| Duration::from_millis(self.ws_ping_interval_ms)),
+        }
+    }
+
+    pub(crate) fn session_config(&self) -> SessionConfig {
+        SessionConfig {
+            heart_beat: HeartBeat {
+                send_ms: self.heartbeat_send_ms,
+                receive_ms: self.heartbeat_receive_ms,
+            },
+            default_prefetch_auto: self.default_prefetch_auto,
+            default_prefetch_client: self.default_prefetch_client,
+            max_unacked_per_consumer: self.max_unacked_per_consumer,
+            consumer_window_bytes: self.consumer_window_bytes,
+            max_subscriptions: self.max_subscriptions_per_connection,
+            max_transaction_frames: self.max_transaction_frames,
+            slow_consumer_policy: self.slow_consumer_policy,
+            ..SessionConfig::default()
+        }
+    }
+
+    pub(crate) fn queue_settings(&self) -> QueueSettings {
+        QueueSettings {
+            max_deliveries: self.max_deliveries,
+            dead_letter_prefix: self.dead_letter_prefix.clone(),
+        }
+    }
+
+    /// tungstenite's buffers, sized deliberately: its defaults (128 KiB read and write buffers,
+    /// an unbounded write buffer, 64 MiB messages) would cost far more per idle browser than
+    /// the rest of a connection. Reads allocate 4 KiB at a time, writes flush at 4 KiB, the
+    /// write buffer is bounded by the outbox budget, and a message may be as large as the
+    /// largest frame we accept.
+    pub(crate) fn websocket_config(&self) -> WebSocketConfig {
+        WebSocketConfig::default()
+            .read_buffer_size(4 * 1024)
+            .write_buffer_size(0)
+            .max_write_buffer_size(self.max_outbox_bytes.max(1024 * 1024) * 2)
+            .max_message_size(Some(self.ws_max_message_size))
+            .max_frame_size(Some(self.ws_max_message_size))
+    }
+}
+
+/// Command line of the `stampede` binary.
+#[derive(Debug, Parser)]
+#[command(
+    name = "stampede",
+    version,
+    about = "A STOMP 1.0/1.1/1.2 message broker for browsers (WebSocket) and backends (TCP).",
+    long_about = "A STOMP 1.0/1.1/1.2 message broker for browsers (WebSocket) and backends (TCP).\n\nWith no arguments it serves STOMP on 127.0.0.1:61613 and STOMP over WebSocket on ws://127.0.0.1:15674/ws, and keeps durable data in ./data. Settings come from built-in defaults, then --config FILE (TOML, keys named like the flags with '_' for '-'), then environment variables, then flags."
+)]
+pub struct Cli {
+    /// Address for STOMP over TCP [default: 127.0.0.1:61613].
+    #[arg(long, env = "STAMPEDE_STOMP_ADDR", value_name = "ADDR")]
+    pub stomp_addr: Option<SocketAddr>,
+    /// Address for STOMP over WebSocket [default: 127.0.0.1:15674].
+    #[arg(long, env = "STAMPEDE_WS_ADDR", value_name = "ADDR")]
+    pub ws_addr: Option<SocketAddr>,
+    /// HTTP path of the WebSocket endpoint [default: /ws].
+    #[arg(long, env = "STAMPEDE_WS_PATH", value_name = "PATH")]
+    pub ws_path: Option<String>,
+    /// Directory for durable data [default: ./data].
+    #[arg(long, env = "STAMPEDE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// TOML configuration file with the same keys as these flags (and every limit).
+    #[arg(long, env = "STAMPEDE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log level or tracing filter, e.g. info, debug, stampede_broker=trace [default: info].
+    #[arg(long, env = "STAMPEDE_LOG_LEVEL", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Maximum simultaneous connections [default: 100000].
+    #[arg(long, env = "STAMPEDE_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Largest accepted message body in bytes [default: 4194304].
+    #[arg(long, env = "STAMPEDE_MAX_BODY", value_name = "BYTES")]
+    pub max_body: Option<usize>,
+    /// Subcommand; none runs the broker.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands other than running the broker.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the effective configuration as TOML and exit.
+    PrintConfig,
+}
+
+impl Cli {
+    /// The effective configuration: defaults, then the file, then flags and environment.
+    ///
+    /// # Errors
+    /// When the config file cannot be read or parsed.
+    pub fn resolve(&self) -> Result<Config, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(v) = self.stomp_addr {
+            config.stomp_addr = v;
+        }
+        if let Some(v) = self.ws_addr {
+            config.ws_addr = v;
+        }
+        if let Some(v) = &self.ws_path {
+            config.ws_path = v.clone();
+        }
+        if let Some(v) = &self.data_dir {
+            config.data_dir = v.clone();
+        }
+        if let Some(v) = &self.log_level {
+            config.log_level = v.clone();
+        }
+        if let Some(v) = self.max_connections {
+            config.max_connections = v;
+        }
+        if let Some(v) = self.max_body {
+            config.max_body = v;
+        }
+        Ok(config)
+    }
+}

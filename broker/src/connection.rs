@@ -1,0 +1,479 @@
+//! One task per connection: read, decode, hand frames to the session, write what comes back.
+//!
+//! The task runs a single `select!` over the socket, the outbox, the heart-beat timers and the
+//! shutdown signal. Every arm is cancel safe: reads go into a connection-owned buffer (a read
+//! that loses the race has read nothing), the outbox wait stores its notification, and timers
+//! are recomputed each turn. Everything one turn produces (replies, deliveries, a heart-beat) is
+//! encoded into one buffer and written with one call, so a busy subscriber gets many frames per
+//! syscall. Nothing else writes to the socket.
+//!
+//! WebSocket is only a transport here: each WebSocket message's payload is appended to the same
+//! buffer the TCP path uses, so a STOMP frame may span several messages and one message may
+//! carry several frames. Outgoing, each STOMP frame is one WebSocket message, text when the
+//! frame is valid UTF-8 and binary otherwise, so binary bodies are never mangled.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use stampede_protocol::{Decoder, Frame, Item, Limits, encode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::error::StompError;
+use crate::outbox::{Delivery, Outbox};
+use crate::queue::Outcome;
+use crate::router::Router;
+use crate::session::{AutoAck, Flow, Reply, Session, SessionConfig};
+
+/// Settings every connection task reads.
+#[derive(Debug, Clone)]
+pub struct ConnectionSettings {
+    /// Frame size limits for the decoder.
+    pub frame_limits: Limits,
+    /// Time allowed between the socket opening and CONNECT.
+    pub connect_timeout: Duration,
+    /// Silence tolerated, as a multiple of the agreed client heart-beat interval.
+    pub heartbeat_grace: f64,
+    /// Bytes of topic messages an outbox may hold before the slow-consumer policy applies.
+    pub max_outbox_bytes: usize,
+    /// Longest a single socket write may take before the peer is treated as dead.
+    pub write_timeout: Duration,
+    /// Send a WebSocket ping after this much outbound silence (keeps proxies from cutting idle
+    /// sockets even when the client asked for no heart-beats); `None` = never.
+    pub ws_ping_interval: Option<Duration>,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        ConnectionSettings {
+            frame_limits: Limits::default(),
+            connect_timeout: Duration::from_secs(10),
+            heartbeat_grace: 3.0,
+            max_outbox_bytes: 8 * 1024 * 1024,
+            write_timeout: Duration::from_secs(30),
+            ws_ping_interval: Some(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// What a connection task needs from the broker.
+#[derive(Debug, Clone)]
+pub struct ConnectionContext {
+    /// Connection settings.
+    pub settings: Arc<ConnectionSettings>,
+    /// Session settings.
+    pub session: Arc<SessionConfig>,
+    /// The router.
+    pub router: Arc<Router>,
+    /// Cancelled when the broker shuts down.
+    pub shutdown: CancellationToken,
+}
+
+/// Why a connection ended, recorded once, at the task boundary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent DISCONNECT.
+    ClientDisconnect,
+    /// The client closed the socket.
+    PeerClosed,
+    /// The client broke the protocol (or a limit); it was sent an ERROR.
+    ProtocolError(String),
+    /// The client's outbox overflowed.
+    SlowConsumer,
+    /// No data within the heart-beat grace period.
+    HeartbeatTimeout,
+    /// No CONNECT within the connect timeout.
+    ConnectTimeout,
+    /// The broker is shutting down.
+    ServerShutdown,
+    /// The socket failed.
+    Io(String),
+}
+
+/// The byte pipe under a session: a plain stream (TCP or TLS) or a WebSocket over one.
+pub enum Transport<S> {
+    /// STOMP directly on the stream.
+    Stream(S),
+    /// STOMP inside WebSocket messages.
+    WebSocket(Box<WebSocketStream<S>>),
+}
+
+enum ReadOutcome {
+    Data,
+    Closed,
+}
+
+/// Encoded output of one loop turn, with frame boundaries for WebSocket.
+struct Output {
+    bytes: BytesMut,
+    /// End offset of each frame and whether it is text.
+    frames: Vec<(usize, bool)>,
+}
+
+impl Output {
+    fn new() -> Output {
+        Output {
+            bytes: BytesMut::new(),
+            frames: Vec::new(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    fn frame(&mut self, frame: &Frame, version: stampede_protocol::Version) {
+        encode(frame, version, &mut self.bytes);
+        let text = std::str::from_utf8(&frame.body).is_ok();
+        self.frames.push((self.bytes.len(), text));
+    }
+
+    fn mark(&mut self, text: bool) {
+        self.frames.push((self.bytes.len(), text));
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport<S> {
+    /// Reads more bytes into `buffer`. Cancel safe.
+    async fn read(&mut self, buffer: &mut BytesMut) -> io::Result<ReadOutcome> {
+        match self {
+            Transport::Stream(stream) => {
+                if buffer.capacity() - buffer.len() < 1024 {
+                    buffer.reserve(8 * 1024);
+                }
+                match stream.read_buf(buffer).await? {
+                    0 => Ok(ReadOutcome::Closed),
+                    _ => Ok(ReadOutcome::Data),
+                }
+            }
+            Transport::WebSocket(socket) => match socket.next().await {
+                None => Ok(ReadOutcome::Closed),
+                Some(Err(error)) => Err(io::Error::other(error)),
+                Some(Ok(Message::Text(text))) => {
+                    buffer.extend_from_slice(text.as_bytes());
+                    Ok(ReadOutcome::Data)
+                }
+                Some(Ok(Message::Binary(data))) => {
+                    buffer.extend_from_slice(&data);
+                    Ok(ReadOutcome::Data)
+                }
+                // Pings are answered by tungstenite on the next write or flush; any inbound
+                // traffic counts as life.
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+                    Ok(ReadOutcome::Data)
+                }
+                Some(Ok(Message::Close(_))) => Ok(ReadOutcome::Closed),
+            },
+        }
+    }
+
+    async fn write(&mut self, output: &mut Output) -> io::Result<()> {
+        match self {
+            Transport::Stream(stream) => {
+                stream.write_all(&output.bytes).await?;
+                stream.flush().await?;
+                output.bytes.clear();
+            }
+            Transport::WebSocket(socket) => {
+                let mut all: Bytes = output.bytes.split().freeze();
+                let mut start = 0;
+                for &(end, text) in &output.frames {
+                    let chunk = all.split_to(end - start);
+                    start = end;
+                    let message = match text.then(|| Utf8Bytes::try_from(chunk.clone())) {
+                        Some(Ok(text)) => Message::Text(text),
+                        _ => Message::Binary(chunk),
+                    };
+                    socket.feed(message).await.map_err(io::Error::other)?;
+                }
+                socket.flush().await.map_err(io::Error::other)?;
+            }
+        }
+        output.frames.clear();
+        Ok(())
+    }
+
+    async fn ping(&mut self) -> io::Result<()> {
+        if let Transport::WebSocket(socket) = self {
+            socket
+                .send(Message::Ping(Bytes::new()))
+                .await
+                .map_err(io::Error::other)?;
+        }
+        Ok(())
+    }
+
+    /// Closes the way the specification asks after an ERROR or DISCONNECT: stop sending, then
+    /// give the peer a moment to read what was sent before the socket is dropped (closing with
+    /// unread input would reset the connection and could discard the ERROR frame).
+    async fn close(&mut self, code: CloseCode) {
+        let linger = Duration::from_millis(500);
+        match self {
+            Transport::Stream(stream) => {
+                let _ = timeout(linger, stream.shutdown()).await;
+                let mut sink = [0u8; 4096];
+                let deadline = Instant::now() + linger;
+                while let Ok(Ok(n)) =
+                    tokio::time::timeout_at(deadline, stream.read(&mut sink)).await
+                {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            }
+            Transport::WebSocket(socket) => {
+                let frame = CloseFrame {
+                    code,
+                    reason: Utf8Bytes::from_static(""),
+                };
+                let _ = timeout(linger, WebSocketStream::close(socket, Some(frame))).await;
+                let deadline = Instant::now() + linger;
+                while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, socket.next()).await {
+                }
+            }
+        }
+    }
+
+    fn is_websocket(&self) -> bool {
+        matches!(self, Transport::WebSocket(_))
+    }
+}
+
+/// Runs one connection to the end.
+pub async fn serve<S>(
+    mut transport: Transport<S>,
+    peer: SocketAddr,
+    session_id: Arc<str>,
+    context: ConnectionContext,
+) -> CloseReason
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let settings = Arc::clone(&context.settings);
+    let outbox = Outbox::new(settings.max_outbox_bytes);
+    let mut session = Session::new(
+        Arc::clone(&session_id),
+        context.session,
+        context.router,
+        Arc::clone(&outbox),
+    );
+    let mut decoder = Decoder::new(settings.frame_limits);
+    let mut input = BytesMut::new();
+    let mut output = Output::new();
+    let mut deliveries: VecDeque<Delivery> = VecDeque::new();
+    let mut replies: Vec<Reply> = Vec::new();
+    let mut auto_acks: Vec<AutoAck> = Vec::new();
+    let connect_deadline = Instant::now() + settings.connect_timeout;
+    let mut last_read = Instant::now();
+    let mut last_write = Instant::now();
+    let websocket = transport.is_websocket();
+
+    let reason = loop {
+        let mut ending: Option<(CloseReason, Option<StompError>)> = None;
+        let beat = session.heart_beat();
+        let read_deadline = if session.is_connected() {
+            beat.expect_every
+                .map(|every| last_read + every.mul_f64(settings.heartbeat_grace))
+        } else {
+            Some(connect_deadline)
+        };
+        let beat_due = if session.is_connected() {
+            beat.send_every.map(|every| last_write + every)
+        } else {
+            None
+        };
+        let ping_due = settings
+            .ws_ping_interval
+            .filter(|_| websocket)
+            .map(|every| last_write + every);
+        let far = Instant::now() + Duration::from_secs(3600);
+
+        tokio::select! {
+            read = transport.read(&mut input) => match read {
+                Ok(ReadOutcome::Closed) => ending = Some((CloseReason::PeerClosed, None)),
+                Err(error) => ending = Some((CloseReason::Io(error.to_string()), None)),
+                Ok(ReadOutcome::Data) => {
+                    last_read = Instant::now();
+                    ending = process_input(&mut session, &mut decoder, &mut input, &mut replies).await;
+                    for Reply::Frame(frame) in replies.drain(..) {
+                        output.frame(&frame, session.version());
+                    }
+                }
+            },
+            () = outbox.ready() => {
+                if outbox.is_slow_consumer() {
+                    let error = StompError::limit("outbox bytes of a slow consumer", settings.max_outbox_bytes, "max_outbox_bytes");
+                    ending = Some((CloseReason::SlowConsumer, Some(error)));
+                } else {
+                    outbox.take_all(&mut deliveries);
+                    let text_ok = |d: &Delivery| d.template.body_is_utf8();
+                    for delivery in deliveries.drain(..) {
+                        let text = text_ok(&delivery);
+                        let before = output.bytes.len();
+                        if let Some(ack) = session.render(delivery, &mut output.bytes) {
+                            auto_acks.push(ack);
+                        }
+                        if output.bytes.len() != before {
+                            output.mark(text);
+                        }
+                    }
+                }
+            },
+            () = sleep_until(read_deadline.unwrap_or(far)), if read_deadline.is_some() => {
+                ending = Some(if session.is_connected() {
+                    (CloseReason::HeartbeatTimeout, Some(StompError::new(
+                        "heart-beat timeout: no data from the client within the agreed interval",
+                        format!("Nothing was received for {:?} (the negotiated client heart-beat interval times the grace factor {}).",
+                            beat.expect_every.unwrap_or_default().mul_f64(settings.heartbeat_grace), settings.heartbeat_grace),
+                    )))
+                } else {
+                    (CloseReason::ConnectTimeout, Some(StompError::limit("time to send CONNECT", format!("{:?}", settings.connect_timeout), "connect_timeout_ms")))
+                });
+            },
+            () = sleep_until(beat_due.unwrap_or(far)), if beat_due.is_some() && output.is_empty() => {
+                output.bytes.extend_from_slice(b"\n");
+                output.mark(true);
+            },
+            () = sleep_until(ping_due.unwrap_or(far)), if ping_due.is_some() => {
+                if let Err(error) = transport.ping().await {
+                    ending = Some((CloseReason::Io(error.to_string()), None));
+                }
+                last_write = Instant::now();
+            },
+            () = context.shutdown.cancelled() => {
+                ending = Some((CloseReason::ServerShutdown, Some(StompError::new("server shutting down", "The broker is shutting down; reconnect later."))));
+            },
+        }
+
+        if let Some((_, Some(error))) = &ending {
+            output.frame(&error.to_frame(), session.version());
+        }
+        if !output.is_empty() {
+            match timeout(settings.write_timeout, transport.write(&mut output)).await {
+                Ok(Ok(())) => last_write = Instant::now(),
+                Ok(Err(error)) => break CloseReason::Io(error.to_string()),
+                Err(_) => {
+                    break CloseReason::Io(format!(
+                        "write did not complete within {:?}",
+                        settings.write_timeout
+                    ));
+                }
+            }
+        }
+        settle_auto_acks(&mut auto_acks).await;
+        if let Some((reason, error)) = ending {
+            if error.is_some() || reason == CloseReason::ClientDisconnect {
+                let code = if matches!(reason, CloseReason::ProtocolError(_)) {
+                    CloseCode::Protocol
+                } else {
+                    CloseCode::Normal
+                };
+                transport.close(code).await;
+            }
+            break reason;
+        }
+        // Heart-beats and decoding are done; keep idle connections small.
+        if input.is_empty() && input.capacity() > 16 * 1024 {
+            input = BytesMut::new();
+        }
+    };
+
+    session.close().await;
+    match &reason {
+        CloseReason::ProtocolError(message) => {
+            info!(%peer, session = %session_id, %message, "connection closed after ERROR")
+        }
+        CloseReason::Io(message) => {
+            debug!(%peer, session = %session_id, %message, "connection failed")
+        }
+        CloseReason::SlowConsumer => {
+            warn!(%peer, session = %session_id, "slow consumer disconnected")
+        }
+        other => debug!(%peer, session = %session_id, reason = ?other, "connection closed"),
+    }
+    reason
+}
+
+/// Decodes and handles every complete frame in `input`. Returns why the connection must end,
+/// if it must.
+async fn process_input(
+    session: &mut Session,
+    decoder: &mut Decoder,
+    input: &mut BytesMut,
+    replies: &mut Vec<Reply>,
+) -> Option<(CloseReason, Option<StompError>)> {
+    loop {
+        match decoder.decode(input) {
+            Ok(None) => return None,
+            Ok(Some(Item::HeartBeat)) => {}
+            Ok(Some(Item::Frame(frame))) => {
+                let was_connected = session.is_connected();
+                match session.handle(frame, replies).await {
+                    Ok(Flow::Continue) => {
+                        if !was_connected && session.is_connected() {
+                            decoder.set_version(session.version());
+                        }
+                    }
+                    Ok(Flow::Disconnect) => return Some((CloseReason::ClientDisconnect, None)),
+                    Err(error) => {
+                        return Some((
+                            CloseReason::ProtocolError(error.message.clone()),
+                            Some(error),
+                        ));
+                    }
+                }
+            }
+            Err(error) => {
+                let message = error.to_string();
+                let stomp = StompError::new(
+                    format!("malformed frame: {message}"),
+                    format!(
+                        "The frame could not be decoded: {message}. The connection is closed because the byte stream cannot be resynchronised."
+                    ),
+                );
+                return Some((CloseReason::ProtocolError(message), Some(stomp)));
+            }
+        }
+    }
+}
+
+/// Tells queues that `ack:auto` deliveries were written, one command per queue and consumer.
+async fn settle_auto_acks(auto_acks: &mut Vec<AutoAck>) {
+    while let Some(first) = auto_acks.first() {
+        let queue = first.from.queue.clone();
+        let consumer = first.from.consumer;
+        let mut messages = Vec::new();
+        auto_acks.retain(|ack| {
+            if ack.from.consumer == consumer {
+                messages.push(ack.message_id);
+                false
+            } else {
+                true
+            }
+        });
+        let _ = queue.settle(consumer, messages, Outcome::Ack).await;
+    }
+}
+
+/// Writes one pre-encoded frame and closes; used to refuse connections over a limit.
+pub async fn send_and_close<S>(mut transport: Transport<S>, frame: Bytes)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut output = Output::new();
+    output.bytes.extend_from_slice(&frame);
+    output.mark(true);
+    let _ = timeout(Duration::from_secs(5), transport.write(&mut output)).await;
+    transport.close(CloseCode::Again).await;
+}

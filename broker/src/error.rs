@@ -1,0 +1,91 @@
+//! The one place where a failed frame becomes an ERROR frame.
+//!
+//! The specification asks for a short `message` header, details in the body, a `receipt-id`
+//! when the offending frame asked for a receipt, and the connection closed right after. Every
+//! protocol error in the broker is a [`StompError`]; the connection task turns it into bytes with
+//! [`StompError::to_frame`] and closes once they are flushed.
+
+use stampede_protocol::{ByteString, Command, Frame, names};
+
+/// A protocol-level failure that ends the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StompError {
+    /// Short summary for the `message` header.
+    pub message: String,
+    /// Longer explanation for the body.
+    pub detail: String,
+    /// The `receipt` of the frame that failed, echoed as `receipt-id`.
+    pub receipt_id: Option<ByteString>,
+    /// Extra headers (for example `version` when negotiation failed).
+    pub extra_headers: Vec<(&'static str, String)>,
+}
+
+impl StompError {
+    /// An error with a summary and a detail text.
+    pub fn new(message: impl Into<String>, detail: impl Into<String>) -> StompError {
+        StompError {
+            message: message.into(),
+            detail: detail.into(),
+            receipt_id: None,
+            extra_headers: Vec::new(),
+        }
+    }
+
+    /// Attaches the failing frame's `receipt` header, if it had one.
+    pub fn for_frame(mut self, frame: &Frame) -> StompError {
+        if self.receipt_id.is_none() {
+            self.receipt_id = frame.headers.get_shared(names::RECEIPT).cloned();
+        }
+        self
+    }
+
+    /// A required header is missing.
+    pub fn missing_header(command: Command, header: &str) -> StompError {
+        StompError::new(
+            format!("{command} frame is missing the required '{header}' header"),
+            format!(
+                "Every {command} frame must carry a '{header}' header. See the STOMP 1.2 specification, section {command}."
+            ),
+        )
+    }
+
+    /// A broker limit was hit. Names the limit, its value and the configuration key.
+    pub fn limit(what: &str, limit: impl std::fmt::Display, key: &str) -> StompError {
+        StompError::new(
+            format!("limit exceeded: {what} (limit {limit})"),
+            format!(
+                "The broker allows at most {limit} for {what}. The limit is set by the configuration key '{key}'."
+            ),
+        )
+    }
+
+    /// The ERROR frame.
+    pub fn to_frame(&self) -> Frame {
+        // Header values must not contain line breaks; the body carries the long text.
+        let message: String = self
+            .message
+            .chars()
+            .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
+            .collect();
+        let mut frame = Frame::new(Command::Error)
+            .with_header(names::MESSAGE, message)
+            .with_header(names::CONTENT_TYPE, "text/plain");
+        if let Some(receipt) = &self.receipt_id {
+            frame.headers.push(names::RECEIPT_ID, receipt.clone());
+        }
+        for (name, value) in &self.extra_headers {
+            frame.headers.push(*name, value.clone());
+        }
+        let mut body = self.detail.clone();
+        if !body.ends_with('\n') {
+            body.push('\n');
+        }
+        frame.with_body(body)
+    }
+}
+
+impl std::fmt::Display for StompError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}

@@ -1,0 +1,892 @@
+//! The STOMP state machine for one client.
+//!
+//! A session takes decoded frames and produces replies (CONNECTED, RECEIPT) or a
+//! [`StompError`]; it owns the client's subscriptions, the acknowledgements it still owes,
+//! its open transactions and its temporary queues. It never touches a socket: the connection
+//! task feeds it frames, writes what it returns, and asks it to render deliveries from the
+//! outbox. That keeps every rule of the specification testable with frames in and frames out.
+//!
+//! Acknowledgement ids: every MESSAGE from a subscription that is not `ack:auto` carries an
+//! `ack` header with a session-unique number. ACK and NACK are accepted in all three forms
+//! whatever version was negotiated, because clients mix them up: `id` (1.2), `subscription` plus
+//! `message-id` (1.1) and `message-id` alone (1.0). In `client` mode an ACK or NACK covers every
+//! earlier unacknowledged message of the subscription too; in `client-individual` mode only the
+//! one named. An ACK for a message that is no longer pending (acknowledged twice, or already
+//! redelivered elsewhere) is ignored, as nothing is lost by doing so.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use stampede_protocol::heartbeat::{self, HeartBeat, Negotiated};
+use stampede_protocol::{ByteString, Command, Frame, Headers, MessageTemplate, Version, names};
+use tracing::debug;
+
+use crate::error::StompError;
+use crate::outbox::{Delivery, Outbox, QueueDelivery, SlowConsumerPolicy};
+use crate::queue::{Consumer, Outcome, QueueHandle, QueuedMessage};
+use crate::router::{Destination, Router, TopicRegistration};
+use crate::topic::TopicSubscriber;
+
+/// What every session of a broker shares.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// The `server` header of CONNECTED.
+    pub server_name: String,
+    /// Versions offered, lowest first.
+    pub versions: Vec<Version>,
+    /// The heart-beat this server offers: how often it can send, how often it wants to hear.
+    pub heart_beat: HeartBeat,
+    /// Prefetch for `ack:auto` subscriptions without a prefetch header.
+    pub default_prefetch_auto: u32,
+    /// Prefetch for `client` and `client-individual` subscriptions without a prefetch header.
+    pub default_prefetch_client: u32,
+    /// Upper bound for any prefetch a client asks for (`max_unacked_per_consumer`).
+    pub max_unacked_per_consumer: u32,
+    /// Unacknowledged bytes a consumer may hold (beyond its first message).
+    pub consumer_window_bytes: usize,
+    /// Most subscriptions one connection may hold (`max_subscriptions_per_connection`).
+    pub max_subscriptions: usize,
+    /// Most frames one transaction may buffer (`max_transaction_frames`).
+    pub max_transaction_frames: usize,
+    /// What to do when a topic subscriber's outbox is full.
+    pub slow_consumer_policy: SlowConsumerPolicy,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            server_name: format!("stampede/{}", env!("CARGO_PKG_VERSION")),
+            versions: Version::ALL.to_vec(),
+            heart_beat: HeartBeat {
+                send_ms: 1000,
+                receive_ms: 1000,
+            },
+            default_prefetch_auto: 1000,
+            default_prefetch_client: 100,
+            max_unacked_per_consumer: 10_000,
+            consumer_window_bytes: 8 * 1024 * 1024,
+            max_subscriptions: 1000,
+            max_transaction_frames: 10_000,
+            slow_consumer_policy: SlowConsumerPolicy::Disconnect,
+        }
+    }
+}
+
+/// Something the connection must write, in order.
+#[derive(Debug)]
+pub enum Reply {
+    /// A frame ready now (CONNECTED, RECEIPT).
+    Frame(Frame),
+}
+
+/// What the connection does after a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep reading.
+    Continue,
+    /// The client sent DISCONNECT: flush the replies, then close.
+    Disconnect,
+}
+
+/// The acknowledgement mode of a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckMode {
+    /// No ACK expected.
+    Auto,
+    /// Cumulative ACK.
+    Client,
+    /// One ACK per message.
+    ClientIndividual,
+}
+
+impl AckMode {
+    fn parse(value: Option<&str>) -> Result<AckMode, StompError> {
+        match value {
+            None | Some("auto") => Ok(AckMode::Auto),
+            Some("client") => Ok(AckMode::Client),
+            Some("client-individual") => Ok(AckMode::ClientIndividual),
+            Some(other) => Err(StompError::new(
+                format!("invalid ack mode {other:?}"),
+                "The SUBSCRIBE 'ack' header must be auto, client or client-individual.",
+            )),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Target {
+    Topic(TopicRegistration),
+    Queue { queue: QueueHandle, consumer: u64 },
+}
+
+#[derive(Debug)]
+struct Pending {
+    ack_id: u64,
+    message_id: u64,
+}
+
+#[derive(Debug)]
+struct Subscription {
+    id: ByteString,
+    destination: String,
+    ack: AckMode,
+    target: Target,
+    /// Queue deliveries written but not yet acknowledged, oldest first (client modes only).
+    pending: VecDeque<Pending>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    AwaitingConnect,
+    Connected,
+}
+
+/// Per-delivery work the connection must finish after writing, for `ack:auto` queue
+/// subscriptions: tell the queue the message was consumed.
+#[derive(Debug)]
+pub struct AutoAck {
+    /// The queue and consumer.
+    pub from: QueueDelivery,
+    /// The message.
+    pub message_id: u64,
+}
+
+/// One client's session.
+#[derive(Debug)]
+pub struct Session {
+    id: Arc<str>,
+    config: Arc<SessionConfig>,
+    router: Arc<Router>,
+    outbox: Arc<Outbox>,
+    state: State,
+    version: Version,
+    virtual_host: String,
+    login: Option<String>,
+    heart_beat: Negotiated,
+    subscriptions: HashMap<u64, Subscription>,
+    by_id: HashMap<ByteString, u64>,
+    ack_owner: HashMap<u64, u64>,
+    next_subscription: u64,
+    next_ack: u64,
+    transactions: HashMap<ByteString, Vec<Frame>>,
+    temp_queues: HashMap<String, QueueHandle>,
+}
+
+impl Session {
+    /// A session that waits for CONNECT.
+    pub fn new(
+        id: Arc<str>,
+        config: Arc<SessionConfig>,
+        router: Arc<Router>,
+        outbox: Arc<Outbox>,
+    ) -> Session {
+        Session {
+            id,
+            config,
+            router,
+            outbox,
+            state: State::AwaitingConnect,
+            version: Version::V1_2,
+            virtual_host: "/".to_owned(),
+            login: None,
+            heart_beat: Negotiated::default(),
+            subscriptions: HashMap::new(),
+            by_id: HashMap::new(),
+            ack_owner: HashMap::new(),
+            next_subscription: 1,
+            next_ack: 1,
+            transactions: HashMap::new(),
+            temp_queues: HashMap::new(),
+        }
+    }
+
+    /// The session id sent in CONNECTED.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The negotiated version (1.2 until CONNECT is handled).
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// True once CONNECTED was produced.
+    pub fn is_connected(&self) -> bool {
+        self.state == State::Connected
+    }
+
+    /// The negotiated heart-beat intervals, seen from the server.
+    pub fn heart_beat(&self) -> Negotiated {
+        self.heart_beat
+    }
+
+    /// The virtual host from CONNECT's `host` header (`/` by default).
+    pub fn virtual_host(&self) -> &str {
+        &self.virtual_host
+    }
+
+    /// The login from CONNECT, if any.
+    pub fn login(&self) -> Option<&str> {
+        self.login.as_deref()
+    }
+
+    /// Number of subscriptions.
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.len()
+    }
+
+    /// Handles one client frame.
+    ///
+    /// # Errors
+    /// A [`StompError`] ends the session: the connection writes it as an ERROR frame and closes.
+    pub async fn handle(
+        &mut self,
+        frame: Frame,
+        replies: &mut Vec<Reply>,
+    ) -> Result<Flow, StompError> {
+        let result = self.dispatch(&frame, replies).await;
+        result.map_err(|e| e.for_frame(&frame))
+    }
+
+    async fn dispatch(
+        &mut self,
+        frame: &Frame,
+        replies: &mut Vec<Reply>,
+    ) -> Result<Flow, StompError> {
+        if self.state == State::AwaitingConnect {
+            return match frame.command {
+                Command::Connect | Command::Stomp => self.connect(frame, replies),
+                other => Err(StompError::new(
+                    format!("not connected: {other} received before CONNECT"),
+                    "The first frame of a STOMP session must be CONNECT or STOMP.",
+                )),
+            };
+        }
+        match frame.command {
+            Command::Connect | Command::Stomp => {
+                return Err(StompError::new(
+                    "already connected",
+                    "CONNECT may only be sent once per connection.",
+                ));
+            }
+            Command::Send => self.send_or_buffer(frame).await?,
+            Command::Subscribe => self.subscribe(frame).await?,
+            Command::Unsubscribe => self.unsubscribe(frame).await?,
+            Command::Ack | Command::Nack => self.ack_or_buffer(frame).await?,
+            Command::Begin => self.begin(frame)?,
+            Command::Commit => self.commit(frame).await?,
+            Command::Abort => self.abort(frame)?,
+            Command::Disconnect => {
+                self.receipt(frame, replies);
+                return Ok(Flow::Disconnect);
+            }
+            server_command => {
+                return Err(StompError::new(
+                    format!("{server_command} is a server command"),
+                    "Clients may send CONNECT, STOMP, SEND, SUBSCRIBE, UNSUBSCRIBE, ACK, NACK, BEGIN, COMMIT, ABORT and DISCONNECT.",
+                ));
+            }
+        }
+        self.receipt(frame, replies);
+        Ok(Flow::Continue)
+    }
+
+    fn receipt(&self, frame: &Frame, replies: &mut Vec<Reply>) {
+        if let Some(receipt) = frame.headers.get_shared(names::RECEIPT) {
+            replies.push(Reply::Frame(
+                Frame::new(Command::Receipt).with_header(names::RECEIPT_ID, receipt.clone()),
+            ));
+        }
+    }
+
+    fn connect(&mut self, frame: &Frame, replies: &mut Vec<Reply>) -> Result<Flow, StompError> {
+        let offered = frame.header(names::ACCEPT_VERSION);
+        let Some(version) = Version::negotiate(offered, &self.config.versions) else {
+            let supported: Vec<&str> = self.config.versions.iter().map(|v| v.as_str()).collect();
+            let mut error = StompError::new(
+                "no common protocol version",
+                format!(
+                    "The client offered accept-version {:?}; this server supports {}.",
+                    offered.unwrap_or("1.0"),
+                    supported.join(",")
+                ),
+            );
+            error
+                .extra_headers
+                .push((names::VERSION, supported.join(",")));
+            return Err(error);
+        };
+        let client_beat = match frame.header(names::HEART_BEAT) {
+            None => HeartBeat::default(),
+            Some(value) => HeartBeat::parse(value).ok_or_else(|| {
+                StompError::new(
+                    format!("invalid heart-beat header {value:?}"),
+                    "The heart-beat header must be two non-negative integers separated by a comma, e.g. 10000,10000.",
+                )
+            })?,
+        };
+        self.version = version;
+        self.heart_beat = heartbeat::negotiate(self.config.heart_beat, client_beat);
+        if let Some(host) = frame.header(names::HOST).filter(|h| !h.is_empty()) {
+            self.virtual_host = host.to_owned();
+        }
+        self.login = frame.header(names::LOGIN).map(str::to_owned);
+        self.state = State::Connected;
+        let mut connected = Frame::new(Command::Connected)
+            .with_header(names::VERSION, version.as_str())
+            .with_header(names::SESSION, self.id.to_string())
+            .with_header(names::SERVER, self.config.server_name.clone())
+            .with_header(names::HEART_BEAT, self.config.heart_beat.to_header_value());
+        if let Some(login) = &self.login {
+            connected.headers.push("user-name", login.clone());
+        }
+        replies.push(Reply::Frame(connected));
+        Ok(Flow::Continue)
+    }
+
+    fn transaction_of(&mut self, frame: &Frame) -> Result<Option<&mut Vec<Frame>>, StompError> {
+        let Some(tx) = frame.headers.get_shared(names::TRANSACTION) else {
+            return Ok(None);
+        };
+        let limit = self.config.max_transaction_frames;
+        match self.transactions.get_mut(tx) {
+            Some(buffered) if buffered.len() >= limit => Err(StompError::limit(
+                "frames in one transaction",
+                limit,
+                "max_transaction_frames",
+            )),
+            Some(buffered) => Ok(Some(buffered)),
+            None => Err(StompError::new(
+                format!("unknown transaction {tx:?}"),
+                format!(
+                    "{} names transaction {tx:?}, which was not begun on this connection (or was already committed or aborted).",
+                    frame.command
+                ),
+            )),
+        }
+    }
+
+    async fn send_or_buffer(&mut self, frame: &Frame) -> Result<(), StompError> {
+        // Validate now so a bad SEND fails when sent, not when committed.
+        let destination = frame
+            .header(names::DESTINATION)
+            .ok_or_else(|| StompError::missing_header(Command::Send, names::DESTINATION))?;
+        Destination::parse(destination)
+            .map_err(|e| StompError::new(e.to_string(), e.to_string()))?;
+        if let Some(buffered) = self.transaction_of(frame)? {
+            buffered.push(frame.clone());
+            return Ok(());
+        }
+        self.send(frame).await
+    }
+
+    async fn send(&mut self, frame: &Frame) -> Result<(), StompError> {
+        let destination_value = frame
+            .headers
+            .get_shared(names::DESTINATION)
+            .cloned()
+            .ok_or_else(|| StompError::missing_header(Command::Send, names::DESTINATION))?;
+        let destination = Destination::parse(&destination_value)
+            .map_err(|e| StompError::new(e.to_string(), e.to_string()))?;
+        let headers = self.message_headers(frame).await?;
+        let template = Arc::new(MessageTemplate::new(headers, frame.body.clone()));
+        let message_id = self.router.next_message_id();
+        let persistent = frame.header(names::PERSISTENT) == Some("true");
+        let queue = match destination {
+            Destination::Topic(name) => {
+                if crate::topic::Pattern::parse(name).is_some() {
+                    return Err(StompError::new(
+                        format!("cannot send to wildcard destination {destination_value:?}"),
+                        "Wildcards (*, #, >) select topics when subscribing; a SEND names one topic.",
+                    ));
+                }
+                self.router.publish_topic(name, &template, message_id);
+                return Ok(());
+            }
+            Destination::Queue(name) => self.router.queue_or_create(name),
+            Destination::ExistingQueue(name) => self
+                .router
+                .queue(name)
+                .ok_or_else(|| not_found(&destination_value))?,
+            Destination::TempQueue(name) => self.temp_queue(name).await?,
+            Destination::ReplyQueue(name) => match self.router.queue(name) {
+                Some(queue) => queue,
+                None => {
+                    debug!(destination = %destination_value, "reply queue gone; message dropped");
+                    return Ok(());
+                }
+            },
+        };
+        queue
+            .publish(QueuedMessage {
+                id: message_id,
+                template,
+                delivery_count: 0,
+                persistent,
+            })
+            .await
+            .map_err(|gone| StompError::new(gone.to_string(), gone.to_string()))
+    }
+
+    /// The headers a MESSAGE carries: the SEND's user headers, minus those that describe the
+    /// SEND itself or that the broker sets per delivery, with `reply-to` rewritten for
+    /// temporary queues.
+    async fn message_headers(&mut self, frame: &Frame) -> Result<Headers, StompError> {
+        let mut headers = Headers::with_capacity(frame.headers.len());
+        for (name, value) in frame.headers.iter_shared() {
+            match &**name {
+                names::RECEIPT
+                | names::TRANSACTION
+                | names::CONTENT_LENGTH
+                | names::SUBSCRIPTION
+                | names::MESSAGE_ID
+                | names::ACK
+                | names::REDELIVERED => {}
+                names::REPLY_TO
+                    if value.starts_with("/temp-queue/") && !headers.contains(names::REPLY_TO) =>
+                {
+                    let name = &value["/temp-queue/".len()..];
+                    let queue = self.temp_queue(name).await?;
+                    headers.push(
+                        name_of(names::REPLY_TO),
+                        format!("/reply-queue/{}", queue.name()),
+                    );
+                }
+                _ => headers.push(name.clone(), value.clone()),
+            }
+        }
+        Ok(headers)
+    }
+
+    /// This session's temporary queue `name`, created and subscribed (id `/temp-queue/<name>`,
+    /// auto ack) on first use, RabbitMQ style.
+    async fn temp_queue(&mut self, name: &str) -> Result<QueueHandle, StompError> {
+        if let Some(queue) = self.temp_queues.get(name) {
+            return Ok(queue.clone());
+        }
+        let router_name = format!("reply-{}-{}", self.id, name);
+        let queue = self.router.queue_or_create(&router_name);
+        self.temp_queues.insert(name.to_owned(), queue.clone());
+        let id = ByteString::from(format!("/temp-queue/{name}"));
+        if !self.by_id.contains_key(&id) {
+            let credit = (
+                self.config.default_prefetch_auto,
+                self.config.consumer_window_bytes,
+            );
+            self.attach_queue(
+                id,
+                format!("/temp-queue/{name}"),
+                AckMode::Auto,
+                queue.clone(),
+                credit,
+            )
+            .await?;
+        }
+        Ok(queue)
+    }
+
+    async fn subscribe(&mut self, frame: &Frame) -> Result<(), StompError> {
+        let destination_value = frame
+            .header(names::DESTINATION)
+            .ok_or_else(|| StompError::missing_header(Command::Subscribe, names::DESTINATION))?;
+        let id = match frame.headers.get_shared(names::ID) {
+            Some(id) => id.clone(),
+            // STOMP 1.0 made the id optional; the destination then names the subscription.
+            None if self.version == Version::V1_0 => ByteString::from(destination_value.to_owned()),
+            None => return Err(StompError::missing_header(Command::Subscribe, names::ID)),
+        };
+        if self.by_id.contains_key(&id) {
+            return Err(StompError::new(
+                format!("subscription id {id:?} is already in use"),
+                "Subscription ids must be unique within a connection; UNSUBSCRIBE the old one first.",
+            ));
+        }
+        if self.subscriptions.len() >= self.config.max_subscriptions {
+            return Err(StompError::limit(
+                "subscriptions per connection",
+                self.config.max_subscriptions,
+                "max_subscriptions_per_connection",
+            ));
+        }
+        let ack = AckMode::parse(frame.header(names::ACK))?;
+        let destination = Destination::parse(destination_value)
+            .map_err(|e| StompError::new(e.to_string(), e.to_string()))?;
+        match destination {
+            Destination::Topic(name) => {
+                let key = self.next_subscription_key();
+                let subscriber = Arc::new(TopicSubscriber {
+                    id: self.router.next_id(),
+                    subscription: key,
+                    outbox: Arc::clone(&self.outbox),
+                    policy: self.config.slow_consumer_policy,
+                });
+                let registration = self.router.subscribe_topic(name, subscriber);
+                self.insert_subscription(
+                    key,
+                    id,
+                    destination_value.to_owned(),
+                    ack,
+                    Target::Topic(registration),
+                );
+            }
+            Destination::Queue(name) => {
+                let queue = self.router.queue_or_create(name);
+                let credit = (self.prefetch(frame, ack)?, self.window_bytes(frame));
+                self.attach_queue(id, destination_value.to_owned(), ack, queue, credit)
+                    .await?;
+            }
+            Destination::ExistingQueue(name) | Destination::ReplyQueue(name) => {
+                let queue = self
+                    .router
+                    .queue(name)
+                    .ok_or_else(|| not_found(destination_value))?;
+                let credit = (self.prefetch(frame, ack)?, self.window_bytes(frame));
+                self.attach_queue(id, destination_value.to_owned(), ack, queue, credit)
+                    .await?;
+            }
+            Destination::TempQueue(name) => {
+                let router_name = format!("reply-{}-{}", self.id, name);
+                let queue = self.router.queue_or_create(&router_name);
+                self.temp_queues.insert(name.to_owned(), queue.clone());
+                let credit = (self.prefetch(frame, ack)?, self.window_bytes(frame));
+                self.attach_queue(id, destination_value.to_owned(), ack, queue, credit)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The prefetch a subscription asked for, in any of the dialects clients send: RabbitMQ's
+    /// `prefetch-count`, ActiveMQ's `activemq.prefetchSize` (messages), Artemis's
+    /// `consumer-window-size` (bytes, handled by [`Session::window_bytes`]).
+    fn prefetch(&self, frame: &Frame, ack: AckMode) -> Result<u32, StompError> {
+        let asked = ["prefetch-count", "activemq.prefetchSize"]
+            .iter()
+            .find_map(|name| frame.header(name).map(|v| (*name, v)));
+        let default = if ack == AckMode::Auto {
+            self.config.default_prefetch_auto
+        } else {
+            self.config.default_prefetch_client
+        };
+        let prefetch = match asked {
+            None => default,
+            Some((name, value)) => match value.trim().parse::<i64>() {
+                Ok(n) if n <= 0 => self.config.max_unacked_per_consumer,
+                Ok(n) => u32::try_from(n).unwrap_or(u32::MAX),
+                Err(_) => {
+                    return Err(StompError::new(
+                        format!("invalid {name} {value:?}"),
+                        format!("{name} must be a whole number of messages."),
+                    ));
+                }
+            },
+        };
+        Ok(prefetch.clamp(1, self.config.max_unacked_per_consumer.max(1)))
+    }
+
+    fn window_bytes(&self, frame: &Frame) -> usize {
+        match frame
+            .header("consumer-window-size")
+            .and_then(|v| v.trim().parse::<i64>().ok())
+        {
+            Some(n) if n > 0 => usize::try_from(n)
+                .unwrap_or(usize::MAX)
+                .min(self.config.consumer_window_bytes),
+            // 0 means one message at a time: the first message is always allowed.
+            Some(0) => 1,
+            _ => self.config.consumer_window_bytes,
+        }
+    }
+
+    async fn attach_queue(
+        &mut self,
+        id: ByteString,
+        destination: String,
+        ack: AckMode,
+        queue: QueueHandle,
+        credit: (u32, usize),
+    ) -> Result<(), StompError> {
+        let key = self.next_subscription_key();
+        let consumer = self.router.next_id();
+        let (prefetch, window_bytes) = credit;
+        queue
+            .add_consumer(Consumer {
+                id: consumer,
+                subscription: key,
+                outbox: Arc::clone(&self.outbox),
+                prefetch,
+                window_bytes,
+            })
+            .await
+            .map_err(|gone| StompError::new(gone.to_string(), gone.to_string()))?;
+        self.insert_subscription(key, id, destination, ack, Target::Queue { queue, consumer });
+        Ok(())
+    }
+
+    fn next_subscription_key(&mut self) -> u64 {
+        let key = self.next_subscription;
+        self.next_subscription += 1;
+        key
+    }
+
+    fn insert_subscription(
+        &mut self,
+        key: u64,
+        id: ByteString,
+        destination: String,
+        ack: AckMode,
+        target: Target,
+    ) {
+        self.by_id.insert(id.clone(), key);
+        self.subscriptions.insert(
+            key,
+            Subscription {
+                id,
+                destination,
+                ack,
+                target,
+                pending: VecDeque::new(),
+            },
+        );
+    }
+
+    async fn unsubscribe(&mut self, frame: &Frame) -> Result<(), StompError> {
+        let key = match frame.headers.get_shared(names::ID) {
+            Some(id) => self.by_id.get(id).copied(),
+            None if self.version == Version::V1_0 => frame
+                .header(names::DESTINATION)
+                .and_then(|d| self.by_id.get(d).copied()),
+            None => return Err(StompError::missing_header(Command::Unsubscribe, names::ID)),
+        };
+        let Some(key) = key else {
+            return Err(StompError::new(
+                "unknown subscription",
+                format!(
+                    "UNSUBSCRIBE names subscription {:?}, which does not exist on this connection.",
+                    frame
+                        .header(names::ID)
+                        .or(frame.header(names::DESTINATION))
+                        .unwrap_or("")
+                ),
+            ));
+        };
+        self.detach(key).await;
+        Ok(())
+    }
+
+    async fn detach(&mut self, key: u64) {
+        let Some(subscription) = self.subscriptions.remove(&key) else {
+            return;
+        };
+        self.by_id.remove(&subscription.id);
+        for pending in &subscription.pending {
+            self.ack_owner.remove(&pending.ack_id);
+        }
+        match subscription.target {
+            Target::Topic(registration) => self.router.unsubscribe_topic(&registration),
+            Target::Queue { queue, consumer } => {
+                // Unacknowledged messages go back to the queue for other consumers.
+                let _ = queue.remove_consumer(consumer).await;
+            }
+        }
+    }
+
+    async fn ack_or_buffer(&mut self, frame: &Frame) -> Result<(), StompError> {
+        if !frame.headers.contains(names::ID) && !frame.headers.contains(names::MESSAGE_ID) {
+            return Err(StompError::new(
+                format!("{} frame names no message", frame.command),
+                format!(
+                    "{} must carry 'id' (the MESSAGE's ack header, STOMP 1.2) or 'message-id' (with 'subscription' in STOMP 1.1).",
+                    frame.command
+                ),
+            ));
+        }
+        if let Some(buffered) = self.transaction_of(frame)? {
+            buffered.push(frame.clone());
+            return Ok(());
+        }
+        self.ack(frame).await;
+        Ok(())
+    }
+
+    /// Finds which pending deliveries an ACK/NACK covers and settles them with their queue.
+    async fn ack(&mut self, frame: &Frame) {
+        let outcome = match frame.command {
+            Command::Ack => Outcome::Ack,
+            _ if frame.header("requeue") == Some("false") => Outcome::Reject,
+            _ => Outcome::Requeue,
+        };
+        let Some((key, position)) = self.find_pending(frame) else {
+            debug!(session = %self.id, "{} for a message that is not pending; ignored", frame.command);
+            return;
+        };
+        let Some(subscription) = self.subscriptions.get_mut(&key) else {
+            return;
+        };
+        let covered: Vec<Pending> = match subscription.ack {
+            AckMode::Client => subscription.pending.drain(..=position).collect(),
+            _ => subscription.pending.remove(position).into_iter().collect(),
+        };
+        for pending in &covered {
+            self.ack_owner.remove(&pending.ack_id);
+        }
+        if let Target::Queue { queue, consumer } = &subscription.target {
+            let messages = covered.iter().map(|p| p.message_id).collect();
+            let _ = queue.settle(*consumer, messages, outcome).await;
+        }
+    }
+
+    fn find_pending(&self, frame: &Frame) -> Option<(u64, usize)> {
+        let position_of = |key: u64, matches: &dyn Fn(&Pending) -> bool| {
+            self.subscriptions
+                .get(&key)
+                .and_then(|s| s.pending.iter().position(matches))
+                .map(|p| (key, p))
+        };
+        if let Some(ack_id) = frame.header(names::ID).and_then(|v| v.parse::<u64>().ok()) {
+            if let Some(&key) = self.ack_owner.get(&ack_id) {
+                if let Some(found) = position_of(key, &|p| p.ack_id == ack_id) {
+                    return Some(found);
+                }
+            }
+        }
+        // 1.1 and 1.0 forms (and 1.2 clients that put the message-id in `id`).
+        let message_id = frame
+            .header(names::MESSAGE_ID)
+            .or(frame.header(names::ID))?
+            .parse::<u64>()
+            .ok()?;
+        let candidates: Vec<u64> = match frame
+            .header(names::SUBSCRIPTION)
+            .and_then(|s| self.by_id.get(s))
+        {
+            Some(&key) => vec![key],
+            None => self.subscriptions.keys().copied().collect(),
+        };
+        candidates
+            .into_iter()
+            .find_map(|key| position_of(key, &|p| p.message_id == message_id))
+    }
+
+    fn begin(&mut self, frame: &Frame) -> Result<(), StompError> {
+        let tx = frame
+            .headers
+            .get_shared(names::TRANSACTION)
+            .ok_or_else(|| StompError::missing_header(Command::Begin, names::TRANSACTION))?;
+        if self.transactions.contains_key(tx) {
+            return Err(StompError::new(
+                format!("transaction {tx:?} already begun"),
+                "Transaction ids must be unique among the open transactions of a connection.",
+            ));
+        }
+        self.transactions.insert(tx.clone(), Vec::new());
+        Ok(())
+    }
+
+    fn take_transaction(&mut self, frame: &Frame) -> Result<Vec<Frame>, StompError> {
+        let tx = frame
+            .headers
+            .get_shared(names::TRANSACTION)
+            .ok_or_else(|| StompError::missing_header(frame.command, names::TRANSACTION))?;
+        self.transactions.remove(tx).ok_or_else(|| {
+            StompError::new(
+                format!("unknown transaction {tx:?}"),
+                format!(
+                    "{} names transaction {tx:?}, which is not open on this connection.",
+                    frame.command
+                ),
+            )
+        })
+    }
+
+    async fn commit(&mut self, frame: &Frame) -> Result<(), StompError> {
+        for buffered in self.take_transaction(frame)? {
+            match buffered.command {
+                Command::Send => self.send(&buffered).await.map_err(|e| e.for_frame(frame))?,
+                _ => self.ack(&buffered).await,
+            }
+        }
+        Ok(())
+    }
+
+    fn abort(&mut self, frame: &Frame) -> Result<(), StompError> {
+        self.take_transaction(frame).map(drop)
+    }
+
+    /// Writes one delivery into `dst`, recording what the client must acknowledge. Returns the
+    /// acknowledgement the connection must send once the bytes are written, for `ack:auto`
+    /// queue subscriptions. Deliveries for subscriptions that no longer exist are skipped.
+    pub fn render(&mut self, delivery: Delivery, dst: &mut BytesMut) -> Option<AutoAck> {
+        let subscription = self.subscriptions.get_mut(&delivery.subscription)?;
+        let mut message_id = itoa::Buffer::new();
+        let message_id_text = message_id.format(delivery.message_id);
+        let mut ack_text = itoa::Buffer::new();
+        let mut per_delivery: [(&str, &str); 4] = [("", ""); 4];
+        per_delivery[0] = (names::SUBSCRIPTION, &subscription.id);
+        per_delivery[1] = (names::MESSAGE_ID, message_id_text);
+        let mut count = 2;
+        let mut auto_ack = None;
+        if subscription.ack == AckMode::Auto {
+            auto_ack = delivery.from_queue.map(|from| AutoAck {
+                from,
+                message_id: delivery.message_id,
+            });
+        } else {
+            let ack_id = self.next_ack;
+            self.next_ack += 1;
+            per_delivery[count] = (names::ACK, ack_text.format(ack_id));
+            count += 1;
+            if delivery.from_queue.is_some() {
+                subscription.pending.push_back(Pending {
+                    ack_id,
+                    message_id: delivery.message_id,
+                });
+                self.ack_owner.insert(ack_id, delivery.subscription);
+            }
+        }
+        if delivery.redelivered {
+            per_delivery[count] = (names::REDELIVERED, "true");
+            count += 1;
+        }
+        delivery
+            .template
+            .write_to(self.version, &per_delivery[..count], dst);
+        auto_ack
+    }
+
+    /// Releases everything the session holds: subscriptions (unacknowledged queue messages are
+    /// redelivered to other consumers), open transactions (aborted), temporary queues (deleted).
+    pub async fn close(&mut self) {
+        self.outbox.close();
+        self.transactions.clear();
+        let keys: Vec<u64> = self.subscriptions.keys().copied().collect();
+        for key in keys {
+            self.detach(key).await;
+        }
+        for (_, queue) in self.temp_queues.drain() {
+            self.router.delete_queue(queue.name()).await;
+        }
+    }
+
+    /// Destinations of the current subscriptions, for management and tests.
+    pub fn subscription_destinations(&self) -> Vec<String> {
+        self.subscriptions
+            .values()
+            .map(|s| s.destination.clone())
+            .collect()
+    }
+}
+
+fn not_found(destination: &str) -> StompError {
+    StompError::new(
+        format!("not_found: no queue {destination:?}"),
+        format!(
+            "{destination} names a queue that does not exist. /amq/queue/ only addresses existing queues; use /queue/ to create it on first use."
+        ),
+    )
+}
+
+fn name_of(name: &'static str) -> ByteString {
+    ByteString::from_static(name)
+}

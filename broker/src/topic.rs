@@ -1,0 +1,195 @@
+//! Topics: every current subscriber gets every message.
+//!
+//! A publish loads the subscriber list through an [`ArcSwap`] (no lock on the publish path),
+//! builds nothing per subscriber but a small [`Delivery`] that points at the one shared
+//! [`MessageTemplate`], and pushes it into each subscriber's outbox. Publishing happens on the
+//! publisher's own task, so messages from one publisher reach every subscriber in publish order.
+//! Subscribe and unsubscribe are rare; they copy the list under a mutex and swap it in.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use stampede_protocol::MessageTemplate;
+
+use crate::outbox::{Delivery, Outbox, SlowConsumerPolicy};
+
+/// One subscription to a topic (exact, or a wildcard pattern shared by many topics).
+#[derive(Debug)]
+pub struct TopicSubscriber {
+    /// Broker-wide unique id, used to remove it again.
+    pub id: u64,
+    /// The session-local subscription key written into deliveries.
+    pub subscription: u64,
+    /// Where deliveries go.
+    pub outbox: Arc<Outbox>,
+    /// What to do when the outbox is full.
+    pub policy: SlowConsumerPolicy,
+}
+
+/// A topic and its current subscribers.
+#[derive(Debug)]
+pub struct Topic {
+    name: Arc<str>,
+    subscribers: ArcSwap<Vec<Arc<TopicSubscriber>>>,
+    changes: Mutex<()>,
+    published: AtomicU64,
+}
+
+impl Topic {
+    /// An empty topic.
+    pub fn new(name: Arc<str>) -> Topic {
+        Topic {
+            name,
+            subscribers: ArcSwap::from_pointee(Vec::new()),
+            changes: Mutex::new(()),
+            published: AtomicU64::new(0),
+        }
+    }
+
+    /// The topic name (without `/topic/`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Delivers to every current subscriber; returns how many took it.
+    pub fn publish(&self, template: &Arc<MessageTemplate>, message_id: u64) -> usize {
+        self.published.fetch_add(1, Ordering::Relaxed);
+        let subscribers = self.subscribers.load();
+        let mut delivered = 0;
+        for subscriber in subscribers.iter() {
+            let delivery = Delivery {
+                subscription: subscriber.subscription,
+                template: Arc::clone(template),
+                message_id,
+                from_queue: None,
+                redelivered: false,
+            };
+            if subscriber
+                .outbox
+                .push_topic(delivery, subscriber.policy)
+                .is_ok()
+            {
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+
+    /// Adds a subscriber.
+    pub fn add(&self, subscriber: Arc<TopicSubscriber>) {
+        let _guard = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = Vec::clone(&self.subscribers.load());
+        next.push(subscriber);
+        self.subscribers.store(Arc::new(next));
+    }
+
+    /// Removes the subscriber with broker-wide id `id`; returns how many remain.
+    pub fn remove(&self, id: u64) -> usize {
+        let _guard = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = Vec::clone(&self.subscribers.load());
+        next.retain(|s| s.id != id);
+        let remaining = next.len();
+        self.subscribers.store(Arc::new(next));
+        remaining
+    }
+
+    /// Number of subscribers now.
+    pub fn subscriber_count(&self) -> usize {
+        self.subscribers.load().len()
+    }
+
+    /// Messages published so far.
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
+}
+
+/// A topic wildcard pattern over `.`-separated segments: `*` matches exactly one segment, `#`
+/// and `>` match one or more (so both RabbitMQ-style `a.#` and ActiveMQ-style `a.>` work).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    segments: Vec<Segment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    One,
+    OneOrMore,
+}
+
+impl Pattern {
+    /// Parses `name` if it contains a wildcard segment; `None` for a plain topic name.
+    pub fn parse(name: &str) -> Option<Pattern> {
+        let segments: Vec<Segment> = name
+            .split('.')
+            .map(|s| match s {
+                "*" => Segment::One,
+                "#" | ">" => Segment::OneOrMore,
+                literal => Segment::Literal(literal.to_owned()),
+            })
+            .collect();
+        segments
+            .iter()
+            .any(|s| !matches!(s, Segment::Literal(_)))
+            .then_some(Pattern { segments })
+    }
+
+    /// True when the topic `name` matches.
+    pub fn matches(&self, name: &str) -> bool {
+        let words: Vec<&str> = name.split('.').collect();
+        matches_from(&self.segments, &words)
+    }
+}
+
+fn matches_from(pattern: &[Segment], words: &[&str]) -> bool {
+    match pattern.split_first() {
+        None => words.is_empty(),
+        Some((Segment::Literal(literal), rest)) => {
+            words.first().is_some_and(|w| w == literal) && matches_from(rest, &words[1..])
+        }
+        Some((Segment::One, rest)) => !words.is_empty() && matches_from(rest, &words[1..]),
+        Some((Segment::OneOrMore, rest)) => {
+            (1..=words.len()).any(|taken| matches_from(rest, &words[taken..]))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matches(pattern: &str, name: &str) -> bool {
+        Pattern::parse(pattern)
+            .expect("a wildcard pattern")
+            .matches(name)
+    }
+
+    #[test]
+    fn plain_names_are_not_patterns() {
+        assert!(Pattern::parse("a.b.c").is_none());
+    }
+
+    #[test]
+    fn star_matches_exactly_one_segment() {
+        assert!(matches("a.*", "a.b"));
+        assert!(!matches("a.*", "a"));
+        assert!(!matches("a.*", "a.b.c"));
+        assert!(matches("*.b", "x.b"));
+    }
+
+    #[test]
+    fn hash_and_greater_than_match_one_or_more_segments() {
+        for wildcard in ["#", ">"] {
+            let pattern = format!("a.{wildcard}");
+            assert!(matches(&pattern, "a.b"));
+            assert!(matches(&pattern, "a.b.c.d"));
+            assert!(!matches(&pattern, "a"));
+            assert!(!matches(&pattern, "b.c"));
+        }
+        assert!(matches("a.#.z", "a.b.c.z"));
+        assert!(!matches("a.#.z", "a.z"));
+    }
+}
