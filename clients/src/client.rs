@@ -168,10 +168,9 @@ impl Client {
         let limit = options.connect_timeout;
         match tokio::time::timeout(limit, establish(&options)).await {
             Ok(result) => result,
-            Err(_) => Err(ClientError::Timeout {
-                waiting_for: format!("CONNECTED from {}", options.endpoint),
-                after: limit,
-            }),
+            Err(_) => {
+                Err(ClientError::Timeout { waiting_for: format!("CONNECTED from {}", options.endpoint), after: limit })
+            }
         }
     }
 
@@ -207,12 +206,7 @@ impl Client {
     ///
     /// # Errors
     /// [`ClientError::Closed`] (or [`ClientError::ServerError`]) when the connection has ended.
-    pub async fn send(
-        &self,
-        destination: &str,
-        body: impl Into<Bytes>,
-        headers: Headers,
-    ) -> Result<(), ClientError> {
+    pub async fn send(&self, destination: &str, body: impl Into<Bytes>, headers: Headers) -> Result<(), ClientError> {
         let frame = send_frame(destination, body.into(), &headers, None);
         self.submit(frame, Effect::None).await
     }
@@ -239,11 +233,7 @@ impl Client {
     /// # Errors
     /// As [`Client::send_with_receipt`]; a refused subscription is a
     /// [`ClientError::ServerError`].
-    pub async fn subscribe(
-        &self,
-        destination: &str,
-        options: SubscribeOptions,
-    ) -> Result<Subscription, ClientError> {
+    pub async fn subscribe(&self, destination: &str, options: SubscribeOptions) -> Result<Subscription, ClientError> {
         self.subscribe_inner(destination, options, true).await
     }
 
@@ -276,20 +266,10 @@ impl Client {
             .with_header(names::ACK, options.ack.as_str());
         extend(&mut frame.headers, &options.headers);
         let (sender, messages) = mpsc::channel(options.capacity.max(1));
-        let effect = Effect::Subscribe {
-            id: id.clone(),
-            destination: destination.clone(),
-            sender,
-        };
+        let effect = Effect::Subscribe { id: id.clone(), destination: destination.clone(), sender };
         // Built before waiting so that its Drop unsubscribes if the wait fails (a timeout).
-        let subscription = Subscription {
-            id,
-            destination,
-            ack: options.ack,
-            messages,
-            client: self.clone(),
-            active: true,
-        };
+        let subscription =
+            Subscription { id, destination, ack: options.ack, messages, client: self.clone(), active: true };
         if wait {
             self.request_with_receipt(frame, effect).await?;
         } else {
@@ -332,15 +312,7 @@ impl Client {
     /// # Errors
     /// As [`Client::send`].
     pub async fn ack_with_headers(&self, headers: Headers) -> Result<(), ClientError> {
-        self.submit(
-            Frame {
-                command: Command::Ack,
-                headers,
-                body: Bytes::new(),
-            },
-            Effect::None,
-        )
-        .await
+        self.submit(Frame { command: Command::Ack, headers, body: Bytes::new() }, Effect::None).await
     }
 
     /// Sends a NACK with exactly `headers`.
@@ -348,15 +320,7 @@ impl Client {
     /// # Errors
     /// As [`Client::send`].
     pub async fn nack_with_headers(&self, headers: Headers) -> Result<(), ClientError> {
-        self.submit(
-            Frame {
-                command: Command::Nack,
-                headers,
-                body: Bytes::new(),
-            },
-            Effect::None,
-        )
-        .await
+        self.submit(Frame { command: Command::Nack, headers, body: Bytes::new() }, Effect::None).await
     }
 
     /// Starts a transaction (BEGIN with a generated `transaction` id, `tx-0`, `tx-1`, ...).
@@ -369,11 +333,7 @@ impl Client {
         let id = self.shared.ids.transaction();
         let frame = Frame::new(Command::Begin).with_header(names::TRANSACTION, id.clone());
         self.submit(frame, Effect::None).await?;
-        Ok(Transaction {
-            id,
-            client: self.clone(),
-            finished: false,
-        })
+        Ok(Transaction { id, client: self.clone(), finished: false })
     }
 
     /// Sends `frame` as it is: the escape hatch for tests of odd behaviour. A RECEIPT it asks
@@ -403,11 +363,7 @@ impl Client {
     /// [`ConnectOptions::unrouted_capacity`] and then dropped; once taken, a full channel makes
     /// the connection stop reading until the taker catches up, so none is lost.
     pub fn take_unrouted(&self) -> Option<UnroutedFrames> {
-        let mut slot = self
-            .shared
-            .unrouted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.shared.unrouted.lock().unwrap_or_else(|e| e.into_inner());
         let frames = slot.take()?;
         self.shared.unrouted_taken.store(true, Ordering::Release);
         Some(UnroutedFrames { frames })
@@ -422,16 +378,9 @@ impl Client {
     /// already failed.
     pub async fn disconnect(&self) -> Result<(), ClientError> {
         if let Some(reason) = self.close_reason() {
-            return if reason.is_graceful() {
-                Ok(())
-            } else {
-                Err(ClientError::from_close(&reason))
-            };
+            return if reason.is_graceful() { Ok(()) } else { Err(ClientError::from_close(&reason)) };
         }
-        match self
-            .request_with_receipt(Frame::new(Command::Disconnect), Effect::Disconnect)
-            .await
-        {
+        match self.request_with_receipt(Frame::new(Command::Disconnect), Effect::Disconnect).await {
             Ok(_) => {
                 let _ = tokio::time::timeout(self.shared.receipt_timeout, self.closed()).await;
                 Ok(())
@@ -460,8 +409,7 @@ impl Client {
 
     /// The server's ERROR, if the connection ended with one.
     pub fn last_error(&self) -> Option<ServerError> {
-        self.close_reason()
-            .and_then(|reason| reason.server_error().cloned())
+        self.close_reason().and_then(|reason| reason.server_error().cloned())
     }
 
     /// True once the connection has ended.
@@ -470,31 +418,16 @@ impl Client {
     }
 
     async fn submit(&self, frame: Frame, effect: Effect) -> Result<(), ClientError> {
-        let request = Request {
-            frame,
-            receipt: None,
-            effect,
-        };
-        self.requests
-            .send(request)
-            .await
-            .map_err(|_| self.closed_error())
+        let request = Request { frame, receipt: None, effect };
+        self.requests.send(request).await.map_err(|_| self.closed_error())
     }
 
     fn try_submit(&self, frame: Frame, effect: Effect) {
         // Best effort, for Drop: if the queue is full or closed the task cleans up by itself.
-        let _ = self.requests.try_send(Request {
-            frame,
-            receipt: None,
-            effect,
-        });
+        let _ = self.requests.try_send(Request { frame, receipt: None, effect });
     }
 
-    async fn request_with_receipt(
-        &self,
-        mut frame: Frame,
-        effect: Effect,
-    ) -> Result<Frame, ClientError> {
+    async fn request_with_receipt(&self, mut frame: Frame, effect: Effect) -> Result<Frame, ClientError> {
         let id = match frame.headers.get_shared(names::RECEIPT) {
             Some(id) => id.clone(),
             None => {
@@ -504,23 +437,13 @@ impl Client {
             }
         };
         let (reply, answer) = oneshot::channel();
-        let request = Request {
-            frame,
-            receipt: Some((id.clone(), reply)),
-            effect,
-        };
-        self.requests
-            .send(request)
-            .await
-            .map_err(|_| self.closed_error())?;
+        let request = Request { frame, receipt: Some((id.clone(), reply)), effect };
+        self.requests.send(request).await.map_err(|_| self.closed_error())?;
         let limit = self.shared.receipt_timeout;
         match tokio::time::timeout(limit, answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(self.closed_error()),
-            Err(_) => Err(ClientError::Timeout {
-                waiting_for: format!("RECEIPT {id}"),
-                after: limit,
-            }),
+            Err(_) => Err(ClientError::Timeout { waiting_for: format!("RECEIPT {id}"), after: limit }),
         }
     }
 
@@ -535,29 +458,19 @@ fn extend(headers: &mut Headers, extra: &Headers) {
     }
 }
 
-fn send_frame(
-    destination: &str,
-    body: Bytes,
-    headers: &Headers,
-    transaction: Option<&str>,
-) -> Frame {
+fn send_frame(destination: &str, body: Bytes, headers: &Headers, transaction: Option<&str>) -> Frame {
     let mut all = Headers::with_capacity(headers.len() + 2);
     all.push(names::DESTINATION, destination);
     if let Some(transaction) = transaction {
         all.push(names::TRANSACTION, transaction);
     }
     extend(&mut all, headers);
-    Frame {
-        command: Command::Send,
-        headers: all,
-        body,
-    }
+    Frame { command: Command::Send, headers: all, body }
 }
 
 /// Connects the transport, performs the CONNECT/CONNECTED exchange and starts the task.
 async fn establish(options: &ConnectOptions) -> Result<Client, ClientError> {
-    let (mut reader, mut writer, subprotocol) =
-        transport::open(&options.endpoint, &options.limits).await?;
+    let (mut reader, mut writer, subprotocol) = transport::open(&options.endpoint, &options.limits).await?;
     let mut out = BytesMut::new();
     // CONNECT is never escaped, so the version passed here does not matter.
     encode(&options.connect_frame(), Version::V1_2, &mut out);
@@ -580,24 +493,20 @@ async fn establish(options: &ConnectOptions) -> Result<Client, ClientError> {
         Command::Connected => {}
         Command::Error => return Err(ServerError::from_frame(&connected).into()),
         other => {
-            return Err(ClientError::Handshake(format!(
-                "expected CONNECTED, the server sent {other}"
-            )));
+            return Err(ClientError::Handshake(format!("expected CONNECTED, the server sent {other}")));
         }
     }
     let version = match connected.header(names::VERSION) {
-        Some(v) => Version::parse(v).ok_or_else(|| {
-            ClientError::Handshake(format!("CONNECTED names an unknown version {v:?}"))
-        })?,
+        Some(v) => Version::parse(v)
+            .ok_or_else(|| ClientError::Handshake(format!("CONNECTED names an unknown version {v:?}")))?,
         // "If the version header is missing, it means that the server only supports 1.0", but a
         // WebSocket subprotocol, when one was chosen, is the better witness.
         None => subprotocol.unwrap_or(Version::V1_0),
     };
     decoder.set_version(version);
     let server_beat = match connected.header(names::HEART_BEAT) {
-        Some(value) => HeartBeat::parse(value).ok_or_else(|| {
-            ClientError::Handshake(format!("CONNECTED has a malformed heart-beat {value:?}"))
-        })?,
+        Some(value) => HeartBeat::parse(value)
+            .ok_or_else(|| ClientError::Handshake(format!("CONNECTED has a malformed heart-beat {value:?}")))?,
         None => HeartBeat::default(),
     };
     let heart_beat = negotiate(options.heart_beat, server_beat);
@@ -635,10 +544,7 @@ async fn establish(options: &ConnectOptions) -> Result<Client, ClientError> {
         closed: closed_tx,
     };
     tokio::spawn(connection.run());
-    Ok(Client {
-        requests: requests_tx,
-        shared,
-    })
+    Ok(Client { requests: requests_tx, shared })
 }
 
 /// Messages of one subscription, as a [`Stream`]. Ends when the connection ends (after the
@@ -711,13 +617,8 @@ impl Subscription {
     /// As [`Client::send_with_receipt`].
     pub async fn unsubscribe(mut self) -> Result<(), ClientError> {
         self.active = false;
-        let effect = Effect::Unsubscribe {
-            id: self.id.clone(),
-        };
-        self.client
-            .request_with_receipt(unsubscribe_frame(&self.id), effect)
-            .await
-            .map(drop)
+        let effect = Effect::Unsubscribe { id: self.id.clone() };
+        self.client.request_with_receipt(unsubscribe_frame(&self.id), effect).await.map(drop)
     }
 }
 
@@ -736,9 +637,7 @@ impl Stream for Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         if self.active && !self.client.is_closed() {
-            let effect = Effect::Unsubscribe {
-                id: self.id.clone(),
-            };
+            let effect = Effect::Unsubscribe { id: self.id.clone() };
             self.client.try_submit(unsubscribe_frame(&self.id), effect);
         }
     }
@@ -763,12 +662,7 @@ impl Transaction {
     ///
     /// # Errors
     /// As [`Client::send`].
-    pub async fn send(
-        &self,
-        destination: &str,
-        body: impl Into<Bytes>,
-        headers: Headers,
-    ) -> Result<(), ClientError> {
+    pub async fn send(&self, destination: &str, body: impl Into<Bytes>, headers: Headers) -> Result<(), ClientError> {
         let frame = send_frame(destination, body.into(), &headers, Some(&self.id));
         self.client.submit(frame, Effect::None).await
     }
@@ -787,12 +681,7 @@ impl Transaction {
     /// # Errors
     /// As [`Client::nack`].
     pub async fn nack(&self, message: &Message) -> Result<(), ClientError> {
-        let frame = ack_frame(
-            Command::Nack,
-            message,
-            self.client.version(),
-            Some(&self.id),
-        )?;
+        let frame = ack_frame(Command::Nack, message, self.client.version(), Some(&self.id))?;
         self.client.submit(frame, Effect::None).await
     }
 
@@ -815,10 +704,7 @@ impl Transaction {
     async fn finish(&mut self, command: Command) -> Result<(), ClientError> {
         self.finished = true;
         let frame = Frame::new(command).with_header(names::TRANSACTION, self.id.clone());
-        self.client
-            .request_with_receipt(frame, Effect::None)
-            .await
-            .map(drop)
+        self.client.request_with_receipt(frame, Effect::None).await.map(drop)
     }
 }
 
@@ -851,10 +737,7 @@ impl UnroutedFrames {
     pub async fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Frame>, ClientError> {
         tokio::time::timeout(timeout, self.frames.recv())
             .await
-            .map_err(|_| ClientError::Timeout {
-                waiting_for: "an unrouted frame".to_owned(),
-                after: timeout,
-            })
+            .map_err(|_| ClientError::Timeout { waiting_for: "an unrouted frame".to_owned(), after: timeout })
     }
 }
 
@@ -882,9 +765,7 @@ mod tests {
 
     #[test]
     fn send_frame_puts_destination_and_transaction_first() {
-        let headers: Headers = [("destination", "/evil"), ("persistent", "true")]
-            .into_iter()
-            .collect();
+        let headers: Headers = [("destination", "/evil"), ("persistent", "true")].into_iter().collect();
         let frame = send_frame("/queue/a", Bytes::from_static(b"x"), &headers, Some("tx-1"));
         assert_eq!(frame.header("destination"), Some("/queue/a"));
         assert_eq!(frame.header("transaction"), Some("tx-1"));

@@ -80,11 +80,7 @@ struct Route {
 
 /// A delivery waiting for room in a full channel; reading is parked while one exists.
 enum Parked {
-    Message {
-        subscription: ByteString,
-        sender: mpsc::Sender<Message>,
-        message: Message,
-    },
+    Message { subscription: ByteString, sender: mpsc::Sender<Message>, message: Message },
     Unrouted(Frame),
 }
 
@@ -279,26 +275,12 @@ impl Connection {
     }
 
     fn on_request(&mut self, state: &mut State, request: Request) {
-        let Request {
-            frame,
-            receipt,
-            effect,
-        } = request;
+        let Request { frame, receipt, effect } = request;
         match effect {
             Effect::None => {}
-            Effect::Subscribe {
-                id,
-                destination,
-                sender,
-            } => {
+            Effect::Subscribe { id, destination, sender } => {
                 state.retired.retain(|retired| retired != &id);
-                state.routes.insert(
-                    id,
-                    Route {
-                        destination,
-                        sender,
-                    },
-                );
+                state.routes.insert(id, Route { destination, sender });
             }
             Effect::Unsubscribe { id } => retire(state, &id),
             Effect::Disconnect => {
@@ -379,11 +361,7 @@ impl Connection {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(message)) => {
                 let sender = route.sender.clone();
-                state.parked = Some(Parked::Message {
-                    subscription: id,
-                    sender,
-                    message,
-                });
+                state.parked = Some(Parked::Message { subscription: id, sender, message });
             }
             Err(mpsc::error::TrySendError::Closed(_)) => self.abandoned(state, &id),
         }

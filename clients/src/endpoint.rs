@@ -47,10 +47,7 @@ impl Endpoint {
     /// client; put a TLS-terminating proxy in front or use `ws://`), credentials in the URL, an
     /// empty host, a bad port, or an unbracketed IPv6 address.
     pub fn parse(url: &str) -> Result<Endpoint, ClientError> {
-        let invalid = |reason: &str| ClientError::InvalidUrl {
-            url: url.to_owned(),
-            reason: reason.to_owned(),
-        };
+        let invalid = |reason: &str| ClientError::InvalidUrl { url: url.to_owned(), reason: reason.to_owned() };
         let trimmed = url.trim();
         let (scheme, rest) = match trimmed.split_once("://") {
             Some((scheme, rest)) => (scheme.to_ascii_lowercase(), rest),
@@ -76,12 +73,10 @@ impl Endpoint {
                 };
                 Ok(Endpoint::WebSocket { host, port, path })
             }
-            "wss" | "ssl" | "tls" | "stomp+ssl" => Err(invalid(
-                "TLS is not built into this client: use tcp:// or ws://, or a TLS-terminating proxy",
-            )),
-            _ => Err(invalid(
-                "unknown scheme: expected tcp://, stomp:// or ws://",
-            )),
+            "wss" | "ssl" | "tls" | "stomp+ssl" => {
+                Err(invalid("TLS is not built into this client: use tcp:// or ws://, or a TLS-terminating proxy"))
+            }
+            _ => Err(invalid("unknown scheme: expected tcp://, stomp:// or ws://")),
         }
     }
 
@@ -102,11 +97,7 @@ impl Endpoint {
     /// `host:port`, with brackets around an IPv6 literal.
     pub fn authority(&self) -> String {
         let host = self.host();
-        if host.contains(':') {
-            format!("[{host}]:{}", self.port())
-        } else {
-            format!("{host}:{}", self.port())
-        }
+        if host.contains(':') { format!("[{host}]:{}", self.port()) } else { format!("{host}:{}", self.port()) }
     }
 }
 
@@ -116,15 +107,10 @@ fn split_authority(authority: &str, default_port: u16) -> Result<(String, u16), 
         return Err("credentials do not belong in the URL: use the login and passcode options");
     }
     let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
-        let (host, after) = bracketed
-            .split_once(']')
-            .ok_or("unclosed '[' in IPv6 address")?;
+        let (host, after) = bracketed.split_once(']').ok_or("unclosed '[' in IPv6 address")?;
         match after {
             "" => (host, None),
-            p => (
-                host,
-                Some(p.strip_prefix(':').ok_or("expected ':' after ']'")?),
-            ),
+            p => (host, Some(p.strip_prefix(':').ok_or("expected ':' after ']'")?)),
         }
     } else {
         match authority.split_once(':') {
@@ -170,48 +156,26 @@ mod tests {
     use super::*;
 
     fn tcp(host: &str, port: u16) -> Endpoint {
-        Endpoint::Tcp {
-            host: host.into(),
-            port,
-        }
+        Endpoint::Tcp { host: host.into(), port }
     }
 
     fn ws(host: &str, port: u16, path: &str) -> Endpoint {
-        Endpoint::WebSocket {
-            host: host.into(),
-            port,
-            path: path.into(),
-        }
+        Endpoint::WebSocket { host: host.into(), port, path: path.into() }
     }
 
     #[test]
     fn tcp_forms() {
-        assert_eq!(
-            Endpoint::parse("tcp://localhost:61614").unwrap(),
-            tcp("localhost", 61614)
-        );
-        assert_eq!(
-            Endpoint::parse("stomp://broker:1/").unwrap(),
-            tcp("broker", 1)
-        );
-        assert_eq!(
-            Endpoint::parse("127.0.0.1:5000").unwrap(),
-            tcp("127.0.0.1", 5000)
-        );
-        assert_eq!(
-            Endpoint::parse(" localhost ").unwrap(),
-            tcp("localhost", DEFAULT_TCP_PORT)
-        );
+        assert_eq!(Endpoint::parse("tcp://localhost:61614").unwrap(), tcp("localhost", 61614));
+        assert_eq!(Endpoint::parse("stomp://broker:1/").unwrap(), tcp("broker", 1));
+        assert_eq!(Endpoint::parse("127.0.0.1:5000").unwrap(), tcp("127.0.0.1", 5000));
+        assert_eq!(Endpoint::parse(" localhost ").unwrap(), tcp("localhost", DEFAULT_TCP_PORT));
         assert_eq!(Endpoint::parse("TCP://h:2").unwrap(), tcp("h", 2));
     }
 
     #[test]
     fn ipv6_needs_brackets() {
         assert_eq!(Endpoint::parse("[::1]:61613").unwrap(), tcp("::1", 61613));
-        assert_eq!(
-            Endpoint::parse("tcp://[::1]").unwrap(),
-            tcp("::1", DEFAULT_TCP_PORT)
-        );
+        assert_eq!(Endpoint::parse("tcp://[::1]").unwrap(), tcp("::1", DEFAULT_TCP_PORT));
         assert!(Endpoint::parse("::1:61613").is_err());
         assert!(Endpoint::parse("[::1").is_err());
         assert_eq!(tcp("::1", 7).to_string(), "tcp://[::1]:7");
@@ -219,18 +183,9 @@ mod tests {
 
     #[test]
     fn websocket_forms() {
-        assert_eq!(
-            Endpoint::parse("ws://localhost:15674/ws").unwrap(),
-            ws("localhost", 15674, "/ws")
-        );
-        assert_eq!(
-            Endpoint::parse("ws://example.org").unwrap(),
-            ws("example.org", 80, "/")
-        );
-        assert_eq!(
-            Endpoint::parse("ws://h:1?x=1").unwrap(),
-            ws("h", 1, "/?x=1")
-        );
+        assert_eq!(Endpoint::parse("ws://localhost:15674/ws").unwrap(), ws("localhost", 15674, "/ws"));
+        assert_eq!(Endpoint::parse("ws://example.org").unwrap(), ws("example.org", 80, "/"));
+        assert_eq!(Endpoint::parse("ws://h:1?x=1").unwrap(), ws("h", 1, "/?x=1"));
         assert_eq!(ws("h", 1, "/stomp").to_string(), "ws://h:1/stomp");
     }
 
@@ -248,10 +203,7 @@ mod tests {
             ":61613",
         ] {
             let err = Endpoint::parse(bad).expect_err(bad);
-            assert!(
-                matches!(err, ClientError::InvalidUrl { .. }),
-                "{bad}: {err}"
-            );
+            assert!(matches!(err, ClientError::InvalidUrl { .. }), "{bad}: {err}");
         }
     }
 }

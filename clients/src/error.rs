@@ -115,10 +115,7 @@ impl fmt::Display for CloseReason {
             CloseReason::ServerError(e) => e.fmt(f),
             CloseReason::ServerClosed => f.write_str("the server closed the connection"),
             CloseReason::HeartBeatTimeout { silent_for } => {
-                write!(
-                    f,
-                    "no data or heart-beat from the server for {silent_for:?}"
-                )
+                write!(f, "no data or heart-beat from the server for {silent_for:?}")
             }
             CloseReason::Io(e) => write!(f, "I/O error: {e}"),
             CloseReason::Protocol(e) => write!(f, "protocol error: {e}"),
@@ -224,10 +221,7 @@ mod tests {
         let e = ServerError::from_frame(&frame);
         assert_eq!(e.message, "access refused");
         assert_eq!(e.receipt_id.as_deref(), Some("rcpt-7"));
-        assert_eq!(
-            e.to_string(),
-            "server sent ERROR: access refused (user guest may not write /queue/x)"
-        );
+        assert_eq!(e.to_string(), "server sent ERROR: access refused (user guest may not write /queue/x)");
         let client_error = ClientError::from_close(&CloseReason::ServerError(e.clone()));
         assert_eq!(client_error.server_error(), Some(&e));
     }

@@ -87,16 +87,10 @@ pub fn ack_frame(
         }
         Version::V1_1 | Version::V1_0 => {
             if version == Version::V1_0 && command == Command::Nack {
-                return Err(ClientError::InvalidRequest(
-                    "NACK does not exist in STOMP 1.0".to_owned(),
-                ));
+                return Err(ClientError::InvalidRequest("NACK does not exist in STOMP 1.0".to_owned()));
             }
-            frame
-                .headers
-                .push(names::SUBSCRIPTION, message.subscription.clone());
-            frame
-                .headers
-                .push(names::MESSAGE_ID, message.message_id.clone());
+            frame.headers.push(names::SUBSCRIPTION, message.subscription.clone());
+            frame.headers.push(names::MESSAGE_ID, message.message_id.clone());
         }
     }
     if let Some(transaction) = transaction {
@@ -142,13 +136,7 @@ mod tests {
         let f = ack_frame(Command::Ack, &message(Some("a-9")), Version::V1_2, None).unwrap();
         assert_eq!(f.command, Command::Ack);
         assert_eq!(pairs(&f), vec![("id", "a-9")]);
-        let f = ack_frame(
-            Command::Nack,
-            &message(Some("a-9")),
-            Version::V1_2,
-            Some("tx-0"),
-        )
-        .unwrap();
+        let f = ack_frame(Command::Nack, &message(Some("a-9")), Version::V1_2, Some("tx-0")).unwrap();
         assert_eq!(pairs(&f), vec![("id", "a-9"), ("transaction", "tx-0")]);
     }
 
@@ -162,22 +150,10 @@ mod tests {
     fn stomp_1_1_and_1_0_ack_by_subscription_and_message_id() {
         for version in [Version::V1_1, Version::V1_0] {
             let f = ack_frame(Command::Ack, &message(None), version, None).unwrap();
-            assert_eq!(
-                pairs(&f),
-                vec![("subscription", "sub-0"), ("message-id", "m-1")]
-            );
+            assert_eq!(pairs(&f), vec![("subscription", "sub-0"), ("message-id", "m-1")]);
         }
-        let f = ack_frame(
-            Command::Nack,
-            &message(Some("ignored")),
-            Version::V1_1,
-            None,
-        )
-        .unwrap();
-        assert_eq!(
-            pairs(&f),
-            vec![("subscription", "sub-0"), ("message-id", "m-1")]
-        );
+        let f = ack_frame(Command::Nack, &message(Some("ignored")), Version::V1_1, None).unwrap();
+        assert_eq!(pairs(&f), vec![("subscription", "sub-0"), ("message-id", "m-1")]);
     }
 
     #[test]

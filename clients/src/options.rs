@@ -76,10 +76,7 @@ impl ConnectOptions {
             login: None,
             passcode: None,
             host: "/".to_owned(),
-            heart_beat: HeartBeat {
-                send_ms: 10_000,
-                receive_ms: 10_000,
-            },
+            heart_beat: HeartBeat { send_ms: 10_000, receive_ms: 10_000 },
             heart_beat_grace: 2.5,
             accept_version: Version::ALL.to_vec(),
             headers: Headers::new(),
@@ -119,10 +116,7 @@ impl ConnectOptions {
 
     /// Sets the offered heart-beat, in milliseconds; `(0, 0)` disables heart-beats.
     pub fn heart_beat(mut self, send_ms: u32, receive_ms: u32) -> Self {
-        self.heart_beat = HeartBeat {
-            send_ms,
-            receive_ms,
-        };
+        self.heart_beat = HeartBeat { send_ms, receive_ms };
         self
     }
 
@@ -170,11 +164,7 @@ impl ConnectOptions {
 
     /// The CONNECT (or STOMP) frame these options describe.
     pub fn connect_frame(&self) -> Frame {
-        let command = if self.use_stomp_command {
-            Command::Stomp
-        } else {
-            Command::Connect
-        };
+        let command = if self.use_stomp_command { Command::Stomp } else { Command::Connect };
         let mut frame = Frame::new(command);
         if !self.accept_version.is_empty() {
             let offer: Vec<&str> = self.accept_version.iter().map(|v| v.as_str()).collect();
@@ -187,9 +177,7 @@ impl ConnectOptions {
         if let Some(passcode) = &self.passcode {
             frame.headers.push(names::PASSCODE, passcode.as_str());
         }
-        frame
-            .headers
-            .push(names::HEART_BEAT, self.heart_beat.to_header_value());
+        frame.headers.push(names::HEART_BEAT, self.heart_beat.to_header_value());
         for (name, value) in self.headers.iter_shared() {
             frame.headers.push(name.clone(), value.clone());
         }
@@ -324,8 +312,7 @@ impl SubscribeOptions {
     /// Marks the subscription durable the RabbitMQ way (`durable:true`, `auto-delete:false`);
     /// give it a stable [`id`](Self::id), which names it.
     pub fn durable(self) -> Self {
-        self.header("durable", "true")
-            .header("auto-delete", "false")
+        self.header("durable", "true").header("auto-delete", "false")
     }
 
     /// Sets the per-subscription buffer size (at least 1).
@@ -358,23 +345,15 @@ mod tests {
 
     #[test]
     fn empty_accept_version_leaves_the_header_out() {
-        let frame = ConnectOptions::new("h")
-            .unwrap()
-            .accept_version(&[])
-            .connect_frame();
+        let frame = ConnectOptions::new("h").unwrap().accept_version(&[]).connect_frame();
         assert!(!frame.headers.contains("accept-version"));
-        let frame = ConnectOptions::new("h")
-            .unwrap()
-            .accept_version(&[Version::V1_1])
-            .connect_frame();
+        let frame = ConnectOptions::new("h").unwrap().accept_version(&[Version::V1_1]).connect_frame();
         assert_eq!(frame.header("accept-version"), Some("1.1"));
     }
 
     #[test]
     fn debug_never_prints_the_passcode() {
-        let options = ConnectOptions::new("h")
-            .unwrap()
-            .credentials("u", "hunter2");
+        let options = ConnectOptions::new("h").unwrap().credentials("u", "hunter2");
         assert!(!format!("{options:?}").contains("hunter2"));
     }
 

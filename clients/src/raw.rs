@@ -102,11 +102,7 @@ impl RawConnection {
     /// # Errors
     /// [`ClientError::ServerError`] if the server answers ERROR; [`ClientError::Handshake`] for
     /// any other answer; [`ClientError::Timeout`] if none comes within `timeout`.
-    pub async fn handshake(
-        &mut self,
-        headers: &[(&str, &str)],
-        timeout: Duration,
-    ) -> Result<Frame, ClientError> {
+    pub async fn handshake(&mut self, headers: &[(&str, &str)], timeout: Duration) -> Result<Frame, ClientError> {
         let mut frame = Frame::new(Command::Connect)
             .with_header(names::ACCEPT_VERSION, "1.0,1.1,1.2")
             .with_header(names::HOST, "/")
@@ -116,24 +112,16 @@ impl RawConnection {
         }
         self.send_frame(&frame).await?;
         let Some(answer) = self.read_frame(timeout).await? else {
-            return Err(ClientError::Timeout {
-                waiting_for: "CONNECTED".to_owned(),
-                after: timeout,
-            });
+            return Err(ClientError::Timeout { waiting_for: "CONNECTED".to_owned(), after: timeout });
         };
         match answer.command {
             Command::Connected => {
-                let version = answer
-                    .header(names::VERSION)
-                    .and_then(Version::parse)
-                    .unwrap_or(Version::V1_0);
+                let version = answer.header(names::VERSION).and_then(Version::parse).unwrap_or(Version::V1_0);
                 self.set_version(version);
                 Ok(answer)
             }
             Command::Error => Err(crate::ServerError::from_frame(&answer).into()),
-            other => Err(ClientError::Handshake(format!(
-                "expected CONNECTED, got {other}"
-            ))),
+            other => Err(ClientError::Handshake(format!("expected CONNECTED, got {other}"))),
         }
     }
 
@@ -234,10 +222,5 @@ impl RawConnection {
 }
 
 fn is_closed(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::BrokenPipe
-    )
+    matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe)
 }

@@ -71,35 +71,24 @@ pub(crate) async fn open(
         Endpoint::WebSocket { path, .. } => {
             let url = format!("ws://{}{path}", endpoint.authority());
             let mut request = url.into_client_request()?;
-            let offer = [Version::V1_2, Version::V1_1, Version::V1_0]
-                .map(Version::websocket_subprotocol)
-                .join(", ");
-            request.headers_mut().insert(
-                "Sec-WebSocket-Protocol",
-                HeaderValue::from_str(&offer).map_err(tungstenite::Error::from)?,
-            );
+            let offer = [Version::V1_2, Version::V1_1, Version::V1_0].map(Version::websocket_subprotocol).join(", ");
+            request
+                .headers_mut()
+                .insert("Sec-WebSocket-Protocol", HeaderValue::from_str(&offer).map_err(tungstenite::Error::from)?);
             // Several frames may share one message, so allow a few maximal frames' worth.
             let max_frame = limits.max_body.saturating_add(limits.max_header_bytes);
             let config = WebSocketConfig::default()
                 .max_message_size(Some(max_frame.saturating_mul(2)))
                 .max_frame_size(Some(max_frame.saturating_mul(2)))
                 .max_write_buffer_size(WS_MAX_WRITE_BUFFER);
-            let (ws, response) =
-                tokio_tungstenite::client_async_with_config(request, tcp, Some(config)).await?;
+            let (ws, response) = tokio_tungstenite::client_async_with_config(request, tcp, Some(config)).await?;
             let chosen = response
                 .headers()
                 .get("Sec-WebSocket-Protocol")
                 .and_then(|v| v.to_str().ok())
                 .and_then(Version::from_websocket_subprotocol);
             let (sink, stream) = ws.split();
-            Ok((
-                Reader::Ws(stream),
-                Writer::Ws {
-                    sink,
-                    needs_flush: false,
-                },
-                chosen,
-            ))
+            Ok((Reader::Ws(stream), Writer::Ws { sink, needs_flush: false }, chosen))
         }
     }
 }
@@ -125,9 +114,7 @@ impl Reader {
                     Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {
                         continue;
                     }
-                    Some(Err(
-                        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed,
-                    )) => {
+                    Some(Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed)) => {
                         return Ok(0);
                     }
                     Some(Err(e)) => return Err(e.into()),
@@ -145,14 +132,7 @@ impl Reader {
 impl Writer {
     /// True when [`Writer::write`] has something to do.
     pub(crate) fn wants_write(&self, buf: &BytesMut) -> bool {
-        !buf.is_empty()
-            || matches!(
-                self,
-                Writer::Ws {
-                    needs_flush: true,
-                    ..
-                }
-            )
+        !buf.is_empty() || matches!(self, Writer::Ws { needs_flush: true, .. })
     }
 
     /// Writes some of `buf` (removing what was written), or flushes a pending WebSocket message.
