@@ -80,9 +80,7 @@ impl Command {
 
     /// Parses a command line (without its EOL). Case sensitive, as the specification requires.
     pub fn from_bytes(line: &[u8]) -> Option<Command> {
-        Command::ALL
-            .into_iter()
-            .find(|c| c.as_str().as_bytes() == line)
+        Command::ALL.into_iter().find(|c| c.as_str().as_bytes() == line)
     }
 
     /// CONNECT, STOMP and CONNECTED headers are never escaped, "for backwards compatibility
@@ -99,10 +97,7 @@ impl Command {
 
     /// True for commands a client sends to a server.
     pub fn is_client_command(self) -> bool {
-        !matches!(
-            self,
-            Command::Connected | Command::Message | Command::Receipt | Command::Error
-        )
+        !matches!(self, Command::Connected | Command::Message | Command::Receipt | Command::Error)
     }
 }
 

@@ -194,11 +194,7 @@ impl Decoder {
             let eol = self.scanned + offset;
             self.scanned = eol + 1;
             // "the frame ... lines MAY be terminated by ... a carriage return plus a line feed"
-            let end = if eol > self.line_start && buf[eol - 1] == b'\r' {
-                eol - 1
-            } else {
-                eol
-            };
+            let end = if eol > self.line_start && buf[eol - 1] == b'\r' { eol - 1 } else { eol };
             let line = self.line_start..end;
             if line.len() > limits.max_header_line {
                 return Err(limit(LimitKind::HeaderLine, limits.max_header_line));
@@ -240,22 +236,14 @@ impl Decoder {
         Ok(())
     }
 
-    fn header_line(
-        &mut self,
-        buf: &BytesMut,
-        line: Range<usize>,
-        command: Command,
-    ) -> Result<(), DecodeError> {
+    fn header_line(&mut self, buf: &BytesMut, line: Range<usize>, command: Command) -> Result<(), DecodeError> {
         self.header_count += 1;
         if self.header_count > self.limits.max_headers {
             return Err(limit(LimitKind::HeaderCount, self.limits.max_headers));
         }
         let bytes = &buf[line.clone()];
         let Some((name, value)) = grammar::header(bytes) else {
-            return Err(DecodeError::HeaderWithoutColon {
-                line: self.header_count,
-                text: escape::readable(bytes),
-            });
+            return Err(DecodeError::HeaderWithoutColon { line: self.header_count, text: escape::readable(bytes) });
         };
         let name_range = line.start..line.start + name.len();
         let value_range = name_range.end + 1..line.end;
@@ -278,28 +266,17 @@ impl Decoder {
             return Ok(());
         }
 
-        let (name_escaped, value_escaped) =
-            if escape::applies(command.uses_escaping(), self.version) {
-                (
-                    escape::validate(name, self.version, name)?,
-                    escape::validate(value, self.version, name)?,
-                )
-            } else {
-                (false, false)
-            };
-        self.headers.push(RawHeader {
-            name: name_range,
-            value: value_range,
-            name_escaped,
-            value_escaped,
-        });
+        let (name_escaped, value_escaped) = if escape::applies(command.uses_escaping(), self.version) {
+            (escape::validate(name, self.version, name)?, escape::validate(value, self.version, name)?)
+        } else {
+            (false, false)
+        };
+        self.headers.push(RawHeader { name: name_range, value: value_range, name_escaped, value_escaped });
         Ok(())
     }
 
     fn scan_body(&mut self, buf: &mut BytesMut) -> Result<Option<Item>, DecodeError> {
-        let command = self
-            .command
-            .ok_or_else(|| DecodeError::UnknownCommand(String::new()))?;
+        let command = self.command.ok_or_else(|| DecodeError::UnknownCommand(String::new()))?;
         let body_len = match self.content_length {
             // "If a content-length header is included, this number of octets MUST be read,
             // regardless of whether or not there are NUL octets in the body. The frame still
@@ -310,9 +287,7 @@ impl Decoder {
                     None => return self.wait_for_body(buf),
                     Some(0) => length,
                     Some(_) => {
-                        return Err(DecodeError::MissingNul {
-                            content_length: length,
-                        });
+                        return Err(DecodeError::MissingNul { content_length: length });
                     }
                 }
             }
@@ -350,38 +325,24 @@ impl Decoder {
     /// The body is incomplete. Report a non-UTF-8 head now rather than after a large body.
     fn wait_for_body(&mut self, buf: &BytesMut) -> Result<Option<Item>, DecodeError> {
         if !self.head_validated {
-            std::str::from_utf8(&buf[..self.body_start])
-                .map_err(|_| DecodeError::InvalidUtf8("headers"))?;
+            std::str::from_utf8(&buf[..self.body_start]).map_err(|_| DecodeError::InvalidUtf8("headers"))?;
             self.head_validated = true;
         }
         Ok(None)
     }
 
     /// Splits the complete frame off `buf` and builds it from shared slices.
-    fn finish(
-        &mut self,
-        buf: &mut BytesMut,
-        command: Command,
-        body_len: usize,
-    ) -> Result<Item, DecodeError> {
+    fn finish(&mut self, buf: &mut BytesMut, command: Command, body_len: usize) -> Result<Item, DecodeError> {
         let body_start = self.body_start;
         let wire = buf.split_to(body_start + body_len + 1).freeze();
-        let head = ByteString::try_from(wire.slice(..body_start))
-            .map_err(|_| DecodeError::InvalidUtf8("headers"))?;
+        let head = ByteString::try_from(wire.slice(..body_start)).map_err(|_| DecodeError::InvalidUtf8("headers"))?;
         let mut headers = Headers::with_capacity(self.headers.len());
         for raw in &self.headers {
-            headers.push(
-                field(&head, &raw.name, raw.name_escaped),
-                field(&head, &raw.value, raw.value_escaped),
-            );
+            headers.push(field(&head, &raw.name, raw.name_escaped), field(&head, &raw.value, raw.value_escaped));
         }
         let body = wire.slice(body_start..body_start + body_len);
         self.reset();
-        Ok(Item::Frame(Frame {
-            command,
-            headers,
-            body,
-        }))
+        Ok(Item::Frame(Frame { command, headers, body }))
     }
 }
 
@@ -389,11 +350,7 @@ impl Decoder {
 fn field(head: &ByteString, range: &Range<usize>, escaped: bool) -> ByteString {
     // Ranges are cut at ASCII octets (EOL, ':'), hence at character boundaries.
     let text = &head[range.clone()];
-    if escaped {
-        ByteString::from(escape::unescape(text))
-    } else {
-        head.slice_ref(text)
-    }
+    if escaped { ByteString::from(escape::unescape(text)) } else { head.slice_ref(text) }
 }
 
 fn limit(kind: LimitKind, limit: usize) -> DecodeError {
@@ -448,8 +405,7 @@ mod grammar {
     /// the rest of the line, colons included, untrimmed ("Since header values are not
     /// trimmed, ...").
     pub(super) fn header(line: &[u8]) -> Option<(&[u8], &[u8])> {
-        let parsed: IResult<&[u8], (&[u8], &[u8]), ()> =
-            separated_pair(take_until(":"), tag(":"), rest).parse(line);
+        let parsed: IResult<&[u8], (&[u8], &[u8]), ()> = separated_pair(take_until(":"), tag(":"), rest).parse(line);
         parsed.ok().map(|(_, pair)| pair)
     }
 
@@ -458,11 +414,7 @@ mod grammar {
     pub(super) fn content_length(value: &[u8]) -> Option<usize> {
         let parsed: IResult<&[u8], &[u8], ()> = all_consuming(digit1).parse(value);
         let (_, digits) = parsed.ok()?;
-        digits.iter().try_fold(0usize, |total, digit| {
-            total
-                .checked_mul(10)?
-                .checked_add(usize::from(digit - b'0'))
-        })
+        digits.iter().try_fold(0usize, |total, digit| total.checked_mul(10)?.checked_add(usize::from(digit - b'0')))
     }
 }
 
@@ -473,11 +425,7 @@ mod tests {
     use super::*;
 
     /// Decodes every item of `input`, fed whole.
-    fn decode_all_with(
-        input: &[u8],
-        version: Version,
-        limits: Limits,
-    ) -> Result<Vec<Item>, DecodeError> {
+    fn decode_all_with(input: &[u8], version: Version, limits: Limits) -> Result<Vec<Item>, DecodeError> {
         let mut decoder = Decoder::new(limits);
         decoder.set_version(version);
         let mut buf = BytesMut::from(input);
@@ -497,9 +445,7 @@ mod tests {
     /// byte at a time, and checks all three ways agree.
     fn one_frame_v(input: &[u8], version: Version) -> Frame {
         let whole = decode_all_with(input, version, Limits::default()).expect("valid frame");
-        let [Item::Frame(frame)] = &whole[..] else {
-            panic!("expected one frame, got {whole:?}")
-        };
+        let [Item::Frame(frame)] = &whole[..] else { panic!("expected one frame, got {whole:?}") };
         for split in 0..=input.len() {
             let mut decoder = Decoder::new(Limits::default());
             decoder.set_version(version);
@@ -550,18 +496,9 @@ mod tests {
 
     #[test]
     fn commands_are_case_sensitive() {
-        assert_eq!(
-            error(b"send\n\n\0"),
-            DecodeError::UnknownCommand("send".into())
-        );
-        assert_eq!(
-            error(b"SEND \n\n\0"),
-            DecodeError::UnknownCommand("SEND ".into())
-        );
-        assert_eq!(
-            error(b"CONNECTEDX\n\n\0"),
-            DecodeError::UnknownCommand("CONNECTEDX".into())
-        );
+        assert_eq!(error(b"send\n\n\0"), DecodeError::UnknownCommand("send".into()));
+        assert_eq!(error(b"SEND \n\n\0"), DecodeError::UnknownCommand("SEND ".into()));
+        assert_eq!(error(b"CONNECTEDX\n\n\0"), DecodeError::UnknownCommand("CONNECTEDX".into()));
     }
 
     #[test]
@@ -582,10 +519,7 @@ mod tests {
     #[test]
     fn crlf_line_endings() {
         let frame = one_frame(b"SEND\r\ndestination:/queue/a\r\nx:y\r\n\r\nbody\0");
-        assert_eq!(
-            headers(&frame),
-            vec![("destination", "/queue/a"), ("x", "y")]
-        );
+        assert_eq!(headers(&frame), vec![("destination", "/queue/a"), ("x", "y")]);
         assert_eq!(&frame.body[..], b"body");
     }
 
@@ -597,10 +531,7 @@ mod tests {
 
     #[test]
     fn content_length_body_must_be_followed_by_nul() {
-        assert_eq!(
-            error(b"SEND\ncontent-length:2\n\nabc\0"),
-            DecodeError::MissingNul { content_length: 2 }
-        );
+        assert_eq!(error(b"SEND\ncontent-length:2\n\nabc\0"), DecodeError::MissingNul { content_length: 2 });
     }
 
     #[test]
@@ -620,10 +551,7 @@ mod tests {
                 Item::HeartBeat => panic!("no heart-beat here"),
             })
             .collect();
-        assert_eq!(
-            bodies,
-            vec![Bytes::from_static(b"hello"), Bytes::from_static(b"world")]
-        );
+        assert_eq!(bodies, vec![Bytes::from_static(b"hello"), Bytes::from_static(b"world")]);
     }
 
     #[test]
@@ -643,20 +571,14 @@ mod tests {
 
     #[test]
     fn lone_carriage_return_at_frame_start_is_an_error() {
-        assert_eq!(
-            error(b"\rSEND\n\n\0"),
-            DecodeError::UnknownCommand("\rSEND".into())
-        );
+        assert_eq!(error(b"\rSEND\n\n\0"), DecodeError::UnknownCommand("\rSEND".into()));
     }
 
     #[test]
     fn header_without_colon_is_an_error() {
         assert_eq!(
             error(b"SEND\na:1\nno colon here\n\n\0"),
-            DecodeError::HeaderWithoutColon {
-                line: 2,
-                text: "no colon here".into()
-            }
+            DecodeError::HeaderWithoutColon { line: 2, text: "no colon here".into() }
         );
     }
 
@@ -667,10 +589,7 @@ mod tests {
         let frame = one_frame(b"CONNECT\npasscode:a:b\\c\n\n\0");
         assert_eq!(headers(&frame), vec![("passcode", "a:b\\c")]);
         let frame = one_frame(b"SEND\n:empty name\nempty value:\n\n\0");
-        assert_eq!(
-            headers(&frame),
-            vec![("", "empty name"), ("empty value", "")]
-        );
+        assert_eq!(headers(&frame), vec![("", "empty name"), ("empty value", "")]);
     }
 
     #[test]
@@ -696,8 +615,7 @@ mod tests {
     fn version_1_1_unescapes_newline_colon_backslash() {
         let frame = one_frame_v(b"SEND\na\\cb:x\\ny\\\\z\\c\n\n\0", Version::V1_1);
         assert_eq!(headers(&frame), vec![("a:b", "x\ny\\z:")]);
-        let err =
-            decode_all_with(b"SEND\na:\\r\n\n\0", Version::V1_1, Limits::default()).unwrap_err();
+        let err = decode_all_with(b"SEND\na:\\r\n\n\0", Version::V1_1, Limits::default()).unwrap_err();
         assert!(
             matches!(err, DecodeError::InvalidEscape { ref sequence, version: Version::V1_1, .. } if sequence == "\\r")
         );
@@ -741,74 +659,38 @@ mod tests {
 
     #[test]
     fn invalid_content_length_is_an_error() {
-        for bad in [
-            "abc",
-            "-1",
-            "+1",
-            " 1",
-            "1 ",
-            "",
-            "1.0",
-            "99999999999999999999999999",
-        ] {
+        for bad in ["abc", "-1", "+1", " 1", "1 ", "", "1.0", "99999999999999999999999999"] {
             let input = format!("SEND\ncontent-length:{bad}\n\n\0");
-            assert_eq!(
-                error(input.as_bytes()),
-                DecodeError::InvalidContentLength(bad.into()),
-                "{bad:?}"
-            );
+            assert_eq!(error(input.as_bytes()), DecodeError::InvalidContentLength(bad.into()), "{bad:?}");
         }
     }
 
     #[test]
     fn body_on_a_frame_that_must_not_have_one_is_an_error() {
-        assert_eq!(
-            error(b"SUBSCRIBE\nid:1\n\nbody\0"),
-            DecodeError::UnexpectedBody(Command::Subscribe)
-        );
-        assert_eq!(
-            error(b"ACK\ncontent-length:1\n\nx\0"),
-            DecodeError::UnexpectedBody(Command::Ack)
-        );
+        assert_eq!(error(b"SUBSCRIBE\nid:1\n\nbody\0"), DecodeError::UnexpectedBody(Command::Subscribe));
+        assert_eq!(error(b"ACK\ncontent-length:1\n\nx\0"), DecodeError::UnexpectedBody(Command::Ack));
         // Reported at the first body octet, before any NUL arrives.
         let mut decoder = Decoder::new(Limits::default());
         let mut buf = BytesMut::from(&b"BEGIN\n\nx"[..]);
-        assert_eq!(
-            decoder.decode(&mut buf),
-            Err(DecodeError::UnexpectedBody(Command::Begin))
-        );
+        assert_eq!(decoder.decode(&mut buf), Err(DecodeError::UnexpectedBody(Command::Begin)));
         // An explicit zero length is fine.
-        assert_eq!(
-            one_frame(b"ACK\ncontent-length:0\nid:1\n\n\0").header("id"),
-            Some("1")
-        );
+        assert_eq!(one_frame(b"ACK\ncontent-length:0\nid:1\n\n\0").header("id"), Some("1"));
     }
 
     #[test]
     fn non_utf8_command_or_headers_is_an_error() {
         assert_eq!(error(b"SEN\xff\n\n\0"), DecodeError::InvalidUtf8("command"));
-        assert_eq!(
-            error(b"SEND\na:\xff\n\n\0"),
-            DecodeError::InvalidUtf8("headers")
-        );
+        assert_eq!(error(b"SEND\na:\xff\n\n\0"), DecodeError::InvalidUtf8("headers"));
         // Reported before the body arrives.
         let mut decoder = Decoder::new(Limits::default());
         let mut buf = BytesMut::from(&b"SEND\na:\xc3\n\nbody without end"[..]);
-        assert_eq!(
-            decoder.decode(&mut buf),
-            Err(DecodeError::InvalidUtf8("headers"))
-        );
+        assert_eq!(decoder.decode(&mut buf), Err(DecodeError::InvalidUtf8("headers")));
         // Binary bodies are fine.
         assert_eq!(&one_frame(b"SEND\n\n\xff\xfe\0").body[..], b"\xff\xfe");
     }
 
     fn small() -> Limits {
-        Limits {
-            max_header_line: 16,
-            max_headers: 2,
-            max_header_bytes: 40,
-            max_body: 8,
-        }
+        Limits { max_header_line: 16, max_headers: 2, max_header_bytes: 40, max_body: 8 }
     }
 
     /// Feeds `input` one byte at a time; returns the error and how many bytes had been fed.
@@ -832,92 +714,45 @@ mod tests {
     fn header_line_limit_is_enforced_before_the_eol() {
         let limits = small();
         let (err, fed) = trickle_error(b"SEND\naaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", limits);
-        assert_eq!(
-            err,
-            DecodeError::LimitExceeded {
-                kind: LimitKind::HeaderLine,
-                limit: 16
-            }
-        );
+        assert_eq!(err, DecodeError::LimitExceeded { kind: LimitKind::HeaderLine, limit: 16 });
         assert_eq!(fed, 5 + 17);
         // Exactly at the limit, with CRLF, is fine.
         let ok = b"SEND\r\naaaaaaaaaaaaaaa:\r\n\r\n\0";
         assert_eq!(decode_all_with(ok, Version::V1_2, limits).unwrap().len(), 1);
         // The command line counts as a header line.
         let (err, _) = trickle_error(b"SENDSENDSENDSENDSEND\n", limits);
-        assert_eq!(
-            err,
-            DecodeError::LimitExceeded {
-                kind: LimitKind::HeaderLine,
-                limit: 16
-            }
-        );
+        assert_eq!(err, DecodeError::LimitExceeded { kind: LimitKind::HeaderLine, limit: 16 });
         assert!(err.to_string().contains("max_header_line"), "{err}");
     }
 
     #[test]
     fn header_count_limit_is_enforced() {
         let (err, _) = trickle_error(b"SEND\na:1\nb:2\nc:3\n\n\0", small());
-        assert_eq!(
-            err,
-            DecodeError::LimitExceeded {
-                kind: LimitKind::HeaderCount,
-                limit: 2
-            }
-        );
+        assert_eq!(err, DecodeError::LimitExceeded { kind: LimitKind::HeaderCount, limit: 2 });
     }
 
     #[test]
     fn header_bytes_limit_is_enforced_before_the_blank_line() {
-        let limits = Limits {
-            max_headers: 100,
-            ..small()
-        };
-        let (err, fed) = trickle_error(
-            b"SEND\naaaaa:1\nbbbbb:2\nccccc:3\nddddd:4\neeeee:5\n\n\0",
-            limits,
-        );
-        assert_eq!(
-            err,
-            DecodeError::LimitExceeded {
-                kind: LimitKind::HeaderBytes,
-                limit: 40
-            }
-        );
+        let limits = Limits { max_headers: 100, ..small() };
+        let (err, fed) = trickle_error(b"SEND\naaaaa:1\nbbbbb:2\nccccc:3\nddddd:4\neeeee:5\n\n\0", limits);
+        assert_eq!(err, DecodeError::LimitExceeded { kind: LimitKind::HeaderBytes, limit: 40 });
         assert_eq!(fed, 41);
     }
 
     #[test]
     fn content_length_above_max_body_is_refused_with_the_head() {
         let (err, fed) = trickle_error(b"SEND\ncontent-length:9\n\n", small());
-        assert_eq!(
-            err,
-            DecodeError::LimitExceeded {
-                kind: LimitKind::Body,
-                limit: 8
-            }
-        );
+        assert_eq!(err, DecodeError::LimitExceeded { kind: LimitKind::Body, limit: 8 });
         assert_eq!(fed, 22, "at the EOL of the content-length line");
     }
 
     #[test]
     fn nul_terminated_body_over_max_body_is_refused_while_arriving() {
         let (err, fed) = trickle_error(b"SEND\n\n0123456789abcdef\0", small());
-        assert_eq!(
-            err,
-            DecodeError::LimitExceeded {
-                kind: LimitKind::Body,
-                limit: 8
-            }
-        );
+        assert_eq!(err, DecodeError::LimitExceeded { kind: LimitKind::Body, limit: 8 });
         assert_eq!(fed, 6 + 9);
         // Exactly max_body is fine.
-        assert_eq!(
-            decode_all_with(b"SEND\n\n01234567\0", Version::V1_2, small())
-                .unwrap()
-                .len(),
-            1
-        );
+        assert_eq!(decode_all_with(b"SEND\n\n01234567\0", Version::V1_2, small()).unwrap().len(), 1);
     }
 
     #[test]
@@ -932,21 +767,16 @@ mod tests {
         assert_eq!(decoder.phase, Phase::Body);
         assert_eq!(decoder.scanned, buf.len(), "the body was searched once");
         buf.extend_from_slice(b"\0");
-        let Ok(Some(Item::Frame(frame))) = decoder.decode(&mut buf) else {
-            panic!()
-        };
+        let Ok(Some(Item::Frame(frame))) = decoder.decode(&mut buf) else { panic!() };
         assert_eq!(frame.body.len(), 1000);
         assert!(buf.is_empty());
     }
 
     #[test]
     fn body_and_headers_share_the_input_buffer() {
-        let mut buf =
-            BytesMut::from(&b"SEND\ndestination:/queue/a\ncontent-length:4\n\nbody\0SEND"[..]);
+        let mut buf = BytesMut::from(&b"SEND\ndestination:/queue/a\ncontent-length:4\n\nbody\0SEND"[..]);
         let range = buf.as_ptr() as usize..buf.as_ptr() as usize + buf.len();
-        let Ok(Some(Item::Frame(frame))) = Decoder::new(Limits::default()).decode(&mut buf) else {
-            panic!()
-        };
+        let Ok(Some(Item::Frame(frame))) = Decoder::new(Limits::default()).decode(&mut buf) else { panic!() };
         assert!(range.contains(&(frame.body.as_ptr() as usize)));
         let value = frame.headers.get("destination").unwrap();
         assert!(range.contains(&(value.as_ptr() as usize)));

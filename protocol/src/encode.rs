@@ -37,16 +37,11 @@ pub fn encode(frame: &Frame, version: Version, dst: &mut BytesMut) {
     let command = frame.command;
     let escaping = command.uses_escaping();
     let with_body = command.allows_body();
-    debug_assert!(
-        with_body || frame.body.is_empty(),
-        "{command} frames must not have a body"
-    );
+    debug_assert!(with_body || frame.body.is_empty(), "{command} frames must not have a body");
 
     let mut len = command.as_str().len() + 1 + TRAILER_ROOM;
     for (name, value) in frame.headers.iter() {
-        len += escape::escaped_len(name, version, escaping)
-            + escape::escaped_len(value, version, escaping)
-            + 2;
+        len += escape::escaped_len(name, version, escaping) + escape::escaped_len(value, version, escaping) + 2;
     }
     if with_body {
         len += frame.body.len();
@@ -146,9 +141,7 @@ impl MessageTemplate {
 
     /// True when the body is valid UTF-8 (computed once).
     pub fn body_is_utf8(&self) -> bool {
-        *self
-            .body_is_utf8
-            .get_or_init(|| std::str::from_utf8(&self.body).is_ok())
+        *self.body_is_utf8.get_or_init(|| std::str::from_utf8(&self.body).is_ok())
     }
 
     /// Writes one MESSAGE: `per_delivery` headers first, then the shared encoding.
@@ -182,9 +175,7 @@ impl MessageTemplate {
         slot.get_or_init(|| {
             let mut len = TRAILER_ROOM + self.body.len();
             for (name, value) in self.headers.iter() {
-                len += escape::escaped_len(name, version, true)
-                    + escape::escaped_len(value, version, true)
-                    + 2;
+                len += escape::escaped_len(name, version, true) + escape::escaped_len(value, version, true) + 2;
             }
             let mut dst = BytesMut::with_capacity(len);
             write_headers(&self.headers, version, true, &mut dst);
@@ -202,13 +193,9 @@ impl MessageTemplate {
     }
 
     fn head_len(&self, version: Version, per_delivery: &[(&str, &str)]) -> usize {
-        per_delivery
-            .iter()
-            .fold(Command::Message.as_str().len() + 1, |len, (name, value)| {
-                len + escape::escaped_len(name, version, true)
-                    + escape::escaped_len(value, version, true)
-                    + 2
-            })
+        per_delivery.iter().fold(Command::Message.as_str().len() + 1, |len, (name, value)| {
+            len + escape::escaped_len(name, version, true) + escape::escaped_len(value, version, true) + 2
+        })
     }
 }
 
@@ -222,13 +209,9 @@ mod tests {
 
     #[test]
     fn send_always_carries_the_true_content_length() {
-        let frame = Frame::new(Command::Send)
-            .with_header("destination", "/queue/a")
-            .with_header("content-length", "999");
-        assert_eq!(
-            text(&encode_to_bytes(&frame, Version::V1_2)),
-            "SEND\ndestination:/queue/a\ncontent-length:0\n\n\0"
-        );
+        let frame =
+            Frame::new(Command::Send).with_header("destination", "/queue/a").with_header("content-length", "999");
+        assert_eq!(text(&encode_to_bytes(&frame, Version::V1_2)), "SEND\ndestination:/queue/a\ncontent-length:0\n\n\0");
         let frame = frame.with_body("hello");
         assert_eq!(
             text(&encode_to_bytes(&frame, Version::V1_2)),
@@ -239,37 +222,22 @@ mod tests {
     #[test]
     fn frames_without_body_have_no_content_length() {
         let frame = Frame::new(Command::Receipt).with_header("receipt-id", "r:1");
-        assert_eq!(
-            text(&encode_to_bytes(&frame, Version::V1_2)),
-            "RECEIPT\nreceipt-id:r\\c1\n\n\0"
-        );
+        assert_eq!(text(&encode_to_bytes(&frame, Version::V1_2)), "RECEIPT\nreceipt-id:r\\c1\n\n\0");
     }
 
     #[test]
     fn connect_headers_are_not_escaped() {
         let frame = Frame::new(Command::Connect).with_header("passcode", "a:b\\c");
-        assert_eq!(
-            text(&encode_to_bytes(&frame, Version::V1_2)),
-            "CONNECT\npasscode:a:b\\c\n\n\0"
-        );
+        assert_eq!(text(&encode_to_bytes(&frame, Version::V1_2)), "CONNECT\npasscode:a:b\\c\n\n\0");
     }
 
     #[test]
     fn headers_are_escaped_per_version() {
         let frame = Frame::new(Command::Message).with_header("k", "a\r\n:\\");
         let body = "content-length:0\n\n\0";
-        assert_eq!(
-            text(&encode_to_bytes(&frame, Version::V1_2)),
-            format!("MESSAGE\nk:a\\r\\n\\c\\\\\n{body}")
-        );
-        assert_eq!(
-            text(&encode_to_bytes(&frame, Version::V1_1)),
-            format!("MESSAGE\nk:a\r\\n\\c\\\\\n{body}")
-        );
-        assert_eq!(
-            text(&encode_to_bytes(&frame, Version::V1_0)),
-            format!("MESSAGE\nk:a\r\n:\\\n{body}")
-        );
+        assert_eq!(text(&encode_to_bytes(&frame, Version::V1_2)), format!("MESSAGE\nk:a\\r\\n\\c\\\\\n{body}"));
+        assert_eq!(text(&encode_to_bytes(&frame, Version::V1_1)), format!("MESSAGE\nk:a\r\\n\\c\\\\\n{body}"));
+        assert_eq!(text(&encode_to_bytes(&frame, Version::V1_0)), format!("MESSAGE\nk:a\r\n:\\\n{body}"));
     }
 
     #[test]
@@ -283,26 +251,16 @@ mod tests {
 
     #[test]
     fn template_puts_per_delivery_headers_first_and_reuses_the_shared_part() {
-        let headers: Headers = [("destination", "/topic/t"), ("subscription", "forged")]
-            .into_iter()
-            .collect();
+        let headers: Headers = [("destination", "/topic/t"), ("subscription", "forged")].into_iter().collect();
         let template = MessageTemplate::new(headers, Bytes::from_static(b"hi"));
         let mut dst = BytesMut::new();
-        template.write_to(
-            Version::V1_2,
-            &[("subscription", "sub-0"), ("message-id", "m:1")],
-            &mut dst,
-        );
+        template.write_to(Version::V1_2, &[("subscription", "sub-0"), ("message-id", "m:1")], &mut dst);
         assert_eq!(
             text(&dst),
             "MESSAGE\nsubscription:sub-0\nmessage-id:m\\c1\ndestination:/topic/t\nsubscription:forged\ncontent-length:2\n\nhi\0"
         );
         let first = template.shared_part(Version::V1_2).clone();
-        assert_eq!(
-            first.as_ptr(),
-            template.shared_part(Version::V1_2).as_ptr(),
-            "encoded once"
-        );
+        assert_eq!(first.as_ptr(), template.shared_part(Version::V1_2).as_ptr(), "encoded once");
         assert!(template.body_is_utf8());
         assert!(!MessageTemplate::new(Headers::new(), Bytes::from_static(b"\xff")).body_is_utf8());
     }

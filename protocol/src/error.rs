@@ -57,9 +57,7 @@ pub enum DecodeError {
         text: String,
     },
     /// A backslash escape other than those the version defines.
-    #[error(
-        "invalid escape sequence {sequence:?} in header {header:?}: STOMP {version} allows only {allowed}"
-    )]
+    #[error("invalid escape sequence {sequence:?} in header {header:?}: STOMP {version} allows only {allowed}")]
     InvalidEscape {
         /// The two characters of the bad sequence (or just `\` at the end of a value).
         sequence: String,
@@ -74,9 +72,7 @@ pub enum DecodeError {
     #[error("invalid content-length {0:?}: expected a non-negative decimal number of octets")]
     InvalidContentLength(String),
     /// The octet after a `content-length` body is not NUL.
-    #[error(
-        "the {content_length} octets announced by content-length are not followed by a NUL octet"
-    )]
+    #[error("the {content_length} octets announced by content-length are not followed by a NUL octet")]
     MissingNul {
         /// The announced body length.
         content_length: usize,

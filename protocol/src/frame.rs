@@ -22,19 +22,11 @@ pub struct Frame {
 impl Frame {
     /// A frame with no headers and no body.
     pub fn new(command: Command) -> Frame {
-        Frame {
-            command,
-            headers: Headers::new(),
-            body: Bytes::new(),
-        }
+        Frame { command, headers: Headers::new(), body: Bytes::new() }
     }
 
     /// Builder-style: appends a header.
-    pub fn with_header(
-        mut self,
-        name: impl Into<ByteString>,
-        value: impl Into<ByteString>,
-    ) -> Frame {
+    pub fn with_header(mut self, name: impl Into<ByteString>, value: impl Into<ByteString>) -> Frame {
         self.headers.push(name, value);
         self
     }

@@ -45,24 +45,17 @@ pub struct Headers {
 impl Headers {
     /// An empty header list.
     pub fn new() -> Headers {
-        Headers {
-            entries: Vec::new(),
-        }
+        Headers { entries: Vec::new() }
     }
 
     /// An empty header list with room for `capacity` entries.
     pub fn with_capacity(capacity: usize) -> Headers {
-        Headers {
-            entries: Vec::with_capacity(capacity),
-        }
+        Headers { entries: Vec::with_capacity(capacity) }
     }
 
     /// The value of the first entry named `name` (names are case sensitive).
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.entries
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| &**v)
+        self.entries.iter().find(|(n, _)| n == name).map(|(_, v)| &**v)
     }
 
     /// Like [`Headers::get`], but returns the shared string so it can be kept without a copy.
@@ -95,9 +88,7 @@ impl Headers {
                     keep
                 });
             }
-            None => self
-                .entries
-                .push((ByteString::from(name.to_owned()), value)),
+            None => self.entries.push((ByteString::from(name.to_owned()), value)),
         }
     }
 
@@ -138,12 +129,7 @@ impl Headers {
 
 impl<N: Into<ByteString>, V: Into<ByteString>> FromIterator<(N, V)> for Headers {
     fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Headers {
-        Headers {
-            entries: iter
-                .into_iter()
-                .map(|(n, v)| (n.into(), v.into()))
-                .collect(),
-        }
+        Headers { entries: iter.into_iter().map(|(n, v)| (n.into(), v.into())).collect() }
     }
 }
 

@@ -21,10 +21,7 @@ impl HeartBeat {
     /// Parses `cx,cy`. A missing header means `0,0`; a malformed one is `None`.
     pub fn parse(value: &str) -> Option<HeartBeat> {
         let (send, receive) = value.split_once(',')?;
-        Some(HeartBeat {
-            send_ms: send.trim().parse().ok()?,
-            receive_ms: receive.trim().parse().ok()?,
-        })
+        Some(HeartBeat { send_ms: send.trim().parse().ok()?, receive_ms: receive.trim().parse().ok()? })
     }
 
     /// The header value, `x,y`.
@@ -61,10 +58,7 @@ mod tests {
     use super::*;
 
     fn hb(send_ms: u32, receive_ms: u32) -> HeartBeat {
-        HeartBeat {
-            send_ms,
-            receive_ms,
-        }
+        HeartBeat { send_ms, receive_ms }
     }
 
     #[test]
@@ -83,21 +77,9 @@ mod tests {
         // Local cannot send, remote wants nothing: no local-to-remote beats. The other
         // direction is unaffected: remote can send every 1000 ms and local wants 1000 ms.
         let v = negotiate(hb(0, 1000), hb(1000, 0));
-        assert_eq!(
-            v,
-            Negotiated {
-                send_every: None,
-                expect_every: Some(Duration::from_millis(1000))
-            }
-        );
+        assert_eq!(v, Negotiated { send_every: None, expect_every: Some(Duration::from_millis(1000)) });
         let v = negotiate(hb(0, 1000), hb(0, 0));
-        assert_eq!(
-            v,
-            Negotiated {
-                send_every: None,
-                expect_every: None
-            }
-        );
+        assert_eq!(v, Negotiated { send_every: None, expect_every: None });
         let v = negotiate(hb(1000, 0), hb(0, 1000));
         assert_eq!(v.send_every, Some(Duration::from_millis(1000)));
         assert_eq!(v.expect_every, None);

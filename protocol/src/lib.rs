@@ -7,7 +7,7 @@
 //!
 //! # Layout
 //! - [`Command`], [`Headers`], [`Frame`]: the wire model. Header names and values are
-//!   [`ByteString`](bytestring::ByteString)s that share the decoder's input buffer unless
+//!   [`ByteString`]s that share the decoder's input buffer unless
 //!   unescaping forced a copy; bodies are [`Bytes`](bytes::Bytes) slices of the input.
 //! - [`Decoder`]: a streaming decoder over a `BytesMut` that may hold a partial frame, one frame
 //!   or many; it yields one [`Item`] (a frame or a heart-beat) per call and remembers how far it

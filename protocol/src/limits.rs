@@ -22,11 +22,6 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits {
-            max_header_line: 10 * 1024,
-            max_headers: 1000,
-            max_header_bytes: 64 * 1024,
-            max_body: 4 * 1024 * 1024,
-        }
+        Limits { max_header_line: 10 * 1024, max_headers: 1000, max_header_bytes: 64 * 1024, max_body: 4 * 1024 * 1024 }
     }
 }

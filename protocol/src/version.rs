@@ -49,11 +49,7 @@ impl Version {
     pub fn negotiate(accept_version: Option<&str>, supported: &[Version]) -> Option<Version> {
         match accept_version {
             None => supported.contains(&Version::V1_0).then_some(Version::V1_0),
-            Some(offer) => offer
-                .split(',')
-                .filter_map(Version::parse)
-                .filter(|v| supported.contains(v))
-                .max(),
+            Some(offer) => offer.split(',').filter_map(Version::parse).filter(|v| supported.contains(v)).max(),
         }
     }
 
@@ -94,27 +90,14 @@ mod tests {
 
     #[test]
     fn highest_common_version_wins() {
-        assert_eq!(
-            Version::negotiate(Some("1.0,1.1,1.2"), &Version::ALL),
-            Some(Version::V1_2)
-        );
-        assert_eq!(
-            Version::negotiate(Some("1.1,1.0"), &Version::ALL),
-            Some(Version::V1_1)
-        );
-        assert_eq!(
-            Version::negotiate(Some("1.2"), &[Version::V1_0, Version::V1_1]),
-            None,
-            "no common version"
-        );
+        assert_eq!(Version::negotiate(Some("1.0,1.1,1.2"), &Version::ALL), Some(Version::V1_2));
+        assert_eq!(Version::negotiate(Some("1.1,1.0"), &Version::ALL), Some(Version::V1_1));
+        assert_eq!(Version::negotiate(Some("1.2"), &[Version::V1_0, Version::V1_1]), None, "no common version");
     }
 
     #[test]
     fn unknown_versions_are_ignored_in_the_offer() {
-        assert_eq!(
-            Version::negotiate(Some("2.0,1.1"), &Version::ALL),
-            Some(Version::V1_1)
-        );
+        assert_eq!(Version::negotiate(Some("2.0,1.1"), &Version::ALL), Some(Version::V1_1));
         assert_eq!(Version::negotiate(Some("9.9"), &Version::ALL), None);
     }
 }

@@ -10,8 +10,8 @@ use stampede_protocol::{
 /// Characters that stress the codec: delimiters, escapes, NUL, multi-byte UTF-8.
 fn header_text() -> impl Strategy<Value = String> {
     let chars = prop::sample::select(vec![
-        'a', 'b', 'z', 'A', '0', '9', '-', '_', '/', ' ', '.', ':', '\n', '\r', '\\', '\0', 'é', '€',
-        '😀', 'c', 'n', 'r', 't',
+        'a', 'b', 'z', 'A', '0', '9', '-', '_', '/', ' ', '.', ':', '\n', '\r', '\\', '\0', 'é', '€', '😀', 'c', 'n',
+        'r', 't',
     ]);
     prop::collection::vec(chars, 0..12).prop_map(|chars| chars.into_iter().collect())
 }
@@ -45,10 +45,7 @@ fn frame_for(version: Version) -> impl Strategy<Value = Frame> {
             let headers: Headers = headers
                 .iter()
                 .map(|(name, value)| {
-                    (
-                        representable(name, command, version, true),
-                        representable(value, command, version, false),
-                    )
+                    (representable(name, command, version, true), representable(value, command, version, false))
                 })
                 .filter(|(name, _)| name != "content-length")
                 .collect();
@@ -180,10 +177,8 @@ proptest! {
 
 #[test]
 fn template_head_plus_shared_part_equals_write_to() {
-    let template = MessageTemplate::new(
-        [("destination", "/topic/a")].into_iter().collect(),
-        Bytes::from_static(b"payload"),
-    );
+    let template =
+        MessageTemplate::new([("destination", "/topic/a")].into_iter().collect(), Bytes::from_static(b"payload"));
     for version in Version::ALL {
         let mut whole = BytesMut::new();
         template.write_to(version, &[("subscription", "s:1")], &mut whole);
