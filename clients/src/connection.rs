@@ -198,8 +198,11 @@ impl Connection {
                 }
             }
 
+            // Without heart-beats the timer stays disarmed (and is never reset).
             let deadline = self.next_deadline(state);
-            if sleep.deadline() != deadline {
+            if let Some(deadline) = deadline
+                && sleep.deadline() != deadline
+            {
                 sleep.as_mut().reset(deadline);
             }
             let take_requests = state.write_buf.len() < WRITE_HIGH_WATER;
@@ -238,7 +241,7 @@ impl Connection {
                         return CloseReason::Dropped;
                     }
                 },
-                () = &mut sleep => {
+                () = &mut sleep, if deadline.is_some() => {
                     let now = Instant::now();
                     if let Some(limit) = self.silence_limit
                         && !parked
@@ -257,21 +260,17 @@ impl Connection {
         }
     }
 
-    /// The next moment a heart-beat must be sent or the server's silence checked.
-    fn next_deadline(&self, state: &State) -> Instant {
-        let mut deadline = Instant::now() + Duration::from_secs(3600);
-        if let Some(limit) = self.silence_limit
-            && state.parked.is_none()
-        {
-            deadline = deadline.min(state.last_read + limit);
-        }
+    /// The next moment a heart-beat must be sent or the server's silence checked; `None` when
+    /// neither applies right now.
+    fn next_deadline(&self, state: &State) -> Option<Instant> {
+        let silence = self.silence_limit.filter(|_| state.parked.is_none()).map(|limit| state.last_read + limit);
         // While bytes are waiting to be written the write itself is the heart-beat.
-        if let Some(every) = self.heart_beat.send_every
-            && state.write_buf.is_empty()
-        {
-            deadline = deadline.min(state.last_write + every);
+        let beat =
+            self.heart_beat.send_every.filter(|_| state.write_buf.is_empty()).map(|every| state.last_write + every);
+        match (silence, beat) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
-        deadline
     }
 
     fn on_request(&mut self, state: &mut State, request: Request) {
