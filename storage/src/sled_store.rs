@@ -207,8 +207,10 @@ impl Drop for SledStore {
     fn drop(&mut self) {
         // Disconnecting makes the writer finish what is queued, sync, and exit.
         drop(self.commands.take());
-        if let Some(writer) = self.writer.take()
-            && writer.join().is_err()
+        if self
+            .writer
+            .take()
+            .is_some_and(|writer| writer.join().is_err())
         {
             warn!(path = %self.path.display(), "storage writer thread panicked");
         }
@@ -419,8 +421,10 @@ impl Writer {
         if self.engine.is_some() {
             return Ok(());
         }
-        if let Some((at, cause)) = &self.failure
-            && at.elapsed() < self.options.reopen_backoff
+        if let Some((_, cause)) = self
+            .failure
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < self.options.reopen_backoff)
         {
             return Err(StorageError::Unavailable {
                 path: self.path.clone(),
@@ -459,9 +463,7 @@ impl Writer {
         if !now && self.usage_refreshed.elapsed() < DISK_USAGE_REFRESH {
             return;
         }
-        if let Some(engine) = &self.engine
-            && let Ok(bytes) = engine.db.size_on_disk()
-        {
+        if let Some(Ok(bytes)) = self.engine.as_ref().map(|engine| engine.db.size_on_disk()) {
             self.shared.disk_usage.store(bytes, Relaxed);
         }
         self.usage_refreshed = Instant::now();
@@ -699,4 +701,119 @@ fn read_all(engine: &mut Engine) -> sled::Result<Recovery> {
         queues: queues.into_values().collect(),
         problems,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StoredMessage;
+    use bytes::Bytes;
+
+    fn append(seq: u64) -> Op {
+        Op::Append {
+            queue: "a".into(),
+            message: StoredMessage {
+                seq,
+                headers: Default::default(),
+                body: Bytes::from_static(b"m"),
+                delivery_count: 0,
+                expires_at_ms: None,
+                enqueued_at_ms: 0,
+            },
+        }
+    }
+
+    fn write(store: &SledStore, ops: Vec<Op>) -> Result<(), StorageError> {
+        let (tx, rx) = mpsc::channel();
+        store.submit(ops, Some(Box::new(move |r| tx.send(r).unwrap_or(()))));
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("completion never ran")
+    }
+
+    #[test]
+    fn write_failure_fails_the_batch_and_later_writes_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            reopen_backoff: Duration::ZERO,
+            ..StoreOptions::default()
+        };
+        let store = SledStore::open(dir.path(), options).unwrap();
+        write(
+            &store,
+            vec![Op::DefineQueue(QueueRecord::queue("a")), append(1)],
+        )
+        .unwrap();
+
+        store.inject_failures(1);
+        let err = write(&store, vec![append(2)]).unwrap_err();
+        assert!(matches!(err, StorageError::Io { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains(&*dir.path().to_string_lossy()),
+            "{err}"
+        );
+
+        write(&store, vec![append(3)]).unwrap();
+        let metrics = store.metrics();
+        assert_eq!((metrics.failed_submissions, metrics.reopens), (1, 1));
+        let seqs: Vec<_> = store.recover().unwrap().queues[0]
+            .messages
+            .iter()
+            .map(|m| m.seq)
+            .collect();
+        assert_eq!(
+            seqs,
+            [1, 3],
+            "acknowledged writes kept, the failed one not claimed"
+        );
+    }
+
+    #[test]
+    fn store_is_unavailable_during_reopen_backoff() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            reopen_backoff: Duration::from_secs(3600),
+            ..StoreOptions::default()
+        };
+        let store = SledStore::open(dir.path(), options).unwrap();
+        store.inject_failures(1);
+        assert!(write(&store, vec![append(1)]).is_err());
+        let err = write(&store, vec![append(2)]).unwrap_err();
+        assert!(matches!(err, StorageError::Unavailable { .. }), "{err:?}");
+        assert!(err.to_string().contains("injected failure"), "{err}");
+    }
+
+    #[test]
+    fn full_backlog_refuses_on_the_calling_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            max_pending: 1,
+            ..StoreOptions::default()
+        };
+        let store = SledStore::open(dir.path(), options).unwrap();
+        // Park the writer inside a completion so the channel fills.
+        let (parked_tx, parked_rx) = mpsc::channel::<()>();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        store.submit(
+            vec![append(1)],
+            Some(Box::new(move |_| {
+                parked_tx.send(()).unwrap_or(());
+                release_rx.recv().unwrap_or(());
+            })),
+        );
+        parked_rx.recv().unwrap();
+        store.submit(vec![append(2)], None); // fills the one slot
+        let (tx, rx) = mpsc::channel();
+        store.submit(
+            vec![append(3)],
+            Some(Box::new(move |r| tx.send(r).unwrap_or(()))),
+        );
+        let refused = rx.try_recv().expect("completed before submit returned");
+        assert!(
+            matches!(refused, Err(StorageError::Backlogged { limit: 1 })),
+            "{refused:?}"
+        );
+        release_tx.send(()).unwrap();
+        assert_eq!(store.recover().unwrap().message_count(), 2);
+        assert_eq!(store.metrics().rejected_submissions, 1);
+    }
 }
