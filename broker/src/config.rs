@@ -5,6 +5,7 @@
 //! systemd unit, a container and a shell. Every limit has a default here and is named in the
 //! ERROR a client gets when it hits it.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,8 +18,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::connection::ConnectionSettings;
 use crate::outbox::SlowConsumerPolicy;
-use crate::queue::QueueSettings;
+use crate::queue::{ExpiredPolicy, OverflowPolicy, QueueSettings};
+use crate::router::QueueOverride;
 use crate::session::SessionConfig;
+use stampede_storage::{FsyncMode, StoreOptions};
 
 /// The broker's settings. Field names are the TOML keys.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -82,6 +85,57 @@ pub struct Config {
     pub dead_letter_prefix: String,
     /// Largest WebSocket message, in bytes (bounds reassembly inside tungstenite).
     pub ws_max_message_size: usize,
+
+    /// When a persistent message counts as stored: `always` (fsync before the RECEIPT; each
+    /// fsync covers everything that queued meanwhile), `batch` (wait up to
+    /// `commit_interval_ms` to gather more per fsync), `never` (no fsync: fastest, but a crash
+    /// may lose receipted messages).
+    #[serde(with = "fsync_mode")]
+    pub fsync: FsyncMode,
+    /// Longest wait for more writes before an fsync in `batch` mode, in ms.
+    pub commit_interval_ms: u64,
+    /// Most operations per group commit.
+    pub commit_max_batch: usize,
+    /// Most messages waiting in one queue.
+    pub queue_max_length: usize,
+    /// Most bytes waiting in one queue.
+    pub queue_max_bytes: usize,
+    /// `reject` (publisher gets an ERROR) or `drop-oldest`.
+    pub queue_overflow: OverflowPolicy,
+    /// Time to live of messages that set none, in ms; 0 = forever.
+    pub queue_default_ttl_ms: u64,
+    /// `drop` or `dead-letter` expired messages.
+    pub expired_messages: ExpiredPolicy,
+    /// Per-queue settings, `[queues.<name>]` tables (name without `/queue/`).
+    pub queues: HashMap<String, QueueOverride>,
+    /// `sled` (on disk under `data_dir`) or `memory` (nothing survives a restart; for tests
+    /// and throwaway brokers).
+    pub storage: StorageKind,
+}
+
+/// Where durable data is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StorageKind {
+    /// On disk, in sled.
+    #[default]
+    Sled,
+    /// In memory.
+    Memory,
+}
+
+mod fsync_mode {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use stampede_storage::FsyncMode;
+
+    pub fn serialize<S: Serializer>(mode: &FsyncMode, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(mode.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<FsyncMode, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 impl Default for Config {
@@ -115,6 +169,16 @@ impl Default for Config {
             max_deliveries: 10,
             dead_letter_prefix: "DLQ.".to_owned(),
             ws_max_message_size: limits.max_body + limits.max_header_bytes + 64,
+            fsync: FsyncMode::Always,
+            commit_interval_ms: 2,
+            commit_max_batch: 4096,
+            queue_max_length: 1_000_000,
+            queue_max_bytes: 1024 * 1024 * 1024,
+            queue_overflow: OverflowPolicy::Reject,
+            queue_default_ttl_ms: 0,
+            expired_messages: ExpiredPolicy::Drop,
+            queues: HashMap::new(),
+            storage: StorageKind::Sled,
         }
     }
 }
@@ -130,6 +194,9 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
+    /// A value is out of range.
+    #[error("invalid setting: {0}")]
+    Invalid(String),
     /// The file is not valid TOML for these keys.
     #[error("invalid config file {path}: {source}")]
     Parse {
@@ -146,21 +213,17 @@ impl Config {
     /// # Errors
     /// When the file cannot be read or has unknown keys or wrong types.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source: Box::new(source),
-        })
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source: Box::new(source) })
     }
 
-    /// A configuration for tests: both listeners on loopback port 0.
+    /// A configuration for tests: both listeners on loopback port 0, storage in memory.
     pub fn ephemeral() -> Config {
         Config {
             stomp_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             ws_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            storage: StorageKind::Memory,
             ..Config::default()
         }
     }
@@ -182,17 +245,13 @@ impl Config {
             heartbeat_grace: self.heartbeat_grace.max(1.0),
             max_outbox_bytes: self.max_outbox_bytes,
             write_timeout: Duration::from_millis(self.write_timeout_ms),
-            ws_ping_interval: (self.ws_ping_interval_ms > 0)
-                .then(|| Duration::from_millis(self.ws_ping_interval_ms)),
+            ws_ping_interval: (self.ws_ping_interval_ms > 0).then(|| Duration::from_millis(self.ws_ping_interval_ms)),
         }
     }
 
     pub(crate) fn session_config(&self) -> SessionConfig {
         SessionConfig {
-            heart_beat: HeartBeat {
-                send_ms: self.heartbeat_send_ms,
-                receive_ms: self.heartbeat_receive_ms,
-            },
+            heart_beat: HeartBeat { send_ms: self.heartbeat_send_ms, receive_ms: self.heartbeat_receive_ms },
             default_prefetch_auto: self.default_prefetch_auto,
             default_prefetch_client: self.default_prefetch_client,
             max_unacked_per_consumer: self.max_unacked_per_consumer,
@@ -208,6 +267,22 @@ impl Config {
         QueueSettings {
             max_deliveries: self.max_deliveries,
             dead_letter_prefix: self.dead_letter_prefix.clone(),
+            max_length: self.queue_max_length,
+            max_bytes: self.queue_max_bytes,
+            overflow: self.queue_overflow,
+            default_ttl_ms: self.queue_default_ttl_ms,
+            expired: self.expired_messages,
+            durable: true,
+        }
+    }
+
+    /// Storage options.
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            fsync: self.fsync,
+            commit_interval: Duration::from_millis(self.commit_interval_ms),
+            max_batch: self.commit_max_batch,
+            ..StoreOptions::default()
         }
     }
 
@@ -259,6 +334,12 @@ pub struct Cli {
     /// Largest accepted message body in bytes [default: 4194304].
     #[arg(long, env = "STAMPEDE_MAX_BODY", value_name = "BYTES")]
     pub max_body: Option<usize>,
+    /// When a persistent message counts as stored. always: fsync before the RECEIPT (each fsync
+    /// covers every message that queued meanwhile). batch: also wait up to commit_interval_ms to
+    /// gather more per fsync (more throughput, a little more latency). never: no fsync; fastest,
+    /// but a crash can lose messages that were receipted [default: always].
+    #[arg(long, env = "STAMPEDE_FSYNC", value_name = "MODE", value_parser = ["always", "batch", "never"])]
+    pub fsync: Option<String>,
     /// Subcommand; none runs the broker.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -301,6 +382,10 @@ impl Cli {
         }
         if let Some(v) = self.max_body {
             config.max_body = v;
+        }
+        if let Some(v) = &self.fsync {
+            config.fsync =
+                v.parse().map_err(|e: stampede_storage::StorageError| ConfigError::Invalid(e.to_string()))?;
         }
         Ok(config)
     }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use stampede_protocol::{Decoder, Frame, Item, Limits, encode};
+use stampede_protocol::{ByteString, Decoder, Frame, Item, Limits, encode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
@@ -123,10 +123,7 @@ struct Output {
 
 impl Output {
     fn new() -> Output {
-        Output {
-            bytes: BytesMut::new(),
-            frames: Vec::new(),
-        }
+        Output { bytes: BytesMut::new(), frames: Vec::new() }
     }
 
     fn is_empty(&self) -> bool {
@@ -170,9 +167,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport<S> {
                 }
                 // Pings are answered by tungstenite on the next write or flush; any inbound
                 // traffic counts as life.
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
-                    Ok(ReadOutcome::Data)
-                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(ReadOutcome::Data),
                 Some(Ok(Message::Close(_))) => Ok(ReadOutcome::Closed),
             },
         }
@@ -206,10 +201,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport<S> {
 
     async fn ping(&mut self) -> io::Result<()> {
         if let Transport::WebSocket(socket) = self {
-            socket
-                .send(Message::Ping(Bytes::new()))
-                .await
-                .map_err(io::Error::other)?;
+            socket.send(Message::Ping(Bytes::new())).await.map_err(io::Error::other)?;
         }
         Ok(())
     }
@@ -224,23 +216,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport<S> {
                 let _ = timeout(linger, stream.shutdown()).await;
                 let mut sink = [0u8; 4096];
                 let deadline = Instant::now() + linger;
-                while let Ok(Ok(n)) =
-                    tokio::time::timeout_at(deadline, stream.read(&mut sink)).await
-                {
+                while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, stream.read(&mut sink)).await {
                     if n == 0 {
                         break;
                     }
                 }
             }
             Transport::WebSocket(socket) => {
-                let frame = CloseFrame {
-                    code,
-                    reason: Utf8Bytes::from_static(""),
-                };
+                let frame = CloseFrame { code, reason: Utf8Bytes::from_static("") };
                 let _ = timeout(linger, WebSocketStream::close(socket, Some(frame))).await;
                 let deadline = Instant::now() + linger;
-                while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, socket.next()).await {
-                }
+                while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, socket.next()).await {}
             }
         }
     }
@@ -262,17 +248,14 @@ where
 {
     let settings = Arc::clone(&context.settings);
     let outbox = Outbox::new(settings.max_outbox_bytes);
-    let mut session = Session::new(
-        Arc::clone(&session_id),
-        context.session,
-        context.router,
-        Arc::clone(&outbox),
-    );
+    let mut session = Session::new(Arc::clone(&session_id), context.session, context.router, Arc::clone(&outbox));
     let mut decoder = Decoder::new(settings.frame_limits);
     let mut input = BytesMut::new();
     let mut output = Output::new();
     let mut deliveries: VecDeque<Delivery> = VecDeque::new();
     let mut replies: Vec<Reply> = Vec::new();
+    // Replies not yet written, in order; a RECEIPT behind an undecided verdict waits for it.
+    let mut pending: VecDeque<Reply> = VecDeque::new();
     let mut auto_acks: Vec<AutoAck> = Vec::new();
     let connect_deadline = Instant::now() + settings.connect_timeout;
     let mut last_read = Instant::now();
@@ -283,32 +266,22 @@ where
         let mut ending: Option<(CloseReason, Option<StompError>)> = None;
         let beat = session.heart_beat();
         let read_deadline = if session.is_connected() {
-            beat.expect_every
-                .map(|every| last_read + every.mul_f64(settings.heartbeat_grace))
+            beat.expect_every.map(|every| last_read + every.mul_f64(settings.heartbeat_grace))
         } else {
             Some(connect_deadline)
         };
-        let beat_due = if session.is_connected() {
-            beat.send_every.map(|every| last_write + every)
-        } else {
-            None
-        };
-        let ping_due = settings
-            .ws_ping_interval
-            .filter(|_| websocket)
-            .map(|every| last_write + every);
+        let beat_due = if session.is_connected() { beat.send_every.map(|every| last_write + every) } else { None };
+        let ping_due = settings.ws_ping_interval.filter(|_| websocket).map(|every| last_write + every);
         let far = Instant::now() + Duration::from_secs(3600);
 
         tokio::select! {
-            read = transport.read(&mut input) => match read {
+            read = transport.read(&mut input), if pending.len() < MAX_PENDING_REPLIES => match read {
                 Ok(ReadOutcome::Closed) => ending = Some((CloseReason::PeerClosed, None)),
                 Err(error) => ending = Some((CloseReason::Io(error.to_string()), None)),
                 Ok(ReadOutcome::Data) => {
                     last_read = Instant::now();
                     ending = process_input(&mut session, &mut decoder, &mut input, &mut replies).await;
-                    for Reply::Frame(frame) in replies.drain(..) {
-                        output.frame(&frame, session.version());
-                    }
+                    pending.extend(replies.drain(..));
                 }
             },
             () = outbox.ready() => {
@@ -351,11 +324,30 @@ where
                 }
                 last_write = Instant::now();
             },
+            (verdict, receipt_id) = first_verdict(&mut pending) => {
+                pending.pop_front();
+                if let Err(error) = verdict {
+                    let error = StompError { receipt_id, ..error };
+                    ending = Some((CloseReason::ProtocolError(error.message.clone()), Some(error)));
+                }
+            },
             () = context.shutdown.cancelled() => {
                 ending = Some((CloseReason::ServerShutdown, Some(StompError::new("server shutting down", "The broker is shutting down; reconnect later."))));
             },
         }
 
+        if let Some(refused) = write_decided(&mut pending, &mut output, session.version()) {
+            ending.get_or_insert(refused);
+        }
+        if matches!(ending, Some((CloseReason::ClientDisconnect, _))) {
+            // The DISCONNECT's RECEIPT promises that everything before it was processed, so it
+            // waits for the verdicts ahead of it.
+            if let Some(refused) =
+                settle_all(&mut pending, &mut output, session.version(), settings.write_timeout).await
+            {
+                ending = Some(refused);
+            }
+        }
         if let Some((_, Some(error))) = &ending {
             output.frame(&error.to_frame(), session.version());
         }
@@ -364,10 +356,7 @@ where
                 Ok(Ok(())) => last_write = Instant::now(),
                 Ok(Err(error)) => break CloseReason::Io(error.to_string()),
                 Err(_) => {
-                    break CloseReason::Io(format!(
-                        "write did not complete within {:?}",
-                        settings.write_timeout
-                    ));
+                    break CloseReason::Io(format!("write did not complete within {:?}", settings.write_timeout));
                 }
             }
         }
@@ -405,6 +394,90 @@ where
     reason
 }
 
+/// Most replies waiting for verdicts before the connection stops reading (a producer that
+/// pipelines persistent sends faster than the disk syncs is slowed here).
+const MAX_PENDING_REPLIES: usize = 8192;
+
+/// Waits for the verdict at the head of `pending`, if the head is one. Cancel safe: the
+/// receiver keeps its value until it is awaited to completion.
+async fn first_verdict(pending: &mut VecDeque<Reply>) -> (Result<(), StompError>, Option<ByteString>) {
+    match pending.front_mut() {
+        Some(Reply::After { verdict, receipt_id }) => {
+            let outcome = verdict.await.unwrap_or_else(|_| {
+                Err(StompError::new("message not accepted", "The queue stopped before accepting the message."))
+            });
+            (outcome, receipt_id.clone())
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+/// Writes the replies at the head of `pending` that are ready, stopping at the first undecided
+/// verdict. Returns the ERROR to end with if a verdict refused a message.
+fn write_decided(
+    pending: &mut VecDeque<Reply>,
+    output: &mut Output,
+    version: stampede_protocol::Version,
+) -> Option<(CloseReason, Option<StompError>)> {
+    while let Some(front) = pending.front_mut() {
+        match front {
+            Reply::Frame(frame) => {
+                output.frame(frame, version);
+                pending.pop_front();
+            }
+            Reply::After { verdict, receipt_id } => match verdict.try_recv() {
+                Ok(Ok(())) => {
+                    pending.pop_front();
+                }
+                Ok(Err(error)) => {
+                    let error = StompError { receipt_id: receipt_id.clone(), ..error };
+                    return Some((CloseReason::ProtocolError(error.message.clone()), Some(error)));
+                }
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return None,
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                    let error =
+                        StompError::new("message not accepted", "The queue stopped before accepting the message.");
+                    let error = StompError { receipt_id: receipt_id.clone(), ..error };
+                    return Some((CloseReason::ProtocolError(error.message.clone()), Some(error)));
+                }
+            },
+        }
+    }
+    None
+}
+
+/// Waits for every pending verdict (up to `limit` each) and writes every reply.
+async fn settle_all(
+    pending: &mut VecDeque<Reply>,
+    output: &mut Output,
+    version: stampede_protocol::Version,
+    limit: Duration,
+) -> Option<(CloseReason, Option<StompError>)> {
+    while !pending.is_empty() {
+        if let Some(refused) = write_decided(pending, output, version) {
+            return Some(refused);
+        }
+        if pending.is_empty() {
+            break;
+        }
+        match timeout(limit, first_verdict(pending)).await {
+            Ok((Ok(()), _)) => {
+                pending.pop_front();
+            }
+            Ok((Err(error), receipt_id)) => {
+                let error = StompError { receipt_id, ..error };
+                return Some((CloseReason::ProtocolError(error.message.clone()), Some(error)));
+            }
+            Err(_) => {
+                let error =
+                    StompError::new("timed out waiting for storage", "Earlier messages were not confirmed in time.");
+                return Some((CloseReason::ProtocolError(error.message.clone()), Some(error)));
+            }
+        }
+    }
+    None
+}
+
 /// Decodes and handles every complete frame in `input`. Returns why the connection must end,
 /// if it must.
 async fn process_input(
@@ -427,10 +500,7 @@ async fn process_input(
                     }
                     Ok(Flow::Disconnect) => return Some((CloseReason::ClientDisconnect, None)),
                     Err(error) => {
-                        return Some((
-                            CloseReason::ProtocolError(error.message.clone()),
-                            Some(error),
-                        ));
+                        return Some((CloseReason::ProtocolError(error.message.clone()), Some(error)));
                     }
                 }
             }

@@ -23,12 +23,7 @@ pub struct StompError {
 impl StompError {
     /// An error with a summary and a detail text.
     pub fn new(message: impl Into<String>, detail: impl Into<String>) -> StompError {
-        StompError {
-            message: message.into(),
-            detail: detail.into(),
-            receipt_id: None,
-            extra_headers: Vec::new(),
-        }
+        StompError { message: message.into(), detail: detail.into(), receipt_id: None, extra_headers: Vec::new() }
     }
 
     /// Attaches the failing frame's `receipt` header, if it had one.
@@ -53,20 +48,14 @@ impl StompError {
     pub fn limit(what: &str, limit: impl std::fmt::Display, key: &str) -> StompError {
         StompError::new(
             format!("limit exceeded: {what} (limit {limit})"),
-            format!(
-                "The broker allows at most {limit} for {what}. The limit is set by the configuration key '{key}'."
-            ),
+            format!("The broker allows at most {limit} for {what}. The limit is set by the configuration key '{key}'."),
         )
     }
 
     /// The ERROR frame.
     pub fn to_frame(&self) -> Frame {
         // Header values must not contain line breaks; the body carries the long text.
-        let message: String = self
-            .message
-            .chars()
-            .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
-            .collect();
+        let message: String = self.message.chars().map(|c| if c == '\n' || c == '\r' { ' ' } else { c }).collect();
         let mut frame = Frame::new(Command::Error)
             .with_header(names::MESSAGE, message)
             .with_header(names::CONTENT_TYPE, "text/plain");

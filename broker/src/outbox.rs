@@ -72,9 +72,7 @@ impl std::str::FromStr for SlowConsumerPolicy {
         match s {
             "disconnect" => Ok(SlowConsumerPolicy::Disconnect),
             "drop-oldest" => Ok(SlowConsumerPolicy::DropOldest),
-            other => Err(format!(
-                "unknown slow-consumer policy {other:?}: use disconnect or drop-oldest"
-            )),
+            other => Err(format!("unknown slow-consumer policy {other:?}: use disconnect or drop-oldest")),
         }
     }
 }
@@ -120,17 +118,11 @@ impl Outbox {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the deque inconsistent (every critical
         // section is a push, a pop or a swap), so poisoning is ignored.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Queues a topic delivery, applying `policy` when the byte budget is exhausted.
-    pub fn push_topic(
-        &self,
-        delivery: Delivery,
-        policy: SlowConsumerPolicy,
-    ) -> Result<(), Refused> {
+    pub fn push_topic(&self, delivery: Delivery, policy: SlowConsumerPolicy) -> Result<(), Refused> {
         let cost = delivery.cost();
         let mut state = self.lock();
         if state.closed {
@@ -148,9 +140,7 @@ impl Outbox {
                 SlowConsumerPolicy::DropOldest => {
                     // Only topic deliveries may be dropped: queue deliveries are owed to a queue.
                     while state.bytes + cost > self.max_bytes {
-                        let Some(position) =
-                            state.items.iter().position(|d| d.from_queue.is_none())
-                        else {
+                        let Some(position) = state.items.iter().position(|d| d.from_queue.is_none()) else {
                             break;
                         };
                         if let Some(old) = state.items.remove(position) {
@@ -176,12 +166,7 @@ impl Outbox {
         Ok(())
     }
 
-    fn push_locked(
-        &self,
-        mut state: std::sync::MutexGuard<'_, State>,
-        delivery: Delivery,
-        cost: usize,
-    ) {
+    fn push_locked(&self, mut state: std::sync::MutexGuard<'_, State>, delivery: Delivery, cost: usize) {
         let was_empty = state.items.is_empty();
         state.items.push_back(delivery);
         state.bytes += cost;

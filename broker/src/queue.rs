@@ -15,27 +15,35 @@
 //! back to the head of the queue and is redelivered with `redelivered:true`; `requeue:false`
 //! sends it to the dead-letter queue `DLQ.<name>`, and so does reaching `max_deliveries`. A
 //! message whose consumer goes away unacknowledged is redelivered to another consumer.
+//!
+//! Durability: persistent messages of a durable queue are appended to the [`Store`] before the
+//! publisher is told they were accepted. The actor gathers everything one batch of commands
+//! produced (appends, removals after acks, delivery counts) into a single submission, and the
+//! store group-commits submissions from every queue, so an fsync covers many messages.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use stampede_protocol::{Headers, MessageTemplate, names};
+use stampede_storage::{Op, Store, StoredMessage};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
+use crate::error::StompError;
 use crate::outbox::{Delivery, Outbox, QueueDelivery};
 use crate::router::Router;
 
 /// Mailbox size of every queue actor.
 const MAILBOX: usize = 1024;
-/// Commands a queue handles before it dispatches (amortises dispatch over bursts).
+/// Commands a queue handles before it dispatches (amortises dispatch and storage over bursts).
 const COMMAND_BATCH: usize = 256;
 
 /// A message held by a queue.
 #[derive(Debug, Clone)]
 pub struct QueuedMessage {
-    /// Broker-wide unique id, also the `message-id` header.
+    /// Broker-wide unique id: the `message-id` header and the storage sequence number.
     pub id: u64,
     /// The shared encoding (headers include `destination`).
     pub template: Arc<MessageTemplate>,
@@ -43,12 +51,44 @@ pub struct QueuedMessage {
     pub delivery_count: u32,
     /// Whether the publisher asked for `persistent:true`.
     pub persistent: bool,
+    /// Expiry, in ms since the Unix epoch.
+    pub expires_at_ms: Option<u64>,
+    /// When it was accepted, in ms since the Unix epoch.
+    pub enqueued_at_ms: u64,
 }
 
 impl QueuedMessage {
     fn size(&self) -> usize {
         self.template.encoded_len_hint()
     }
+
+    fn to_stored(&self) -> StoredMessage {
+        StoredMessage {
+            seq: self.id,
+            headers: self.template.headers().clone(),
+            body: self.template.body().clone(),
+            delivery_count: self.delivery_count,
+            expires_at_ms: self.expires_at_ms,
+            enqueued_at_ms: self.enqueued_at_ms,
+        }
+    }
+
+    /// Rebuilds a message read back from storage.
+    pub fn from_stored(stored: StoredMessage) -> QueuedMessage {
+        QueuedMessage {
+            id: stored.seq,
+            template: Arc::new(MessageTemplate::new(stored.headers, stored.body)),
+            delivery_count: stored.delivery_count,
+            persistent: true,
+            expires_at_ms: stored.expires_at_ms,
+            enqueued_at_ms: stored.enqueued_at_ms,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// What a consumer decided about delivered messages.
@@ -62,6 +102,28 @@ pub enum Outcome {
     Reject,
 }
 
+/// What a full queue does with a new message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OverflowPolicy {
+    /// Refuse it: the publisher gets an ERROR (carrying its receipt-id if it asked for one).
+    #[default]
+    Reject,
+    /// Make room by dropping the oldest waiting messages.
+    DropOldest,
+}
+
+/// What happens to a message whose time to live has passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExpiredPolicy {
+    /// Forget it.
+    #[default]
+    Drop,
+    /// Move it to the dead-letter queue.
+    DeadLetter,
+}
+
 /// Settings of one queue.
 #[derive(Debug, Clone)]
 pub struct QueueSettings {
@@ -69,6 +131,18 @@ pub struct QueueSettings {
     pub max_deliveries: u32,
     /// Prefix of the dead-letter queue's name (`DLQ.` gives `DLQ.<name>`).
     pub dead_letter_prefix: String,
+    /// Most messages waiting (not counting unacknowledged ones).
+    pub max_length: usize,
+    /// Most bytes waiting.
+    pub max_bytes: usize,
+    /// What a full queue does.
+    pub overflow: OverflowPolicy,
+    /// Time to live of messages that do not set one, in ms; 0 = forever.
+    pub default_ttl_ms: u64,
+    /// What happens to expired messages.
+    pub expired: ExpiredPolicy,
+    /// Whether persistent messages go to storage (false for temporary queues).
+    pub durable: bool,
 }
 
 impl Default for QueueSettings {
@@ -76,6 +150,12 @@ impl Default for QueueSettings {
         QueueSettings {
             max_deliveries: 10,
             dead_letter_prefix: "DLQ.".to_owned(),
+            max_length: 1_000_000,
+            max_bytes: 1024 * 1024 * 1024,
+            overflow: OverflowPolicy::Reject,
+            default_ttl_ms: 0,
+            expired: ExpiredPolicy::Drop,
+            durable: true,
         }
     }
 }
@@ -108,21 +188,19 @@ impl ConsumerState {
     }
 }
 
+/// The queue's verdict on a published message, sent once it is accepted (and, if persistent,
+/// durable) or refused.
+pub type Verdict = oneshot::Receiver<Result<(), StompError>>;
+type VerdictSender = oneshot::Sender<Result<(), StompError>>;
+
 enum Command {
-    Publish {
-        message: QueuedMessage,
-        accepted: Option<oneshot::Sender<()>>,
-    },
+    Publish { message: QueuedMessage, verdict: Option<VerdictSender> },
     AddConsumer(Consumer),
-    RemoveConsumer {
-        consumer: u64,
-    },
-    Settle {
-        consumer: u64,
-        messages: Vec<u64>,
-        outcome: Outcome,
-    },
-    Shutdown,
+    RemoveConsumer { consumer: u64 },
+    Settle { consumer: u64, messages: Vec<u64>, outcome: Outcome },
+    SetDefaultTtl(u64),
+    Purge { done: oneshot::Sender<usize> },
+    Shutdown { forget: bool, done: oneshot::Sender<()> },
 }
 
 /// Shared between the handle and the actor, for observation without a round trip.
@@ -130,7 +208,10 @@ enum Command {
 struct Shared {
     name: Arc<str>,
     depth: AtomicUsize,
+    unacked: AtomicUsize,
     consumers: AtomicUsize,
+    enqueued: AtomicU64,
+    dropped: AtomicU64,
 }
 
 /// A cheap, cloneable handle to a queue actor.
@@ -140,45 +221,67 @@ pub struct QueueHandle {
     mailbox: mpsc::Sender<Command>,
 }
 
-impl std::fmt::Debug for Command {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Command::Publish { .. } => "Publish",
-            Command::AddConsumer(_) => "AddConsumer",
-            Command::RemoveConsumer { .. } => "RemoveConsumer",
-            Command::Settle { .. } => "Settle",
-            Command::Shutdown => "Shutdown",
-        })
-    }
-}
-
 /// The queue actor has stopped (the queue was deleted or the broker is shutting down).
 #[derive(Debug, thiserror::Error)]
 #[error("queue {0} is no longer available")]
 pub struct QueueGone(pub Arc<str>);
 
+impl From<QueueGone> for StompError {
+    fn from(gone: QueueGone) -> StompError {
+        StompError::new(gone.to_string(), "The queue was deleted or the broker is shutting down.")
+    }
+}
+
+/// Where a queue keeps persistent messages.
+#[derive(Clone)]
+pub struct Persistence {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The queue's name in the store.
+    pub key: String,
+}
+
+impl std::fmt::Debug for Persistence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Persistence").field("key", &self.key).finish_non_exhaustive()
+    }
+}
+
 impl QueueHandle {
-    /// Starts the actor for queue `name`.
-    pub fn spawn(name: Arc<str>, settings: QueueSettings, router: Weak<Router>) -> QueueHandle {
+    /// Starts the actor for queue `name`, holding `recovered` messages (in order) to begin with.
+    pub fn spawn(
+        name: Arc<str>,
+        settings: QueueSettings,
+        router: Weak<Router>,
+        persistence: Option<Persistence>,
+        recovered: Vec<QueuedMessage>,
+    ) -> QueueHandle {
         let (mailbox, inbox) = mpsc::channel(MAILBOX);
         let shared = Arc::new(Shared {
             name: Arc::clone(&name),
-            depth: AtomicUsize::new(0),
+            depth: AtomicUsize::new(recovered.len()),
+            unacked: AtomicUsize::new(0),
             consumers: AtomicUsize::new(0),
+            enqueued: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
         });
+        let ready_bytes = recovered.iter().map(QueuedMessage::size).sum();
         let actor = QueueActor {
             shared: Arc::clone(&shared),
+            persistence: persistence.filter(|_| settings.durable),
             settings,
             router,
-            ready: VecDeque::new(),
+            ready: recovered.into(),
+            ready_bytes,
             unacked: HashMap::new(),
             consumers: Vec::new(),
             next_consumer: 0,
             handle: None,
+            writes: Vec::new(),
+            waiting_for_disk: Vec::new(),
         };
         let handle = QueueHandle { shared, mailbox };
-        let own = handle.clone();
-        tokio::spawn(actor.run(inbox, own));
+        tokio::spawn(actor.run(inbox, handle.clone()));
         handle
     }
 
@@ -192,39 +295,42 @@ impl QueueHandle {
         self.shared.depth.load(Ordering::Relaxed)
     }
 
+    /// Messages delivered and not yet acknowledged.
+    pub fn unacked(&self) -> usize {
+        self.shared.unacked.load(Ordering::Relaxed)
+    }
+
     /// Consumers attached now.
     pub fn consumer_count(&self) -> usize {
         self.shared.consumers.load(Ordering::Relaxed)
     }
 
+    /// Messages accepted so far.
+    pub fn enqueued(&self) -> u64 {
+        self.shared.enqueued.load(Ordering::Relaxed)
+    }
+
+    /// Messages dropped so far (overflow or expiry).
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
     async fn command(&self, command: Command) -> Result<(), QueueGone> {
-        self.mailbox
-            .send(command)
-            .await
-            .map_err(|_| QueueGone(Arc::clone(&self.shared.name)))
+        self.mailbox.send(command).await.map_err(|_| QueueGone(Arc::clone(&self.shared.name)))
     }
 
-    /// Enqueues a message. Returns once the queue has taken it, which is when a publisher
-    /// may be told it was accepted.
-    pub async fn publish(&self, message: QueuedMessage) -> Result<(), QueueGone> {
-        let (accepted, taken) = oneshot::channel();
-        self.command(Command::Publish {
-            message,
-            accepted: Some(accepted),
-        })
-        .await?;
-        taken
-            .await
-            .map_err(|_| QueueGone(Arc::clone(&self.shared.name)))
+    /// Enqueues a message. Returns once the queue's mailbox has taken it (so publishers are
+    /// slowed by a busy queue), with a [`Verdict`] that resolves when the message is accepted,
+    /// durable if persistent, or refused.
+    pub async fn publish(&self, message: QueuedMessage) -> Result<Verdict, QueueGone> {
+        let (verdict, receiver) = oneshot::channel();
+        self.command(Command::Publish { message, verdict: Some(verdict) }).await?;
+        Ok(receiver)
     }
 
-    /// Enqueues a message without waiting for the queue to take it.
+    /// Enqueues a message without a verdict.
     pub async fn publish_nowait(&self, message: QueuedMessage) -> Result<(), QueueGone> {
-        self.command(Command::Publish {
-            message,
-            accepted: None,
-        })
-        .await
+        self.command(Command::Publish { message, verdict: None }).await
     }
 
     /// Attaches a consumer.
@@ -238,26 +344,32 @@ impl QueueHandle {
     }
 
     /// Reports the fate of delivered messages.
-    pub async fn settle(
-        &self,
-        consumer: u64,
-        messages: Vec<u64>,
-        outcome: Outcome,
-    ) -> Result<(), QueueGone> {
+    pub async fn settle(&self, consumer: u64, messages: Vec<u64>, outcome: Outcome) -> Result<(), QueueGone> {
         if messages.is_empty() {
             return Ok(());
         }
-        self.command(Command::Settle {
-            consumer,
-            messages,
-            outcome,
-        })
-        .await
+        self.command(Command::Settle { consumer, messages, outcome }).await
     }
 
-    /// Stops the actor; messages still held are dropped.
-    pub async fn shutdown(&self) {
-        let _ = self.command(Command::Shutdown).await;
+    /// Sets the time to live of messages published without one (RabbitMQ's `x-message-ttl`).
+    pub async fn set_default_ttl(&self, ttl_ms: u64) -> Result<(), QueueGone> {
+        self.command(Command::SetDefaultTtl(ttl_ms)).await
+    }
+
+    /// Drops every waiting message; returns how many.
+    pub async fn purge(&self) -> Result<usize, QueueGone> {
+        let (done, purged) = oneshot::channel();
+        self.command(Command::Purge { done }).await?;
+        purged.await.map_err(|_| QueueGone(Arc::clone(&self.shared.name)))
+    }
+
+    /// Stops the actor. With `forget`, its stored messages are deleted too (the queue is gone
+    /// for good); without, they stay for the next start.
+    pub async fn shutdown(&self, forget: bool) {
+        let (done, stopped) = oneshot::channel();
+        if self.command(Command::Shutdown { forget, done }).await.is_ok() {
+            let _ = stopped.await;
+        }
     }
 }
 
@@ -265,77 +377,184 @@ struct QueueActor {
     shared: Arc<Shared>,
     settings: QueueSettings,
     router: Weak<Router>,
+    persistence: Option<Persistence>,
     ready: VecDeque<QueuedMessage>,
+    ready_bytes: usize,
     unacked: HashMap<u64, (u64, QueuedMessage)>,
     consumers: Vec<ConsumerState>,
     next_consumer: usize,
     handle: Option<QueueHandle>,
+    /// Storage operations gathered during one batch of commands.
+    writes: Vec<Op>,
+    /// Verdicts released when `writes` are durable.
+    waiting_for_disk: Vec<VerdictSender>,
 }
 
 impl QueueActor {
     async fn run(mut self, mut inbox: mpsc::Receiver<Command>, own: QueueHandle) {
-        // The actor keeps a handle to itself to stamp on deliveries; it holds only a sender, so
-        // the mailbox closes when every *other* handle is gone and Shutdown arrives.
         self.handle = Some(own);
         let mut batch = Vec::with_capacity(COMMAND_BATCH);
+        let mut expiry_tick = tokio::time::interval(Duration::from_secs(1));
+        expiry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if inbox.recv_many(&mut batch, COMMAND_BATCH).await == 0 {
-                break;
+            tokio::select! {
+                received = inbox.recv_many(&mut batch, COMMAND_BATCH) => {
+                    if received == 0 {
+                        break;
+                    }
+                }
+                _ = expiry_tick.tick() => {
+                    self.expire_waiting();
+                }
             }
-            let mut stop = false;
+            let mut stop = None;
             for command in batch.drain(..) {
-                if matches!(command, Command::Shutdown) {
-                    stop = true;
+                if let Command::Shutdown { forget, done } = command {
+                    stop = Some((forget, done));
                     break;
                 }
                 self.handle(command);
             }
-            if stop {
+            self.dispatch();
+            if let Some((forget, done)) = stop {
+                if forget {
+                    if let Some(persistence) = &self.persistence {
+                        self.writes.push(Op::DeleteQueue { name: persistence.key.clone() });
+                    }
+                }
+                self.commit_writes();
+                let _ = done.send(());
                 break;
             }
-            self.dispatch();
-            self.shared.depth.store(self.ready.len(), Ordering::Relaxed);
+            self.commit_writes();
+            self.publish_stats();
         }
         debug!(queue = %self.shared.name, "queue stopped");
     }
 
+    fn publish_stats(&self) {
+        self.shared.depth.store(self.ready.len(), Ordering::Relaxed);
+        self.shared.unacked.store(self.unacked.len(), Ordering::Relaxed);
+    }
+
+    /// Submits the storage work of this batch as one submission; verdicts of persistent
+    /// messages are released by its completion.
+    fn commit_writes(&mut self) {
+        let verdicts = std::mem::take(&mut self.waiting_for_disk);
+        if self.writes.is_empty() {
+            for verdict in verdicts {
+                let _ = verdict.send(Ok(()));
+            }
+            return;
+        }
+        let ops = std::mem::take(&mut self.writes);
+        let Some(persistence) = &self.persistence else { return };
+        let name = Arc::clone(&self.shared.name);
+        let done: Option<stampede_storage::Completion> = if verdicts.is_empty() {
+            None
+        } else {
+            Some(Box::new(move |result: Result<(), stampede_storage::StorageError>| {
+                for verdict in verdicts {
+                    let outcome = result.as_ref().map(|_| ()).map_err(|error| {
+                        StompError::new(
+                            "persistent message not stored",
+                            format!("Queue {name} could not store the message durably: {error}. It was not accepted; retry later."),
+                        )
+                    });
+                    let _ = verdict.send(outcome);
+                }
+            }))
+        };
+        persistence.store.submit(ops, done);
+    }
+
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Publish { message, accepted } => {
-                self.ready.push_back(message);
-                if let Some(accepted) = accepted {
-                    let _ = accepted.send(());
-                }
-            }
+            Command::Publish { message, verdict } => self.enqueue(message, verdict),
             Command::AddConsumer(consumer) => {
-                self.consumers.push(ConsumerState {
-                    consumer,
-                    unacked: 0,
-                    unacked_bytes: 0,
-                });
-                self.shared
-                    .consumers
-                    .store(self.consumers.len(), Ordering::Relaxed);
+                self.consumers.push(ConsumerState { consumer, unacked: 0, unacked_bytes: 0 });
+                self.shared.consumers.store(self.consumers.len(), Ordering::Relaxed);
             }
             Command::RemoveConsumer { consumer } => self.remove_consumer(consumer),
-            Command::Settle {
-                consumer,
-                messages,
-                outcome,
-            } => {
+            Command::Settle { consumer, messages, outcome } => {
                 for id in messages {
                     self.settle(consumer, id, outcome);
                 }
             }
-            Command::Shutdown => {}
+            Command::SetDefaultTtl(ttl) => self.settings.default_ttl_ms = ttl,
+            Command::Purge { done } => {
+                let purged = self.ready.len();
+                for message in std::mem::take(&mut self.ready) {
+                    self.forget(&message);
+                }
+                self.ready_bytes = 0;
+                let _ = done.send(purged);
+            }
+            Command::Shutdown { .. } => {}
+        }
+    }
+
+    fn enqueue(&mut self, mut message: QueuedMessage, verdict: Option<VerdictSender>) {
+        if message.expires_at_ms.is_none() && self.settings.default_ttl_ms > 0 {
+            message.expires_at_ms = Some(message.enqueued_at_ms + self.settings.default_ttl_ms);
+        }
+        let size = message.size();
+        let full = |actor: &QueueActor| {
+            !actor.ready.is_empty()
+                && (actor.ready.len() >= actor.settings.max_length
+                    || actor.ready_bytes + size > actor.settings.max_bytes)
+        };
+        if full(self) {
+            match self.settings.overflow {
+                OverflowPolicy::Reject => {
+                    self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                    if let Some(verdict) = verdict {
+                        let _ = verdict.send(Err(StompError::new(
+                            format!("queue {} is full", self.shared.name),
+                            format!(
+                                "Queue {} holds its maximum of {} messages or {} bytes (configuration keys queue_max_length and queue_max_bytes; overflow policy reject). The message was not accepted.",
+                                self.shared.name, self.settings.max_length, self.settings.max_bytes
+                            ),
+                        )));
+                    }
+                    return;
+                }
+                OverflowPolicy::DropOldest => {
+                    while full(self) {
+                        let Some(old) = self.ready.pop_front() else { break };
+                        self.ready_bytes -= old.size();
+                        self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                        self.forget(&old);
+                    }
+                }
+            }
+        }
+        self.shared.enqueued.fetch_add(1, Ordering::Relaxed);
+        if message.persistent && self.persistence.is_some() {
+            let key = self.persistence.as_ref().map(|p| p.key.clone()).unwrap_or_default();
+            self.writes.push(Op::Append { queue: key, message: message.to_stored() });
+            if let Some(verdict) = verdict {
+                self.waiting_for_disk.push(verdict);
+            }
+        } else if let Some(verdict) = verdict {
+            let _ = verdict.send(Ok(()));
+        }
+        self.ready_bytes += size;
+        self.ready.push_back(message);
+    }
+
+    /// Removes a message from storage (after an ack, a drop or a move to another queue).
+    fn forget(&mut self, message: &QueuedMessage) {
+        if message.persistent {
+            if let Some(persistence) = &self.persistence {
+                self.writes.push(Op::Remove { queue: persistence.key.clone(), seq: message.id });
+            }
         }
     }
 
     fn remove_consumer(&mut self, consumer: u64) {
         self.consumers.retain(|c| c.consumer.id != consumer);
-        self.shared
-            .consumers
-            .store(self.consumers.len(), Ordering::Relaxed);
+        self.shared.consumers.store(self.consumers.len(), Ordering::Relaxed);
         let mut returned: Vec<QueuedMessage> = Vec::new();
         self.unacked.retain(|_, (owner, message)| {
             if *owner == consumer {
@@ -358,83 +577,131 @@ impl QueueActor {
             return;
         };
         if owner != consumer {
-            // Not this consumer's to settle: put it back untouched.
             self.unacked.insert(id, (owner, message));
             return;
         }
         let size = message.size();
-        if let Some(state) = self
-            .consumers
-            .iter_mut()
-            .find(|c| c.consumer.id == consumer)
-        {
+        if let Some(state) = self.consumers.iter_mut().find(|c| c.consumer.id == consumer) {
             state.unacked = state.unacked.saturating_sub(1);
             state.unacked_bytes = state.unacked_bytes.saturating_sub(size);
         }
         match outcome {
-            Outcome::Ack => {}
+            Outcome::Ack => self.forget(&message),
             Outcome::Requeue | Outcome::Reject => self.requeue_or_dead_letter(message, outcome),
         }
     }
 
     fn requeue_or_dead_letter(&mut self, message: QueuedMessage, outcome: Outcome) {
-        let limit_reached = self.settings.max_deliveries > 0
-            && message.delivery_count >= self.settings.max_deliveries;
-        let is_dead_letter_queue = self
-            .shared
-            .name
-            .starts_with(&self.settings.dead_letter_prefix);
-        if (outcome == Outcome::Reject || limit_reached) && !is_dead_letter_queue {
-            let reason = if outcome == Outcome::Reject {
-                "rejected"
-            } else {
-                "delivery-limit"
-            };
-            self.dead_letter(message, reason);
-        } else {
-            self.ready.push_front(message);
+        let limit_reached = self.settings.max_deliveries > 0 && message.delivery_count >= self.settings.max_deliveries;
+        if outcome == Outcome::Reject || limit_reached {
+            let reason = if outcome == Outcome::Reject { "rejected" } else { "delivery-limit" };
+            if self.dead_letter(&message, reason) {
+                return;
+            }
         }
+        self.ready_bytes += message.size();
+        self.ready.push_front(message);
     }
 
-    fn dead_letter(&mut self, message: QueuedMessage, reason: &'static str) {
-        let Some(router) = self.router.upgrade() else {
-            return;
-        };
+    fn is_dead_letter_queue(&self) -> bool {
+        self.shared.name.starts_with(&self.settings.dead_letter_prefix)
+    }
+
+    /// Moves a message to `DLQ.<name>`. A dead-letter queue does not dead-letter its own
+    /// messages (they are redelivered instead), so nothing loops. Returns false when the message
+    /// stays here.
+    fn dead_letter(&mut self, message: &QueuedMessage, reason: &'static str) -> bool {
+        if self.is_dead_letter_queue() {
+            return false;
+        }
+        let Some(router) = self.router.upgrade() else { return false };
         let target = format!("{}{}", self.settings.dead_letter_prefix, self.shared.name);
         let mut headers = Headers::with_capacity(message.template.headers().len() + 2);
         for (name, value) in message.template.headers().iter_shared() {
             if name == names::DESTINATION {
                 headers.push(names::DESTINATION, format!("/queue/{target}"));
                 headers.push("x-original-destination", value.clone());
-            } else {
+            } else if name != "x-dead-letter-reason" && name != "x-original-destination" {
                 headers.push(name.clone(), value.clone());
             }
         }
         headers.push("x-dead-letter-reason", reason);
         let moved = QueuedMessage {
             id: message.id,
-            template: Arc::new(MessageTemplate::new(
-                headers,
-                message.template.body().clone(),
-            )),
+            template: Arc::new(MessageTemplate::new(headers, message.template.body().clone())),
             delivery_count: 0,
             persistent: message.persistent,
+            expires_at_ms: None,
+            enqueued_at_ms: now_ms(),
         };
         let queue = router.queue_or_create(&target);
         debug!(queue = %self.shared.name, %target, reason, "dead-lettering message {}", message.id);
-        // Another queue's mailbox may be full; never block this actor on it.
+        // The move is stored by the dead-letter queue before this queue forgets the message:
+        // at worst a crash in between leaves it in both (at least once, never lost).
+        let mut writes_removal = None;
+        if message.persistent {
+            if let Some(persistence) = &self.persistence {
+                writes_removal = Some((
+                    Arc::clone(&persistence.store),
+                    Op::Remove { queue: persistence.key.clone(), seq: message.id },
+                ));
+            }
+        }
         tokio::spawn(async move {
-            if let Err(gone) = queue.publish_nowait(moved).await {
-                warn!("dead-letter queue unavailable: {gone}");
+            match queue.publish(moved).await {
+                Ok(verdict) => {
+                    if let (Ok(Ok(())), Some((store, removal))) = (verdict.await, writes_removal) {
+                        store.submit(vec![removal], None);
+                    }
+                }
+                Err(gone) => warn!("dead-letter queue unavailable: {gone}"),
             }
         });
+        true
+    }
+
+    fn is_expired(message: &QueuedMessage, now: u64) -> bool {
+        message.expires_at_ms.is_some_and(|at| at != 0 && at <= now)
+    }
+
+    /// Takes expired messages out of the waiting list.
+    fn expire_waiting(&mut self) {
+        let now = now_ms();
+        if !self.ready.iter().any(|m| Self::is_expired(m, now)) {
+            return;
+        }
+        let waiting = std::mem::take(&mut self.ready);
+        for message in waiting {
+            if Self::is_expired(&message, now) {
+                self.ready_bytes -= message.size();
+                self.expire(message);
+            } else {
+                self.ready.push_back(message);
+            }
+        }
+        self.commit_writes();
+        self.publish_stats();
+    }
+
+    fn expire(&mut self, message: QueuedMessage) {
+        self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+        if self.settings.expired == ExpiredPolicy::DeadLetter && self.dead_letter(&message, "expired") {
+            return;
+        }
+        self.forget(&message);
     }
 
     fn dispatch(&mut self) {
-        let Some(handle) = self.handle.clone() else {
-            return;
-        };
+        let Some(handle) = self.handle.clone() else { return };
+        let now = now_ms();
         while let Some(front) = self.ready.front() {
+            if Self::is_expired(front, now) {
+                if let Some(expired) = self.ready.pop_front() {
+                    self.ready_bytes -= expired.size();
+                    self.expire(expired);
+                }
+                continue;
+            }
             let size = front.size();
             let count = self.consumers.len();
             let Some(chosen) = (0..count)
@@ -444,9 +711,8 @@ impl QueueActor {
                 return;
             };
             self.next_consumer = (chosen + 1) % count.max(1);
-            let Some(mut message) = self.ready.pop_front() else {
-                return;
-            };
+            let Some(mut message) = self.ready.pop_front() else { return };
+            self.ready_bytes -= size;
             let state = &mut self.consumers[chosen];
             let redelivered = message.delivery_count > 0;
             message.delivery_count += 1;
@@ -454,27 +720,33 @@ impl QueueActor {
                 subscription: state.consumer.subscription,
                 template: Arc::clone(&message.template),
                 message_id: message.id,
-                from_queue: Some(QueueDelivery {
-                    queue: handle.clone(),
-                    consumer: state.consumer.id,
-                }),
+                from_queue: Some(QueueDelivery { queue: handle.clone(), consumer: state.consumer.id }),
                 redelivered,
             };
             if state.consumer.outbox.push_queue(delivery).is_err() {
                 // The connection is closing; its RemoveConsumer is on the way. Keep the message.
                 message.delivery_count -= 1;
+                self.ready_bytes += size;
                 self.ready.push_front(message);
                 let dead = state.consumer.id;
                 self.consumers.retain(|c| c.consumer.id != dead);
-                self.shared
-                    .consumers
-                    .store(self.consumers.len(), Ordering::Relaxed);
+                self.shared.consumers.store(self.consumers.len(), Ordering::Relaxed);
                 continue;
             }
             state.unacked += 1;
             state.unacked_bytes += size;
-            self.unacked
-                .insert(message.id, (state.consumer.id, message));
+            if message.persistent {
+                if let Some(persistence) = &self.persistence {
+                    // So a restart knows it was delivered: redelivered:true, and the
+                    // dead-letter count goes on.
+                    self.writes.push(Op::SetDeliveryCount {
+                        queue: persistence.key.clone(),
+                        seq: message.id,
+                        count: message.delivery_count,
+                    });
+                }
+            }
+            self.unacked.insert(message.id, (state.consumer.id, message));
         }
     }
 }

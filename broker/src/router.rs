@@ -12,12 +12,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use stampede_protocol::MessageTemplate;
+use stampede_storage::{Op, QueueKind, QueueRecord, Recovery, Store};
+use tracing::{info, warn};
 
-use crate::queue::{QueueHandle, QueueSettings};
-use crate::topic::{Pattern, Topic, TopicSubscriber};
+use crate::queue::{Persistence, QueueHandle, QueueSettings, QueuedMessage, Verdict, now_ms};
+use crate::topic::{Pattern, Sink, Topic, TopicSubscriber};
 
 /// A parsed destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,19 +109,46 @@ impl TopicTable {
 /// A registered topic subscription, needed to remove it again.
 #[derive(Debug, Clone)]
 pub struct TopicRegistration {
-    name: Arc<str>,
+    /// The topic name or pattern.
+    pub name: Arc<str>,
     subscriber: u64,
     wildcard: bool,
+}
+
+/// A durable topic subscription: a queue bound to a topic (or pattern).
+#[derive(Debug)]
+struct Durable {
+    queue: QueueHandle,
+    registration: TopicRegistration,
 }
 
 /// Names to topics and queues. Shared by every session.
 pub struct Router {
     topics: RwLock<TopicTable>,
     queues: RwLock<HashMap<Arc<str>, QueueHandle>>,
+    durables: Mutex<HashMap<String, Durable>>,
     queue_settings: QueueSettings,
+    queue_overrides: HashMap<String, QueueOverride>,
+    store: Option<Arc<dyn Store>>,
     next_message_id: AtomicU64,
     next_id: AtomicU64,
     this: Weak<Router>,
+}
+
+/// Per-queue settings that differ from the defaults (config `[queues.<name>]`).
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueOverride {
+    /// Most messages waiting.
+    pub max_length: Option<usize>,
+    /// Most bytes waiting.
+    pub max_bytes: Option<usize>,
+    /// `reject` or `drop-oldest`.
+    pub overflow: Option<crate::queue::OverflowPolicy>,
+    /// Time to live of messages that set none, in ms.
+    pub default_ttl_ms: Option<u64>,
+    /// Deliveries before dead-lettering.
+    pub max_deliveries: Option<u32>,
 }
 
 impl std::fmt::Debug for Router {
@@ -132,6 +161,15 @@ impl Router {
     /// A router whose queues use `queue_settings`. Message ids start from the current time in
     /// microseconds so they stay unique across restarts.
     pub fn new(queue_settings: QueueSettings) -> Arc<Router> {
+        Router::with_store(queue_settings, HashMap::new(), None)
+    }
+
+    /// A router whose durable queues keep persistent messages in `store`.
+    pub fn with_store(
+        queue_settings: QueueSettings,
+        queue_overrides: HashMap<String, QueueOverride>,
+        store: Option<Arc<dyn Store>>,
+    ) -> Arc<Router> {
         let start = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)
@@ -139,7 +177,10 @@ impl Router {
         Arc::new_cyclic(|this| Router {
             topics: RwLock::new(TopicTable::default()),
             queues: RwLock::new(HashMap::new()),
+            durables: Mutex::new(HashMap::new()),
             queue_settings,
+            queue_overrides,
+            store,
             next_message_id: AtomicU64::new(start),
             next_id: AtomicU64::new(1),
             this: this.clone(),
@@ -156,12 +197,40 @@ impl Router {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Delivers to every subscriber of topic `name`; returns how many took it.
-    pub fn publish_topic(
+    /// Delivers to every subscriber of topic `name`: connected subscribers get it at once,
+    /// durable subscriptions' queues get a copy (waiting for room in their mailboxes). Returns
+    /// the verdicts of those queues (persistent messages are stored by them).
+    pub async fn publish_topic(
+        &self,
+        name: &str,
+        template: &Arc<MessageTemplate>,
+        message: TopicMessage,
+    ) -> Vec<Verdict> {
+        let mut durable = Vec::new();
+        self.publish_topic_now(name, template, message.id, &mut durable);
+        let mut verdicts = Vec::with_capacity(durable.len());
+        for queue in durable {
+            let copy = QueuedMessage {
+                id: message.id,
+                template: Arc::clone(template),
+                delivery_count: 0,
+                persistent: message.persistent,
+                expires_at_ms: message.expires_at_ms,
+                enqueued_at_ms: message.enqueued_at_ms,
+            };
+            if let Ok(verdict) = queue.publish(copy).await {
+                verdicts.push(verdict);
+            }
+        }
+        verdicts
+    }
+
+    fn publish_topic_now(
         &self,
         name: &str,
         template: &Arc<MessageTemplate>,
         message_id: u64,
+        durable: &mut Vec<QueueHandle>,
     ) -> usize {
         let topic = {
             let table = self.topics.read().unwrap_or_else(|p| p.into_inner());
@@ -173,21 +242,13 @@ impl Router {
         };
         let topic = match topic {
             Some(topic) => topic,
-            None => self
-                .topics
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .get_or_create(name),
+            None => self.topics.write().unwrap_or_else(|p| p.into_inner()).get_or_create(name),
         };
-        topic.publish(template, message_id)
+        topic.publish(template, message_id, durable)
     }
 
     /// Subscribes to topic `name`, which may be a wildcard pattern.
-    pub fn subscribe_topic(
-        &self,
-        name: &str,
-        subscriber: Arc<TopicSubscriber>,
-    ) -> TopicRegistration {
+    pub fn subscribe_topic(&self, name: &str, subscriber: Arc<TopicSubscriber>) -> TopicRegistration {
         let id = subscriber.id;
         let mut table = self.topics.write().unwrap_or_else(|p| p.into_inner());
         match Pattern::parse(name) {
@@ -198,19 +259,11 @@ impl Router {
                     }
                 }
                 table.wildcards.push((pattern, subscriber));
-                TopicRegistration {
-                    name: Arc::from(name),
-                    subscriber: id,
-                    wildcard: true,
-                }
+                TopicRegistration { name: Arc::from(name), subscriber: id, wildcard: true }
             }
             None => {
                 table.get_or_create(name).add(subscriber);
-                TopicRegistration {
-                    name: Arc::from(name),
-                    subscriber: id,
-                    wildcard: false,
-                }
+                TopicRegistration { name: Arc::from(name), subscriber: id, wildcard: false }
             }
         }
     }
@@ -219,9 +272,7 @@ impl Router {
     pub fn unsubscribe_topic(&self, registration: &TopicRegistration) {
         let mut table = self.topics.write().unwrap_or_else(|p| p.into_inner());
         if registration.wildcard {
-            table
-                .wildcards
-                .retain(|(_, s)| s.id != registration.subscriber);
+            table.wildcards.retain(|(_, s)| s.id != registration.subscriber);
             let names: Vec<Arc<str>> = table.topics.keys().cloned().collect();
             for name in names {
                 table.remove_from(&name, registration.subscriber);
@@ -239,51 +290,213 @@ impl Router {
 
     /// The queue `name`, if it exists.
     pub fn queue(&self, name: &str) -> Option<QueueHandle> {
-        self.queues
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned()
+        self.queues.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
     }
 
-    /// The queue `name`, created (and its actor started) if needed.
+    /// The queue `name` (a `/queue/` queue), created (and its actor started) if needed.
     pub fn queue_or_create(&self, name: &str) -> QueueHandle {
+        self.queue_or_create_with(name, true, Vec::new())
+    }
+
+    /// A temporary queue: never stored, deleted with its connection.
+    pub fn temporary_queue(&self, name: &str) -> QueueHandle {
+        self.queue_or_create_with(name, false, Vec::new())
+    }
+
+    fn settings_for(&self, name: &str, durable: bool) -> QueueSettings {
+        let mut settings = self.queue_settings.clone();
+        settings.durable = durable;
+        if let Some(o) = self.queue_overrides.get(name) {
+            settings.max_length = o.max_length.unwrap_or(settings.max_length);
+            settings.max_bytes = o.max_bytes.unwrap_or(settings.max_bytes);
+            settings.overflow = o.overflow.unwrap_or(settings.overflow);
+            settings.default_ttl_ms = o.default_ttl_ms.unwrap_or(settings.default_ttl_ms);
+            settings.max_deliveries = o.max_deliveries.unwrap_or(settings.max_deliveries);
+        }
+        settings
+    }
+
+    fn persistence(&self, key: String) -> Option<Persistence> {
+        self.store.as_ref().map(|store| Persistence { store: Arc::clone(store), key })
+    }
+
+    fn queue_or_create_with(&self, name: &str, durable: bool, recovered: Vec<QueuedMessage>) -> QueueHandle {
         if let Some(queue) = self.queue(name) {
             return queue;
         }
         let mut queues = self.queues.write().unwrap_or_else(|p| p.into_inner());
-        queues
-            .entry(Arc::from(name))
-            .or_insert_with(|| {
-                QueueHandle::spawn(
-                    Arc::from(name),
-                    self.queue_settings.clone(),
-                    self.this.clone(),
-                )
-            })
-            .clone()
+        if let Some(queue) = queues.get(name) {
+            return queue.clone();
+        }
+        let key = format!("/queue/{name}");
+        let persistence = if durable { self.persistence(key.clone()) } else { None };
+        if let (Some(p), true) = (&persistence, recovered.is_empty()) {
+            // Define it so that it is recreated at start-up, even while empty.
+            p.store.submit(vec![Op::DefineQueue(QueueRecord::queue(key))], None);
+        }
+        let queue = QueueHandle::spawn(
+            Arc::from(name),
+            self.settings_for(name, durable),
+            self.this.clone(),
+            persistence,
+            recovered,
+        );
+        queues.insert(Arc::from(name), queue.clone());
+        queue
     }
 
-    /// Removes queue `name` and stops its actor.
-    pub async fn delete_queue(&self, name: &str) {
-        let removed = self
-            .queues
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
+    /// Removes queue `name` and stops its actor; with `forget`, its stored messages go too.
+    pub async fn delete_queue(&self, name: &str, forget: bool) {
+        let removed = self.queues.write().unwrap_or_else(|p| p.into_inner()).remove(name);
         if let Some(queue) = removed {
-            queue.shutdown().await;
+            queue.shutdown(forget).await;
         }
+    }
+
+    /// The queue of durable subscription `name` following `topic`, created and bound to the
+    /// topic if needed. An existing subscription re-subscribed to another topic is rebound.
+    pub fn durable_subscription(&self, name: &str, topic: &str) -> QueueHandle {
+        let mut durables = self.durables.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = durables.get(name) {
+            if &*existing.registration.name == topic {
+                return existing.queue.clone();
+            }
+            self.unsubscribe_topic(&existing.registration);
+            let queue = existing.queue.clone();
+            let registration = self.bind(topic, queue.clone());
+            durables.insert(name.to_owned(), Durable { queue: queue.clone(), registration });
+            self.define_durable(name, topic);
+            return queue;
+        }
+        self.define_durable(name, topic);
+        let queue = self.spawn_durable(name, Vec::new());
+        let registration = self.bind(topic, queue.clone());
+        durables.insert(name.to_owned(), Durable { queue: queue.clone(), registration });
+        queue
+    }
+
+    fn define_durable(&self, name: &str, topic: &str) {
+        if let Some(store) = &self.store {
+            let mut record = QueueRecord::queue(durable_key(name));
+            record.kind = QueueKind::DurableSubscription;
+            record.topic = Some(topic.to_owned());
+            record.subscription_name = Some(name.to_owned());
+            store.submit(vec![Op::DefineQueue(record)], None);
+        }
+    }
+
+    fn spawn_durable(&self, name: &str, recovered: Vec<QueuedMessage>) -> QueueHandle {
+        let display: Arc<str> = Arc::from(format!("durable:{name}"));
+        QueueHandle::spawn(
+            display,
+            self.settings_for(name, true),
+            self.this.clone(),
+            self.persistence(durable_key(name)),
+            recovered,
+        )
+    }
+
+    fn bind(&self, topic: &str, queue: QueueHandle) -> TopicRegistration {
+        let subscriber = Arc::new(TopicSubscriber { id: self.next_id(), sink: Sink::Queue(queue) });
+        self.subscribe_topic(topic, subscriber)
+    }
+
+    /// Deletes durable subscription `name` and its stored messages. Returns false when there
+    /// was none.
+    pub async fn delete_durable_subscription(&self, name: &str) -> bool {
+        let removed = self.durables.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+        match removed {
+            Some(durable) => {
+                self.unsubscribe_topic(&durable.registration);
+                durable.queue.shutdown(true).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Number of durable subscriptions.
+    pub fn durable_subscription_count(&self) -> usize {
+        self.durables.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Recreates stored queues and durable subscriptions, with their messages in order. Call
+    /// before accepting clients. Message ids continue above the highest stored one.
+    pub fn restore(&self, recovery: Recovery) {
+        for problem in &recovery.problems {
+            warn!(queue = %problem.queue, position = ?problem.position, kind = ?problem.kind,
+                "damaged record set aside at start-up: {}", problem.detail);
+        }
+        let mut highest = 0;
+        let mut restored_messages = 0;
+        for recovered in recovery.queues {
+            let messages: Vec<QueuedMessage> = recovered.messages.into_iter().map(QueuedMessage::from_stored).collect();
+            highest = messages.iter().map(|m| m.id).max().unwrap_or(0).max(highest);
+            restored_messages += messages.len();
+            let record = recovered.record;
+            match record.kind {
+                QueueKind::Queue => match record.name.strip_prefix("/queue/") {
+                    Some(name) => {
+                        self.queue_or_create_with(name, true, messages);
+                    }
+                    None => warn!(name = %record.name, "stored queue with an unknown name skipped"),
+                },
+                QueueKind::DurableSubscription => {
+                    let (Some(name), Some(topic)) = (record.subscription_name.clone(), record.topic.clone()) else {
+                        warn!(name = %record.name, "stored durable subscription without name or topic skipped");
+                        continue;
+                    };
+                    let queue = self.spawn_durable(&name, messages);
+                    let registration = self.bind(&topic, queue.clone());
+                    self.durables
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(name, Durable { queue, registration });
+                }
+            }
+        }
+        self.next_message_id.fetch_max(highest + 1, Ordering::Relaxed);
+        info!(
+            messages = restored_messages,
+            queues = self.queues().len(),
+            durable_subscriptions = self.durable_subscription_count(),
+            "recovered stored state"
+        );
+    }
+
+    /// The store, if the broker has one.
+    pub fn store(&self) -> Option<&Arc<dyn Store>> {
+        self.store.as_ref()
     }
 
     /// Every queue, for shutdown and management.
     pub fn queues(&self) -> Vec<QueueHandle> {
-        self.queues
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.queues.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+}
+
+/// The store key of durable subscription `name`.
+fn durable_key(name: &str) -> String {
+    format!("durable:{name}")
+}
+
+/// What a topic publish needs to copy a message into durable subscriptions.
+#[derive(Debug, Clone, Copy)]
+pub struct TopicMessage {
+    /// The message id.
+    pub id: u64,
+    /// `persistent:true` on the SEND.
+    pub persistent: bool,
+    /// Expiry in ms since the epoch.
+    pub expires_at_ms: Option<u64>,
+    /// When it was published.
+    pub enqueued_at_ms: u64,
+}
+
+impl TopicMessage {
+    /// A non-persistent message published now.
+    pub fn transient(id: u64) -> TopicMessage {
+        TopicMessage { id, persistent: false, expires_at_ms: None, enqueued_at_ms: now_ms() }
     }
 }
 
@@ -293,26 +506,11 @@ mod tests {
 
     #[test]
     fn destinations_parse_by_prefix() {
-        assert_eq!(
-            Destination::parse("/topic/a.b"),
-            Ok(Destination::Topic("a.b"))
-        );
+        assert_eq!(Destination::parse("/topic/a.b"), Ok(Destination::Topic("a.b")));
         assert_eq!(Destination::parse("/queue/x"), Ok(Destination::Queue("x")));
-        assert_eq!(
-            Destination::parse("/amq/queue/x"),
-            Ok(Destination::ExistingQueue("x"))
-        );
-        assert_eq!(
-            Destination::parse("/temp-queue/r"),
-            Ok(Destination::TempQueue("r"))
-        );
-        assert!(matches!(
-            Destination::parse("/exchange/x"),
-            Err(DestinationError::UnknownPrefix(_))
-        ));
-        assert!(matches!(
-            Destination::parse("/queue/"),
-            Err(DestinationError::EmptyName(_))
-        ));
+        assert_eq!(Destination::parse("/amq/queue/x"), Ok(Destination::ExistingQueue("x")));
+        assert_eq!(Destination::parse("/temp-queue/r"), Ok(Destination::TempQueue("r")));
+        assert!(matches!(Destination::parse("/exchange/x"), Err(DestinationError::UnknownPrefix(_))));
+        assert!(matches!(Destination::parse("/queue/"), Err(DestinationError::EmptyName(_))));
     }
 }

@@ -22,12 +22,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, StorageKind};
 use crate::connection::{self, ConnectionContext, Transport};
 use crate::router::Router;
+use stampede_storage::{MemoryStore, SledStore, Store};
 
 /// A broker that is accepting connections.
-#[derive(Debug)]
 pub struct RunningBroker {
     /// Where STOMP over TCP listens (useful when the configured port was 0).
     pub stomp_addr: SocketAddr,
@@ -36,6 +36,13 @@ pub struct RunningBroker {
     router: Arc<Router>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    store: Arc<dyn Store>,
+}
+
+impl std::fmt::Debug for RunningBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningBroker").field("stomp_addr", &self.stomp_addr).field("ws_addr", &self.ws_addr).finish()
+    }
 }
 
 impl RunningBroker {
@@ -48,21 +55,49 @@ impl RunningBroker {
     pub async fn shutdown(self, deadline: Duration) {
         self.shutdown.cancel();
         self.tasks.close();
-        if tokio::time::timeout(deadline, self.tasks.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(deadline, self.tasks.wait()).await.is_err() {
             warn!("shutdown deadline of {deadline:?} passed with connections still open");
         }
     }
 }
 
-/// Binds the listeners and starts serving.
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not bind.
+    #[error(transparent)]
+    Listen(#[from] std::io::Error),
+    /// The data directory could not be opened or read.
+    #[error("cannot open the data directory {dir}: {source}")]
+    Storage {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        source: stampede_storage::StorageError,
+    },
+}
+
+/// Opens storage, recovers stored queues and durable subscriptions, then binds the listeners
+/// and starts serving. Nothing is accepted before recovery is complete.
 ///
 /// # Errors
-/// When a listener cannot bind (address in use, permission denied).
-pub async fn start(config: &Config) -> std::io::Result<RunningBroker> {
-    let router = Router::new(config.queue_settings());
+/// When storage cannot be opened or a listener cannot bind (address in use, permission denied).
+pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
+    let store = open_store(config).await?;
+    let router = Router::with_store(config.queue_settings(), config.queues.clone(), Some(Arc::clone(&store)));
+    let started = std::time::Instant::now();
+    let recovery = {
+        let store = Arc::clone(&store);
+        tokio::task::spawn_blocking(move || store.recover())
+            .await
+            .map_err(|e| StartError::Listen(std::io::Error::other(e)))?
+            .map_err(|source| StartError::Storage { dir: config.data_dir.clone(), source })?
+    };
+    let recovered = recovery.message_count();
+    router.restore(recovery);
+    if recovered > 0 {
+        info!("recovered {recovered} stored messages in {:?}", started.elapsed());
+    }
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let context = ConnectionContext {
@@ -74,19 +109,12 @@ pub async fn start(config: &Config) -> std::io::Result<RunningBroker> {
     let limit = Arc::new(Semaphore::new(config.max_connections));
     let ids = Arc::new(SessionIds::new());
 
-    let stomp = TcpListener::bind(config.stomp_addr)
-        .await
-        .map_err(|e| with_addr(e, "STOMP", config.stomp_addr))?;
-    let ws = TcpListener::bind(config.ws_addr)
-        .await
-        .map_err(|e| with_addr(e, "WebSocket", config.ws_addr))?;
+    let stomp = TcpListener::bind(config.stomp_addr).await.map_err(|e| with_addr(e, "STOMP", config.stomp_addr))?;
+    let ws = TcpListener::bind(config.ws_addr).await.map_err(|e| with_addr(e, "WebSocket", config.ws_addr))?;
     let stomp_addr = stomp.local_addr()?;
     let ws_addr = ws.local_addr()?;
     info!("STOMP over TCP listening on {stomp_addr}");
-    info!(
-        "STOMP over WebSocket listening on ws://{ws_addr}{}",
-        config.ws_path
-    );
+    info!("STOMP over WebSocket listening on ws://{ws_addr}{}", config.ws_path);
 
     let ws_settings = Arc::new(WsSettings {
         path: config.ws_path.clone(),
@@ -102,29 +130,28 @@ pub async fn start(config: &Config) -> std::io::Result<RunningBroker> {
         tasks.clone(),
         Arc::clone(&ws_settings),
     ));
-    tasks.spawn(accept_loop(
-        ws,
-        Listener::WebSocket,
-        context,
-        limit,
-        ids,
-        tasks.clone(),
-        ws_settings,
-    ));
-    Ok(RunningBroker {
-        stomp_addr,
-        ws_addr,
-        router,
-        shutdown,
-        tasks,
-    })
+    tasks.spawn(accept_loop(ws, Listener::WebSocket, context, limit, ids, tasks.clone(), ws_settings));
+    Ok(RunningBroker { stomp_addr, ws_addr, router, shutdown, tasks, store })
+}
+
+async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
+    match config.storage {
+        StorageKind::Memory => Ok(Arc::new(MemoryStore::new())),
+        StorageKind::Sled => {
+            let dir = config.data_dir.clone();
+            let options = config.store_options();
+            let opened = tokio::task::spawn_blocking(move || SledStore::open(&dir, options))
+                .await
+                .map_err(|e| StartError::Listen(std::io::Error::other(e)))?;
+            let store = opened.map_err(|source| StartError::Storage { dir: config.data_dir.clone(), source })?;
+            info!(dir = %config.data_dir.display(), fsync = %config.fsync, "storage open");
+            Ok(Arc::new(store))
+        }
+    }
 }
 
 fn with_addr(error: std::io::Error, what: &str, addr: SocketAddr) -> std::io::Error {
-    std::io::Error::new(
-        error.kind(),
-        format!("cannot listen for {what} on {addr}: {error}"),
-    )
+    std::io::Error::new(error.kind(), format!("cannot listen for {what} on {addr}: {error}"))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -153,12 +180,8 @@ impl SessionIds {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        let mixed =
-            seed ^ (std::process::id() as u64).rotate_left(32) ^ (&seed as *const u64 as u64);
-        SessionIds {
-            prefix: mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15),
-            next: AtomicU64::new(1),
-        }
+        let mixed = seed ^ (std::process::id() as u64).rotate_left(32) ^ (&seed as *const u64 as u64);
+        SessionIds { prefix: mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15), next: AtomicU64::new(1) }
     }
 
     fn next(&self) -> Arc<str> {
@@ -201,15 +224,7 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let id = ids.next();
-        tasks.spawn(handle(
-            stream,
-            peer,
-            kind,
-            id,
-            context.clone(),
-            Arc::clone(&ws),
-            permit,
-        ));
+        tasks.spawn(handle(stream, peer, kind, id, context.clone(), Arc::clone(&ws), permit));
     }
 }
 
@@ -225,8 +240,7 @@ async fn handle(
     let transport = match kind {
         Listener::Stomp => Transport::Stream(stream),
         Listener::WebSocket => {
-            let callback =
-                |request: &Request, response: Response| negotiate(request, response, &ws.path);
+            let callback = |request: &Request, response: Response| negotiate(request, response, &ws.path);
             match tokio::time::timeout(
                 ws.handshake_timeout,
                 tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws.config)),
@@ -250,15 +264,12 @@ async fn handle(
 
 /// Answers a connection over the limit with an ERROR that names the limit, then closes.
 async fn refuse(stream: TcpStream, kind: Listener, ws: Arc<WsSettings>) {
-    let error =
-        crate::error::StompError::limit("connections", "max_connections", "max_connections")
-            .to_frame();
+    let error = crate::error::StompError::limit("connections", "max_connections", "max_connections").to_frame();
     let bytes = stampede_protocol::encode_to_bytes(&error, Version::V1_2);
     let transport = match kind {
         Listener::Stomp => Transport::Stream(stream),
         Listener::WebSocket => {
-            let callback =
-                |request: &Request, response: Response| negotiate(request, response, &ws.path);
+            let callback = |request: &Request, response: Response| negotiate(request, response, &ws.path);
             match tokio::time::timeout(
                 ws.handshake_timeout,
                 tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws.config)),
@@ -276,15 +287,10 @@ async fn refuse(stream: TcpStream, kind: Listener, ws: Arc<WsSettings>) {
 /// The WebSocket handshake check: the path must match, and the highest STOMP subprotocol the
 /// client offers is echoed (a client offering none still gets STOMP, with the version its
 /// CONNECT asks for).
-fn negotiate(
-    request: &Request,
-    mut response: Response,
-    path: &str,
-) -> Result<Response, ErrorResponse> {
+fn negotiate(request: &Request, mut response: Response, path: &str) -> Result<Response, ErrorResponse> {
     if request.uri().path() != path {
-        let mut refusal = ErrorResponse::new(Some(format!(
-            "No STOMP endpoint here; STOMP over WebSocket is served at {path}\n"
-        )));
+        let mut refusal =
+            ErrorResponse::new(Some(format!("No STOMP endpoint here; STOMP over WebSocket is served at {path}\n")));
         *refusal.status_mut() = StatusCode::NOT_FOUND;
         return Err(refusal);
     }
@@ -297,10 +303,9 @@ fn negotiate(
         .filter_map(Version::from_websocket_subprotocol)
         .max();
     if let Some(version) = offered {
-        response.headers_mut().insert(
-            "sec-websocket-protocol",
-            HeaderValue::from_static(version.websocket_subprotocol()),
-        );
+        response
+            .headers_mut()
+            .insert("sec-websocket-protocol", HeaderValue::from_static(version.websocket_subprotocol()));
     }
     Ok(response)
 }

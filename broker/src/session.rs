@@ -24,9 +24,9 @@ use tracing::debug;
 
 use crate::error::StompError;
 use crate::outbox::{Delivery, Outbox, QueueDelivery, SlowConsumerPolicy};
-use crate::queue::{Consumer, Outcome, QueueHandle, QueuedMessage};
-use crate::router::{Destination, Router, TopicRegistration};
-use crate::topic::TopicSubscriber;
+use crate::queue::{Consumer, Outcome, QueueHandle, QueuedMessage, Verdict, now_ms};
+use crate::router::{Destination, Router, TopicMessage, TopicRegistration};
+use crate::topic::{Sink, TopicSubscriber};
 
 /// What every session of a broker shares.
 #[derive(Debug, Clone)]
@@ -58,10 +58,7 @@ impl Default for SessionConfig {
         SessionConfig {
             server_name: format!("stampede/{}", env!("CARGO_PKG_VERSION")),
             versions: Version::ALL.to_vec(),
-            heart_beat: HeartBeat {
-                send_ms: 1000,
-                receive_ms: 1000,
-            },
+            heart_beat: HeartBeat { send_ms: 1000, receive_ms: 1000 },
             default_prefetch_auto: 1000,
             default_prefetch_client: 100,
             max_unacked_per_consumer: 10_000,
@@ -74,10 +71,23 @@ impl Default for SessionConfig {
 }
 
 /// Something the connection must write, in order.
+///
+/// Replies are written strictly in the order they were produced, so a RECEIPT that follows a
+/// [`Reply::After`] waits for it: a receipt means every earlier frame was processed, and for a
+/// persistent SEND that includes being on disk. Meanwhile the connection keeps reading, so a
+/// producer that pipelines persistent sends gets its messages group-committed.
 #[derive(Debug)]
 pub enum Reply {
     /// A frame ready now (CONNECTED, RECEIPT).
     Frame(Frame),
+    /// A queue's verdict on a SEND; a refusal ends the session with an ERROR carrying
+    /// `receipt_id`.
+    After {
+        /// The verdict.
+        verdict: Verdict,
+        /// The SEND's receipt, for the ERROR.
+        receipt_id: Option<ByteString>,
+    },
 }
 
 /// What the connection does after a frame.
@@ -134,6 +144,8 @@ struct Subscription {
     target: Target,
     /// Queue deliveries written but not yet acknowledged, oldest first (client modes only).
     pending: VecDeque<Pending>,
+    /// The durable subscription this consumes, if it is one.
+    durable: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,6 +175,7 @@ pub struct Session {
     version: Version,
     virtual_host: String,
     login: Option<String>,
+    client_id: Option<String>,
     heart_beat: Negotiated,
     subscriptions: HashMap<u64, Subscription>,
     by_id: HashMap<ByteString, u64>,
@@ -175,21 +188,19 @@ pub struct Session {
 
 impl Session {
     /// A session that waits for CONNECT.
-    pub fn new(
-        id: Arc<str>,
-        config: Arc<SessionConfig>,
-        router: Arc<Router>,
-        outbox: Arc<Outbox>,
-    ) -> Session {
+    pub fn new(id: Arc<str>, config: Arc<SessionConfig>, router: Arc<Router>, outbox: Arc<Outbox>) -> Session {
         Session {
             id,
             config,
             router,
             outbox,
             state: State::AwaitingConnect,
-            version: Version::V1_2,
+            // Until CONNECT says otherwise, frames we send (an ERROR) are not escaped: the
+            // client's version is unknown and 1.0 has no escaping.
+            version: Version::V1_0,
             virtual_host: "/".to_owned(),
             login: None,
+            client_id: None,
             heart_beat: Negotiated::default(),
             subscriptions: HashMap::new(),
             by_id: HashMap::new(),
@@ -206,7 +217,7 @@ impl Session {
         &self.id
     }
 
-    /// The negotiated version (1.2 until CONNECT is handled).
+    /// The negotiated version (1.0 until CONNECT is handled).
     pub fn version(&self) -> Version {
         self.version
     }
@@ -240,20 +251,12 @@ impl Session {
     ///
     /// # Errors
     /// A [`StompError`] ends the session: the connection writes it as an ERROR frame and closes.
-    pub async fn handle(
-        &mut self,
-        frame: Frame,
-        replies: &mut Vec<Reply>,
-    ) -> Result<Flow, StompError> {
+    pub async fn handle(&mut self, frame: Frame, replies: &mut Vec<Reply>) -> Result<Flow, StompError> {
         let result = self.dispatch(&frame, replies).await;
         result.map_err(|e| e.for_frame(&frame))
     }
 
-    async fn dispatch(
-        &mut self,
-        frame: &Frame,
-        replies: &mut Vec<Reply>,
-    ) -> Result<Flow, StompError> {
+    async fn dispatch(&mut self, frame: &Frame, replies: &mut Vec<Reply>) -> Result<Flow, StompError> {
         if self.state == State::AwaitingConnect {
             return match frame.command {
                 Command::Connect | Command::Stomp => self.connect(frame, replies),
@@ -265,17 +268,14 @@ impl Session {
         }
         match frame.command {
             Command::Connect | Command::Stomp => {
-                return Err(StompError::new(
-                    "already connected",
-                    "CONNECT may only be sent once per connection.",
-                ));
+                return Err(StompError::new("already connected", "CONNECT may only be sent once per connection."));
             }
-            Command::Send => self.send_or_buffer(frame).await?,
+            Command::Send => self.send_or_buffer(frame, replies).await?,
             Command::Subscribe => self.subscribe(frame).await?,
             Command::Unsubscribe => self.unsubscribe(frame).await?,
             Command::Ack | Command::Nack => self.ack_or_buffer(frame).await?,
             Command::Begin => self.begin(frame)?,
-            Command::Commit => self.commit(frame).await?,
+            Command::Commit => self.commit(frame, replies).await?,
             Command::Abort => self.abort(frame)?,
             Command::Disconnect => {
                 self.receipt(frame, replies);
@@ -294,9 +294,7 @@ impl Session {
 
     fn receipt(&self, frame: &Frame, replies: &mut Vec<Reply>) {
         if let Some(receipt) = frame.headers.get_shared(names::RECEIPT) {
-            replies.push(Reply::Frame(
-                Frame::new(Command::Receipt).with_header(names::RECEIPT_ID, receipt.clone()),
-            ));
+            replies.push(Reply::Frame(Frame::new(Command::Receipt).with_header(names::RECEIPT_ID, receipt.clone())));
         }
     }
 
@@ -312,9 +310,7 @@ impl Session {
                     supported.join(",")
                 ),
             );
-            error
-                .extra_headers
-                .push((names::VERSION, supported.join(",")));
+            error.extra_headers.push((names::VERSION, supported.join(",")));
             return Err(error);
         };
         let client_beat = match frame.header(names::HEART_BEAT) {
@@ -332,6 +328,7 @@ impl Session {
             self.virtual_host = host.to_owned();
         }
         self.login = frame.header(names::LOGIN).map(str::to_owned);
+        self.client_id = frame.header("client-id").map(str::to_owned);
         self.state = State::Connected;
         let mut connected = Frame::new(Command::Connected)
             .with_header(names::VERSION, version.as_str())
@@ -351,11 +348,9 @@ impl Session {
         };
         let limit = self.config.max_transaction_frames;
         match self.transactions.get_mut(tx) {
-            Some(buffered) if buffered.len() >= limit => Err(StompError::limit(
-                "frames in one transaction",
-                limit,
-                "max_transaction_frames",
-            )),
+            Some(buffered) if buffered.len() >= limit => {
+                Err(StompError::limit("frames in one transaction", limit, "max_transaction_frames"))
+            }
             Some(buffered) => Ok(Some(buffered)),
             None => Err(StompError::new(
                 format!("unknown transaction {tx:?}"),
@@ -367,32 +362,40 @@ impl Session {
         }
     }
 
-    async fn send_or_buffer(&mut self, frame: &Frame) -> Result<(), StompError> {
+    async fn send_or_buffer(&mut self, frame: &Frame, replies: &mut Vec<Reply>) -> Result<(), StompError> {
         // Validate now so a bad SEND fails when sent, not when committed.
         let destination = frame
             .header(names::DESTINATION)
             .ok_or_else(|| StompError::missing_header(Command::Send, names::DESTINATION))?;
-        Destination::parse(destination)
-            .map_err(|e| StompError::new(e.to_string(), e.to_string()))?;
+        Destination::parse(destination).map_err(destination_error)?;
         if let Some(buffered) = self.transaction_of(frame)? {
             buffered.push(frame.clone());
             return Ok(());
         }
-        self.send(frame).await
+        self.send(frame, replies).await
     }
 
-    async fn send(&mut self, frame: &Frame) -> Result<(), StompError> {
+    async fn send(&mut self, frame: &Frame, replies: &mut Vec<Reply>) -> Result<(), StompError> {
         let destination_value = frame
             .headers
             .get_shared(names::DESTINATION)
             .cloned()
             .ok_or_else(|| StompError::missing_header(Command::Send, names::DESTINATION))?;
-        let destination = Destination::parse(&destination_value)
-            .map_err(|e| StompError::new(e.to_string(), e.to_string()))?;
+        let destination = Destination::parse(&destination_value).map_err(destination_error)?;
+        let now = now_ms();
+        let message = TopicMessage {
+            id: self.router.next_message_id(),
+            persistent: frame.header(names::PERSISTENT) == Some("true"),
+            expires_at_ms: expiry(frame, now)?,
+            enqueued_at_ms: now,
+        };
+        if message.expires_at_ms.is_some_and(|at| at <= now) {
+            // Already expired: never delivered (and never stored).
+            return Ok(());
+        }
         let headers = self.message_headers(frame).await?;
         let template = Arc::new(MessageTemplate::new(headers, frame.body.clone()));
-        let message_id = self.router.next_message_id();
-        let persistent = frame.header(names::PERSISTENT) == Some("true");
+        let receipt_id = frame.headers.get_shared(names::RECEIPT).cloned();
         let queue = match destination {
             Destination::Topic(name) => {
                 if crate::topic::Pattern::parse(name).is_some() {
@@ -401,14 +404,13 @@ impl Session {
                         "Wildcards (*, #, >) select topics when subscribing; a SEND names one topic.",
                     ));
                 }
-                self.router.publish_topic(name, &template, message_id);
+                for verdict in self.router.publish_topic(name, &template, message).await {
+                    replies.push(Reply::After { verdict, receipt_id: receipt_id.clone() });
+                }
                 return Ok(());
             }
             Destination::Queue(name) => self.router.queue_or_create(name),
-            Destination::ExistingQueue(name) => self
-                .router
-                .queue(name)
-                .ok_or_else(|| not_found(&destination_value))?,
+            Destination::ExistingQueue(name) => self.router.queue(name).ok_or_else(|| not_found(&destination_value))?,
             Destination::TempQueue(name) => self.temp_queue(name).await?,
             Destination::ReplyQueue(name) => match self.router.queue(name) {
                 Some(queue) => queue,
@@ -418,15 +420,18 @@ impl Session {
                 }
             },
         };
-        queue
+        let verdict = queue
             .publish(QueuedMessage {
-                id: message_id,
+                id: message.id,
                 template,
                 delivery_count: 0,
-                persistent,
+                persistent: message.persistent,
+                expires_at_ms: message.expires_at_ms,
+                enqueued_at_ms: message.enqueued_at_ms,
             })
-            .await
-            .map_err(|gone| StompError::new(gone.to_string(), gone.to_string()))
+            .await?;
+        replies.push(Reply::After { verdict, receipt_id });
+        Ok(())
     }
 
     /// The headers a MESSAGE carries: the SEND's user headers, minus those that describe the
@@ -443,15 +448,10 @@ impl Session {
                 | names::MESSAGE_ID
                 | names::ACK
                 | names::REDELIVERED => {}
-                names::REPLY_TO
-                    if value.starts_with("/temp-queue/") && !headers.contains(names::REPLY_TO) =>
-                {
+                names::REPLY_TO if value.starts_with("/temp-queue/") && !headers.contains(names::REPLY_TO) => {
                     let name = &value["/temp-queue/".len()..];
                     let queue = self.temp_queue(name).await?;
-                    headers.push(
-                        name_of(names::REPLY_TO),
-                        format!("/reply-queue/{}", queue.name()),
-                    );
+                    headers.push(ByteString::from_static(names::REPLY_TO), format!("/reply-queue/{}", queue.name()));
                 }
                 _ => headers.push(name.clone(), value.clone()),
             }
@@ -465,23 +465,13 @@ impl Session {
         if let Some(queue) = self.temp_queues.get(name) {
             return Ok(queue.clone());
         }
-        let router_name = format!("reply-{}-{}", self.id, name);
-        let queue = self.router.queue_or_create(&router_name);
+        let queue = self.router.temporary_queue(&format!("reply-{}-{}", self.id, name));
         self.temp_queues.insert(name.to_owned(), queue.clone());
         let id = ByteString::from(format!("/temp-queue/{name}"));
         if !self.by_id.contains_key(&id) {
-            let credit = (
-                self.config.default_prefetch_auto,
-                self.config.consumer_window_bytes,
-            );
-            self.attach_queue(
-                id,
-                format!("/temp-queue/{name}"),
-                AckMode::Auto,
-                queue.clone(),
-                credit,
-            )
-            .await?;
+            let credit = (self.config.default_prefetch_auto, self.config.consumer_window_bytes);
+            let destination = format!("/temp-queue/{name}");
+            self.attach_queue(id, destination, AckMode::Auto, queue.clone(), credit, None).await?;
         }
         Ok(queue)
     }
@@ -510,65 +500,83 @@ impl Session {
             ));
         }
         let ack = AckMode::parse(frame.header(names::ACK))?;
-        let destination = Destination::parse(destination_value)
-            .map_err(|e| StompError::new(e.to_string(), e.to_string()))?;
-        match destination {
-            Destination::Topic(name) => {
-                let key = self.next_subscription_key();
-                let subscriber = Arc::new(TopicSubscriber {
-                    id: self.router.next_id(),
-                    subscription: key,
-                    outbox: Arc::clone(&self.outbox),
-                    policy: self.config.slow_consumer_policy,
-                });
-                let registration = self.router.subscribe_topic(name, subscriber);
-                self.insert_subscription(
-                    key,
-                    id,
-                    destination_value.to_owned(),
-                    ack,
-                    Target::Topic(registration),
-                );
-            }
-            Destination::Queue(name) => {
-                let queue = self.router.queue_or_create(name);
-                let credit = (self.prefetch(frame, ack)?, self.window_bytes(frame));
-                self.attach_queue(id, destination_value.to_owned(), ack, queue, credit)
-                    .await?;
-            }
+        let destination = Destination::parse(destination_value).map_err(destination_error)?;
+        let destination_text = destination_value.to_owned();
+        let queue = match destination {
+            Destination::Topic(name) => match self.durable_name(frame, &id) {
+                Some(durable) => {
+                    let queue = self.router.durable_subscription(&durable, name);
+                    let credit = (self.prefetch(frame, ack)?, self.window_bytes(frame));
+                    return self.attach_queue(id, destination_text, ack, queue, credit, Some(durable)).await;
+                }
+                None => {
+                    let key = self.next_subscription_key();
+                    let sink = Sink::Connection {
+                        subscription: key,
+                        outbox: Arc::clone(&self.outbox),
+                        policy: self.config.slow_consumer_policy,
+                    };
+                    let subscriber = Arc::new(TopicSubscriber { id: self.router.next_id(), sink });
+                    let registration = self.router.subscribe_topic(name, subscriber);
+                    self.insert_subscription(key, id, destination_text, ack, Target::Topic(registration), None);
+                    return Ok(());
+                }
+            },
+            Destination::Queue(name) => self.router.queue_or_create(name),
             Destination::ExistingQueue(name) | Destination::ReplyQueue(name) => {
-                let queue = self
-                    .router
-                    .queue(name)
-                    .ok_or_else(|| not_found(destination_value))?;
-                let credit = (self.prefetch(frame, ack)?, self.window_bytes(frame));
-                self.attach_queue(id, destination_value.to_owned(), ack, queue, credit)
-                    .await?;
+                self.router.queue(name).ok_or_else(|| not_found(destination_value))?
             }
             Destination::TempQueue(name) => {
-                let router_name = format!("reply-{}-{}", self.id, name);
-                let queue = self.router.queue_or_create(&router_name);
+                let queue = self.router.temporary_queue(&format!("reply-{}-{}", self.id, name));
                 self.temp_queues.insert(name.to_owned(), queue.clone());
-                let credit = (self.prefetch(frame, ack)?, self.window_bytes(frame));
-                self.attach_queue(id, destination_value.to_owned(), ack, queue, credit)
-                    .await?;
+                queue
             }
+        };
+        if let Some(ttl) = frame.header("x-message-ttl") {
+            let ttl = ttl.trim().parse::<u64>().map_err(|_| {
+                StompError::new(
+                    format!("invalid x-message-ttl {ttl:?}"),
+                    "x-message-ttl is a time to live in milliseconds.",
+                )
+            })?;
+            queue.set_default_ttl(ttl).await?;
         }
-        Ok(())
+        let credit = (self.prefetch(frame, ack)?, self.window_bytes(frame));
+        self.attach_queue(id, destination_text, ack, queue, credit, None).await
+    }
+
+    /// The name of the durable subscription a SUBSCRIBE to a topic asks for, if it asks for one.
+    ///
+    /// ActiveMQ and Artemis clients name it with `client-id` on CONNECT plus
+    /// `activemq.subscriptionName` (or Artemis's `durable-subscription-name` /
+    /// `durable-subscriber-name`); RabbitMQ clients mark the SUBSCRIBE `durable:true` (or
+    /// `persistent:true`) and the subscription is named by `x-queue-name` or its `id`.
+    fn durable_name(&self, frame: &Frame, id: &str) -> Option<String> {
+        let named = ["durable-subscription-name", "durable-subscriber-name", "activemq.subscriptionName"]
+            .iter()
+            .find_map(|h| frame.header(h));
+        if let Some(name) = named {
+            return Some(format!("{}/{}", self.client_id.as_deref().unwrap_or(""), name));
+        }
+        let flagged = frame.header("durable") == Some("true") || frame.header(names::PERSISTENT) == Some("true");
+        let auto_delete = frame.header("auto-delete") == Some("true");
+        if flagged && !auto_delete {
+            return Some(match frame.header("x-queue-name") {
+                Some(queue_name) => queue_name.to_owned(),
+                None => format!("{id}@{}", frame.header(names::DESTINATION).unwrap_or("")),
+            });
+        }
+        None
     }
 
     /// The prefetch a subscription asked for, in any of the dialects clients send: RabbitMQ's
     /// `prefetch-count`, ActiveMQ's `activemq.prefetchSize` (messages), Artemis's
     /// `consumer-window-size` (bytes, handled by [`Session::window_bytes`]).
     fn prefetch(&self, frame: &Frame, ack: AckMode) -> Result<u32, StompError> {
-        let asked = ["prefetch-count", "activemq.prefetchSize"]
-            .iter()
-            .find_map(|name| frame.header(name).map(|v| (*name, v)));
-        let default = if ack == AckMode::Auto {
-            self.config.default_prefetch_auto
-        } else {
-            self.config.default_prefetch_client
-        };
+        let asked =
+            ["prefetch-count", "activemq.prefetchSize"].iter().find_map(|name| frame.header(name).map(|v| (*name, v)));
+        let default =
+            if ack == AckMode::Auto { self.config.default_prefetch_auto } else { self.config.default_prefetch_client };
         let prefetch = match asked {
             None => default,
             Some((name, value)) => match value.trim().parse::<i64>() {
@@ -586,13 +594,8 @@ impl Session {
     }
 
     fn window_bytes(&self, frame: &Frame) -> usize {
-        match frame
-            .header("consumer-window-size")
-            .and_then(|v| v.trim().parse::<i64>().ok())
-        {
-            Some(n) if n > 0 => usize::try_from(n)
-                .unwrap_or(usize::MAX)
-                .min(self.config.consumer_window_bytes),
+        match frame.header("consumer-window-size").and_then(|v| v.trim().parse::<i64>().ok()) {
+            Some(n) if n > 0 => usize::try_from(n).unwrap_or(usize::MAX).min(self.config.consumer_window_bytes),
             // 0 means one message at a time: the first message is always allowed.
             Some(0) => 1,
             _ => self.config.consumer_window_bytes,
@@ -606,21 +609,14 @@ impl Session {
         ack: AckMode,
         queue: QueueHandle,
         credit: (u32, usize),
+        durable: Option<String>,
     ) -> Result<(), StompError> {
         let key = self.next_subscription_key();
         let consumer = self.router.next_id();
         let (prefetch, window_bytes) = credit;
-        queue
-            .add_consumer(Consumer {
-                id: consumer,
-                subscription: key,
-                outbox: Arc::clone(&self.outbox),
-                prefetch,
-                window_bytes,
-            })
-            .await
-            .map_err(|gone| StompError::new(gone.to_string(), gone.to_string()))?;
-        self.insert_subscription(key, id, destination, ack, Target::Queue { queue, consumer });
+        let outbox = Arc::clone(&self.outbox);
+        queue.add_consumer(Consumer { id: consumer, subscription: key, outbox, prefetch, window_bytes }).await?;
+        self.insert_subscription(key, id, destination, ack, Target::Queue { queue, consumer }, durable);
         Ok(())
     }
 
@@ -637,48 +633,61 @@ impl Session {
         destination: String,
         ack: AckMode,
         target: Target,
+        durable: Option<String>,
     ) {
         self.by_id.insert(id.clone(), key);
-        self.subscriptions.insert(
-            key,
-            Subscription {
-                id,
-                destination,
-                ack,
-                target,
-                pending: VecDeque::new(),
-            },
-        );
+        let subscription = Subscription { id, destination, ack, target, pending: VecDeque::new(), durable };
+        self.subscriptions.insert(key, subscription);
     }
 
+    /// UNSUBSCRIBE. For a durable subscription it only detaches, unless the frame asks to
+    /// delete it the way its client's broker would: RabbitMQ clients repeat `durable:true`
+    /// (or `persistent:true`), ActiveMQ and Artemis clients name it with
+    /// `activemq.subscriptionName` / `durable-subscription-name` (which also works without
+    /// being subscribed, to remove a subscription left from an earlier connection).
     async fn unsubscribe(&mut self, frame: &Frame) -> Result<(), StompError> {
         let key = match frame.headers.get_shared(names::ID) {
             Some(id) => self.by_id.get(id).copied(),
-            None if self.version == Version::V1_0 => frame
-                .header(names::DESTINATION)
-                .and_then(|d| self.by_id.get(d).copied()),
+            None if self.version == Version::V1_0 => {
+                frame.header(names::DESTINATION).and_then(|d| self.by_id.get(d).copied())
+            }
+            None if self.named_durable(frame).is_some() => None,
             None => return Err(StompError::missing_header(Command::Unsubscribe, names::ID)),
         };
+        let delete = frame.header("durable") == Some("true") || frame.header(names::PERSISTENT) == Some("true");
         let Some(key) = key else {
+            if let Some(name) = self.named_durable(frame) {
+                self.router.delete_durable_subscription(&name).await;
+                return Ok(());
+            }
             return Err(StompError::new(
                 "unknown subscription",
                 format!(
                     "UNSUBSCRIBE names subscription {:?}, which does not exist on this connection.",
-                    frame
-                        .header(names::ID)
-                        .or(frame.header(names::DESTINATION))
-                        .unwrap_or("")
+                    frame.header(names::ID).or(frame.header(names::DESTINATION)).unwrap_or("")
                 ),
             ));
         };
+        let durable = self.subscriptions.get(&key).and_then(|s| s.durable.clone());
         self.detach(key).await;
+        if let Some(name) = durable {
+            if delete || self.named_durable(frame).is_some() {
+                self.router.delete_durable_subscription(&name).await;
+            }
+        }
         Ok(())
     }
 
+    /// The durable subscription an UNSUBSCRIBE names in the ActiveMQ/Artemis dialect.
+    fn named_durable(&self, frame: &Frame) -> Option<String> {
+        ["durable-subscription-name", "durable-subscriber-name", "activemq.subscriptionName"]
+            .iter()
+            .find_map(|h| frame.header(h))
+            .map(|name| format!("{}/{}", self.client_id.as_deref().unwrap_or(""), name))
+    }
+
     async fn detach(&mut self, key: u64) {
-        let Some(subscription) = self.subscriptions.remove(&key) else {
-            return;
-        };
+        let Some(subscription) = self.subscriptions.remove(&key) else { return };
         self.by_id.remove(&subscription.id);
         for pending in &subscription.pending {
             self.ack_owner.remove(&pending.ack_id);
@@ -739,10 +748,7 @@ impl Session {
 
     fn find_pending(&self, frame: &Frame) -> Option<(u64, usize)> {
         let position_of = |key: u64, matches: &dyn Fn(&Pending) -> bool| {
-            self.subscriptions
-                .get(&key)
-                .and_then(|s| s.pending.iter().position(matches))
-                .map(|p| (key, p))
+            self.subscriptions.get(&key).and_then(|s| s.pending.iter().position(matches)).map(|p| (key, p))
         };
         if let Some(ack_id) = frame.header(names::ID).and_then(|v| v.parse::<u64>().ok()) {
             if let Some(&key) = self.ack_owner.get(&ack_id) {
@@ -752,21 +758,12 @@ impl Session {
             }
         }
         // 1.1 and 1.0 forms (and 1.2 clients that put the message-id in `id`).
-        let message_id = frame
-            .header(names::MESSAGE_ID)
-            .or(frame.header(names::ID))?
-            .parse::<u64>()
-            .ok()?;
-        let candidates: Vec<u64> = match frame
-            .header(names::SUBSCRIPTION)
-            .and_then(|s| self.by_id.get(s))
-        {
+        let message_id = frame.header(names::MESSAGE_ID).or(frame.header(names::ID))?.parse::<u64>().ok()?;
+        let candidates: Vec<u64> = match frame.header(names::SUBSCRIPTION).and_then(|s| self.by_id.get(s)) {
             Some(&key) => vec![key],
             None => self.subscriptions.keys().copied().collect(),
         };
-        candidates
-            .into_iter()
-            .find_map(|key| position_of(key, &|p| p.message_id == message_id))
+        candidates.into_iter().find_map(|key| position_of(key, &|p| p.message_id == message_id))
     }
 
     fn begin(&mut self, frame: &Frame) -> Result<(), StompError> {
@@ -792,18 +789,15 @@ impl Session {
         self.transactions.remove(tx).ok_or_else(|| {
             StompError::new(
                 format!("unknown transaction {tx:?}"),
-                format!(
-                    "{} names transaction {tx:?}, which is not open on this connection.",
-                    frame.command
-                ),
+                format!("{} names transaction {tx:?}, which is not open on this connection.", frame.command),
             )
         })
     }
 
-    async fn commit(&mut self, frame: &Frame) -> Result<(), StompError> {
+    async fn commit(&mut self, frame: &Frame, replies: &mut Vec<Reply>) -> Result<(), StompError> {
         for buffered in self.take_transaction(frame)? {
             match buffered.command {
-                Command::Send => self.send(&buffered).await.map_err(|e| e.for_frame(frame))?,
+                Command::Send => self.send(&buffered, replies).await.map_err(|e| e.for_frame(frame))?,
                 _ => self.ack(&buffered).await,
             }
         }
@@ -828,20 +822,14 @@ impl Session {
         let mut count = 2;
         let mut auto_ack = None;
         if subscription.ack == AckMode::Auto {
-            auto_ack = delivery.from_queue.map(|from| AutoAck {
-                from,
-                message_id: delivery.message_id,
-            });
+            auto_ack = delivery.from_queue.map(|from| AutoAck { from, message_id: delivery.message_id });
         } else {
             let ack_id = self.next_ack;
             self.next_ack += 1;
             per_delivery[count] = (names::ACK, ack_text.format(ack_id));
             count += 1;
             if delivery.from_queue.is_some() {
-                subscription.pending.push_back(Pending {
-                    ack_id,
-                    message_id: delivery.message_id,
-                });
+                subscription.pending.push_back(Pending { ack_id, message_id: delivery.message_id });
                 self.ack_owner.insert(ack_id, delivery.subscription);
             }
         }
@@ -849,9 +837,7 @@ impl Session {
             per_delivery[count] = (names::REDELIVERED, "true");
             count += 1;
         }
-        delivery
-            .template
-            .write_to(self.version, &per_delivery[..count], dst);
+        delivery.template.write_to(self.version, &per_delivery[..count], dst);
         auto_ack
     }
 
@@ -865,16 +851,13 @@ impl Session {
             self.detach(key).await;
         }
         for (_, queue) in self.temp_queues.drain() {
-            self.router.delete_queue(queue.name()).await;
+            self.router.delete_queue(queue.name(), true).await;
         }
     }
 
     /// Destinations of the current subscriptions, for management and tests.
     pub fn subscription_destinations(&self) -> Vec<String> {
-        self.subscriptions
-            .values()
-            .map(|s| s.destination.clone())
-            .collect()
+        self.subscriptions.values().map(|s| s.destination.clone()).collect()
     }
 }
 
@@ -887,6 +870,28 @@ fn not_found(destination: &str) -> StompError {
     )
 }
 
-fn name_of(name: &'static str) -> ByteString {
-    ByteString::from_static(name)
+fn destination_error(error: crate::router::DestinationError) -> StompError {
+    let text = error.to_string();
+    StompError::new(text.clone(), text)
+}
+
+/// When a SEND's message expires: ActiveMQ's `expires` (absolute, ms since the epoch, 0 =
+/// never) or RabbitMQ's `expiration` (a time to live in ms from now).
+fn expiry(frame: &Frame, now: u64) -> Result<Option<u64>, StompError> {
+    let number = |name: &str, value: &str| {
+        value.trim().parse::<u64>().map_err(|_| {
+            StompError::new(
+                format!("invalid {name} header {value:?}"),
+                format!("{name} must be a whole number of milliseconds."),
+            )
+        })
+    };
+    if let Some(value) = frame.header(names::EXPIRES) {
+        let at = number(names::EXPIRES, value)?;
+        return Ok((at != 0).then_some(at));
+    }
+    if let Some(value) = frame.header(names::EXPIRATION) {
+        return Ok(Some(now.saturating_add(number(names::EXPIRATION, value)?)));
+    }
+    Ok(None)
 }

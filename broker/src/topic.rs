@@ -14,18 +14,31 @@ use arc_swap::ArcSwap;
 use stampede_protocol::MessageTemplate;
 
 use crate::outbox::{Delivery, Outbox, SlowConsumerPolicy};
+use crate::queue::QueueHandle;
 
 /// One subscription to a topic (exact, or a wildcard pattern shared by many topics).
 #[derive(Debug)]
 pub struct TopicSubscriber {
     /// Broker-wide unique id, used to remove it again.
     pub id: u64,
-    /// The session-local subscription key written into deliveries.
-    pub subscription: u64,
-    /// Where deliveries go.
-    pub outbox: Arc<Outbox>,
-    /// What to do when the outbox is full.
-    pub policy: SlowConsumerPolicy,
+    /// Where its messages go.
+    pub sink: Sink,
+}
+
+/// Where a topic subscriber's messages go.
+#[derive(Debug)]
+pub enum Sink {
+    /// Straight to a connected client.
+    Connection {
+        /// The session-local subscription key written into deliveries.
+        subscription: u64,
+        /// The client's outbox.
+        outbox: Arc<Outbox>,
+        /// What to do when the outbox is full.
+        policy: SlowConsumerPolicy,
+    },
+    /// Into a durable subscription's queue, which keeps them while its client is away.
+    Queue(QueueHandle),
 }
 
 /// A topic and its current subscribers.
@@ -53,25 +66,28 @@ impl Topic {
         &self.name
     }
 
-    /// Delivers to every current subscriber; returns how many took it.
-    pub fn publish(&self, template: &Arc<MessageTemplate>, message_id: u64) -> usize {
+    /// Delivers to every connected subscriber and adds the queues of durable subscribers to
+    /// `durable` (the caller enqueues there, which may wait). Returns how many connected
+    /// subscribers took it.
+    pub fn publish(&self, template: &Arc<MessageTemplate>, message_id: u64, durable: &mut Vec<QueueHandle>) -> usize {
         self.published.fetch_add(1, Ordering::Relaxed);
         let subscribers = self.subscribers.load();
         let mut delivered = 0;
         for subscriber in subscribers.iter() {
-            let delivery = Delivery {
-                subscription: subscriber.subscription,
-                template: Arc::clone(template),
-                message_id,
-                from_queue: None,
-                redelivered: false,
-            };
-            if subscriber
-                .outbox
-                .push_topic(delivery, subscriber.policy)
-                .is_ok()
-            {
-                delivered += 1;
+            match &subscriber.sink {
+                Sink::Connection { subscription, outbox, policy } => {
+                    let delivery = Delivery {
+                        subscription: *subscription,
+                        template: Arc::clone(template),
+                        message_id,
+                        from_queue: None,
+                        redelivered: false,
+                    };
+                    if outbox.push_topic(delivery, *policy).is_ok() {
+                        delivered += 1;
+                    }
+                }
+                Sink::Queue(queue) => durable.push(queue.clone()),
             }
         }
         delivered
@@ -131,10 +147,7 @@ impl Pattern {
                 literal => Segment::Literal(literal.to_owned()),
             })
             .collect();
-        segments
-            .iter()
-            .any(|s| !matches!(s, Segment::Literal(_)))
-            .then_some(Pattern { segments })
+        segments.iter().any(|s| !matches!(s, Segment::Literal(_))).then_some(Pattern { segments })
     }
 
     /// True when the topic `name` matches.
@@ -151,9 +164,7 @@ fn matches_from(pattern: &[Segment], words: &[&str]) -> bool {
             words.first().is_some_and(|w| w == literal) && matches_from(rest, &words[1..])
         }
         Some((Segment::One, rest)) => !words.is_empty() && matches_from(rest, &words[1..]),
-        Some((Segment::OneOrMore, rest)) => {
-            (1..=words.len()).any(|taken| matches_from(rest, &words[taken..]))
-        }
+        Some((Segment::OneOrMore, rest)) => (1..=words.len()).any(|taken| matches_from(rest, &words[taken..])),
     }
 }
 
@@ -162,9 +173,7 @@ mod tests {
     use super::*;
 
     fn matches(pattern: &str, name: &str) -> bool {
-        Pattern::parse(pattern)
-            .expect("a wildcard pattern")
-            .matches(name)
+        Pattern::parse(pattern).expect("a wildcard pattern").matches(name)
     }
 
     #[test]
