@@ -58,6 +58,16 @@ impl RunningBroker {
         if tokio::time::timeout(deadline, self.tasks.wait()).await.is_err() {
             warn!("shutdown deadline of {deadline:?} passed with connections still open");
         }
+        // Queues submit their last writes as they stop; then everything is made durable.
+        for queue in self.router.queues() {
+            queue.shutdown(false).await;
+        }
+        let store = self.store;
+        match tokio::task::spawn_blocking(move || store.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => warn!("final storage flush failed: {error}"),
+            Err(error) => warn!("final storage flush failed: {error}"),
+        }
     }
 }
 

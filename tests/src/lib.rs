@@ -1,1 +1,92 @@
+//! Test support: start a broker in-process on port 0 and talk to it.
+//!
+//! Every integration test starts its own broker, so tests run in parallel without sharing state
+//! and never depend on a fixed port.
+#![forbid(unsafe_code)]
 
+use std::time::Duration;
+
+use stampede_broker::{Config, RunningBroker};
+use stampede_client::raw::RawConnection;
+use stampede_client::{Client, ConnectOptions};
+
+pub use stampede_broker::config::StorageKind;
+
+/// How long a test waits for something that should happen promptly.
+pub const WAIT: Duration = Duration::from_secs(5);
+/// How long a test waits to be sure something does not happen.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// A broker running inside the test process.
+pub struct TestBroker {
+    /// The running broker.
+    pub broker: RunningBroker,
+    /// `tcp://127.0.0.1:<port>`.
+    pub tcp_url: String,
+    /// `ws://127.0.0.1:<port>/ws`.
+    pub ws_url: String,
+    /// Keeps a sled data directory alive for the broker's lifetime (when one is used).
+    pub data_dir: Option<tempfile::TempDir>,
+}
+
+impl TestBroker {
+    /// A broker with default settings and in-memory storage.
+    pub async fn start() -> TestBroker {
+        TestBroker::start_with(Config::ephemeral()).await
+    }
+
+    /// A broker with `config` (listen addresses should be port 0).
+    pub async fn start_with(config: Config) -> TestBroker {
+        let broker = stampede_broker::start(&config).await.expect("broker starts");
+        TestBroker {
+            tcp_url: format!("tcp://{}", broker.stomp_addr),
+            ws_url: format!("ws://{}{}", broker.ws_addr, config.ws_path),
+            broker,
+            data_dir: None,
+        }
+    }
+
+    /// A broker storing in sled under a fresh temporary directory.
+    pub async fn start_durable(mut config: Config) -> TestBroker {
+        let dir = tempfile::tempdir().expect("temp dir");
+        config.storage = StorageKind::Sled;
+        config.data_dir = dir.path().to_owned();
+        let mut broker = TestBroker::start_with(config).await;
+        broker.data_dir = Some(dir);
+        broker
+    }
+
+    /// Stops the broker and starts a new one on the same data directory (new ports).
+    pub async fn restart(self, mut config: Config) -> TestBroker {
+        let dir = self.data_dir;
+        self.broker.shutdown(WAIT).await;
+        if let Some(dir) = &dir {
+            config.storage = StorageKind::Sled;
+            config.data_dir = dir.path().to_owned();
+        }
+        let mut broker = TestBroker::start_with(config).await;
+        broker.data_dir = dir;
+        broker
+    }
+
+    /// A connected client over TCP.
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.tcp_url).await.expect("client connects over TCP")
+    }
+
+    /// A connected client over WebSocket.
+    pub async fn ws_client(&self) -> Client {
+        Client::connect(&self.ws_url).await.expect("client connects over WebSocket")
+    }
+
+    /// A client with custom options over TCP.
+    pub async fn client_with(&self, adjust: impl FnOnce(ConnectOptions) -> ConnectOptions) -> Client {
+        let options = adjust(ConnectOptions::new(&self.tcp_url).expect("valid url"));
+        Client::connect_with(options).await.expect("client connects")
+    }
+
+    /// A raw TCP connection (no CONNECT sent yet).
+    pub async fn raw(&self) -> RawConnection {
+        RawConnection::connect(self.broker.stomp_addr).await.expect("raw connection")
+    }
+}
