@@ -24,26 +24,15 @@ fn message(seq: u64, body: &Bytes) -> StoredMessage {
     headers.push("destination", "/queue/bench");
     headers.push("persistent", "true");
     headers.push("content-type", "application/octet-stream");
-    StoredMessage {
-        seq,
-        headers,
-        body: body.clone(),
-        delivery_count: 0,
-        expires_at_ms: None,
-        enqueued_at_ms: seq,
-    }
+    StoredMessage { seq, headers, body: body.clone(), delivery_count: 0, expires_at_ms: None, enqueued_at_ms: seq }
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let dir =
-        tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+    let dir = tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
     match args.first().map(String::as_str) {
         Some("recovery") => {
-            let count = args
-                .get(1)
-                .and_then(|a| a.parse().ok())
-                .unwrap_or(1_000_000);
+            let count = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
             let body = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1024);
             recovery(dir.path(), count, body);
         }
@@ -62,16 +51,7 @@ fn main() {
 }
 
 fn write(path: &Path, fsync: FsyncMode, threads: usize, window: usize, run_for: Duration) {
-    let store = Arc::new(
-        SledStore::open(
-            path,
-            StoreOptions {
-                fsync,
-                ..StoreOptions::default()
-            },
-        )
-        .unwrap(),
-    );
+    let store = Arc::new(SledStore::open(path, StoreOptions { fsync, ..StoreOptions::default() }).unwrap());
     let body = Bytes::from(vec![b'x'; 1024]);
     let started = Instant::now();
     let handles: Vec<_> = (0..threads)
@@ -85,10 +65,7 @@ fn write(path: &Path, fsync: FsyncMode, threads: usize, window: usize, run_for: 
                 while started.elapsed() < run_for {
                     while sent - done < window as u64 {
                         let tx = tx.clone();
-                        let op = Op::Append {
-                            queue: queue.clone(),
-                            message: message(sent, &body),
-                        };
+                        let op = Op::Append { queue: queue.clone(), message: message(sent, &body) };
                         store.submit(vec![op], Some(Box::new(move |r| tx.send(r).unwrap())));
                         sent += 1;
                     }
@@ -118,10 +95,7 @@ fn write(path: &Path, fsync: FsyncMode, threads: usize, window: usize, run_for: 
 fn recovery(path: &Path, count: u64, body_len: usize) {
     let body = Bytes::from(vec![b'x'; body_len]);
     {
-        let options = StoreOptions {
-            fsync: FsyncMode::Never,
-            ..StoreOptions::default()
-        };
+        let options = StoreOptions { fsync: FsyncMode::Never, ..StoreOptions::default() };
         let store = SledStore::open(path, options).unwrap();
         let started = Instant::now();
         let (tx, rx) = mpsc::channel();
@@ -130,10 +104,7 @@ fn recovery(path: &Path, count: u64, body_len: usize) {
         let mut pending = 0;
         while seq < count {
             let ops: Vec<Op> = (seq..count.min(seq + 1000))
-                .map(|s| Op::Append {
-                    queue: "bench".into(),
-                    message: message(s, &body),
-                })
+                .map(|s| Op::Append { queue: "bench".into(), message: message(s, &body) })
                 .collect();
             seq += ops.len() as u64;
             let tx = tx.clone();

@@ -87,9 +87,7 @@ fn unframe(value: &[u8]) -> Result<std::ops::Range<usize>, String> {
     let stored = u32::from_le_bytes(stored);
     let actual = crc32fast::hash(&value[HEADER_LEN..]);
     if stored != actual {
-        return Err(format!(
-            "checksum mismatch (stored {stored:08x}, computed {actual:08x})"
-        ));
+        return Err(format!("checksum mismatch (stored {stored:08x}, computed {actual:08x})"));
     }
     Ok(HEADER_LEN..value.len())
 }
@@ -101,11 +99,7 @@ fn put_u32(out: &mut Vec<u8>, value: usize) {
 }
 
 pub(crate) fn encode_message(message: &StoredMessage) -> Vec<u8> {
-    let headers_len: usize = message
-        .headers
-        .iter()
-        .map(|(n, v)| 8 + n.len() + v.len())
-        .sum();
+    let headers_len: usize = message.headers.iter().map(|(n, v)| 8 + n.len() + v.len()).sum();
     frame(29 + headers_len + message.body.len(), |out| {
         out.extend_from_slice(&message.enqueued_at_ms.to_le_bytes());
         out.push(u8::from(message.expires_at_ms.is_some()));
@@ -131,17 +125,9 @@ struct Reader {
 
 impl Reader {
     fn take(&mut self, n: usize) -> Result<Bytes, String> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&end| end <= self.buf.len())
-            .ok_or_else(|| {
-                format!(
-                    "record truncated: wanted {n} bytes at offset {}, {} left",
-                    self.pos,
-                    self.buf.len() - self.pos
-                )
-            })?;
+        let end = self.pos.checked_add(n).filter(|&end| end <= self.buf.len()).ok_or_else(|| {
+            format!("record truncated: wanted {n} bytes at offset {}, {} left", self.pos, self.buf.len() - self.pos)
+        })?;
         let slice = self.buf.slice(self.pos..end);
         self.pos = end;
         Ok(slice)
@@ -171,10 +157,7 @@ impl Reader {
 pub(crate) fn decode_message(seq: u64, value: &[u8]) -> Result<StoredMessage, String> {
     let range = unframe(value)?;
     // One copy out of the engine's buffer; headers and body are slices of it.
-    let mut r = Reader {
-        buf: Bytes::copy_from_slice(&value[range]),
-        pos: 0,
-    };
+    let mut r = Reader { buf: Bytes::copy_from_slice(&value[range]), pos: 0 };
     let enqueued_at_ms = u64::from_le_bytes(r.array()?);
     let has_expiry = r.array::<1>()?[0];
     let expires = u64::from_le_bytes(r.array()?);
@@ -189,10 +172,7 @@ pub(crate) fn decode_message(seq: u64, value: &[u8]) -> Result<StoredMessage, St
     let body_len = r.len()?;
     let body = r.take(body_len)?;
     if r.pos != r.buf.len() {
-        return Err(format!(
-            "{} unexpected bytes after the body",
-            r.buf.len() - r.pos
-        ));
+        return Err(format!("{} unexpected bytes after the body", r.buf.len() - r.pos));
     }
     Ok(StoredMessage {
         seq,
@@ -211,9 +191,7 @@ pub(crate) fn encode_delivery_count(count: u32) -> Vec<u8> {
 pub(crate) fn decode_delivery_count(value: &[u8]) -> Result<u32, String> {
     let range = unframe(value)?;
     let payload = &value[range];
-    let bytes: [u8; 4] = payload
-        .try_into()
-        .map_err(|_| format!("delivery count of {} bytes", payload.len()))?;
+    let bytes: [u8; 4] = payload.try_into().map_err(|_| format!("delivery count of {} bytes", payload.len()))?;
     Ok(u32::from_le_bytes(bytes))
 }
 
@@ -258,10 +236,7 @@ mod tests {
         for i in 0..encoded.len() * 8 {
             let mut damaged = encoded.clone();
             damaged[i / 8] ^= 1 << (i % 8);
-            assert!(
-                decode_message(7, &damaged).is_err(),
-                "flip of bit {i} went unnoticed"
-            );
+            assert!(decode_message(7, &damaged).is_err(), "flip of bit {i} went unnoticed");
         }
     }
 
@@ -269,10 +244,7 @@ mod tests {
     fn every_truncation_is_detected() {
         let encoded = encode_message(&sample());
         for len in 0..encoded.len() {
-            assert!(
-                decode_message(7, &encoded[..len]).is_err(),
-                "truncation to {len} went unnoticed"
-            );
+            assert!(decode_message(7, &encoded[..len]).is_err(), "truncation to {len} went unnoticed");
         }
     }
 

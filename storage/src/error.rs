@@ -39,9 +39,7 @@ pub enum StorageError {
 
     /// The storage engine found its own files damaged (beyond a single record, which recovery
     /// reports and skips instead).
-    #[error(
-        "the message store in {path} is corrupt ({detail}); restore it from a backup or move it aside"
-    )]
+    #[error("the message store in {path} is corrupt ({detail}); restore it from a backup or move it aside")]
     Corruption {
         /// The data directory.
         path: PathBuf,
@@ -91,27 +89,14 @@ pub enum StorageError {
 
 impl StorageError {
     /// Converts an engine error, naming the directory and what the store was doing.
-    pub(crate) fn from_engine(
-        path: &std::path::Path,
-        action: &'static str,
-        err: sled::Error,
-    ) -> StorageError {
+    pub(crate) fn from_engine(path: &std::path::Path, action: &'static str, err: sled::Error) -> StorageError {
         let path = path.to_path_buf();
         match err {
-            sled::Error::Io(source) => StorageError::Io {
-                path,
-                action,
-                source: Arc::new(source),
-            },
-            sled::Error::Corruption { at, .. } => StorageError::Corruption {
-                path,
-                detail: format!("engine corruption at {at:?}"),
-            },
-            other => StorageError::Engine {
-                path,
-                action,
-                detail: other.to_string(),
-            },
+            sled::Error::Io(source) => StorageError::Io { path, action, source: Arc::new(source) },
+            sled::Error::Corruption { at, .. } => {
+                StorageError::Corruption { path, detail: format!("engine corruption at {at:?}") }
+            }
+            other => StorageError::Engine { path, action, detail: other.to_string() },
         }
     }
 }

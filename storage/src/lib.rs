@@ -20,6 +20,22 @@
 //!
 //! The on-disk format is described in the `codec` module's source.
 //!
+//! # Using it from the broker
+//! 1. At start-up, before listeners accept clients: `SledStore::open(dir, options)` then
+//!    `store.recover()` (both blocking: call them before entering the runtime or in
+//!    `spawn_blocking`). Hand each [`RecoveredQueue`] to its queue actor; log or expose
+//!    [`Recovery::problems`]. A message with `delivery_count > 0` is delivered with
+//!    `redelivered:true`; continue numbering at [`RecoveredQueue::next_seq`].
+//! 2. Persistent SEND: submit `Op::Append` with a completion that sends the result on a
+//!    `tokio::sync::oneshot`; on `Ok` count the message as accepted and release the RECEIPT, on
+//!    `Err` answer with an ERROR frame. ACK: submit `Op::Remove` (no need to wait). NACK or a lost
+//!    consumer: `Op::SetDeliveryCount`. New queue or durable subscription: `Op::DefineQueue`.
+//! 3. Shutdown: [`Store::flush`], then drop the last `Arc`, which joins the writer thread.
+//!
+//! Storage is at-least-once: an operation whose completion reported an error may still be found
+//! after a restart (it was applied but not known to be durable), so a message may come back; an
+//! operation reported `Ok` is never lost (in fsync modes `always` and `batch`).
+//!
 //! # Example
 //! ```
 //! use std::sync::mpsc;
@@ -48,8 +64,8 @@ mod store;
 pub use error::StorageError;
 pub use memory::MemoryStore;
 pub use model::{
-    AckMode, Completion, Op, ProblemKind, QueueKind, QueueRecord, RecordPosition, RecoveredQueue,
-    Recovery, RecoveryProblem, StoreMetrics, StoredMessage,
+    AckMode, Completion, Op, ProblemKind, QueueKind, QueueRecord, RecordPosition, RecoveredQueue, Recovery,
+    RecoveryProblem, StoreMetrics, StoredMessage,
 };
 pub use options::{FsyncMode, StoreOptions};
 pub use sled_store::SledStore;

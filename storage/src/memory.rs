@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use crate::{
-    Completion, Op, ProblemKind, QueueRecord, RecordPosition, RecoveredQueue, Recovery,
-    RecoveryProblem, StorageError, Store, StoreMetrics, StoredMessage,
+    Completion, Op, ProblemKind, QueueRecord, RecordPosition, RecoveredQueue, Recovery, RecoveryProblem, StorageError,
+    Store, StoreMetrics, StoredMessage,
 };
 
 /// A [`Store`] that keeps everything in memory and forgets it when dropped.
@@ -34,9 +34,7 @@ impl MemoryStore {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic in another test thread must not hide this store's contents.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -57,11 +55,7 @@ impl Store for MemoryStore {
                         state.queues.remove(&name);
                     }
                     Op::Append { queue, message } => {
-                        state
-                            .queues
-                            .entry(queue)
-                            .or_default()
-                            .insert(message.seq, message);
+                        state.queues.entry(queue).or_default().insert(message.seq, message);
                     }
                     Op::Remove { queue, seq } => {
                         if let Some(messages) = state.queues.get_mut(&queue) {
@@ -69,9 +63,7 @@ impl Store for MemoryStore {
                         }
                     }
                     Op::SetDeliveryCount { queue, seq, count } => {
-                        if let Some(message) =
-                            state.queues.get_mut(&queue).and_then(|m| m.get_mut(&seq))
-                        {
+                        if let Some(message) = state.queues.get_mut(&queue).and_then(|m| m.get_mut(&seq)) {
                             message.delivery_count = count;
                         }
                     }
@@ -104,26 +96,17 @@ impl Store for MemoryStore {
             let next_seq = messages.keys().next_back().map_or(0, |seq| seq + 1);
             queues.insert(
                 name.clone(),
-                RecoveredQueue {
-                    record,
-                    messages: messages.values().cloned().collect(),
-                    next_seq,
-                },
+                RecoveredQueue { record, messages: messages.values().cloned().collect(), next_seq },
             );
         }
         for (name, record) in &state.definitions {
-            queues
-                .entry(name.clone())
-                .or_insert_with(|| RecoveredQueue {
-                    record: record.clone(),
-                    messages: Vec::new(),
-                    next_seq: 0,
-                });
+            queues.entry(name.clone()).or_insert_with(|| RecoveredQueue {
+                record: record.clone(),
+                messages: Vec::new(),
+                next_seq: 0,
+            });
         }
-        Ok(Recovery {
-            queues: queues.into_values().collect(),
-            problems,
-        })
+        Ok(Recovery { queues: queues.into_values().collect(), problems })
     }
 
     fn flush(&self) -> Result<(), StorageError> {

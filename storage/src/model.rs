@@ -92,10 +92,7 @@ pub struct QueueRecord {
 impl QueueRecord {
     /// A plain queue with default settings.
     pub fn queue(name: impl Into<String>) -> QueueRecord {
-        QueueRecord {
-            name: name.into(),
-            ..QueueRecord::default()
-        }
+        QueueRecord { name: name.into(), ..QueueRecord::default() }
     }
 
     /// A durable subscription with default settings.
@@ -257,11 +254,7 @@ pub struct RecoveryProblem {
 
 impl fmt::Display for RecoveryProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "queue `{}`, {}: {:?}: {}",
-            self.queue, self.position, self.kind, self.detail
-        )
+        write!(f, "queue `{}`, {}: {:?}: {}", self.queue, self.position, self.kind, self.detail)
     }
 }
 

@@ -29,8 +29,8 @@ use tracing::{debug, info, warn};
 
 use crate::codec::{self, QueueKey};
 use crate::{
-    Completion, FsyncMode, Op, ProblemKind, QueueRecord, RecordPosition, RecoveredQueue, Recovery,
-    RecoveryProblem, StorageError, Store, StoreMetrics, StoreOptions,
+    Completion, FsyncMode, Op, ProblemKind, QueueRecord, RecordPosition, RecoveredQueue, Recovery, RecoveryProblem,
+    StorageError, Store, StoreMetrics, StoreOptions,
 };
 
 /// How often the writer refreshes the figure behind [`Store::disk_usage_bytes`].
@@ -95,15 +95,10 @@ impl SledStore {
     /// is not writable or another process holds its lock; other variants for engine failures.
     pub fn open(dir: &Path, options: StoreOptions) -> Result<SledStore, StorageError> {
         let path = dir.to_path_buf();
-        std::fs::create_dir_all(&path).map_err(|e| StorageError::Open {
-            path: path.clone(),
-            source: Arc::new(e),
-        })?;
+        std::fs::create_dir_all(&path).map_err(|e| StorageError::Open { path: path.clone(), source: Arc::new(e) })?;
         let engine = Engine::open(&path, &options)?;
         let shared = Arc::new(Shared::default());
-        shared
-            .disk_usage
-            .store(engine.db.size_on_disk().unwrap_or(0), Relaxed);
+        shared.disk_usage.store(engine.db.size_on_disk().unwrap_or(0), Relaxed);
         let (commands, rx) = mpsc::sync_channel(options.max_pending.max(1));
         let max_pending = options.max_pending;
         let writer = Writer {
@@ -118,18 +113,9 @@ impl SledStore {
         let writer = std::thread::Builder::new()
             .name("stampede-storage".into())
             .spawn(move || writer.run())
-            .map_err(|e| StorageError::Open {
-                path: path.clone(),
-                source: Arc::new(e),
-            })?;
+            .map_err(|e| StorageError::Open { path: path.clone(), source: Arc::new(e) })?;
         info!(path = %path.display(), "message store opened");
-        Ok(SledStore {
-            commands: Some(commands),
-            writer: Some(writer),
-            shared,
-            path,
-            max_pending,
-        })
+        Ok(SledStore { commands: Some(commands), writer: Some(writer), shared, path, max_pending })
     }
 
     /// The data directory.
@@ -144,15 +130,10 @@ impl SledStore {
         self.shared.inject_failures.store(count, Relaxed);
     }
 
-    fn request<T>(
-        &self,
-        make: impl FnOnce(SyncSender<Result<T, StorageError>>) -> Command,
-    ) -> Result<T, StorageError> {
+    fn request<T>(&self, make: impl FnOnce(SyncSender<Result<T, StorageError>>) -> Command) -> Result<T, StorageError> {
         let commands = self.commands.as_ref().ok_or(StorageError::Closed)?;
         let (reply, answer) = mpsc::sync_channel(1);
-        commands
-            .send(make(reply))
-            .map_err(|_| StorageError::Closed)?;
+        commands.send(make(reply)).map_err(|_| StorageError::Closed)?;
         answer.recv().map_err(|_| StorageError::Closed)?
     }
 }
@@ -166,9 +147,7 @@ impl Store for SledStore {
             Ok(()) => {}
             Err(TrySendError::Full(Command::Submit(refused))) => {
                 self.shared.rejected_submissions.fetch_add(1, Relaxed);
-                refused.complete(Err(StorageError::Backlogged {
-                    limit: self.max_pending,
-                }));
+                refused.complete(Err(StorageError::Backlogged { limit: self.max_pending }));
             }
             Err(TrySendError::Disconnected(Command::Submit(refused))) => {
                 refused.complete(Err(StorageError::Closed));
@@ -207,11 +186,7 @@ impl Drop for SledStore {
     fn drop(&mut self) {
         // Disconnecting makes the writer finish what is queued, sync, and exit.
         drop(self.commands.take());
-        if self
-            .writer
-            .take()
-            .is_some_and(|writer| writer.join().is_err())
-        {
+        if self.writer.take().is_some_and(|writer| writer.join().is_err()) {
             warn!(path = %self.path.display(), "storage writer thread panicked");
         }
     }
@@ -229,11 +204,7 @@ struct Engine {
 impl Engine {
     fn open(path: &Path, options: &StoreOptions) -> Result<Engine, StorageError> {
         let background = match options.fsync {
-            FsyncMode::Never => Some(
-                u64::try_from(options.background_flush.as_millis())
-                    .unwrap_or(u64::MAX)
-                    .max(1),
-            ),
+            FsyncMode::Never => Some(u64::try_from(options.background_flush.as_millis()).unwrap_or(u64::MAX).max(1)),
             // The writer syncs itself; a background flusher would only add fsyncs.
             FsyncMode::Always | FsyncMode::Batch => None,
         };
@@ -243,24 +214,13 @@ impl Engine {
             .flush_every_ms(background)
             .open()
             .map_err(|e| match e {
-                sled::Error::Io(source) => StorageError::Open {
-                    path: path.to_path_buf(),
-                    source: Arc::new(source),
-                },
+                sled::Error::Io(source) => StorageError::Open { path: path.to_path_buf(), source: Arc::new(source) },
                 other => StorageError::from_engine(path, "opening", other),
             })?;
-        let meta = db
-            .open_tree(codec::META_TREE)
-            .map_err(|e| StorageError::from_engine(path, "opening", e))?;
-        let quarantine = db
-            .open_tree(codec::QUARANTINE_TREE)
-            .map_err(|e| StorageError::from_engine(path, "opening", e))?;
-        Ok(Engine {
-            db,
-            meta,
-            quarantine,
-            queues: HashMap::new(),
-        })
+        let meta = db.open_tree(codec::META_TREE).map_err(|e| StorageError::from_engine(path, "opening", e))?;
+        let quarantine =
+            db.open_tree(codec::QUARANTINE_TREE).map_err(|e| StorageError::from_engine(path, "opening", e))?;
+        Ok(Engine { db, meta, quarantine, queues: HashMap::new() })
     }
 
     fn queue(&mut self, name: &str) -> sled::Result<&Tree> {
@@ -320,9 +280,7 @@ impl Writer {
                 None => self.rx.try_recv().ok(),
                 Some(deadline) => {
                     // Timeout or disconnection both end the group.
-                    self.rx
-                        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                        .ok()
+                    self.rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).ok()
                 }
             };
             match next {
@@ -369,12 +327,7 @@ impl Writer {
     fn apply_and_sync(&mut self, group: &[Submission]) -> Result<(), StorageError> {
         self.ensure_open()?;
         #[cfg(any(test, feature = "failpoints"))]
-        if self
-            .shared
-            .inject_failures
-            .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
-            .is_ok()
-        {
+        if self.shared.inject_failures.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1)).is_ok() {
             let error = StorageError::Io {
                 path: self.path.clone(),
                 action: "writing a batch",
@@ -390,19 +343,13 @@ impl Writer {
         let path = self.path.clone();
         let engine = self.engine.as_mut().ok_or(StorageError::Closed)?;
         for submission in group {
-            apply(engine, &submission.ops)
-                .map_err(|e| StorageError::from_engine(&path, "writing a batch", e))?;
-            self.shared
-                .ops
-                .fetch_add(submission.ops.len() as u64, Relaxed);
+            apply(engine, &submission.ops).map_err(|e| StorageError::from_engine(&path, "writing a batch", e))?;
+            self.shared.ops.fetch_add(submission.ops.len() as u64, Relaxed);
         }
         match self.options.fsync {
             FsyncMode::Always | FsyncMode::Batch => {
                 self.shared.fsyncs.fetch_add(1, Relaxed);
-                engine
-                    .db
-                    .flush()
-                    .map_err(|e| StorageError::from_engine(&path, "syncing to disk", e))?;
+                engine.db.flush().map_err(|e| StorageError::from_engine(&path, "syncing to disk", e))?;
             }
             FsyncMode::Never => {}
         }
@@ -421,15 +368,8 @@ impl Writer {
         if self.engine.is_some() {
             return Ok(());
         }
-        if let Some((_, cause)) = self
-            .failure
-            .as_ref()
-            .filter(|(at, _)| at.elapsed() < self.options.reopen_backoff)
-        {
-            return Err(StorageError::Unavailable {
-                path: self.path.clone(),
-                cause: cause.to_string(),
-            });
+        if let Some((_, cause)) = self.failure.as_ref().filter(|(at, _)| at.elapsed() < self.options.reopen_backoff) {
+            return Err(StorageError::Unavailable { path: self.path.clone(), cause: cause.to_string() });
         }
         match Engine::open(&self.path, &self.options) {
             Ok(engine) => {
@@ -450,11 +390,8 @@ impl Writer {
         self.ensure_open()?;
         let engine = self.engine.as_ref().ok_or(StorageError::Closed)?;
         self.shared.fsyncs.fetch_add(1, Relaxed);
-        let result = engine
-            .db
-            .flush()
-            .map(drop)
-            .map_err(|e| StorageError::from_engine(&self.path, "syncing to disk", e));
+        let result =
+            engine.db.flush().map(drop).map_err(|e| StorageError::from_engine(&self.path, "syncing to disk", e));
         self.refresh_disk_usage(true);
         result.map_err(|e| self.lose_engine(e))
     }
@@ -474,8 +411,7 @@ impl Writer {
         let path = self.path.clone();
         let engine = self.engine.as_mut().ok_or(StorageError::Closed)?;
         let started = Instant::now();
-        let recovery =
-            read_all(engine).map_err(|e| StorageError::from_engine(&path, "recovering", e))?;
+        let recovery = read_all(engine).map_err(|e| StorageError::from_engine(&path, "recovering", e))?;
         for problem in &recovery.problems {
             warn!(path = %path.display(), queue = %problem.queue, position = %problem.position,
                 kind = ?problem.kind, detail = %problem.detail, "recovery skipped a stored record");
@@ -506,8 +442,7 @@ fn apply(engine: &mut Engine, ops: &[Op]) -> sled::Result<()> {
     for op in ops {
         match op {
             Op::DefineQueue(record) => {
-                meta.get_or_insert_with(Batch::default)
-                    .insert(record.name.as_bytes(), codec::encode_record(record));
+                meta.get_or_insert_with(Batch::default).insert(record.name.as_bytes(), codec::encode_record(record));
             }
             Op::DeleteQueue { name } => {
                 apply_pending(engine, &mut meta, &mut queues)?;
@@ -517,10 +452,7 @@ fn apply(engine: &mut Engine, ops: &[Op]) -> sled::Result<()> {
             }
             Op::Append { queue, message } => {
                 let batch = batch_for(&mut queues, queue);
-                batch.insert(
-                    &codec::message_key(message.seq)[..],
-                    codec::encode_message(message),
-                );
+                batch.insert(&codec::message_key(message.seq)[..], codec::encode_message(message));
                 // A replaced message starts from its own delivery count.
                 batch.remove(&codec::delivery_count_key(message.seq)[..]);
             }
@@ -530,21 +462,15 @@ fn apply(engine: &mut Engine, ops: &[Op]) -> sled::Result<()> {
                 batch.remove(&codec::delivery_count_key(*seq)[..]);
             }
             Op::SetDeliveryCount { queue, seq, count } => {
-                batch_for(&mut queues, queue).insert(
-                    &codec::delivery_count_key(*seq)[..],
-                    codec::encode_delivery_count(*count),
-                );
+                batch_for(&mut queues, queue)
+                    .insert(&codec::delivery_count_key(*seq)[..], codec::encode_delivery_count(*count));
             }
         }
     }
     apply_pending(engine, &mut meta, &mut queues)
 }
 
-fn apply_pending(
-    engine: &mut Engine,
-    meta: &mut Option<Batch>,
-    queues: &mut Vec<(&str, Batch)>,
-) -> sled::Result<()> {
+fn apply_pending(engine: &mut Engine, meta: &mut Option<Batch>, queues: &mut Vec<(&str, Batch)>) -> sled::Result<()> {
     if let Some(batch) = meta.take() {
         engine.meta.apply_batch(batch)?;
     }
@@ -605,12 +531,7 @@ fn read_all(engine: &mut Engine) -> sled::Result<Recovery> {
         for item in tree.iter() {
             let (key, value) = item?;
             let mut problem = |position, kind, detail| {
-                problems.push(RecoveryProblem {
-                    queue: name.clone(),
-                    position,
-                    kind,
-                    detail,
-                });
+                problems.push(RecoveryProblem { queue: name.clone(), position, kind, detail });
                 set_aside.push(Quarantined {
                     tree: tree.clone(),
                     tree_name: tree_name.clone(),
@@ -623,24 +544,14 @@ fn read_all(engine: &mut Engine) -> sled::Result<Recovery> {
                     next_seq = next_seq.max(seq.saturating_add(1));
                     match codec::decode_message(seq, &value) {
                         Ok(message) => messages.push(message),
-                        Err(detail) => problem(
-                            RecordPosition::Message { seq },
-                            ProblemKind::Corrupt,
-                            detail,
-                        ),
+                        Err(detail) => problem(RecordPosition::Message { seq }, ProblemKind::Corrupt, detail),
                     }
                 }
                 QueueKey::DeliveryCount(seq) => match messages.last_mut() {
-                    Some(message) if message.seq == seq => {
-                        match codec::decode_delivery_count(&value) {
-                            Ok(count) => message.delivery_count = count,
-                            Err(detail) => problem(
-                                RecordPosition::DeliveryCount { seq },
-                                ProblemKind::Corrupt,
-                                detail,
-                            ),
-                        }
-                    }
+                    Some(message) if message.seq == seq => match codec::decode_delivery_count(&value) {
+                        Ok(count) => message.delivery_count = count,
+                        Err(detail) => problem(RecordPosition::DeliveryCount { seq }, ProblemKind::Corrupt, detail),
+                    },
                     // The message was removed or never written: the count means nothing.
                     _ => orphans.push((tree.clone(), key.clone())),
                 },
@@ -667,24 +578,10 @@ fn read_all(engine: &mut Engine) -> sled::Result<Recovery> {
                 QueueRecord::queue(&name)
             }
         };
-        queues.insert(
-            name,
-            RecoveredQueue {
-                record,
-                messages,
-                next_seq,
-            },
-        );
+        queues.insert(name, RecoveredQueue { record, messages, next_seq });
     }
     for (name, record) in definitions {
-        queues.insert(
-            name,
-            RecoveredQueue {
-                record,
-                messages: Vec::new(),
-                next_seq: 0,
-            },
-        );
+        queues.insert(name, RecoveredQueue { record, messages: Vec::new(), next_seq: 0 });
     }
 
     for q in set_aside {
@@ -697,10 +594,7 @@ fn read_all(engine: &mut Engine) -> sled::Result<Recovery> {
     for (tree, key) in orphans {
         tree.remove(key)?;
     }
-    Ok(Recovery {
-        queues: queues.into_values().collect(),
-        problems,
-    })
+    Ok(Recovery { queues: queues.into_values().collect(), problems })
 }
 
 #[cfg(test)]
@@ -726,54 +620,32 @@ mod tests {
     fn write(store: &SledStore, ops: Vec<Op>) -> Result<(), StorageError> {
         let (tx, rx) = mpsc::channel();
         store.submit(ops, Some(Box::new(move |r| tx.send(r).unwrap_or(()))));
-        rx.recv_timeout(Duration::from_secs(30))
-            .expect("completion never ran")
+        rx.recv_timeout(Duration::from_secs(30)).expect("completion never ran")
     }
 
     #[test]
     fn write_failure_fails_the_batch_and_later_writes_succeed() {
         let dir = tempfile::tempdir().unwrap();
-        let options = StoreOptions {
-            reopen_backoff: Duration::ZERO,
-            ..StoreOptions::default()
-        };
+        let options = StoreOptions { reopen_backoff: Duration::ZERO, ..StoreOptions::default() };
         let store = SledStore::open(dir.path(), options).unwrap();
-        write(
-            &store,
-            vec![Op::DefineQueue(QueueRecord::queue("a")), append(1)],
-        )
-        .unwrap();
+        write(&store, vec![Op::DefineQueue(QueueRecord::queue("a")), append(1)]).unwrap();
 
         store.inject_failures(1);
         let err = write(&store, vec![append(2)]).unwrap_err();
         assert!(matches!(err, StorageError::Io { .. }), "{err:?}");
-        assert!(
-            err.to_string().contains(&*dir.path().to_string_lossy()),
-            "{err}"
-        );
+        assert!(err.to_string().contains(&*dir.path().to_string_lossy()), "{err}");
 
         write(&store, vec![append(3)]).unwrap();
         let metrics = store.metrics();
         assert_eq!((metrics.failed_submissions, metrics.reopens), (1, 1));
-        let seqs: Vec<_> = store.recover().unwrap().queues[0]
-            .messages
-            .iter()
-            .map(|m| m.seq)
-            .collect();
-        assert_eq!(
-            seqs,
-            [1, 3],
-            "acknowledged writes kept, the failed one not claimed"
-        );
+        let seqs: Vec<_> = store.recover().unwrap().queues[0].messages.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, [1, 3], "acknowledged writes kept, the failed one not claimed");
     }
 
     #[test]
     fn store_is_unavailable_during_reopen_backoff() {
         let dir = tempfile::tempdir().unwrap();
-        let options = StoreOptions {
-            reopen_backoff: Duration::from_secs(3600),
-            ..StoreOptions::default()
-        };
+        let options = StoreOptions { reopen_backoff: Duration::from_secs(3600), ..StoreOptions::default() };
         let store = SledStore::open(dir.path(), options).unwrap();
         store.inject_failures(1);
         assert!(write(&store, vec![append(1)]).is_err());
@@ -785,10 +657,7 @@ mod tests {
     #[test]
     fn full_backlog_refuses_on_the_calling_thread() {
         let dir = tempfile::tempdir().unwrap();
-        let options = StoreOptions {
-            max_pending: 1,
-            ..StoreOptions::default()
-        };
+        let options = StoreOptions { max_pending: 1, ..StoreOptions::default() };
         let store = SledStore::open(dir.path(), options).unwrap();
         // Park the writer inside a completion so the channel fills.
         let (parked_tx, parked_rx) = mpsc::channel::<()>();
@@ -803,15 +672,9 @@ mod tests {
         parked_rx.recv().unwrap();
         store.submit(vec![append(2)], None); // fills the one slot
         let (tx, rx) = mpsc::channel();
-        store.submit(
-            vec![append(3)],
-            Some(Box::new(move |r| tx.send(r).unwrap_or(()))),
-        );
+        store.submit(vec![append(3)], Some(Box::new(move |r| tx.send(r).unwrap_or(()))));
         let refused = rx.try_recv().expect("completed before submit returned");
-        assert!(
-            matches!(refused, Err(StorageError::Backlogged { limit: 1 })),
-            "{refused:?}"
-        );
+        assert!(matches!(refused, Err(StorageError::Backlogged { limit: 1 })), "{refused:?}");
         release_tx.send(()).unwrap();
         assert_eq!(store.recover().unwrap().message_count(), 2);
         assert_eq!(store.metrics().rejected_submissions, 1);

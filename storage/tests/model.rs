@@ -7,9 +7,7 @@ use std::sync::mpsc;
 use bytes::Bytes;
 use proptest::prelude::*;
 use stampede_protocol::Headers;
-use stampede_storage::{
-    FsyncMode, MemoryStore, Op, QueueRecord, SledStore, Store, StoreOptions, StoredMessage,
-};
+use stampede_storage::{FsyncMode, MemoryStore, Op, QueueRecord, SledStore, Store, StoreOptions, StoredMessage};
 
 #[derive(Debug, Clone)]
 enum Step {
@@ -50,22 +48,10 @@ fn message(seq: u64, tag: u8) -> StoredMessage {
 fn to_op(step: &Step) -> Option<Op> {
     Some(match *step {
         Step::Define(q) => Op::DefineQueue(QueueRecord::queue(QUEUES[q])),
-        Step::Delete(q) => Op::DeleteQueue {
-            name: QUEUES[q].into(),
-        },
-        Step::Append(q, seq, tag) => Op::Append {
-            queue: QUEUES[q].into(),
-            message: message(seq, tag),
-        },
-        Step::Remove(q, seq) => Op::Remove {
-            queue: QUEUES[q].into(),
-            seq,
-        },
-        Step::SetCount(q, seq, count) => Op::SetDeliveryCount {
-            queue: QUEUES[q].into(),
-            seq,
-            count,
-        },
+        Step::Delete(q) => Op::DeleteQueue { name: QUEUES[q].into() },
+        Step::Append(q, seq, tag) => Op::Append { queue: QUEUES[q].into(), message: message(seq, tag) },
+        Step::Remove(q, seq) => Op::Remove { queue: QUEUES[q].into(), seq },
+        Step::SetCount(q, seq, count) => Op::SetDeliveryCount { queue: QUEUES[q].into(), seq, count },
         Step::Restart => return None,
     })
 }
@@ -105,38 +91,21 @@ fn expected(model: &Model) -> Contents {
         .iter()
         .filter(|(_, (defined, messages))| *defined || !messages.is_empty())
         .map(|(name, (_, messages))| {
-            (
-                name.to_string(),
-                messages
-                    .iter()
-                    .map(|(&seq, &(tag, count))| (seq, tag, count))
-                    .collect(),
-            )
+            (name.to_string(), messages.iter().map(|(&seq, &(tag, count))| (seq, tag, count)).collect())
         })
         .collect()
 }
 
 fn observed(store: &dyn Store) -> Contents {
     let recovery = store.recover().unwrap();
-    assert!(
-        recovery
-            .problems
-            .iter()
-            .all(|p| p.kind == stampede_storage::ProblemKind::MissingDefinition)
-    );
+    assert!(recovery.problems.iter().all(|p| p.kind == stampede_storage::ProblemKind::MissingDefinition));
     recovery
         .queues
         .iter()
         .map(|q| {
             let messages = q.messages.iter().map(|m| {
                 let tag = m.headers.get("tag").unwrap().parse().unwrap();
-                assert_eq!(
-                    *m,
-                    StoredMessage {
-                        delivery_count: m.delivery_count,
-                        ..message(m.seq, tag)
-                    }
-                );
+                assert_eq!(*m, StoredMessage { delivery_count: m.delivery_count, ..message(m.seq, tag) });
                 (m.seq, tag, m.delivery_count)
             });
             (q.record.name.clone(), messages.collect())

@@ -9,8 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use stampede_protocol::Headers;
 use stampede_storage::{
-    AckMode, FsyncMode, Op, ProblemKind, QueueKind, QueueRecord, RecordPosition, SledStore,
-    StorageError, Store, StoreOptions, StoredMessage,
+    AckMode, FsyncMode, Op, ProblemKind, QueueKind, QueueRecord, RecordPosition, SledStore, StorageError, Store,
+    StoreOptions, StoredMessage,
 };
 
 fn message(seq: u64, body: &str) -> StoredMessage {
@@ -28,25 +28,18 @@ fn message(seq: u64, body: &str) -> StoredMessage {
 }
 
 fn append(queue: &str, seq: u64) -> Op {
-    Op::Append {
-        queue: queue.into(),
-        message: message(seq, &format!("body {seq}")),
-    }
+    Op::Append { queue: queue.into(), message: message(seq, &format!("body {seq}")) }
 }
 
 fn options(fsync: FsyncMode) -> StoreOptions {
-    StoreOptions {
-        fsync,
-        ..StoreOptions::default()
-    }
+    StoreOptions { fsync, ..StoreOptions::default() }
 }
 
 /// Submits and waits for the completion.
 fn write(store: &dyn Store, ops: Vec<Op>) -> Result<(), StorageError> {
     let (tx, rx) = mpsc::channel();
     store.submit(ops, Some(Box::new(move |result| tx.send(result).unwrap())));
-    rx.recv_timeout(Duration::from_secs(30))
-        .expect("completion never ran")
+    rx.recv_timeout(Duration::from_secs(30)).expect("completion never ran")
 }
 
 fn open(dir: &Path) -> SledStore {
@@ -55,10 +48,7 @@ fn open(dir: &Path) -> SledStore {
 
 fn seqs(store: &dyn Store, queue: &str) -> Vec<u64> {
     let recovery = store.recover().unwrap();
-    recovery
-        .queue(queue)
-        .map(|q| q.messages.iter().map(|m| m.seq).collect())
-        .unwrap_or_default()
+    recovery.queue(queue).map(|q| q.messages.iter().map(|m| m.seq).collect()).unwrap_or_default()
 }
 
 #[test]
@@ -75,10 +65,7 @@ fn appended_messages_are_recovered_in_seq_order_after_reopen() {
     let recovery = store.recover().unwrap();
     assert!(recovery.problems.is_empty(), "{:?}", recovery.problems);
     let queue = recovery.queue("a").unwrap();
-    assert_eq!(
-        queue.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
-        [1, 2, 256, 300, 70_000]
-    );
+    assert_eq!(queue.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [1, 2, 256, 300, 70_000]);
     assert_eq!(queue.messages[0], message(1, "body 1"));
     assert_eq!(queue.next_seq, 70_001);
 }
@@ -88,33 +75,11 @@ fn removed_message_is_not_recovered() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = open(dir.path());
-        write(
-            &store,
-            vec![
-                Op::DefineQueue(QueueRecord::queue("a")),
-                append("a", 1),
-                append("a", 2),
-                append("a", 3),
-            ],
-        )
-        .unwrap();
-        write(
-            &store,
-            vec![Op::Remove {
-                queue: "a".into(),
-                seq: 2,
-            }],
-        )
-        .unwrap();
+        write(&store, vec![Op::DefineQueue(QueueRecord::queue("a")), append("a", 1), append("a", 2), append("a", 3)])
+            .unwrap();
+        write(&store, vec![Op::Remove { queue: "a".into(), seq: 2 }]).unwrap();
         // Removing what was never written is a no-op, not an error.
-        write(
-            &store,
-            vec![Op::Remove {
-                queue: "a".into(),
-                seq: 99,
-            }],
-        )
-        .unwrap();
+        write(&store, vec![Op::Remove { queue: "a".into(), seq: 99 }]).unwrap();
     }
     assert_eq!(seqs(&open(dir.path()), "a"), [1, 3]);
 }
@@ -125,14 +90,7 @@ fn append_and_remove_in_one_submission_leave_nothing() {
     let store = open(dir.path());
     write(
         &store,
-        vec![
-            Op::DefineQueue(QueueRecord::queue("a")),
-            append("a", 1),
-            Op::Remove {
-                queue: "a".into(),
-                seq: 1,
-            },
-        ],
+        vec![Op::DefineQueue(QueueRecord::queue("a")), append("a", 1), Op::Remove { queue: "a".into(), seq: 1 }],
     )
     .unwrap();
     assert!(seqs(&store, "a").is_empty());
@@ -143,67 +101,23 @@ fn delivery_count_persists_across_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = open(dir.path());
-        write(
-            &store,
-            vec![
-                Op::DefineQueue(QueueRecord::queue("a")),
-                append("a", 1),
-                append("a", 2),
-            ],
-        )
-        .unwrap();
-        write(
-            &store,
-            vec![Op::SetDeliveryCount {
-                queue: "a".into(),
-                seq: 1,
-                count: 1,
-            }],
-        )
-        .unwrap();
-        write(
-            &store,
-            vec![Op::SetDeliveryCount {
-                queue: "a".into(),
-                seq: 1,
-                count: 4,
-            }],
-        )
-        .unwrap();
+        write(&store, vec![Op::DefineQueue(QueueRecord::queue("a")), append("a", 1), append("a", 2)]).unwrap();
+        write(&store, vec![Op::SetDeliveryCount { queue: "a".into(), seq: 1, count: 1 }]).unwrap();
+        write(&store, vec![Op::SetDeliveryCount { queue: "a".into(), seq: 1, count: 4 }]).unwrap();
         // A count for a message that is not stored is ignored at recovery.
-        write(
-            &store,
-            vec![Op::SetDeliveryCount {
-                queue: "a".into(),
-                seq: 9,
-                count: 2,
-            }],
-        )
-        .unwrap();
+        write(&store, vec![Op::SetDeliveryCount { queue: "a".into(), seq: 9, count: 2 }]).unwrap();
     }
     let store = open(dir.path());
     let recovery = store.recover().unwrap();
     assert!(recovery.problems.is_empty(), "{:?}", recovery.problems);
-    let counts: Vec<_> = recovery
-        .queue("a")
-        .unwrap()
-        .messages
-        .iter()
-        .map(|m| (m.seq, m.delivery_count))
-        .collect();
+    let counts: Vec<_> = recovery.queue("a").unwrap().messages.iter().map(|m| (m.seq, m.delivery_count)).collect();
     assert_eq!(counts, [(1, 4), (2, 0)]);
 }
 
 #[test]
 fn durable_subscription_definitions_persist_and_deleting_drops_their_messages() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sub = QueueRecord::durable_subscription(
-        "c1/s1",
-        "/topic/prices.*",
-        "c1",
-        "s1",
-        AckMode::ClientIndividual,
-    );
+    let mut sub = QueueRecord::durable_subscription("c1/s1", "/topic/prices.*", "c1", "s1", AckMode::ClientIndividual);
     sub.max_length = Some(10_000);
     sub.ttl_ms = Some(60_000);
     {
@@ -218,13 +132,7 @@ fn durable_subscription_definitions_persist_and_deleting_drops_their_messages() 
             ],
         )
         .unwrap();
-        write(
-            &store,
-            vec![Op::DeleteQueue {
-                name: "gone".into(),
-            }],
-        )
-        .unwrap();
+        write(&store, vec![Op::DeleteQueue { name: "gone".into() }]).unwrap();
     }
     let store = open(dir.path());
     let recovery = store.recover().unwrap();
@@ -262,61 +170,29 @@ fn corrupt_message_is_reported_with_queue_and_seq_then_quarantined() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = open(dir.path());
-        write(
-            &store,
-            vec![
-                Op::DefineQueue(QueueRecord::queue("a")),
-                append("a", 1),
-                append("a", 2),
-                append("a", 3),
-            ],
-        )
-        .unwrap();
+        write(&store, vec![Op::DefineQueue(QueueRecord::queue("a")), append("a", 1), append("a", 2), append("a", 3)])
+            .unwrap();
     }
     damage(dir.path(), "q/a", &2u64.to_be_bytes(), |v| {
         let last = v.len() - 1;
         v[last] ^= 0x40;
     });
-    damage(dir.path(), "q/a", &3u64.to_be_bytes(), |v| {
-        v.truncate(v.len() / 2)
-    });
+    damage(dir.path(), "q/a", &3u64.to_be_bytes(), |v| v.truncate(v.len() / 2));
     {
         let store = open(dir.path());
         let recovery = store.recover().unwrap();
         let queue = recovery.queue("a").unwrap();
-        assert_eq!(
-            queue.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
-            [1]
-        );
-        assert_eq!(
-            queue.next_seq, 4,
-            "skipped sequence numbers must not be reused"
-        );
-        let found: Vec<_> = recovery
-            .problems
-            .iter()
-            .map(|p| (p.queue.as_str(), &p.position, p.kind))
-            .collect();
+        assert_eq!(queue.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [1]);
+        assert_eq!(queue.next_seq, 4, "skipped sequence numbers must not be reused");
+        let found: Vec<_> = recovery.problems.iter().map(|p| (p.queue.as_str(), &p.position, p.kind)).collect();
         assert_eq!(
             found,
             [
-                (
-                    "a",
-                    &RecordPosition::Message { seq: 2 },
-                    ProblemKind::Corrupt
-                ),
-                (
-                    "a",
-                    &RecordPosition::Message { seq: 3 },
-                    ProblemKind::Corrupt
-                ),
+                ("a", &RecordPosition::Message { seq: 2 }, ProblemKind::Corrupt),
+                ("a", &RecordPosition::Message { seq: 3 }, ProblemKind::Corrupt),
             ]
         );
-        assert!(
-            recovery.problems[0].detail.contains("checksum"),
-            "{}",
-            recovery.problems[0]
-        );
+        assert!(recovery.problems[0].detail.contains("checksum"), "{}", recovery.problems[0]);
         // Set aside, so the next start-up is clean.
         assert!(store.recover().unwrap().problems.is_empty());
     }
@@ -329,48 +205,20 @@ fn garbage_definition_and_delivery_count_are_reported_not_fatal() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = open(dir.path());
-        write(
-            &store,
-            vec![Op::DefineQueue(QueueRecord::queue("a")), append("a", 1)],
-        )
-        .unwrap();
-        write(
-            &store,
-            vec![Op::SetDeliveryCount {
-                queue: "a".into(),
-                seq: 1,
-                count: 3,
-            }],
-        )
-        .unwrap();
+        write(&store, vec![Op::DefineQueue(QueueRecord::queue("a")), append("a", 1)]).unwrap();
+        write(&store, vec![Op::SetDeliveryCount { queue: "a".into(), seq: 1, count: 3 }]).unwrap();
         write(&store, vec![Op::DefineQueue(QueueRecord::queue("b"))]).unwrap();
     }
-    damage(dir.path(), "meta", b"b", |v| {
-        *v = b"not a record at all".to_vec()
-    });
+    damage(dir.path(), "meta", b"b", |v| *v = b"not a record at all".to_vec());
     let mut dc_key = 1u64.to_be_bytes().to_vec();
     dc_key.push(1);
     damage(dir.path(), "q/a", &dc_key, |v| v[6] ^= 1);
     let store = open(dir.path());
     let recovery = store.recover().unwrap();
-    let found: Vec<_> = recovery
-        .problems
-        .iter()
-        .map(|p| (p.queue.as_str(), &p.position))
-        .collect();
-    assert_eq!(
-        found,
-        [
-            ("b", &RecordPosition::Definition),
-            ("a", &RecordPosition::DeliveryCount { seq: 1 })
-        ]
-    );
+    let found: Vec<_> = recovery.problems.iter().map(|p| (p.queue.as_str(), &p.position)).collect();
+    assert_eq!(found, [("b", &RecordPosition::Definition), ("a", &RecordPosition::DeliveryCount { seq: 1 })]);
     let a = recovery.queue("a").unwrap();
-    assert_eq!(
-        a.messages.len(),
-        1,
-        "the message survives its damaged count"
-    );
+    assert_eq!(a.messages.len(), 1, "the message survives its damaged count");
     assert!(recovery.queue("b").is_none());
 }
 
@@ -402,18 +250,12 @@ fn completed_writes_survive_abort(fsync: FsyncMode, test_name: &str) {
 
 #[test]
 fn completed_writes_survive_abort_in_always_mode() {
-    completed_writes_survive_abort(
-        FsyncMode::Always,
-        "completed_writes_survive_abort_in_always_mode",
-    );
+    completed_writes_survive_abort(FsyncMode::Always, "completed_writes_survive_abort_in_always_mode");
 }
 
 #[test]
 fn completed_writes_survive_abort_in_batch_mode() {
-    completed_writes_survive_abort(
-        FsyncMode::Batch,
-        "completed_writes_survive_abort_in_batch_mode",
-    );
+    completed_writes_survive_abort(FsyncMode::Batch, "completed_writes_survive_abort_in_batch_mode");
 }
 
 fn concurrent_writes(store: Arc<SledStore>, threads: usize, per_thread: u64) {
@@ -453,10 +295,7 @@ fn group_commit_needs_far_fewer_fsyncs_than_submissions() {
         concurrent_writes(Arc::clone(&store), 4, 250);
         let metrics = store.metrics();
         assert_eq!(metrics.submissions, 1001);
-        assert!(
-            metrics.fsyncs * 5 < metrics.submissions,
-            "{fsync}: {metrics:?}"
-        );
+        assert!(metrics.fsyncs * 5 < metrics.submissions, "{fsync}: {metrics:?}");
         assert_eq!(seqs(&*store, "a").len(), 1000);
     }
 }
@@ -476,10 +315,7 @@ fn batch_mode_respects_max_batch() {
     let (tx, rx) = mpsc::channel();
     for seq in 0..100 {
         let tx = tx.clone();
-        store.submit(
-            vec![append("a", seq)],
-            Some(Box::new(move |r| tx.send(r).unwrap())),
-        );
+        store.submit(vec![append("a", seq)], Some(Box::new(move |r| tx.send(r).unwrap())));
     }
     for _ in 0..100 {
         rx.recv().unwrap().unwrap();
@@ -515,10 +351,7 @@ fn opening_a_directory_in_use_fails_clearly() {
     let _first = open(dir.path());
     let err = SledStore::open(dir.path(), StoreOptions::default()).unwrap_err();
     assert!(matches!(err, StorageError::Open { .. }), "{err:?}");
-    assert!(
-        err.to_string().contains("no other stampede process"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("no other stampede process"), "{err}");
 }
 
 #[test]
@@ -528,25 +361,16 @@ fn disk_space_is_reused_after_acks() {
     let body = "x".repeat(1024);
     let mut sizes = Vec::new();
     for round in 0..24u64 {
-        let ops = (0..1000).map(|i| Op::Append {
-            queue: "a".into(),
-            message: message(round * 1000 + i, &body),
-        });
+        let ops = (0..1000).map(|i| Op::Append { queue: "a".into(), message: message(round * 1000 + i, &body) });
         write(&store, ops.collect()).unwrap();
-        let acks = (0..1000).map(|i| Op::Remove {
-            queue: "a".into(),
-            seq: round * 1000 + i,
-        });
+        let acks = (0..1000).map(|i| Op::Remove { queue: "a".into(), seq: round * 1000 + i });
         write(&store, acks.collect()).unwrap();
         store.flush().unwrap();
         sizes.push(dir_size(dir.path()));
     }
     // 24 MiB went through; the directory must level off well below that.
     let (early, late) = (sizes[7], sizes[23]);
-    assert!(
-        late < 2 * early + 4 * 1024 * 1024,
-        "directory keeps growing: {sizes:?}"
-    );
+    assert!(late < 2 * early + 4 * 1024 * 1024, "directory keeps growing: {sizes:?}");
     assert!(late < 16 * 1024 * 1024, "{sizes:?}");
     assert!(store.disk_usage_bytes() > 0);
 }
@@ -556,11 +380,7 @@ fn dir_size(dir: &Path) -> u64 {
     for entry in std::fs::read_dir(dir).unwrap() {
         let entry = entry.unwrap();
         let meta = entry.metadata().unwrap();
-        total += if meta.is_dir() {
-            dir_size(&entry.path())
-        } else {
-            meta.len()
-        };
+        total += if meta.is_dir() { dir_size(&entry.path()) } else { meta.len() };
     }
     total
 }
