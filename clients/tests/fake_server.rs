@@ -466,3 +466,55 @@ mod websocket {
         server.await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn unrouted_frames_nobody_takes_never_stall_the_connection() {
+    let (listener, url) = listen().await;
+    let server = tokio::spawn(async move {
+        let (mut server, _) = accept(&listener, &[("version", "1.2")]).await;
+        let subscribe = next(&mut server).await;
+        // Far more stray frames than the unrouted channel holds, then a real delivery.
+        for i in 0..1_000 {
+            let stray = Frame::new(Command::Receipt).with_header("receipt-id", format!("stray-{i}"));
+            server.send_frame(&stray).await.unwrap();
+        }
+        server.send_frame(&receipt_for(&subscribe)).await.unwrap();
+        server.send_frame(&message("sub-0", "m-1", None, "after the strays")).await.unwrap();
+        server
+    });
+    let client = Client::connect_with(options(&url)).await.unwrap();
+    let mut subscription = client.subscribe("/queue/a", SubscribeOptions::new()).await.unwrap();
+    let message = subscription.recv_timeout(WAIT).await.unwrap();
+    assert_eq!(message.body_str(), Some("after the strays"));
+    let _server = server.await.unwrap();
+}
+
+#[tokio::test]
+async fn time_spent_parked_on_a_full_subscription_is_not_server_silence() {
+    let (listener, url) = listen().await;
+    let server = tokio::spawn(async move {
+        let (mut server, _) = accept(&listener, &[("version", "1.2"), ("heart-beat", "50,0")]).await;
+        let subscribe = next(&mut server).await;
+        server.send_frame(&receipt_for(&subscribe)).await.unwrap();
+        for i in 0..5 {
+            server.send_frame(&message("sub-0", &format!("m-{i}"), None, "x")).await.unwrap();
+        }
+        // Keep beating while the client is not reading, as a live server would.
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            if server.send_bytes(b"\n").await.is_err() {
+                break;
+            }
+        }
+        server
+    });
+    let client = Client::connect_with(options(&url).heart_beat(0, 50)).await.unwrap();
+    let mut subscription = client.subscribe("/queue/a", SubscribeOptions::new().capacity(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!client.is_closed(), "closed while parked: {:?}", client.close_reason());
+    for _ in 0..5 {
+        subscription.recv_timeout(WAIT).await.unwrap();
+    }
+    assert!(!client.is_closed(), "closed after resuming: {:?}", client.close_reason());
+    let _server = server.await.unwrap();
+}
