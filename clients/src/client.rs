@@ -552,6 +552,12 @@ async fn establish(options: &ConnectOptions) -> Result<Client, ClientError> {
 ///
 /// Dropping it unsubscribes (best effort); [`Subscription::unsubscribe`] does so and waits for
 /// the broker to confirm.
+///
+/// Keep consuming it: when its buffer ([`SubscribeOptions::capacity`]) is full the connection
+/// stops reading from the socket until there is room, which pauses every subscription and
+/// receipt of that connection (heart-beats keep flowing). That is what makes a slow consumer
+/// slow the broker down instead of exhausting memory; give a consumer that must not hold up
+/// others its own connection.
 #[derive(Debug)]
 pub struct Subscription {
     id: ByteString,
