@@ -47,7 +47,7 @@ impl StompError {
     /// A broker limit was hit. Names the limit, its value and the configuration key.
     pub fn limit(what: &str, limit: impl std::fmt::Display, key: &str) -> StompError {
         StompError::new(
-            format!("limit exceeded: {what} (limit {limit})"),
+            format!("limit exceeded - {what} (limit {limit}, {key})"),
             format!("The broker allows at most {limit} for {what}. The limit is set by the configuration key '{key}'."),
         )
     }
