@@ -9,6 +9,19 @@
 //! (`window 1`, a client sending with receipts one at a time) or keeping 64 in flight.
 //! `recovery` stores the given number of messages (default 1,000,000 of 1 KiB), reopens the store
 //! and times `recover()`.
+//!
+//! Figures from the first run (2 shared cores, virtual disk whose fsync takes ~0.1 ms, release
+//! build, default options): 1 KiB appends, msgs/s completed —
+//!
+//! | fsync  | 1 thread, window 1 | 1 thread, window 64 | 4 threads, window 1 | 4 threads, window 64 |
+//! |--------|-------------------:|--------------------:|--------------------:|---------------------:|
+//! | always |              7 900 |              13 300 |               3 600 |               12 700 |
+//! | batch  |                350 |               8 800 |               1 400 |                9 800 |
+//! | never  |             26 600 |              37 200 |              20 600 |               49 100 |
+//!
+//! (`batch` with window 1 pays the 2 ms `commit_interval` on every message, as designed.)
+//! Recovery of 1,000,000 messages: 9.3 s with 1 KiB bodies (2.0 GiB on disk), 2.8 s with
+//! 128 B bodies (0.4 GiB on disk).
 
 use std::path::Path;
 use std::sync::Arc;
