@@ -128,11 +128,13 @@ class Broker {
   async kill() {
     const proc = this.proc;
     if (!proc || this.exitCode !== null) return;
+    let hard, giveUp;
     const exited = new Promise((r) => proc.once('exit', r));
     proc.kill('SIGTERM');
-    const t = setTimeout(() => proc.kill('SIGKILL'), 5000);
-    await Promise.race([exited, sleep(10000)]);
-    clearTimeout(t);
+    hard = setTimeout(() => proc.kill('SIGKILL'), 5000);
+    await Promise.race([exited, new Promise((r) => { giveUp = setTimeout(r, 10000); })]);
+    clearTimeout(hard);
+    clearTimeout(giveUp);
   }
 
   async stop() {
