@@ -327,6 +327,8 @@ where
             (verdict, receipt_id) = first_verdict(&mut pending) => {
                 pending.pop_front();
                 if let Err(error) = verdict {
+                    // Nothing after a refused SEND is answered, not even its own RECEIPT: the ERROR carries it.
+                    pending.clear();
                     let error = StompError { receipt_id, ..error };
                     ending = Some((CloseReason::ProtocolError(error.message.clone()), Some(error)));
                 }
