@@ -7,7 +7,13 @@
 //! oldest), and because swapping the whole deque out costs one lock per write, not one per frame.
 //!
 //! Memory is bounded by bytes: topic deliveries that would take the outbox past its budget are
-//! refused and the subscription's slow-consumer policy decides what happens. Queue deliveries are
+//! refused and the subscription's slow-consumer policy decides what happens. Before that point a
+//! stall gate slows publishers (after NATS): a publish that leaves an outbox above half its
+//! budget waits, for a bounded time, until the connection has taken its deliveries. A subscriber
+//! that reads steadily but a little slower than a publisher thus slows the publisher (whose
+//! connection stops reading, which pushes back on its TCP socket) instead of being cut off; a
+//! subscriber that stopped reading costs publishers at most the stall time before the policy
+//! applies. Queue deliveries are
 //! bounded upstream by the consumer's credit (prefetch count and window bytes), so they are
 //! always admitted; that keeps a queue from stalling on an outbox that topic traffic filled.
 
@@ -91,8 +97,22 @@ struct State {
 pub struct Outbox {
     state: Mutex<State>,
     ready: Notify,
+    drained: Notify,
     slow: AtomicBool,
+    /// Set when a publisher waited the whole stall time in vain; cleared when the connection
+    /// takes its deliveries. While set, publishers do not wait for this outbox again, so a
+    /// subscriber that stopped reading costs them one stall, not one per message.
+    unresponsive: AtomicBool,
     max_bytes: usize,
+}
+
+/// How a topic delivery was admitted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admitted {
+    /// Queued, with room to spare.
+    Queued,
+    /// Queued, but the outbox is above half its budget: the publisher should wait for room.
+    Congested,
 }
 
 /// Why a topic delivery was not admitted.
@@ -110,7 +130,9 @@ impl Outbox {
         Arc::new(Outbox {
             state: Mutex::new(State::default()),
             ready: Notify::new(),
+            drained: Notify::new(),
             slow: AtomicBool::new(false),
+            unresponsive: AtomicBool::new(false),
             max_bytes,
         })
     }
@@ -122,7 +144,7 @@ impl Outbox {
     }
 
     /// Queues a topic delivery, applying `policy` when the byte budget is exhausted.
-    pub fn push_topic(&self, delivery: Delivery, policy: SlowConsumerPolicy) -> Result<(), Refused> {
+    pub fn push_topic(&self, delivery: Delivery, policy: SlowConsumerPolicy) -> Result<Admitted, Refused> {
         let cost = delivery.cost();
         let mut state = self.lock();
         if state.closed {
@@ -135,6 +157,7 @@ impl Outbox {
                     drop(state);
                     self.slow.store(true, Ordering::Release);
                     self.ready.notify_one();
+                    self.drained.notify_waiters();
                     return Err(Refused::SlowConsumer);
                 }
                 SlowConsumerPolicy::DropOldest => {
@@ -151,8 +174,28 @@ impl Outbox {
                 }
             }
         }
+        let congested = policy == SlowConsumerPolicy::Disconnect
+            && state.bytes + cost > self.max_bytes / 2
+            && !self.unresponsive.load(Ordering::Relaxed);
         self.push_locked(state, delivery, cost);
-        Ok(())
+        Ok(if congested { Admitted::Congested } else { Admitted::Queued })
+    }
+
+    /// Waits until the outbox is at most half full (or closed). Cancel safe.
+    pub async fn wait_for_room(&self) {
+        let drained = self.drained.notified();
+        tokio::pin!(drained);
+        loop {
+            drained.as_mut().enable();
+            {
+                let state = self.lock();
+                if state.closed || state.bytes <= self.max_bytes / 2 {
+                    return;
+                }
+            }
+            drained.as_mut().await;
+            drained.set(self.drained.notified());
+        }
     }
 
     /// Queues a queue delivery. Credit already bounds these, so the byte budget does not apply.
@@ -189,6 +232,14 @@ impl Outbox {
         let mut state = self.lock();
         std::mem::swap(&mut state.items, into);
         state.bytes = 0;
+        drop(state);
+        self.unresponsive.store(false, Ordering::Relaxed);
+        self.drained.notify_waiters();
+    }
+
+    /// Records that a publisher waited the whole stall time for this outbox.
+    pub fn mark_unresponsive(&self) {
+        self.unresponsive.store(true, Ordering::Relaxed);
     }
 
     /// True once a topic found this outbox full under the disconnect policy.
@@ -207,6 +258,9 @@ impl Outbox {
         let mut state = self.lock();
         state.closed = true;
         state.bytes = 0;
-        std::mem::take(&mut state.items)
+        let items = std::mem::take(&mut state.items);
+        drop(state);
+        self.drained.notify_waiters();
+        items
     }
 }

@@ -130,6 +130,7 @@ pub struct Router {
     queue_settings: QueueSettings,
     queue_overrides: HashMap<String, QueueOverride>,
     store: Option<Arc<dyn Store>>,
+    stall: std::time::Duration,
     next_message_id: AtomicU64,
     next_id: AtomicU64,
     this: Weak<Router>,
@@ -181,10 +182,16 @@ impl Router {
             queue_settings,
             queue_overrides,
             store,
+            stall: std::time::Duration::from_millis(20),
             next_message_id: AtomicU64::new(start),
             next_id: AtomicU64::new(1),
             this: this.clone(),
         })
+    }
+
+    /// Sets how long a publish waits, at most, for subscribers that fell behind.
+    pub fn set_slow_consumer_stall(&mut self, stall: std::time::Duration) {
+        self.stall = stall;
     }
 
     /// A fresh broker-wide message id.
@@ -207,7 +214,17 @@ impl Router {
         message: TopicMessage,
     ) -> Vec<Verdict> {
         let mut durable = Vec::new();
-        self.publish_topic_now(name, template, message.id, &mut durable);
+        let mut congested = Vec::new();
+        self.publish_topic_now(name, template, message.id, &mut durable, &mut congested);
+        if !congested.is_empty() {
+            // The stall gate: give subscribers that fell behind a moment to catch up.
+            let deadline = tokio::time::Instant::now() + self.stall;
+            for outbox in congested {
+                if tokio::time::timeout_at(deadline, outbox.wait_for_room()).await.is_err() {
+                    outbox.mark_unresponsive();
+                }
+            }
+        }
         let mut verdicts = Vec::with_capacity(durable.len());
         for queue in durable {
             let copy = QueuedMessage {
@@ -231,6 +248,7 @@ impl Router {
         template: &Arc<MessageTemplate>,
         message_id: u64,
         durable: &mut Vec<QueueHandle>,
+        congested: &mut Vec<Arc<crate::outbox::Outbox>>,
     ) -> usize {
         let topic = {
             let table = self.topics.read().unwrap_or_else(|p| p.into_inner());
@@ -244,7 +262,7 @@ impl Router {
             Some(topic) => topic,
             None => self.topics.write().unwrap_or_else(|p| p.into_inner()).get_or_create(name),
         };
-        topic.publish(template, message_id, durable)
+        topic.publish(template, message_id, durable, congested)
     }
 
     /// Subscribes to topic `name`, which may be a wildcard pattern.

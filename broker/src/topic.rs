@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 use stampede_protocol::MessageTemplate;
 
-use crate::outbox::{Delivery, Outbox, SlowConsumerPolicy};
+use crate::outbox::{Admitted, Delivery, Outbox, SlowConsumerPolicy};
 use crate::queue::QueueHandle;
 
 /// One subscription to a topic (exact, or a wildcard pattern shared by many topics).
@@ -69,7 +69,15 @@ impl Topic {
     /// Delivers to every connected subscriber and adds the queues of durable subscribers to
     /// `durable` (the caller enqueues there, which may wait). Returns how many connected
     /// subscribers took it.
-    pub fn publish(&self, template: &Arc<MessageTemplate>, message_id: u64, durable: &mut Vec<QueueHandle>) -> usize {
+    ///
+    /// Outboxes left above half their budget are added to `congested`, for the stall gate.
+    pub fn publish(
+        &self,
+        template: &Arc<MessageTemplate>,
+        message_id: u64,
+        durable: &mut Vec<QueueHandle>,
+        congested: &mut Vec<Arc<Outbox>>,
+    ) -> usize {
         self.published.fetch_add(1, Ordering::Relaxed);
         let subscribers = self.subscribers.load();
         let mut delivered = 0;
@@ -83,8 +91,13 @@ impl Topic {
                         from_queue: None,
                         redelivered: false,
                     };
-                    if outbox.push_topic(delivery, *policy).is_ok() {
-                        delivered += 1;
+                    match outbox.push_topic(delivery, *policy) {
+                        Ok(Admitted::Queued) => delivered += 1,
+                        Ok(Admitted::Congested) => {
+                            delivered += 1;
+                            congested.push(Arc::clone(outbox));
+                        }
+                        Err(_) => {}
                     }
                 }
                 Sink::Queue(queue) => durable.push(queue.clone()),
