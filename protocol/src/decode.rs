@@ -266,7 +266,9 @@ impl Decoder {
             return Ok(());
         }
 
-        let (name_escaped, value_escaped) = if escape::applies(command.uses_escaping(), self.version) {
+        // One search of the whole line for a backslash spares most headers the per-field check.
+        let escaped = escape::applies(command.uses_escaping(), self.version) && memchr::memchr(b'\\', bytes).is_some();
+        let (name_escaped, value_escaped) = if escaped {
             (escape::validate(name, self.version, name)?, escape::validate(value, self.version, name)?)
         } else {
             (false, false)

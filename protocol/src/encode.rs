@@ -39,10 +39,8 @@ pub fn encode(frame: &Frame, version: Version, dst: &mut BytesMut) {
     let with_body = command.allows_body();
     debug_assert!(with_body || frame.body.is_empty(), "{command} frames must not have a body");
 
-    let mut len = command.as_str().len() + 1 + TRAILER_ROOM;
-    for (name, value) in frame.headers.iter() {
-        len += escape::escaped_len(name, version, escaping) + escape::escaped_len(value, version, escaping) + 2;
-    }
+    // Sized for headers with nothing to escape; the rare escape makes `put_slice` grow the buffer.
+    let mut len = command.as_str().len() + 1 + TRAILER_ROOM + lines_len(frame.headers.iter());
     if with_body {
         len += frame.body.len();
     }
@@ -66,6 +64,11 @@ pub fn encode_to_bytes(frame: &Frame, version: Version) -> Bytes {
     let mut dst = BytesMut::new();
     encode(frame, version, &mut dst);
     dst.freeze()
+}
+
+/// Bytes the header lines take when nothing needs escaping.
+fn lines_len<'a>(headers: impl Iterator<Item = (&'a str, &'a str)>) -> usize {
+    headers.map(|(name, value)| name.len() + value.len() + 2).sum()
 }
 
 /// Writes every header except `content-length`, one LF-terminated line each.
@@ -147,7 +150,7 @@ impl MessageTemplate {
     /// Writes one MESSAGE: `per_delivery` headers first, then the shared encoding.
     pub fn write_to(&self, version: Version, per_delivery: &[(&str, &str)], dst: &mut BytesMut) {
         let shared = self.shared_part(version);
-        dst.reserve(self.head_len(version, per_delivery) + shared.len());
+        dst.reserve(Self::head_len(per_delivery) + shared.len());
         self.write_head(version, per_delivery, dst);
         dst.put_slice(shared);
     }
@@ -155,7 +158,7 @@ impl MessageTemplate {
     /// Writes only `MESSAGE` and the per-delivery headers, for a caller that sends
     /// [`MessageTemplate::shared_part`] right after it with a vectored write instead of copying.
     pub fn write_head(&self, version: Version, per_delivery: &[(&str, &str)], dst: &mut BytesMut) {
-        dst.reserve(self.head_len(version, per_delivery));
+        dst.reserve(Self::head_len(per_delivery));
         dst.put_slice(b"MESSAGE\n");
         for (name, value) in per_delivery {
             if *name != CONTENT_LENGTH {
@@ -173,11 +176,7 @@ impl MessageTemplate {
             Version::V1_2 => &self.shared[2],
         };
         slot.get_or_init(|| {
-            let mut len = TRAILER_ROOM + self.body.len();
-            for (name, value) in self.headers.iter() {
-                len += escape::escaped_len(name, version, true) + escape::escaped_len(value, version, true) + 2;
-            }
-            let mut dst = BytesMut::with_capacity(len);
+            let mut dst = BytesMut::with_capacity(lines_len(self.headers.iter()) + TRAILER_ROOM + self.body.len());
             write_headers(&self.headers, version, true, &mut dst);
             write_content_length(self.body.len(), &mut dst);
             dst.put_u8(b'\n');
@@ -192,10 +191,8 @@ impl MessageTemplate {
         self.body.len() + 64
     }
 
-    fn head_len(&self, version: Version, per_delivery: &[(&str, &str)]) -> usize {
-        per_delivery.iter().fold(Command::Message.as_str().len() + 1, |len, (name, value)| {
-            len + escape::escaped_len(name, version, true) + escape::escaped_len(value, version, true) + 2
-        })
+    fn head_len(per_delivery: &[(&str, &str)]) -> usize {
+        Command::Message.as_str().len() + 1 + lines_len(per_delivery.iter().copied())
     }
 }
 
