@@ -5,8 +5,8 @@
 //! systemd unit, a container and a shell. Every limit has a default here and is named in the
 //! ERROR a client gets when it hits it.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -111,6 +111,97 @@ pub struct Config {
     /// `sled` (on disk under `data_dir`) or `memory` (nothing survives a restart; for tests
     /// and throwaway brokers).
     pub storage: StorageKind,
+
+    /// Most simultaneous connections from one source address (IPv6: one /64); 0 = no limit.
+    pub max_connections_per_ip: usize,
+    /// With no `users` and no `[jwt]`, every client is accepted; that is only allowed on
+    /// loopback listeners unless this is true.
+    pub allow_anonymous: bool,
+    /// Users, `[users.<name>]` tables with `password_hash` (from `stampede passwd`) and
+    /// optional `read`/`write` destination patterns and `[users.<name>.vhosts.<vhost>]` tables.
+    pub users: BTreeMap<String, UserConfig>,
+    /// JSON Web Tokens accepted as the passcode, `[jwt]` table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtConfig>,
+    /// Delay before answering the first failed login from an address, in ms; it doubles with
+    /// each further failure (forgotten 10 minutes after the last one).
+    pub auth_failure_delay_ms: u64,
+    /// Longest delay before answering a failed login, in ms.
+    pub auth_failure_max_delay_ms: u64,
+    /// Most addresses whose failed logins are remembered (bounds the table's memory).
+    pub auth_failure_tracked_addresses: usize,
+    /// PEM certificate chain for TLS; with `tls_key`, enables STOMP over TLS and wss.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Address for STOMP over TLS [default when TLS is on: the STOMP address's IP, port 61614].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stomp_tls_addr: Option<SocketAddr>,
+    /// Address for STOMP over secure WebSocket [default when TLS is on: the WebSocket
+    /// address's IP, port 15673].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wss_addr: Option<SocketAddr>,
+    /// Serve only over TLS: the plain STOMP and WebSocket listeners are not opened.
+    pub require_tls: bool,
+    /// Browser origins allowed to open a WebSocket (`Origin` header, e.g.
+    /// `https://app.example`); empty = every origin. Requests without an `Origin` header
+    /// (non-browser clients) are always allowed.
+    pub ws_allowed_origins: Vec<String>,
+}
+
+/// One user of the `users` table.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// argon2 hash in PHC format (`$argon2id$v=19$...`), as printed by `stampede passwd`.
+    pub password_hash: String,
+    /// Destination patterns the user may subscribe to [default: everything, `**`].
+    #[serde(default = "everything")]
+    pub read: Vec<String>,
+    /// Destination patterns the user may send to [default: everything, `**`].
+    #[serde(default = "everything")]
+    pub write: Vec<String>,
+    /// Per-virtual-host rules; when present, the user may use only these virtual hosts.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vhosts: BTreeMap<String, RuleConfig>,
+}
+
+/// Read and write patterns for one virtual host of a user.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Destination patterns the user may subscribe to [default: everything].
+    #[serde(default = "everything")]
+    pub read: Vec<String>,
+    /// Destination patterns the user may send to [default: everything].
+    #[serde(default = "everything")]
+    pub write: Vec<String>,
+}
+
+fn everything() -> Vec<String> {
+    vec!["**".to_owned()]
+}
+
+/// The `[jwt]` table: keys for tokens given as the CONNECT passcode.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtConfig {
+    /// Shared secret for HS256 tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hs256_secret: Option<String>,
+    /// PEM file with the RSA public key for RS256 tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rs256_public_key_file: Option<PathBuf>,
+    /// Required `iss` claim, if set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Required `aud` claim, if set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Clock skew tolerated when checking `exp`, in seconds.
+    pub leeway_secs: u64,
 }
 
 /// Where durable data is kept.
@@ -179,6 +270,19 @@ impl Default for Config {
             expired_messages: ExpiredPolicy::Drop,
             queues: HashMap::new(),
             storage: StorageKind::Sled,
+            max_connections_per_ip: 1000,
+            allow_anonymous: false,
+            users: BTreeMap::new(),
+            jwt: None,
+            auth_failure_delay_ms: 250,
+            auth_failure_max_delay_ms: 5000,
+            auth_failure_tracked_addresses: 10_000,
+            tls_cert: None,
+            tls_key: None,
+            stomp_tls_addr: None,
+            wss_addr: None,
+            require_tls: false,
+            ws_allowed_origins: Vec::new(),
         }
     }
 }
@@ -226,6 +330,61 @@ impl Config {
             storage: StorageKind::Memory,
             ..Config::default()
         }
+    }
+
+    /// True when a certificate and key are configured.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_cert.is_some() && self.tls_key.is_some()
+    }
+
+    /// Where STOMP over TLS and wss listen when TLS is on: the configured addresses, or the
+    /// plain listeners' IPs with ports 61614 and 15673 (port 0 stays 0, for tests).
+    pub fn tls_addrs(&self) -> (SocketAddr, SocketAddr) {
+        let derive = |plain: SocketAddr, port: u16| {
+            SocketAddr::new(plain.ip(), if plain.port() == 0 { 0 } else { port })
+        };
+        (
+            self.stomp_tls_addr.unwrap_or_else(|| derive(self.stomp_addr, 61614)),
+            self.wss_addr.unwrap_or_else(|| derive(self.ws_addr, 15673)),
+        )
+    }
+
+    /// The addresses the broker will listen on.
+    pub fn listen_ips(&self) -> Vec<IpAddr> {
+        let mut ips = Vec::new();
+        if !(self.require_tls && self.tls_enabled()) {
+            ips.push(self.stomp_addr.ip());
+            ips.push(self.ws_addr.ip());
+        }
+        if self.tls_enabled() {
+            let (stomp, wss) = self.tls_addrs();
+            ips.push(stomp.ip());
+            ips.push(wss.ip());
+        }
+        ips
+    }
+
+    /// Checks settings that depend on each other.
+    ///
+    /// # Errors
+    /// An explanation of the first inconsistency.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::Invalid("tls_cert and tls_key must be given together".to_owned()));
+        }
+        if self.require_tls && !self.tls_enabled() {
+            return Err(ConfigError::Invalid("require_tls needs tls_cert and tls_key".to_owned()));
+        }
+        if self.users.is_empty()
+            && self.jwt.is_none()
+            && !self.allow_anonymous
+            && self.listen_ips().iter().any(|ip| !ip.is_loopback())
+        {
+            return Err(ConfigError::Invalid(
+                "no users are configured, so every client would be accepted without credentials, and a listener is not on loopback. Add users (see `stampede passwd`) or a [jwt] key, listen on 127.0.0.1, or pass --allow-anonymous (allow_anonymous = true) to accept anonymous clients from the network".to_owned(),
+            ));
+        }
+        Ok(())
     }
 
     /// Decoder limits.
@@ -340,6 +499,31 @@ pub struct Cli {
     /// but a crash can lose messages that were receipted [default: always].
     #[arg(long, env = "STAMPEDE_FSYNC", value_name = "MODE", value_parser = ["always", "batch", "never"])]
     pub fsync: Option<String>,
+    /// Accept clients without credentials on non-loopback addresses when no users are
+    /// configured.
+    #[arg(long, env = "STAMPEDE_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
+    /// PEM certificate chain; with --tls-key, enables STOMP over TLS and wss.
+    #[arg(long, env = "STAMPEDE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[arg(long, env = "STAMPEDE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Address for STOMP over TLS [default: STOMP address's IP, port 61614].
+    #[arg(long, env = "STAMPEDE_STOMP_TLS_ADDR", value_name = "ADDR")]
+    pub stomp_tls_addr: Option<SocketAddr>,
+    /// Address for STOMP over secure WebSocket [default: WebSocket address's IP, port 15673].
+    #[arg(long, env = "STAMPEDE_WSS_ADDR", value_name = "ADDR")]
+    pub wss_addr: Option<SocketAddr>,
+    /// Serve only over TLS (no plain STOMP or WebSocket listener).
+    #[arg(long, env = "STAMPEDE_REQUIRE_TLS")]
+    pub require_tls: bool,
+    /// Time allowed from socket open to CONNECT, in ms [default: 10000].
+    #[arg(long, env = "STAMPEDE_CONNECT_TIMEOUT_MS", value_name = "MS")]
+    pub connect_timeout_ms: Option<u64>,
+    /// Most simultaneous connections from one address [default: 1000].
+    #[arg(long, env = "STAMPEDE_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
     /// Subcommand; none runs the broker.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -348,8 +532,15 @@ pub struct Cli {
 /// Subcommands other than running the broker.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print the effective configuration as TOML and exit.
+    /// Print the effective configuration as TOML (secrets redacted) and exit.
     PrintConfig,
+    /// Print an argon2 hash of a password for the `users` table. The password is read from
+    /// standard input (prompted for without echo on a terminal).
+    Passwd {
+        /// The password (visible in shell history and process lists: prefer standard input).
+        #[arg(long)]
+        password: Option<String>,
+    },
 }
 
 impl Cli {
@@ -382,6 +573,30 @@ impl Cli {
         }
         if let Some(v) = self.max_body {
             config.max_body = v;
+        }
+        if self.allow_anonymous {
+            config.allow_anonymous = true;
+        }
+        if let Some(v) = &self.tls_cert {
+            config.tls_cert = Some(v.clone());
+        }
+        if let Some(v) = &self.tls_key {
+            config.tls_key = Some(v.clone());
+        }
+        if let Some(v) = self.stomp_tls_addr {
+            config.stomp_tls_addr = Some(v);
+        }
+        if let Some(v) = self.wss_addr {
+            config.wss_addr = Some(v);
+        }
+        if self.require_tls {
+            config.require_tls = true;
+        }
+        if let Some(v) = self.connect_timeout_ms {
+            config.connect_timeout_ms = v;
+        }
+        if let Some(v) = self.max_connections_per_ip {
+            config.max_connections_per_ip = v;
         }
         if let Some(v) = &self.fsync {
             config.fsync =

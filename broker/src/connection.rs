@@ -78,6 +78,8 @@ pub struct ConnectionContext {
     pub router: Arc<Router>,
     /// Cancelled when the broker shuts down.
     pub shutdown: CancellationToken,
+    /// Credentials from this connection's WebSocket upgrade request (HTTP Basic or Bearer).
+    pub upgrade_credentials: Option<crate::auth::Credentials>,
 }
 
 /// Why a connection ended, recorded once, at the task boundary.
@@ -249,6 +251,8 @@ where
     let settings = Arc::clone(&context.settings);
     let outbox = Outbox::new(settings.max_outbox_bytes);
     let mut session = Session::new(Arc::clone(&session_id), context.session, context.router, Arc::clone(&outbox));
+    session.set_peer(peer.ip());
+    session.set_upgrade_credentials(context.upgrade_credentials);
     let mut decoder = Decoder::new(settings.frame_limits);
     let mut input = BytesMut::new();
     let mut output = Output::new();

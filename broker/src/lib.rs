@@ -9,16 +9,21 @@
 //! - [`outbox`]: the bounded buffer between destinations and a connection.
 //! - [`error`]: the one mapping from failures to ERROR frames.
 //! - [`config`]: defaults, TOML file, environment and flags.
+//! - [`auth`]: users, tokens, permissions; [`tls`]: rustls acceptors; [`security`]: destination
+//!   patterns, redaction of secrets in traces, per-address connection counts.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod error;
 pub mod outbox;
 pub mod queue;
 pub mod router;
+pub mod security;
 pub mod server;
 pub mod session;
+pub mod tls;
 pub mod topic;
 
 pub use config::{Cli, Config};

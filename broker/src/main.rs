@@ -11,9 +11,18 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Passwd { password }) = &cli.command {
+        return passwd(password.clone());
+    }
     let config = cli.resolve()?;
     if let Some(Command::PrintConfig) = cli.command {
-        print!("{}", toml::to_string(&config).context("cannot render the configuration")?);
+        let mut shown = config.clone();
+        if let Some(jwt) = &mut shown.jwt {
+            if jwt.hs256_secret.is_some() {
+                jwt.hs256_secret = Some("<redacted>".to_owned());
+            }
+        }
+        print!("{}", toml::to_string(&shown).context("cannot render the configuration")?);
         return Ok(());
     }
     let filter =
@@ -24,6 +33,31 @@ async fn main() -> anyhow::Result<()> {
     wait_for_signal().await;
     tracing::info!("shutting down");
     broker.shutdown(Duration::from_secs(10)).await;
+    Ok(())
+}
+
+/// `stampede passwd`: prints an argon2 hash for the `users` table. The password comes from
+/// `--password`, else from a no-echo prompt on a terminal, else from the first line of
+/// standard input.
+fn passwd(password: Option<String>) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let password = match password {
+        Some(password) => password,
+        None if std::io::stdin().is_terminal() => {
+            let first = rpassword::prompt_password("Password: ").context("cannot read the password")?;
+            let again = rpassword::prompt_password("Again: ").context("cannot read the password")?;
+            anyhow::ensure!(first == again, "the two passwords differ");
+            first
+        }
+        None => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).context("cannot read the password from standard input")?;
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        }
+    };
+    anyhow::ensure!(!password.is_empty(), "the password is empty");
+    let hash = stampede_broker::auth::hash_password(&password).map_err(anyhow::Error::msg)?;
+    println!("{hash}");
     Ok(())
 }
 

@@ -1,11 +1,13 @@
 //! Listeners and the broker's lifetime.
 //!
-//! An accept loop only accepts and spawns: the WebSocket handshake runs inside the spawned task
-//! under a timeout, so one slow client cannot stall new connections. Accept errors (such as
-//! running out of file descriptors) back off from 10 ms to 1 s instead of spinning. Shutdown is
-//! a [`CancellationToken`]: listeners stop accepting, every connection sends its client an ERROR
-//! saying the server is shutting down and closes, and [`RunningBroker::shutdown`] waits for the
-//! tasks with a deadline.
+//! An accept loop only accepts and spawns: the TLS and WebSocket handshakes run inside the
+//! spawned task under the connect timeout, so one slow client cannot stall new connections.
+//! Accept errors (such as running out of file descriptors) back off from 10 ms to 1 s instead of
+//! spinning. Connections over `max_connections` or `max_connections_per_ip` get an ERROR naming
+//! the limit (at most [`MAX_REFUSALS`] such answers are in flight; beyond that the socket is
+//! simply closed). Shutdown is a [`CancellationToken`]: listeners stop accepting, every
+//! connection sends its client an ERROR saying the server is shutting down and closes, and
+//! [`RunningBroker::shutdown`] waits for the tasks with a deadline.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,8 +15,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use stampede_protocol::Version;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, timeout_at};
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -22,10 +27,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::auth::{Authenticator, Credentials};
 use crate::config::{Config, StorageKind};
 use crate::connection::{self, ConnectionContext, Transport};
+use crate::error::StompError;
 use crate::router::Router;
+use crate::security::{AddressPermit, PerAddress};
 use stampede_storage::{MemoryStore, SledStore, Store};
+
+/// Most refusals (ERROR frames to connections over a limit) being written at once.
+pub const MAX_REFUSALS: usize = 256;
 
 /// A broker that is accepting connections.
 pub struct RunningBroker {
@@ -33,6 +44,15 @@ pub struct RunningBroker {
     pub stomp_addr: SocketAddr,
     /// Where STOMP over WebSocket listens.
     pub ws_addr: SocketAddr,
+    /// Where STOMP over TLS listens, when TLS is on.
+    pub stomp_tls_addr: Option<SocketAddr>,
+    /// Where STOMP over secure WebSocket listens, when TLS is on.
+    pub wss_addr: Option<SocketAddr>,
+    /// False when `require_tls` kept the plain listeners closed (then `stomp_addr` and
+    /// `ws_addr` are the TLS listeners' addresses).
+    pub plain_listeners: bool,
+    auth: Arc<Authenticator>,
+    per_address: Arc<PerAddress>,
     router: Arc<Router>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -49,6 +69,16 @@ impl RunningBroker {
     /// The router, for in-process inspection.
     pub fn router(&self) -> &Arc<Router> {
         &self.router
+    }
+
+    /// The authenticator, for in-process inspection.
+    pub fn authenticator(&self) -> &Arc<Authenticator> {
+        &self.auth
+    }
+
+    /// Open connections from `ip`, as counted for `max_connections_per_ip`.
+    pub fn connections_from(&self, ip: std::net::IpAddr) -> usize {
+        self.per_address.count(ip)
     }
 
     /// Stops accepting, tells every client, and waits up to `deadline` for connections to end.
@@ -77,6 +107,9 @@ pub enum StartError {
     /// A listener could not bind.
     #[error(transparent)]
     Listen(#[from] std::io::Error),
+    /// The settings are inconsistent or insecure, or a key, certificate or hash is unusable.
+    #[error("{0}")]
+    Config(String),
     /// The data directory could not be opened or read.
     #[error("cannot open the data directory {dir}: {source}")]
     Storage {
@@ -93,6 +126,16 @@ pub enum StartError {
 /// # Errors
 /// When storage cannot be opened or a listener cannot bind (address in use, permission denied).
 pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
+    config.validate().map_err(|e| StartError::Config(e.to_string()))?;
+    let auth = Arc::new(Authenticator::from_config(config).map_err(|e| StartError::Config(e.to_string()))?);
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let stomp = crate::tls::acceptor(cert, key, &[]).map_err(|e| StartError::Config(e.to_string()))?;
+            let wss = crate::tls::acceptor(cert, key, &[b"http/1.1"]).map_err(|e| StartError::Config(e.to_string()))?;
+            Some((stomp, wss))
+        }
+        _ => None,
+    };
     let store = open_store(config).await?;
     let router = Router::with_store(config.queue_settings(), config.queues.clone(), Some(Arc::clone(&store)));
     let started = std::time::Instant::now();
@@ -110,38 +153,124 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
     }
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let mut session = config.session_config();
+    session.auth = Arc::clone(&auth);
     let context = ConnectionContext {
         settings: Arc::new(config.connection_settings()),
-        session: Arc::new(config.session_config()),
+        session: Arc::new(session),
         router: Arc::clone(&router),
         shutdown: shutdown.clone(),
+        upgrade_credentials: None,
     };
-    let limit = Arc::new(Semaphore::new(config.max_connections));
-    let ids = Arc::new(SessionIds::new());
-
-    let stomp = TcpListener::bind(config.stomp_addr).await.map_err(|e| with_addr(e, "STOMP", config.stomp_addr))?;
-    let ws = TcpListener::bind(config.ws_addr).await.map_err(|e| with_addr(e, "WebSocket", config.ws_addr))?;
-    let stomp_addr = stomp.local_addr()?;
-    let ws_addr = ws.local_addr()?;
-    info!("STOMP over TCP listening on {stomp_addr}");
-    info!("STOMP over WebSocket listening on ws://{ws_addr}{}", config.ws_path);
-
-    let ws_settings = Arc::new(WsSettings {
-        path: config.ws_path.clone(),
-        config: config.websocket_config(),
+    let per_address = PerAddress::new(config.max_connections_per_ip);
+    let shared = Arc::new(Shared {
+        context,
+        limit: Arc::new(Semaphore::new(config.max_connections)),
+        max_connections: config.max_connections,
+        per_address: Arc::clone(&per_address),
+        refusals: Arc::new(Semaphore::new(MAX_REFUSALS)),
+        ids: SessionIds::new(),
+        tasks: tasks.clone(),
+        ws: WsSettings {
+            path: config.ws_path.clone(),
+            config: config.websocket_config(),
+            allowed_origins: config.ws_allowed_origins.iter().map(|o| normalize_origin(o)).collect(),
+        },
         handshake_timeout: Duration::from_millis(config.connect_timeout_ms),
     });
-    tasks.spawn(accept_loop(
-        stomp,
-        Listener::Stomp,
-        context.clone(),
-        Arc::clone(&limit),
-        Arc::clone(&ids),
-        tasks.clone(),
-        Arc::clone(&ws_settings),
-    ));
-    tasks.spawn(accept_loop(ws, Listener::WebSocket, context, limit, ids, tasks.clone(), ws_settings));
-    Ok(RunningBroker { stomp_addr, ws_addr, router, shutdown, tasks, store })
+
+    let plain_listeners = !config.require_tls;
+    let mut bound: Vec<(TcpListener, Listener)> = Vec::new();
+    if plain_listeners {
+        bound.push((bind(config.stomp_addr, "STOMP").await?, Listener::Stomp));
+        bound.push((bind(config.ws_addr, "WebSocket").await?, Listener::WebSocket));
+    }
+    if let Some((stomp_tls, wss)) = &tls {
+        let (stomp_tls_addr, wss_addr) = config.tls_addrs();
+        bound.push((bind(stomp_tls_addr, "STOMP over TLS").await?, Listener::StompTls(stomp_tls.clone())));
+        bound.push((bind(wss_addr, "secure WebSocket").await?, Listener::Wss(wss.clone())));
+    }
+    let mut addrs = Addrs::default();
+    for (listener, kind) in &bound {
+        let addr = listener.local_addr()?;
+        match kind {
+            Listener::Stomp => {
+                addrs.stomp = Some(addr);
+                info!("STOMP over TCP listening on {addr}");
+            }
+            Listener::WebSocket => {
+                addrs.ws = Some(addr);
+                info!("STOMP over WebSocket listening on ws://{addr}{}", config.ws_path);
+            }
+            Listener::StompTls(_) => {
+                addrs.stomp_tls = Some(addr);
+                info!("STOMP over TLS listening on {addr}");
+            }
+            Listener::Wss(_) => {
+                addrs.wss = Some(addr);
+                info!("STOMP over secure WebSocket listening on wss://{addr}{}", config.ws_path);
+            }
+        }
+    }
+    log_posture(config, &auth);
+    for (listener, kind) in bound {
+        tasks.spawn(accept_loop(listener, kind, Arc::clone(&shared)));
+    }
+    let missing = || StartError::Config("no listener".to_owned());
+    Ok(RunningBroker {
+        stomp_addr: addrs.stomp.or(addrs.stomp_tls).ok_or_else(missing)?,
+        ws_addr: addrs.ws.or(addrs.wss).ok_or_else(missing)?,
+        stomp_tls_addr: addrs.stomp_tls,
+        wss_addr: addrs.wss,
+        plain_listeners,
+        auth,
+        per_address,
+        router,
+        shutdown,
+        tasks,
+        store,
+    })
+}
+
+#[derive(Default)]
+struct Addrs {
+    stomp: Option<SocketAddr>,
+    ws: Option<SocketAddr>,
+    stomp_tls: Option<SocketAddr>,
+    wss: Option<SocketAddr>,
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|e| StartError::Listen(with_addr(e, what, addr)))
+}
+
+/// Says at start-up who may connect and from where.
+fn log_posture(config: &Config, auth: &Authenticator) {
+    if auth.is_open() {
+        if config.allow_anonymous {
+            warn!(
+                "authentication is OFF: no users or [jwt] configured and allow_anonymous is set; every client that can reach the listeners is accepted without credentials"
+            );
+        } else {
+            info!(
+                "authentication is off: no users or [jwt] configured, so every client is accepted with any or no credentials; the listeners are loopback only (add users with `stampede passwd` before listening on other addresses)"
+            );
+        }
+    } else {
+        info!(
+            users = auth.user_count(),
+            tokens = auth.accepts_tokens(),
+            "authentication is on: clients must log in (CONNECT login/passcode, a token, or WebSocket upgrade credentials)"
+        );
+    }
+    if config.ws_allowed_origins.is_empty() {
+        info!("WebSocket: every Origin is allowed (ws_allowed_origins is empty)");
+    } else {
+        info!(origins = ?config.ws_allowed_origins, "WebSocket: only these browser Origins are allowed");
+    }
+    if config.require_tls {
+        info!("require_tls is set: the plain STOMP and WebSocket listeners are closed");
+    }
 }
 
 async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
@@ -164,16 +293,31 @@ fn with_addr(error: std::io::Error, what: &str, addr: SocketAddr) -> std::io::Er
     std::io::Error::new(error.kind(), format!("cannot listen for {what} on {addr}: {error}"))
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 enum Listener {
     Stomp,
     WebSocket,
+    StompTls(TlsAcceptor),
+    Wss(TlsAcceptor),
 }
 
-#[derive(Debug)]
 struct WsSettings {
     path: String,
     config: WebSocketConfig,
+    /// Normalized allowed origins; empty = all.
+    allowed_origins: Vec<String>,
+}
+
+/// What every accept loop and connection task of one broker shares.
+struct Shared {
+    context: ConnectionContext,
+    limit: Arc<Semaphore>,
+    max_connections: usize,
+    per_address: Arc<PerAddress>,
+    refusals: Arc<Semaphore>,
+    ids: SessionIds,
+    tasks: TaskTracker,
+    ws: WsSettings,
     handshake_timeout: Duration,
 }
 
@@ -200,20 +344,12 @@ impl SessionIds {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    kind: Listener,
-    context: ConnectionContext,
-    limit: Arc<Semaphore>,
-    ids: Arc<SessionIds>,
-    tasks: TaskTracker,
-    ws: Arc<WsSettings>,
-) {
+async fn accept_loop(listener: TcpListener, kind: Listener, shared: Arc<Shared>) {
     let mut backoff = Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = context.shutdown.cancelled() => return,
+            () = shared.context.shutdown.cancelled() => return,
         };
         let (stream, peer) = match accepted {
             Ok(pair) => {
@@ -227,14 +363,25 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+        let Ok(permit) = Arc::clone(&shared.limit).try_acquire_owned() else {
             warn!(%peer, "connection refused: max_connections reached");
-            tasks.spawn(refuse(stream, kind, Arc::clone(&ws)));
+            let error = StompError::limit("connections", shared.max_connections, "max_connections");
+            refuse(stream, peer, kind.clone(), &shared, error);
+            continue;
+        };
+        let Some(address_permit) = shared.per_address.acquire(peer.ip()) else {
+            warn!(%peer, "connection refused: max_connections_per_ip reached");
+            let error = StompError::limit(
+                "connections from one address",
+                shared.per_address.limit(),
+                "max_connections_per_ip",
+            );
+            refuse(stream, peer, kind.clone(), &shared, error);
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let id = ids.next();
-        tasks.spawn(handle(stream, peer, kind, id, context.clone(), Arc::clone(&ws), permit));
+        let id = shared.ids.next();
+        shared.tasks.spawn(handle(stream, peer, kind.clone(), id, Arc::clone(&shared), (permit, address_permit)));
     }
 }
 
@@ -243,66 +390,157 @@ async fn handle(
     peer: SocketAddr,
     kind: Listener,
     id: Arc<str>,
-    context: ConnectionContext,
-    ws: Arc<WsSettings>,
-    _permit: OwnedSemaphorePermit,
+    shared: Arc<Shared>,
+    _permits: (OwnedSemaphorePermit, AddressPermit),
 ) {
-    let transport = match kind {
-        Listener::Stomp => Transport::Stream(stream),
+    let deadline = Instant::now() + shared.handshake_timeout;
+    match kind {
+        Listener::Stomp => serve(Transport::Stream(stream), None, peer, id, &shared).await,
         Listener::WebSocket => {
-            let callback = |request: &Request, response: Response| negotiate(request, response, &ws.path);
-            match tokio::time::timeout(
-                ws.handshake_timeout,
-                tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws.config)),
-            )
-            .await
-            {
-                Ok(Ok(socket)) => Transport::WebSocket(Box::new(socket)),
-                Ok(Err(error)) => {
-                    debug!(%peer, "WebSocket handshake failed: {error}");
-                    return;
-                }
-                Err(_) => {
-                    debug!(%peer, "WebSocket handshake timed out");
-                    return;
-                }
+            if let Some((transport, credentials)) = websocket(stream, peer, &shared.ws, deadline).await {
+                serve(transport, credentials, peer, id, &shared).await;
             }
         }
-    };
+        Listener::StompTls(acceptor) => {
+            if let Some(tls) = tls_handshake(&acceptor, stream, peer, deadline).await {
+                serve(Transport::Stream(tls), None, peer, id, &shared).await;
+            }
+        }
+        Listener::Wss(acceptor) => {
+            let Some(tls) = tls_handshake(&acceptor, stream, peer, deadline).await else { return };
+            if let Some((transport, credentials)) = websocket(tls, peer, &shared.ws, deadline).await {
+                serve(transport, credentials, peer, id, &shared).await;
+            }
+        }
+    }
+}
+
+async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    transport: Transport<S>,
+    credentials: Option<Credentials>,
+    peer: SocketAddr,
+    id: Arc<str>,
+    shared: &Shared,
+) {
+    let context = ConnectionContext { upgrade_credentials: credentials, ..shared.context.clone() };
     connection::serve(transport, peer, id, context).await;
 }
 
-/// Answers a connection over the limit with an ERROR that names the limit, then closes.
-async fn refuse(stream: TcpStream, kind: Listener, ws: Arc<WsSettings>) {
-    let error = crate::error::StompError::limit("connections", "max_connections", "max_connections").to_frame();
-    let bytes = stampede_protocol::encode_to_bytes(&error, Version::V1_2);
-    let transport = match kind {
-        Listener::Stomp => Transport::Stream(stream),
-        Listener::WebSocket => {
-            let callback = |request: &Request, response: Response| negotiate(request, response, &ws.path);
-            match tokio::time::timeout(
-                ws.handshake_timeout,
-                tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws.config)),
-            )
-            .await
-            {
-                Ok(Ok(socket)) => Transport::WebSocket(Box::new(socket)),
-                _ => return,
-            }
+async fn tls_handshake(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match timeout_at(deadline, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(error)) => {
+            debug!(%peer, "TLS handshake failed: {error}");
+            None
         }
-    };
-    connection::send_and_close(transport, bytes).await;
+        Err(_) => {
+            debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
 }
 
-/// The WebSocket handshake check: the path must match, and the highest STOMP subprotocol the
-/// client offers is echoed (a client offering none still gets STOMP, with the version its
-/// CONNECT asks for).
-fn negotiate(request: &Request, mut response: Response, path: &str) -> Result<Response, ErrorResponse> {
+/// The WebSocket handshake, with the credentials of the upgrade request if it had any.
+async fn websocket<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    peer: SocketAddr,
+    ws: &WsSettings,
+    deadline: Instant,
+) -> Option<(Transport<S>, Option<Credentials>)> {
+    let mut credentials = None;
+    let callback = |request: &Request, response: Response| {
+        let result = negotiate(request, response, ws);
+        if result.is_ok() {
+            credentials = request
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(Credentials::from_authorization);
+        }
+        result
+    };
+    match timeout_at(deadline, tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws.config))).await
+    {
+        Ok(Ok(socket)) => Some((Transport::WebSocket(Box::new(socket)), credentials)),
+        Ok(Err(error)) => {
+            debug!(%peer, "WebSocket handshake failed: {error}");
+            None
+        }
+        Err(_) => {
+            debug!(%peer, "WebSocket handshake timed out");
+            None
+        }
+    }
+}
+
+/// Answers a connection over a limit with an ERROR that names the limit, then closes. At most
+/// [`MAX_REFUSALS`] answers run at once; past that the socket is just closed.
+fn refuse(stream: TcpStream, peer: SocketAddr, kind: Listener, shared: &Arc<Shared>, error: StompError) {
+    let Ok(permit) = Arc::clone(&shared.refusals).try_acquire_owned() else {
+        drop(stream);
+        return;
+    };
+    let shared_for_task = Arc::clone(shared);
+    shared.tasks.spawn(async move {
+        let _permit = permit;
+        let shared = shared_for_task;
+        let bytes = stampede_protocol::encode_to_bytes(&error.to_frame(), Version::V1_2);
+        let deadline = Instant::now() + shared.handshake_timeout.min(Duration::from_secs(5));
+        match kind {
+            Listener::Stomp => connection::send_and_close(Transport::Stream(stream), bytes).await,
+            Listener::WebSocket => {
+                if let Some((transport, _)) = websocket(stream, peer, &shared.ws, deadline).await {
+                    connection::send_and_close(transport, bytes).await;
+                }
+            }
+            Listener::StompTls(acceptor) => {
+                if let Some(tls) = tls_handshake(&acceptor, stream, peer, deadline).await {
+                    connection::send_and_close(Transport::Stream(tls), bytes).await;
+                }
+            }
+            Listener::Wss(acceptor) => {
+                let Some(tls) = tls_handshake(&acceptor, stream, peer, deadline).await else { return };
+                if let Some((transport, _)) = websocket(tls, peer, &shared.ws, deadline).await {
+                    connection::send_and_close(transport, bytes).await;
+                }
+            }
+        }
+    });
+}
+
+/// An origin as compared: lower case, without a trailing `/`.
+fn normalize_origin(origin: &str) -> String {
+    origin.trim().trim_end_matches('/').to_ascii_lowercase()
+}
+
+/// The WebSocket handshake check: the path must match, a browser's `Origin` must be allowed,
+/// and the highest STOMP subprotocol the client offers is echoed (a client offering none still
+/// gets STOMP, with the version its CONNECT asks for).
+fn negotiate(request: &Request, mut response: Response, ws: &WsSettings) -> Result<Response, ErrorResponse> {
+    let path = &ws.path;
     if request.uri().path() != path {
         let mut refusal =
             ErrorResponse::new(Some(format!("No STOMP endpoint here; STOMP over WebSocket is served at {path}\n")));
         *refusal.status_mut() = StatusCode::NOT_FOUND;
         return Err(refusal);
+    }
+    if !ws.allowed_origins.is_empty() {
+        if let Some(origin) = request.headers().get("origin") {
+            let origin = origin.to_str().map(normalize_origin).unwrap_or_default();
+            if !ws.allowed_origins.iter().any(|allowed| allowed == "*" || *allowed == origin) {
+                debug!(%origin, "WebSocket refused: origin not in ws_allowed_origins");
+                let mut refusal = ErrorResponse::new(Some(
+                    "This origin may not open STOMP WebSockets here (ws_allowed_origins).\n".to_owned(),
+                ));
+                *refusal.status_mut() = StatusCode::FORBIDDEN;
+                return Err(refusal);
+            }
+        }
     }
     let offered = request
         .headers()

@@ -15,17 +15,20 @@
 //! redelivered elsewhere) is ignored, as nothing is lost by doing so.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use stampede_protocol::heartbeat::{self, HeartBeat, Negotiated};
 use stampede_protocol::{ByteString, Command, Frame, Headers, MessageTemplate, Version, names};
-use tracing::debug;
+use tracing::{debug, trace};
 
+use crate::auth::{Authenticator, Credentials, Operation, Principal};
 use crate::error::StompError;
 use crate::outbox::{Delivery, Outbox, QueueDelivery, SlowConsumerPolicy};
 use crate::queue::{Consumer, Outcome, QueueHandle, QueuedMessage, Verdict, now_ms};
 use crate::router::{Destination, Router, TopicMessage, TopicRegistration};
+use crate::security::Redacted;
 use crate::topic::{Sink, TopicSubscriber};
 
 /// What every session of a broker shares.
@@ -51,6 +54,8 @@ pub struct SessionConfig {
     pub max_transaction_frames: usize,
     /// What to do when a topic subscriber's outbox is full.
     pub slow_consumer_policy: SlowConsumerPolicy,
+    /// Who may connect and what they may do (open = everyone, everything).
+    pub auth: Arc<Authenticator>,
 }
 
 impl Default for SessionConfig {
@@ -66,6 +71,7 @@ impl Default for SessionConfig {
             max_subscriptions: 1000,
             max_transaction_frames: 10_000,
             slow_consumer_policy: SlowConsumerPolicy::Disconnect,
+            auth: Arc::new(Authenticator::open()),
         }
     }
 }
@@ -184,6 +190,9 @@ pub struct Session {
     next_ack: u64,
     transactions: HashMap<ByteString, Vec<Frame>>,
     temp_queues: HashMap<String, QueueHandle>,
+    peer: Option<IpAddr>,
+    upgrade_credentials: Option<Credentials>,
+    principal: Option<Principal>,
 }
 
 impl Session {
@@ -209,7 +218,26 @@ impl Session {
             next_ack: 1,
             transactions: HashMap::new(),
             temp_queues: HashMap::new(),
+            peer: None,
+            upgrade_credentials: None,
+            principal: None,
         }
+    }
+
+    /// The client's address, for the failed-login delay.
+    pub fn set_peer(&mut self, peer: IpAddr) {
+        self.peer = Some(peer);
+    }
+
+    /// Credentials from the WebSocket upgrade request (HTTP Basic or Bearer), used when
+    /// CONNECT carries neither login nor passcode.
+    pub fn set_upgrade_credentials(&mut self, credentials: Option<Credentials>) {
+        self.upgrade_credentials = credentials;
+    }
+
+    /// The authenticated principal, once connected.
+    pub fn principal(&self) -> Option<&Principal> {
+        self.principal.as_ref()
     }
 
     /// The session id sent in CONNECTED.
@@ -252,6 +280,7 @@ impl Session {
     /// # Errors
     /// A [`StompError`] ends the session: the connection writes it as an ERROR frame and closes.
     pub async fn handle(&mut self, frame: Frame, replies: &mut Vec<Reply>) -> Result<Flow, StompError> {
+        trace!(session = %self.id, frame = %Redacted(&frame), "frame received");
         let result = self.dispatch(&frame, replies).await;
         result.map_err(|e| e.for_frame(&frame))
     }
@@ -259,7 +288,7 @@ impl Session {
     async fn dispatch(&mut self, frame: &Frame, replies: &mut Vec<Reply>) -> Result<Flow, StompError> {
         if self.state == State::AwaitingConnect {
             return match frame.command {
-                Command::Connect | Command::Stomp => self.connect(frame, replies),
+                Command::Connect | Command::Stomp => self.connect(frame, replies).await,
                 other => Err(StompError::new(
                     format!("not connected: {other} received before CONNECT"),
                     "The first frame of a STOMP session must be CONNECT or STOMP.",
@@ -298,7 +327,7 @@ impl Session {
         }
     }
 
-    fn connect(&mut self, frame: &Frame, replies: &mut Vec<Reply>) -> Result<Flow, StompError> {
+    async fn connect(&mut self, frame: &Frame, replies: &mut Vec<Reply>) -> Result<Flow, StompError> {
         let offered = frame.header(names::ACCEPT_VERSION);
         let Some(version) = Version::negotiate(offered, &self.config.versions) else {
             let supported: Vec<&str> = self.config.versions.iter().map(|v| v.as_str()).collect();
@@ -322,12 +351,24 @@ impl Session {
                 )
             })?,
         };
+        // The ERROR for a failed login is written in the client's version.
         self.version = version;
-        self.heart_beat = heartbeat::negotiate(self.config.heart_beat, client_beat);
-        if let Some(host) = frame.header(names::HOST).filter(|h| !h.is_empty()) {
-            self.virtual_host = host.to_owned();
+        let virtual_host = frame.header(names::HOST).filter(|h| !h.is_empty()).unwrap_or("/").to_owned();
+        let mut credentials = Credentials {
+            login: frame.header(names::LOGIN).map(str::to_owned),
+            passcode: frame.header(names::PASSCODE).map(str::to_owned),
+        };
+        if credentials.login.is_none() && credentials.passcode.is_none() {
+            if let Some(upgrade) = &self.upgrade_credentials {
+                credentials = upgrade.clone();
+            }
         }
-        self.login = frame.header(names::LOGIN).map(str::to_owned);
+        let auth = Arc::clone(&self.config.auth);
+        let principal = auth.authenticate(&credentials, &virtual_host, self.peer).await?;
+        self.heart_beat = heartbeat::negotiate(self.config.heart_beat, client_beat);
+        self.virtual_host = virtual_host;
+        self.login = principal.name.clone();
+        self.principal = Some(principal);
         self.client_id = frame.header("client-id").map(str::to_owned);
         self.state = State::Connected;
         let mut connected = Frame::new(Command::Connected)
@@ -340,6 +381,19 @@ impl Session {
         }
         replies.push(Reply::Frame(connected));
         Ok(Flow::Continue)
+    }
+
+    /// Checks the principal's rules for `destination`. A connection's own temporary queues are
+    /// always allowed; `/amq/queue/x` is checked as `/queue/x`, the queue it names.
+    fn authorize(&self, operation: Operation, destination: &str) -> Result<(), StompError> {
+        let Some(principal) = &self.principal else { return Ok(()) };
+        if destination.starts_with("/temp-queue/") {
+            return Ok(());
+        }
+        match destination.strip_prefix("/amq/queue/") {
+            Some(name) => principal.check(&self.virtual_host, operation, &format!("/queue/{name}")),
+            None => principal.check(&self.virtual_host, operation, destination),
+        }
     }
 
     fn transaction_of(&mut self, frame: &Frame) -> Result<Option<&mut Vec<Frame>>, StompError> {
@@ -368,6 +422,7 @@ impl Session {
             .header(names::DESTINATION)
             .ok_or_else(|| StompError::missing_header(Command::Send, names::DESTINATION))?;
         Destination::parse(destination).map_err(destination_error)?;
+        self.authorize(Operation::Write, destination)?;
         if let Some(buffered) = self.transaction_of(frame)? {
             buffered.push(frame.clone());
             return Ok(());
@@ -501,6 +556,7 @@ impl Session {
         }
         let ack = AckMode::parse(frame.header(names::ACK))?;
         let destination = Destination::parse(destination_value).map_err(destination_error)?;
+        self.authorize(Operation::Read, destination_value)?;
         let destination_text = destination_value.to_owned();
         let queue = match destination {
             Destination::Topic(name) => match self.durable_name(frame, &id) {
