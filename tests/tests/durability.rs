@@ -597,6 +597,24 @@ async fn x_message_ttl_sets_the_queue_default_ttl() {
     assert_eq!(bodies(&receive_exactly(&mut sub, 1).await), ["own-ttl"], "a message's own TTL wins");
 }
 
+/// RabbitMQ keeps `x-message-ttl` with the durable queue it was declared on; here it is a
+/// setting of the queue actor, so a restart forgets it until a consumer subscribes with the
+/// header again, and messages published in between never expire.
+#[tokio::test]
+async fn x_message_ttl_is_kept_across_restart() {
+    let broker = TestBroker::start_durable(config()).await;
+    let client = broker.client().await;
+    let sub = client.subscribe("/queue/xttl-restart", client_ack().header("x-message-ttl", "150")).await.unwrap();
+    sub.unsubscribe().await.unwrap();
+    drop(client);
+    let broker = broker.restart(config()).await;
+    let client = broker.client().await;
+    send_persistent(&client, "/queue/xttl-restart", "should-expire").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut sub = client.subscribe("/queue/xttl-restart", client_ack()).await.unwrap();
+    receive_exactly(&mut sub, 0).await;
+}
+
 #[tokio::test]
 async fn queue_default_ttl_ms_expires_messages_that_set_none() {
     let mut cfg = config();
