@@ -24,7 +24,7 @@ const PRODUCERS: u32 = 4;
 /// Sends in flight per producer (pipelined: the next SEND does not wait for the last RECEIPT).
 const WINDOW: usize = 64;
 /// Most messages one producer sends in one round (bounds the test's size).
-const MAX_PER_ROUND: u64 = 10_000;
+const MAX_PER_ROUND: u64 = 20_000;
 /// How long a broker may take to start (including recovery).
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// Every other wait.
@@ -421,7 +421,7 @@ fn report(name: &str, receipted: &HashSet<(u32, u64)>, sent: u64, seen: &Seen, r
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_persistent_queue_load_loses_no_receipted_message() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    const ROUNDS: usize = 4;
+    const ROUNDS: usize = 3;
     let destination = "/queue/crash";
     let dir = tempfile::tempdir().expect("temp dir");
     let mut rng = XorShift::seeded();
@@ -443,7 +443,7 @@ async fn kill_9_during_persistent_queue_load_loses_no_receipted_message() {
                 Arc::clone(&receipted),
             )));
         }
-        let load = rng.millis(500, 1500);
+        let load = rng.millis(400, 1200);
         tokio::time::sleep(load).await;
         let recovery = broker.recovery_line().unwrap_or_else(|| "nothing to recover".to_owned());
         let startup = broker.startup;
@@ -540,7 +540,7 @@ async fn kill_9_with_a_durable_subscription_loses_no_receipted_message() {
                 Arc::clone(&receipted),
             )));
         }
-        let load = rng.millis(500, 1500);
+        let load = rng.millis(400, 1200);
         tokio::time::sleep(load).await;
         let recovery = broker.recovery_line().unwrap_or_else(|| "nothing to recover".to_owned());
         let startup = broker.startup;
