@@ -340,9 +340,8 @@ impl Config {
     /// Where STOMP over TLS and wss listen when TLS is on: the configured addresses, or the
     /// plain listeners' IPs with ports 61614 and 15673 (port 0 stays 0, for tests).
     pub fn tls_addrs(&self) -> (SocketAddr, SocketAddr) {
-        let derive = |plain: SocketAddr, port: u16| {
-            SocketAddr::new(plain.ip(), if plain.port() == 0 { 0 } else { port })
-        };
+        let derive =
+            |plain: SocketAddr, port: u16| SocketAddr::new(plain.ip(), if plain.port() == 0 { 0 } else { port });
         (
             self.stomp_tls_addr.unwrap_or_else(|| derive(self.stomp_addr, 61614)),
             self.wss_addr.unwrap_or_else(|| derive(self.ws_addr, 15673)),
@@ -408,7 +407,8 @@ impl Config {
         }
     }
 
-    pub(crate) fn session_config(&self) -> SessionConfig {
+    /// Session settings (the authenticator is the open one; [`crate::start`] installs the real one).
+    pub fn session_config(&self) -> SessionConfig {
         SessionConfig {
             heart_beat: HeartBeat { send_ms: self.heartbeat_send_ms, receive_ms: self.heartbeat_receive_ms },
             default_prefetch_auto: self.default_prefetch_auto,
@@ -422,7 +422,8 @@ impl Config {
         }
     }
 
-    pub(crate) fn queue_settings(&self) -> QueueSettings {
+    /// Default queue settings.
+    pub fn queue_settings(&self) -> QueueSettings {
         QueueSettings {
             max_deliveries: self.max_deliveries,
             dead_letter_prefix: self.dead_letter_prefix.clone(),

@@ -111,6 +111,18 @@ pub enum Transport<S> {
     WebSocket(Box<WebSocketStream<S>>),
 }
 
+/// A WebSocket message over `ws_max_message_size` (answered with an ERROR naming the limit).
+#[derive(Debug)]
+struct MessageTooLarge(String);
+
+impl std::fmt::Display for MessageTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for MessageTooLarge {}
+
 enum ReadOutcome {
     Data,
     Closed,
@@ -158,6 +170,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport<S> {
             }
             Transport::WebSocket(socket) => match socket.next().await {
                 None => Ok(ReadOutcome::Closed),
+                Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(error))) => {
+                    Err(io::Error::other(MessageTooLarge(error.to_string())))
+                }
                 Some(Err(error)) => Err(io::Error::other(error)),
                 Some(Ok(Message::Text(text))) => {
                     buffer.extend_from_slice(text.as_bytes());
@@ -281,7 +296,16 @@ where
         tokio::select! {
             read = transport.read(&mut input), if pending.len() < MAX_PENDING_REPLIES => match read {
                 Ok(ReadOutcome::Closed) => ending = Some((CloseReason::PeerClosed, None)),
-                Err(error) => ending = Some((CloseReason::Io(error.to_string()), None)),
+                Err(error) => ending = Some(match error.get_ref().and_then(|e| e.downcast_ref::<MessageTooLarge>()) {
+                    Some(MessageTooLarge(text)) => {
+                        let error = StompError::new(
+                            format!("limit exceeded - WebSocket message size ({text}, ws_max_message_size)"),
+                            "A WebSocket message was larger than the configuration key 'ws_max_message_size' allows.",
+                        );
+                        (CloseReason::ProtocolError(error.message.clone()), Some(error))
+                    }
+                    None => (CloseReason::Io(error.to_string()), None),
+                }),
                 Ok(ReadOutcome::Data) => {
                     last_read = Instant::now();
                     ending = process_input(&mut session, &mut decoder, &mut input, &mut replies).await;
