@@ -27,7 +27,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use stampede_protocol::{Headers, MessageTemplate, names};
-use stampede_storage::{Op, Store, StoredMessage};
+use stampede_storage::{Op, QueueRecord, Store, StoredMessage};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
@@ -276,13 +276,12 @@ impl QueueHandle {
             unacked: HashMap::new(),
             consumers: Vec::new(),
             next_consumer: 0,
-            handle: None,
+            own_mailbox: mailbox.downgrade(),
             writes: Vec::new(),
             waiting_for_disk: Vec::new(),
         };
-        let handle = QueueHandle { shared, mailbox };
-        tokio::spawn(actor.run(inbox, handle.clone()));
-        handle
+        tokio::spawn(actor.run(inbox));
+        QueueHandle { shared, mailbox }
     }
 
     /// The queue name (without `/queue/`).
@@ -356,6 +355,12 @@ impl QueueHandle {
         self.command(Command::SetDefaultTtl(ttl_ms)).await
     }
 
+    /// Sets the default time to live recorded with a stored queue, at start-up (the mailbox of
+    /// a queue that was just created always has room).
+    pub fn restore_default_ttl(&self, ttl_ms: u64) {
+        let _ = self.mailbox.try_send(Command::SetDefaultTtl(ttl_ms));
+    }
+
     /// Drops every waiting message; returns how many.
     pub async fn purge(&self) -> Result<usize, QueueGone> {
         let (done, purged) = oneshot::channel();
@@ -383,7 +388,10 @@ struct QueueActor {
     unacked: HashMap<u64, (u64, QueuedMessage)>,
     consumers: Vec<ConsumerState>,
     next_consumer: usize,
-    handle: Option<QueueHandle>,
+    /// The actor's own mailbox, to stamp on deliveries so acknowledgements find their way back.
+    /// Weak, so the actor ends when every handle to it is gone instead of keeping itself (and
+    /// the store) alive.
+    own_mailbox: mpsc::WeakSender<Command>,
     /// Storage operations gathered during one batch of commands.
     writes: Vec<Op>,
     /// Verdicts released when `writes` are durable.
@@ -391,8 +399,7 @@ struct QueueActor {
 }
 
 impl QueueActor {
-    async fn run(mut self, mut inbox: mpsc::Receiver<Command>, own: QueueHandle) {
-        self.handle = Some(own);
+    async fn run(mut self, mut inbox: mpsc::Receiver<Command>) {
         let mut batch = Vec::with_capacity(COMMAND_BATCH);
         let mut expiry_tick = tokio::time::interval(Duration::from_secs(1));
         expiry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -417,12 +424,12 @@ impl QueueActor {
             }
             self.dispatch();
             if let Some((forget, done)) = stop {
-                if forget {
-                    if let Some(persistence) = &self.persistence {
-                        self.writes.push(Op::DeleteQueue { name: persistence.key.clone() });
-                    }
+                if forget && let Some(persistence) = &self.persistence {
+                    self.writes.push(Op::DeleteQueue { name: persistence.key.clone() });
                 }
                 self.commit_writes();
+                // Let go of the store before saying so: whoever waits may close it next.
+                self.persistence = None;
                 let _ = done.send(());
                 break;
             }
@@ -481,7 +488,16 @@ impl QueueActor {
                     self.settle(consumer, id, outcome);
                 }
             }
-            Command::SetDefaultTtl(ttl) => self.settings.default_ttl_ms = ttl,
+            Command::SetDefaultTtl(ttl) => {
+                if ttl != self.settings.default_ttl_ms
+                    && let Some(persistence) = &self.persistence
+                {
+                    // Kept with the queue's definition, as RabbitMQ keeps x-message-ttl.
+                    let record = QueueRecord { ttl_ms: Some(ttl), ..QueueRecord::queue(persistence.key.clone()) };
+                    self.writes.push(Op::DefineQueue(record));
+                }
+                self.settings.default_ttl_ms = ttl;
+            }
             Command::Purge { done } => {
                 let purged = self.ready.len();
                 for message in std::mem::take(&mut self.ready) {
@@ -545,10 +561,10 @@ impl QueueActor {
 
     /// Removes a message from storage (after an ack, a drop or a move to another queue).
     fn forget(&mut self, message: &QueuedMessage) {
-        if message.persistent {
-            if let Some(persistence) = &self.persistence {
-                self.writes.push(Op::Remove { queue: persistence.key.clone(), seq: message.id });
-            }
+        if message.persistent
+            && let Some(persistence) = &self.persistence
+        {
+            self.writes.push(Op::Remove { queue: persistence.key.clone(), seq: message.id });
         }
     }
 
@@ -631,22 +647,18 @@ impl QueueActor {
             template: Arc::new(MessageTemplate::new(headers, message.template.body().clone())),
             delivery_count: 0,
             persistent: message.persistent,
-            expires_at_ms: None,
+            // 0 = never: a dead-lettered message is kept until someone deals with it, even
+            // where a default time to live applies.
+            expires_at_ms: Some(0),
             enqueued_at_ms: now_ms(),
         };
         let queue = router.queue_or_create(&target);
         debug!(queue = %self.shared.name, %target, reason, "dead-lettering message {}", message.id);
         // The move is stored by the dead-letter queue before this queue forgets the message:
         // at worst a crash in between leaves it in both (at least once, never lost).
-        let mut writes_removal = None;
-        if message.persistent {
-            if let Some(persistence) = &self.persistence {
-                writes_removal = Some((
-                    Arc::clone(&persistence.store),
-                    Op::Remove { queue: persistence.key.clone(), seq: message.id },
-                ));
-            }
-        }
+        let writes_removal = self.persistence.as_ref().filter(|_| message.persistent).map(|persistence| {
+            (Arc::clone(&persistence.store), Op::Remove { queue: persistence.key.clone(), seq: message.id })
+        });
         tokio::spawn(async move {
             match queue.publish(moved).await {
                 Ok(verdict) => {
@@ -692,7 +704,8 @@ impl QueueActor {
     }
 
     fn dispatch(&mut self) {
-        let Some(handle) = self.handle.clone() else { return };
+        let Some(mailbox) = self.own_mailbox.upgrade() else { return };
+        let handle = QueueHandle { shared: Arc::clone(&self.shared), mailbox };
         let now = now_ms();
         while let Some(front) = self.ready.front() {
             if Self::is_expired(front, now) {
@@ -735,16 +748,13 @@ impl QueueActor {
             }
             state.unacked += 1;
             state.unacked_bytes += size;
-            if message.persistent {
-                if let Some(persistence) = &self.persistence {
-                    // So a restart knows it was delivered: redelivered:true, and the
-                    // dead-letter count goes on.
-                    self.writes.push(Op::SetDeliveryCount {
-                        queue: persistence.key.clone(),
-                        seq: message.id,
-                        count: message.delivery_count,
-                    });
-                }
+            if message.persistent
+                && let Some(persistence) = &self.persistence
+            {
+                // So a restart knows it was delivered: redelivered:true, and the dead-letter
+                // count goes on.
+                let key = persistence.key.clone();
+                self.writes.push(Op::SetDeliveryCount { queue: key, seq: message.id, count: message.delivery_count });
             }
             self.unacked.insert(message.id, (state.consumer.id, message));
         }

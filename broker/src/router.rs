@@ -56,7 +56,8 @@ pub enum DestinationError {
 impl<'a> Destination<'a> {
     /// Parses a `destination` header value.
     pub fn parse(value: &'a str) -> Result<Destination<'a>, DestinationError> {
-        let table: [(&str, fn(&'a str) -> Destination<'a>); 5] = [
+        type Make<'a> = fn(&'a str) -> Destination<'a>;
+        let table: [(&str, Make<'a>); 5] = [
             ("/topic/", Destination::Topic),
             ("/queue/", Destination::Queue),
             ("/amq/queue/", Destination::ExistingQueue),
@@ -98,10 +99,10 @@ impl TopicTable {
     }
 
     fn remove_from(&mut self, name: &str, subscriber: u64) {
-        if let Some(topic) = self.topics.get(name) {
-            if topic.remove(subscriber) == 0 {
-                self.topics.remove(name);
-            }
+        if let Some(topic) = self.topics.get(name)
+            && topic.remove(subscriber) == 0
+        {
+            self.topics.remove(name);
         }
     }
 }
@@ -455,7 +456,10 @@ impl Router {
             match record.kind {
                 QueueKind::Queue => match record.name.strip_prefix("/queue/") {
                     Some(name) => {
-                        self.queue_or_create_with(name, true, messages);
+                        let queue = self.queue_or_create_with(name, true, messages);
+                        if let Some(ttl) = record.ttl_ms {
+                            queue.restore_default_ttl(ttl);
+                        }
                     }
                     None => warn!(name = %record.name, "stored queue with an unknown name skipped"),
                 },
@@ -485,6 +489,16 @@ impl Router {
     /// The store, if the broker has one.
     pub fn store(&self) -> Option<&Arc<dyn Store>> {
         self.store.as_ref()
+    }
+
+    /// Stops every queue actor, durable subscriptions' included, so their last writes reach
+    /// the store before it is flushed. Messages stay stored for the next start.
+    pub async fn stop_queues(&self) {
+        let durable: Vec<QueueHandle> =
+            self.durables.lock().unwrap_or_else(|p| p.into_inner()).values().map(|d| d.queue.clone()).collect();
+        for queue in self.queues().into_iter().chain(durable) {
+            queue.shutdown(false).await;
+        }
     }
 
     /// Every queue, for shutdown and management.
