@@ -59,10 +59,7 @@ impl Rules {
     }
 
     fn from_lists(read: &[String], write: &[String]) -> Rules {
-        Rules {
-            read: read.iter().map(|p| Glob::new(p)).collect(),
-            write: write.iter().map(|p| Glob::new(p)).collect(),
-        }
+        Rules { read: read.iter().map(|p| Glob::new(p)).collect(), write: write.iter().map(|p| Glob::new(p)).collect() }
     }
 
     fn allows(&self, operation: Operation, destination: &str) -> bool {
@@ -134,13 +131,11 @@ impl Principal {
     /// An ERROR naming the destination and the operation when it may not, or when its token
     /// has expired since CONNECT.
     pub fn check(&self, vhost: &str, operation: Operation, destination: &str) -> Result<(), StompError> {
-        if let Some(expires_at) = self.expires_at {
-            if unix_now() >= expires_at {
-                return Err(StompError::new(
-                    "access token expired",
-                    "The token given at CONNECT has expired; reconnect with a fresh token.",
-                ));
-            }
+        if self.expires_at.is_some_and(|expires_at| unix_now() >= expires_at) {
+            return Err(StompError::new(
+                "access token expired",
+                "The token given at CONNECT has expired; reconnect with a fresh token.",
+            ));
         }
         if self.access.unrestricted {
             return Ok(());
@@ -271,7 +266,10 @@ impl Authenticator {
             let params = Params::try_from(&parsed)
                 .map_err(|e| AuthConfigError::BadHash { user: name.clone(), reason: e.to_string() })?;
             first_params.get_or_insert(params);
-            users.insert(name.clone(), User { hash: user.password_hash.clone(), access: Arc::new(Access::from_user(user)) });
+            users.insert(
+                name.clone(),
+                User { hash: user.password_hash.clone(), access: Arc::new(Access::from_user(user)) },
+            );
         }
         let dummy_hash = match first_params {
             Some(params) => Some(
@@ -353,10 +351,8 @@ impl Authenticator {
             return None;
         }
         let passcode = credentials.passcode.clone().unwrap_or_default();
-        if let Some(jwt) = &self.jwt {
-            if looks_like_jwt(&passcode) {
-                return jwt.verify(&passcode, credentials.login.as_deref());
-            }
+        if let Some(jwt) = self.jwt.as_ref().filter(|_| looks_like_jwt(&passcode)) {
+            return jwt.verify(&passcode, credentials.login.as_deref());
         }
         let login = credentials.login.clone().unwrap_or_default();
         let user = self.users.get(&login);
@@ -365,9 +361,8 @@ impl Authenticator {
             None => self.dummy_hash.clone()?,
         };
         let matched = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash).is_ok_and(|parsed| {
-                Argon2::default().verify_password(passcode.as_bytes(), &parsed).is_ok()
-            })
+            PasswordHash::new(&hash)
+                .is_ok_and(|parsed| Argon2::default().verify_password(passcode.as_bytes(), &parsed).is_ok())
         })
         .await
         .unwrap_or(false);
@@ -537,7 +532,11 @@ impl JwtVerifier {
             None => Access { default: Some(rules), vhosts: HashMap::new(), unrestricted: false },
         };
         let name = claims.sub.or_else(|| login.filter(|l| !l.is_empty()).map(str::to_owned));
-        Some(Principal { name, access: Arc::new(access), expires_at: Some(claims.exp.saturating_add(self.leeway_secs)) })
+        Some(Principal {
+            name,
+            access: Arc::new(access),
+            expires_at: Some(claims.exp.saturating_add(self.leeway_secs)),
+        })
     }
 }
 

@@ -89,10 +89,15 @@ impl RunningBroker {
             warn!("shutdown deadline of {deadline:?} passed with connections still open");
         }
         // Queues submit their last writes as they stop; then everything is made durable.
-        for queue in self.router.queues() {
-            queue.shutdown(false).await;
-        }
+        self.router.stop_queues().await;
         let store = self.store;
+        drop(self.router);
+        // Queue actors and in-flight dead-letter moves hold the store too; once they have let
+        // go, dropping ours closes it (and releases the data directory's lock) right here.
+        let released = tokio::time::Instant::now() + deadline;
+        while Arc::strong_count(&store) > 1 && tokio::time::Instant::now() < released {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         match tokio::task::spawn_blocking(move || store.flush()).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => warn!("final storage flush failed: {error}"),
@@ -371,11 +376,8 @@ async fn accept_loop(listener: TcpListener, kind: Listener, shared: Arc<Shared>)
         };
         let Some(address_permit) = shared.per_address.acquire(peer.ip()) else {
             warn!(%peer, "connection refused: max_connections_per_ip reached");
-            let error = StompError::limit(
-                "connections from one address",
-                shared.per_address.limit(),
-                "max_connections_per_ip",
-            );
+            let error =
+                StompError::limit("connections from one address", shared.per_address.limit(), "max_connections_per_ip");
             refuse(stream, peer, kind.clone(), &shared, error);
             continue;
         };
@@ -453,6 +455,7 @@ async fn websocket<S: AsyncRead + AsyncWrite + Unpin>(
     deadline: Instant,
 ) -> Option<(Transport<S>, Option<Credentials>)> {
     let mut credentials = None;
+    #[allow(clippy::result_large_err)] // tungstenite's callback signature
     let callback = |request: &Request, response: Response| {
         let result = negotiate(request, response, ws);
         if result.is_ok() {
@@ -521,6 +524,7 @@ fn normalize_origin(origin: &str) -> String {
 /// The WebSocket handshake check: the path must match, a browser's `Origin` must be allowed,
 /// and the highest STOMP subprotocol the client offers is echoed (a client offering none still
 /// gets STOMP, with the version its CONNECT asks for).
+#[allow(clippy::result_large_err)] // tungstenite's callback signature
 fn negotiate(request: &Request, mut response: Response, ws: &WsSettings) -> Result<Response, ErrorResponse> {
     let path = &ws.path;
     if request.uri().path() != path {
@@ -529,17 +533,16 @@ fn negotiate(request: &Request, mut response: Response, ws: &WsSettings) -> Resu
         *refusal.status_mut() = StatusCode::NOT_FOUND;
         return Err(refusal);
     }
-    if !ws.allowed_origins.is_empty() {
-        if let Some(origin) = request.headers().get("origin") {
-            let origin = origin.to_str().map(normalize_origin).unwrap_or_default();
-            if !ws.allowed_origins.iter().any(|allowed| allowed == "*" || *allowed == origin) {
-                debug!(%origin, "WebSocket refused: origin not in ws_allowed_origins");
-                let mut refusal = ErrorResponse::new(Some(
-                    "This origin may not open STOMP WebSockets here (ws_allowed_origins).\n".to_owned(),
-                ));
-                *refusal.status_mut() = StatusCode::FORBIDDEN;
-                return Err(refusal);
-            }
+    let origin = request.headers().get("origin").filter(|_| !ws.allowed_origins.is_empty());
+    if let Some(origin) = origin {
+        let origin = origin.to_str().map(normalize_origin).unwrap_or_default();
+        if !ws.allowed_origins.iter().any(|allowed| allowed == "*" || *allowed == origin) {
+            debug!(%origin, "WebSocket refused: origin not in ws_allowed_origins");
+            let mut refusal = ErrorResponse::new(Some(
+                "This origin may not open STOMP WebSockets here (ws_allowed_origins).\n".to_owned(),
+            ));
+            *refusal.status_mut() = StatusCode::FORBIDDEN;
+            return Err(refusal);
         }
     }
     let offered = request

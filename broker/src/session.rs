@@ -358,10 +358,9 @@ impl Session {
             login: frame.header(names::LOGIN).map(str::to_owned),
             passcode: frame.header(names::PASSCODE).map(str::to_owned),
         };
-        if credentials.login.is_none() && credentials.passcode.is_none() {
-            if let Some(upgrade) = &self.upgrade_credentials {
-                credentials = upgrade.clone();
-            }
+        let no_credentials = credentials.login.is_none() && credentials.passcode.is_none();
+        if let Some(upgrade) = self.upgrade_credentials.as_ref().filter(|_| no_credentials) {
+            credentials = upgrade.clone();
         }
         let auth = Arc::clone(&self.config.auth);
         let principal = auth.authenticate(&credentials, &virtual_host, self.peer).await?;

@@ -11,12 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
 use stampede_broker::Config;
 use stampede_broker::auth::hash_password_with;
 use stampede_broker::config::{JwtConfig, RuleConfig, UserConfig};
 use stampede_client::raw::RawConnection;
 use stampede_client::{Command, Frame};
-use serde_json::json;
 use stampede_tests::{TestBroker, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -75,8 +75,6 @@ fn hs256(claims: serde_json::Value) -> String {
     let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
     jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &claims, &key).unwrap()
 }
-
-
 
 async fn connect(broker: &TestBroker, headers: &[(&str, &str)]) -> (RawConnection, Result<Frame, String>) {
     let mut raw = broker.raw().await;
@@ -455,7 +453,10 @@ async fn a_stalled_tls_handshake_does_not_block_the_accept_loop_and_is_cut_at_th
 // ------------------------------------------------------------------------------------------
 // WebSocket: origins, upgrade credentials, message size
 
-async fn ws_open(url: &str, headers: &[(&str, &str)]) -> Result<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>, String> {
+async fn ws_open(
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>, String> {
     let mut request = url.into_client_request().unwrap();
     for (name, value) in headers {
         let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap();
@@ -605,13 +606,8 @@ async fn error_of(raw: &mut RawConnection) -> String {
 
 #[tokio::test]
 async fn frame_limits_are_errors_naming_their_config_keys() {
-    let config = Config {
-        max_header_line: 256,
-        max_headers: 8,
-        max_header_bytes: 1024,
-        max_body: 1024,
-        ..Config::ephemeral()
-    };
+    let config =
+        Config { max_header_line: 256, max_headers: 8, max_header_bytes: 1024, max_body: 1024, ..Config::ephemeral() };
     let broker = TestBroker::start_with(config).await;
     let long_line = format!("SEND\ndestination:/queue/a\nx:{}\n\n\0", "y".repeat(300));
     let many: String = (0..20).map(|i| format!("h{i}:v\n")).collect();
@@ -674,8 +670,7 @@ async fn max_connections_per_ip_is_an_error_naming_it_and_releases_on_close() {
 
 #[tokio::test]
 async fn max_subscriptions_per_connection_is_an_error_naming_it() {
-    let broker =
-        TestBroker::start_with(Config { max_subscriptions_per_connection: 2, ..Config::ephemeral() }).await;
+    let broker = TestBroker::start_with(Config { max_subscriptions_per_connection: 2, ..Config::ephemeral() }).await;
     let (mut raw, answer) = connect(&broker, &[]).await;
     answer.unwrap();
     with_receipt(&mut raw, subscribe("/topic/a", "1")).await.unwrap();
@@ -719,7 +714,8 @@ async fn max_unacked_per_consumer_caps_any_prefetch_asked_for() {
     }
     let (mut raw, answer) = connect(&broker, &[]).await;
     answer.unwrap();
-    let frame = subscribe("/queue/capped", "1").with_header("ack", "client-individual").with_header("prefetch-count", "100");
+    let frame =
+        subscribe("/queue/capped", "1").with_header("ack", "client-individual").with_header("prefetch-count", "100");
     raw.send_frame(&frame).await.unwrap();
     let mut received = 0;
     while let Ok(Some(frame)) = raw.read_frame(Duration::from_millis(500)).await {
@@ -735,7 +731,9 @@ async fn max_outbox_bytes_disconnects_only_the_slow_consumer_with_an_error_namin
     let config = Config { max_outbox_bytes: 64 * 1024, ..Config::ephemeral() };
     let broker = TestBroker::start_with(config).await;
     let mut slow = TcpStream::connect(broker.broker.stomp_addr).await.unwrap();
-    slow.write_all(b"CONNECT\naccept-version:1.2\nhost:/\n\n\0SUBSCRIBE\nid:1\ndestination:/topic/flood\n\n\0").await.unwrap();
+    slow.write_all(b"CONNECT\naccept-version:1.2\nhost:/\n\n\0SUBSCRIBE\nid:1\ndestination:/topic/flood\n\n\0")
+        .await
+        .unwrap();
     let fast = broker.client().await;
     let mut fast_sub = fast.subscribe("/topic/flood", Default::default()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
