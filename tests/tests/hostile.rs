@@ -25,10 +25,14 @@ fn binary() -> PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY
         .get_or_init(|| {
-            if let Some(path) = std::env::var_os("STAMPEDE_BIN").map(PathBuf::from).filter(|p| p.exists()) {
+            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned();
+            // $STAMPEDE_BIN is used only when it is newer than every source file it is built
+            // from, so a stale release binary never stands in for the code under test.
+            let sources = newest_source(&root);
+            let fresh = |p: &PathBuf| p.metadata().and_then(|m| m.modified()).is_ok_and(|t| Some(t) >= sources);
+            if let Some(path) = std::env::var_os("STAMPEDE_BIN").map(PathBuf::from).filter(fresh) {
                 return path;
             }
-            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned();
             let status = Process::new(env!("CARGO"))
                 .args(["build", "-p", "stampede-broker", "--bin", "stampede"])
                 .current_dir(&root)
@@ -39,6 +43,25 @@ fn binary() -> PathBuf {
             target.join("debug").join("stampede")
         })
         .clone()
+}
+
+fn newest_source(root: &std::path::Path) -> Option<std::time::SystemTime> {
+    fn walk(dir: &std::path::Path, newest: &mut Option<std::time::SystemTime>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, newest);
+            } else if let Ok(modified) = entry.metadata().and_then(|m| m.modified()) {
+                *newest = (*newest).max(Some(modified));
+            }
+        }
+    }
+    let mut newest = None;
+    for crate_dir in ["broker/src", "protocol/src", "storage/src"] {
+        walk(&root.join(crate_dir), &mut newest);
+    }
+    newest
 }
 
 /// The broker process; killed on drop.
