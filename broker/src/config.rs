@@ -114,6 +114,9 @@ pub struct Config {
 
     /// Most simultaneous connections from one source address (IPv6: one /64); 0 = no limit.
     pub max_connections_per_ip: usize,
+    /// Apply `max_connections_per_ip` to loopback clients too. Off by default: behind a reverse
+    /// proxy on the same host every client arrives from 127.0.0.1.
+    pub max_connections_per_ip_loopback: bool,
     /// With no `users` and no `[jwt]`, every client is accepted; that is only allowed on
     /// loopback listeners unless this is true.
     pub allow_anonymous: bool,
@@ -271,6 +274,7 @@ impl Default for Config {
             queues: HashMap::new(),
             storage: StorageKind::Sled,
             max_connections_per_ip: 1000,
+            max_connections_per_ip_loopback: false,
             allow_anonymous: false,
             users: BTreeMap::new(),
             jwt: None,
@@ -448,13 +452,14 @@ impl Config {
 
     /// tungstenite's buffers, sized deliberately: its defaults (128 KiB read and write buffers,
     /// an unbounded write buffer, 64 MiB messages) would cost far more per idle browser than
-    /// the rest of a connection. Reads allocate 4 KiB at a time, writes flush at 4 KiB, the
+    /// the rest of a connection. Reads allocate 4 KiB at a time; writes gather up to 64 KiB of
+    /// frames (everything a loop turn produced is fed, then flushed once: one syscall), the
     /// write buffer is bounded by the outbox budget, and a message may be as large as the
     /// largest frame we accept.
     pub(crate) fn websocket_config(&self) -> WebSocketConfig {
         WebSocketConfig::default()
             .read_buffer_size(4 * 1024)
-            .write_buffer_size(0)
+            .write_buffer_size(64 * 1024)
             .max_write_buffer_size(self.max_outbox_bytes.max(1024 * 1024) * 2)
             .max_message_size(Some(self.ws_max_message_size))
             .max_frame_size(Some(self.ws_max_message_size))

@@ -167,7 +167,7 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
         shutdown: shutdown.clone(),
         upgrade_credentials: None,
     };
-    let per_address = PerAddress::new(config.max_connections_per_ip);
+    let per_address = PerAddress::new(config.max_connections_per_ip, config.max_connections_per_ip_loopback);
     let shared = Arc::new(Shared {
         context,
         limit: Arc::new(Semaphore::new(config.max_connections)),

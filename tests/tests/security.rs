@@ -650,7 +650,8 @@ async fn max_connections_is_an_error_naming_it_and_others_are_unaffected() {
 
 #[tokio::test]
 async fn max_connections_per_ip_is_an_error_naming_it_and_releases_on_close() {
-    let broker = TestBroker::start_with(Config { max_connections_per_ip: 2, ..Config::ephemeral() }).await;
+    let config = Config { max_connections_per_ip: 2, max_connections_per_ip_loopback: true, ..Config::ephemeral() };
+    let broker = TestBroker::start_with(config).await;
     let (a, answer) = connect(&broker, &[]).await;
     answer.unwrap();
     let (_b, answer) = connect(&broker, &[]).await;

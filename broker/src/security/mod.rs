@@ -158,10 +158,13 @@ pub fn address_key(ip: IpAddr) -> IpAddr {
 }
 
 /// Open connections per source address (`max_connections_per_ip`). The table holds only
-/// addresses with an open connection, so its size is bounded by `max_connections`.
+/// addresses with an open connection, so its size is bounded by `max_connections`. Loopback
+/// clients are not counted unless asked for: behind a reverse proxy on the same host every
+/// browser arrives from 127.0.0.1.
 #[derive(Debug)]
 pub struct PerAddress {
     limit: usize,
+    count_loopback: bool,
     open: Mutex<HashMap<IpAddr, usize>>,
 }
 
@@ -169,13 +172,15 @@ pub struct PerAddress {
 #[derive(Debug)]
 pub struct AddressPermit {
     table: Arc<PerAddress>,
-    key: IpAddr,
+    /// `None` for an address that is not counted.
+    key: Option<IpAddr>,
 }
 
 impl PerAddress {
-    /// A table allowing `limit` connections per address (0 = no limit).
-    pub fn new(limit: usize) -> Arc<PerAddress> {
-        Arc::new(PerAddress { limit, open: Mutex::new(HashMap::new()) })
+    /// A table allowing `limit` connections per address (0 = no limit); loopback addresses
+    /// count only when `count_loopback`.
+    pub fn new(limit: usize, count_loopback: bool) -> Arc<PerAddress> {
+        Arc::new(PerAddress { limit, count_loopback, open: Mutex::new(HashMap::new()) })
     }
 
     /// The configured limit.
@@ -186,6 +191,9 @@ impl PerAddress {
     /// Counts one more connection from `ip`, or `None` when the address is at its limit.
     pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<AddressPermit> {
         let key = address_key(ip);
+        if self.limit == 0 || (key.is_loopback() && !self.count_loopback) {
+            return Some(AddressPermit { table: Arc::clone(self), key: None });
+        }
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let count = open.entry(key).or_insert(0);
         if self.limit > 0 && *count >= self.limit {
@@ -195,7 +203,7 @@ impl PerAddress {
             return None;
         }
         *count += 1;
-        Some(AddressPermit { table: Arc::clone(self), key })
+        Some(AddressPermit { table: Arc::clone(self), key: Some(key) })
     }
 
     /// Open connections from `ip` (for tests and diagnostics).
@@ -206,11 +214,12 @@ impl PerAddress {
 
 impl Drop for AddressPermit {
     fn drop(&mut self) {
+        let Some(key) = self.key else { return };
         let mut open = self.table.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = open.get_mut(&self.key) {
+        if let Some(count) = open.get_mut(&key) {
             *count -= 1;
             if *count == 0 {
-                open.remove(&self.key);
+                open.remove(&key);
             }
         }
     }
@@ -269,7 +278,11 @@ mod tests {
 
     #[test]
     fn per_address_counts_and_releases() {
-        let table = PerAddress::new(2);
+        let table = PerAddress::new(2, false);
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let locals: Vec<_> = (0..5).map(|_| table.acquire(local).unwrap()).collect();
+        assert_eq!(table.count(local), 0, "loopback is not counted by default");
+        drop(locals);
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let a = table.acquire(ip).unwrap();
         let _b = table.acquire(ip).unwrap();
