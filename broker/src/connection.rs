@@ -128,6 +128,32 @@ enum ReadOutcome {
     Closed,
 }
 
+/// How much room to give the next socket read. It starts small, so an idle connection (the
+/// common case for browsers) holds half a KiB while it waits, doubles while reads fill it, and
+/// halves again when they do not.
+struct ReadSize(usize);
+
+impl ReadSize {
+    const MIN: usize = 512;
+    const MAX: usize = 64 * 1024;
+
+    /// Makes room in `buffer` and returns how much there is.
+    fn reserve(&self, buffer: &mut BytesMut) -> usize {
+        if buffer.capacity() - buffer.len() < self.0 {
+            buffer.reserve(self.0);
+        }
+        buffer.capacity() - buffer.len()
+    }
+
+    fn observe(&mut self, read: usize, room: usize) {
+        if read >= room {
+            self.0 = (self.0 * 2).min(Self::MAX);
+        } else if read < self.0 / 4 {
+            self.0 = (self.0 / 2).max(Self::MIN);
+        }
+    }
+}
+
 /// Encoded output of one loop turn, with frame boundaries for WebSocket.
 struct Output {
     bytes: BytesMut,
@@ -157,15 +183,16 @@ impl Output {
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport<S> {
     /// Reads more bytes into `buffer`. Cancel safe.
-    async fn read(&mut self, buffer: &mut BytesMut) -> io::Result<ReadOutcome> {
+    async fn read(&mut self, buffer: &mut BytesMut, read_size: &mut ReadSize) -> io::Result<ReadOutcome> {
         match self {
             Transport::Stream(stream) => {
-                if buffer.capacity() - buffer.len() < 1024 {
-                    buffer.reserve(8 * 1024);
-                }
+                let room = read_size.reserve(buffer);
                 match stream.read_buf(buffer).await? {
                     0 => Ok(ReadOutcome::Closed),
-                    _ => Ok(ReadOutcome::Data),
+                    n => {
+                        read_size.observe(n, room);
+                        Ok(ReadOutcome::Data)
+                    }
                 }
             }
             Transport::WebSocket(socket) => match socket.next().await {
@@ -270,6 +297,7 @@ where
     session.set_upgrade_credentials(context.upgrade_credentials);
     let mut decoder = Decoder::new(settings.frame_limits);
     let mut input = BytesMut::new();
+    let mut read_size = ReadSize(ReadSize::MIN);
     let mut output = Output::new();
     let mut deliveries: VecDeque<Delivery> = VecDeque::new();
     let mut replies: Vec<Reply> = Vec::new();
@@ -294,7 +322,7 @@ where
         let far = Instant::now() + Duration::from_secs(3600);
 
         tokio::select! {
-            read = transport.read(&mut input), if pending.len() < MAX_PENDING_REPLIES => match read {
+            read = transport.read(&mut input, &mut read_size), if pending.len() < MAX_PENDING_REPLIES => match read {
                 Ok(ReadOutcome::Closed) => ending = Some((CloseReason::PeerClosed, None)),
                 Err(error) => ending = Some(match error.get_ref().and_then(|e| e.downcast_ref::<MessageTooLarge>()) {
                     Some(MessageTooLarge(text)) => {
@@ -403,8 +431,11 @@ where
             break reason;
         }
         // Heart-beats and decoding are done; keep idle connections small.
-        if input.is_empty() && input.capacity() > 16 * 1024 {
+        if input.is_empty() && input.capacity() > 2 * read_size.0 {
             input = BytesMut::new();
+        }
+        if output.bytes.capacity() > 64 * 1024 {
+            output.bytes = BytesMut::new();
         }
     };
 
