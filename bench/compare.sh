@@ -154,11 +154,21 @@ start_activemq() {
   </broker>
 </beans>
 EOF
+    # Java directly, not Debian's /usr/bin/activemq: that wrapper switches to the activemq user
+    # (which cannot write here) and forces its own -Xmx512M from /usr/share/activemq/activemq-options.
+    local opens=(--add-reads=java.xml=java.logging)
+    local m
+    for m in java.base/java.security java.base/java.net java.base/java.lang java.base/java.util \
+        java.naming/javax.naming.spi java.rmi/sun.rmi.transport.tcp java.base/java.util.concurrent \
+        java.base/java.util.concurrent.atomic; do
+        opens+=("--add-opens=$m=ALL-UNNAMED")
+    done
     (
         ulimit -n "$(ulimit -Hn)"
-        export ACTIVEMQ_BASE=$dir ACTIVEMQ_CONF=$dir/conf ACTIVEMQ_DATA=$dir/data ACTIVEMQ_TMP=$dir/tmp \
-            ACTIVEMQ_OPTS="-Xms2G -Xmx2G" ACTIVEMQ_PIDFILE=$dir/activemq.pid
-        exec /usr/bin/activemq console "xbean:file:$dir/conf/activemq.xml" >"$dir/stdout.log" 2>&1
+        cd "$dir" && exec java -Xms2G -Xmx2G -Djava.awt.headless=true -Djava.io.tmpdir="$dir/tmp" "${opens[@]}" \
+            -Dactivemq.classpath="$dir/conf" -Dactivemq.home=/usr/share/activemq -Dactivemq.base="$dir" \
+            -Dactivemq.conf="$dir/conf" -Dactivemq.data="$dir/data" \
+            -jar /usr/share/activemq/bin/activemq.jar start "xbean:file:$dir/conf/activemq.xml" >"$dir/stdout.log" 2>&1
     ) &
     PIDS+=($!)
     wait_port 61633 90 || { log "activemq did not start: $(tail -5 "$dir/stdout.log")"; return 1; }
@@ -195,6 +205,9 @@ scenarios() { # label
             run "$b" "$TCP_URL" fanout -n 1000 -s 128
             run "$b" "$TCP_URL" fanout -n 10 -s 16384
             ;;
+        fanout100) # the headline fan-out only
+            for u in "${urls[@]}"; do run "$b" "$u" fanout -n 100 -s 128; done
+            ;;
         latency)
             for r in 1000 10000 50000; do run "$b" "$TCP_URL" latency --rate $r; done
             [ -n "$WS_URL" ] && run "$b" "$WS_URL" latency --rate 10000
@@ -205,7 +218,7 @@ scenarios() { # label
             ;;
         connections)
             local u=${WS_URL:-$TCP_URL}
-            run "$b" "$u" --duration 10 connections -k "$CONNS" --heart-beat 10000,10000
+            run "$b" "$u" connections -k "$CONNS" --per-source 1000 --heart-beat 10000,10000
             ;;
         esac
     done

@@ -93,6 +93,7 @@ def main(paths):
             for name, v, d in figs:
                 rows[k].setdefault(name, {})[b] = v
                 dirs[(k, name)] = d
+    brokers.sort(key=lambda b: b != "stampede")  # Stampede first, the others as met
     others = [b for b in brokers if b != "stampede"]
     head = ["scenario", "figure"] + brokers
     if "stampede" in brokers and others:

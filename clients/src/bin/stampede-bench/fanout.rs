@@ -178,7 +178,7 @@ pub async fn publisher(
         if now >= window.end || res.sent >= max || *stop.borrow() {
             break;
         }
-        let n = match rate {
+        let mut n = match rate {
             None => batch as u64,
             Some(r) => {
                 let due = ((now - t0) as f64 * r / 1e9) as u64;
@@ -195,6 +195,8 @@ pub async fn publisher(
         }
         .min(max - res.sent);
         if flow.limit > 0 {
+            // A batch never needs more than the whole window (else it would wait forever).
+            n = n.min((flow.limit / flow.subscribers.max(1)).max(1));
             let mut stopped = false;
             loop {
                 let in_flight = (res.sent + n) * flow.subscribers;
