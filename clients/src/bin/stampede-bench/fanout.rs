@@ -156,6 +156,7 @@ pub struct PubResult {
 
 /// Publishes from `window_t0` until the window's end (or `max` messages): unpaced in batches of
 /// `batch`, or paced at `rate` msgs/s with catch-up (each 1 ms tick sends what is due).
+#[allow(clippy::too_many_arguments)]
 pub async fn publisher(
     mut w: Writer,
     template: SendTemplate,
@@ -271,11 +272,8 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let in_window = Arc::new(AtomicU64::new(0));
     let template = SendTemplate::new(&destination, size, 0, false, false);
-    let per_sub = if in_flight_bytes == 0 {
-        0
-    } else {
-        (in_flight_bytes / template.frame_len() as u64).max(c.batch as u64)
-    };
+    let per_sub =
+        if in_flight_bytes == 0 { 0 } else { (in_flight_bytes / template.frame_len() as u64).max(c.batch as u64) };
     let flow = Arc::new(Flow {
         received: AtomicU64::new(0),
         progress: Notify::new(),
@@ -286,13 +284,29 @@ pub async fn run(
         .into_iter()
         .enumerate()
         .map(|(i, s)| {
-            tokio::spawn(subscriber(s, window.clone(), stop_rx.clone(), in_window.clone(), flow.clone(), i < LATENCY_SAMPLED))
+            tokio::spawn(subscriber(
+                s,
+                window.clone(),
+                stop_rx.clone(),
+                in_window.clone(),
+                flow.clone(),
+                i < LATENCY_SAMPLED,
+            ))
         })
         .collect();
     let Session { reader, writer, .. } = publisher_session;
     let pub_reader = tokio::spawn(drain_reader(reader, stop_rx.clone()));
-    let pub_task =
-        tokio::spawn(publisher(writer, template, t0, window.clone(), c.batch, rate, c.messages, flow.clone(), stop_rx.clone()));
+    let pub_task = tokio::spawn(publisher(
+        writer,
+        template,
+        t0,
+        window.clone(),
+        c.batch,
+        rate,
+        c.messages,
+        flow.clone(),
+        stop_rx.clone(),
+    ));
 
     sleep_until_ns(window.start).await;
     let mut cpu = CpuWindow::start();

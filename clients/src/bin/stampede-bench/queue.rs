@@ -99,10 +99,9 @@ async fn consumer(mut s: Session, shared: Arc<Shared>, ack: bool, mut stop: watc
                         if shared.window.has(ts) {
                             stats::record(&mut r.hist, t.saturating_sub(ts));
                         }
-                        if ack {
-                            if let Err(e) = stomp::push_ack(&mut acks, s.version12, &f) {
-                                r.error = Some(e);
-                            }
+                        let acked = if ack { stomp::push_ack(&mut acks, s.version12, &f) } else { Ok(()) };
+                        if let Err(e) = acked {
+                            r.error = Some(e);
                         }
                     } else if f.is(b"ERROR") {
                         r.error = Some(f.error_text());
@@ -122,10 +121,9 @@ async fn consumer(mut s: Session, shared: Arc<Shared>, ack: bool, mut stop: watc
         if new > 0 {
             shared.unique.fetch_add(new, Ordering::Relaxed);
         }
-        if !acks.is_empty() {
-            if let Err(e) = s.writer.write_buf(&mut acks).await {
-                r.error = Some(format!("write ACK: {e}"));
-            }
+        // (write_buf does nothing for an empty buffer)
+        if let Err(e) = s.writer.write_buf(&mut acks).await {
+            r.error = Some(format!("write ACK: {e}"));
         }
         if r.error.is_some() {
             break;

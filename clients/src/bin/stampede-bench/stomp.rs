@@ -96,10 +96,9 @@ pub fn scan(buf: &[u8]) -> Result<Option<(FrameRef<'_>, usize)>, String> {
         if line.is_empty() {
             break (p, p + len + 1);
         }
-        if content_length.is_none() {
-            if let Some(v) = line.strip_prefix(b"content-length:") {
-                content_length = Some(parse_usize(v).ok_or_else(|| "bad content-length".to_string())?);
-            }
+        // The first content-length header wins.
+        if let (None, Some(v)) = (content_length, line.strip_prefix(b"content-length:")) {
+            content_length = Some(parse_usize(v).ok_or_else(|| "bad content-length".to_string())?);
         }
         p += len + 1;
     };
