@@ -458,7 +458,7 @@ impl Config {
     /// largest frame we accept.
     pub(crate) fn websocket_config(&self) -> WebSocketConfig {
         WebSocketConfig::default()
-            .read_buffer_size(4 * 1024)
+            .read_buffer_size(1024)
             .write_buffer_size(64 * 1024)
             .max_write_buffer_size(self.max_outbox_bytes.max(1024 * 1024) * 2)
             .max_message_size(Some(self.ws_max_message_size))

@@ -281,6 +281,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport<S> {
 }
 
 /// Runs one connection to the end.
+///
+/// Every connection carries this future for its whole life, and a future is as large as its
+/// largest await point, so the heavy and occasional steps (handling frames, which reaches
+/// through session, router and queues; writing; closing) are boxed: an idle connection then
+/// holds only the loop's own state.
 pub async fn serve<S>(
     mut transport: Transport<S>,
     peer: SocketAddr,
@@ -336,7 +341,7 @@ where
                 }),
                 Ok(ReadOutcome::Data) => {
                     last_read = Instant::now();
-                    ending = process_input(&mut session, &mut decoder, &mut input, &mut replies).await;
+                    ending = Box::pin(process_input(&mut session, &mut decoder, &mut input, &mut replies)).await;
                     pending.extend(replies.drain(..));
                 }
             },
@@ -401,7 +406,7 @@ where
             // The DISCONNECT's RECEIPT promises that everything before it was processed, so it
             // waits for the verdicts ahead of it.
             if let Some(refused) =
-                settle_all(&mut pending, &mut output, session.version(), settings.write_timeout).await
+                Box::pin(settle_all(&mut pending, &mut output, session.version(), settings.write_timeout)).await
             {
                 ending = Some(refused);
             }
@@ -410,7 +415,7 @@ where
             output.frame(&error.to_frame(), session.version());
         }
         if !output.is_empty() {
-            match timeout(settings.write_timeout, transport.write(&mut output)).await {
+            match timeout(settings.write_timeout, Box::pin(transport.write(&mut output))).await {
                 Ok(Ok(())) => last_write = Instant::now(),
                 Ok(Err(error)) => break CloseReason::Io(error.to_string()),
                 Err(_) => {
@@ -426,7 +431,7 @@ where
                 } else {
                     CloseCode::Normal
                 };
-                transport.close(code).await;
+                Box::pin(transport.close(code)).await;
             }
             break reason;
         }
@@ -439,7 +444,7 @@ where
         }
     };
 
-    session.close().await;
+    Box::pin(session.close()).await;
     match &reason {
         CloseReason::ProtocolError(message) => {
             info!(%peer, session = %session_id, %message, "connection closed after ERROR")

@@ -396,22 +396,24 @@ async fn handle(
     _permits: (OwnedSemaphorePermit, AddressPermit),
 ) {
     let deadline = Instant::now() + shared.handshake_timeout;
+    // Each arm's futures are boxed: the task then holds a pointer instead of the largest arm's
+    // state (a TLS stream, a handshake in progress), and an idle plain connection stays small.
     match kind {
-        Listener::Stomp => serve(Transport::Stream(stream), None, peer, id, &shared).await,
+        Listener::Stomp => Box::pin(serve(Transport::Stream(stream), None, peer, id, &shared)).await,
         Listener::WebSocket => {
-            if let Some((transport, credentials)) = websocket(stream, peer, &shared.ws, deadline).await {
-                serve(transport, credentials, peer, id, &shared).await;
+            if let Some((transport, credentials)) = Box::pin(websocket(stream, peer, &shared.ws, deadline)).await {
+                Box::pin(serve(transport, credentials, peer, id, &shared)).await;
             }
         }
         Listener::StompTls(acceptor) => {
-            if let Some(tls) = tls_handshake(&acceptor, stream, peer, deadline).await {
-                serve(Transport::Stream(tls), None, peer, id, &shared).await;
+            if let Some(tls) = Box::pin(tls_handshake(&acceptor, stream, peer, deadline)).await {
+                Box::pin(serve(Transport::Stream(tls), None, peer, id, &shared)).await;
             }
         }
         Listener::Wss(acceptor) => {
-            let Some(tls) = tls_handshake(&acceptor, stream, peer, deadline).await else { return };
-            if let Some((transport, credentials)) = websocket(tls, peer, &shared.ws, deadline).await {
-                serve(transport, credentials, peer, id, &shared).await;
+            let Some(tls) = Box::pin(tls_handshake(&acceptor, stream, peer, deadline)).await else { return };
+            if let Some((transport, credentials)) = Box::pin(websocket(tls, peer, &shared.ws, deadline)).await {
+                Box::pin(serve(transport, credentials, peer, id, &shared)).await;
             }
         }
     }

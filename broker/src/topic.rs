@@ -1,16 +1,17 @@
 //! Topics: every current subscriber gets every message.
 //!
-//! A publish loads the subscriber list through an [`ArcSwap`] (no lock on the publish path),
-//! builds nothing per subscriber but a small [`Delivery`] that points at the one shared
-//! [`MessageTemplate`], and pushes it into each subscriber's outbox. Publishing happens on the
-//! publisher's own task, so messages from one publisher reach every subscriber in publish order.
-//! Subscribe and unsubscribe are rare; they copy the list under a mutex and swap it in.
+//! A publish takes this topic's read lock (never a broker-wide one; publishers to the same topic
+//! share it), builds nothing per subscriber but a small [`Delivery`] that points at the one
+//! shared [`MessageTemplate`], and pushes it into each subscriber's outbox. Publishing happens on
+//! the publisher's own task, so messages from one publisher reach every subscriber in publish
+//! order. Subscribing appends and unsubscribing swap-removes through an id-to-position map, both
+//! O(1), so a topic with 100,000 browser subscribers is built and torn down in linear time (a
+//! copy-on-write list would copy the whole list on every subscribe).
 
-use std::sync::Arc;
-use std::sync::Mutex;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
-use arc_swap::ArcSwap;
 use stampede_protocol::MessageTemplate;
 
 use crate::outbox::{Admitted, Delivery, Outbox, SlowConsumerPolicy};
@@ -45,20 +46,20 @@ pub enum Sink {
 #[derive(Debug)]
 pub struct Topic {
     name: Arc<str>,
-    subscribers: ArcSwap<Vec<Arc<TopicSubscriber>>>,
-    changes: Mutex<()>,
+    subscribers: RwLock<Subscribers>,
     published: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Subscribers {
+    list: Vec<Arc<TopicSubscriber>>,
+    position: HashMap<u64, usize>,
 }
 
 impl Topic {
     /// An empty topic.
     pub fn new(name: Arc<str>) -> Topic {
-        Topic {
-            name,
-            subscribers: ArcSwap::from_pointee(Vec::new()),
-            changes: Mutex::new(()),
-            published: AtomicU64::new(0),
-        }
+        Topic { name, subscribers: RwLock::new(Subscribers::default()), published: AtomicU64::new(0) }
     }
 
     /// The topic name (without `/topic/`).
@@ -79,9 +80,9 @@ impl Topic {
         congested: &mut Vec<Arc<Outbox>>,
     ) -> usize {
         self.published.fetch_add(1, Ordering::Relaxed);
-        let subscribers = self.subscribers.load();
+        let subscribers = self.subscribers.read().unwrap_or_else(|p| p.into_inner());
         let mut delivered = 0;
-        for subscriber in subscribers.iter() {
+        for subscriber in &subscribers.list {
             match &subscriber.sink {
                 Sink::Connection { subscription, outbox, policy } => {
                     let delivery = Delivery {
@@ -108,25 +109,31 @@ impl Topic {
 
     /// Adds a subscriber.
     pub fn add(&self, subscriber: Arc<TopicSubscriber>) {
-        let _guard = self.changes.lock().unwrap_or_else(|p| p.into_inner());
-        let mut next = Vec::clone(&self.subscribers.load());
-        next.push(subscriber);
-        self.subscribers.store(Arc::new(next));
+        let mut subscribers = self.subscribers.write().unwrap_or_else(|p| p.into_inner());
+        let position = subscribers.list.len();
+        subscribers.position.insert(subscriber.id, position);
+        subscribers.list.push(subscriber);
     }
 
     /// Removes the subscriber with broker-wide id `id`; returns how many remain.
     pub fn remove(&self, id: u64) -> usize {
-        let _guard = self.changes.lock().unwrap_or_else(|p| p.into_inner());
-        let mut next = Vec::clone(&self.subscribers.load());
-        next.retain(|s| s.id != id);
-        let remaining = next.len();
-        self.subscribers.store(Arc::new(next));
-        remaining
+        let mut subscribers = self.subscribers.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(position) = subscribers.position.remove(&id) {
+            subscribers.list.swap_remove(position);
+            if let Some(moved) = subscribers.list.get(position).map(|s| s.id) {
+                subscribers.position.insert(moved, position);
+            }
+        }
+        if subscribers.list.is_empty() {
+            // Give the memory back: a topic that had a crowd may stay around empty.
+            *subscribers = Subscribers::default();
+        }
+        subscribers.list.len()
     }
 
     /// Number of subscribers now.
     pub fn subscriber_count(&self) -> usize {
-        self.subscribers.load().len()
+        self.subscribers.read().unwrap_or_else(|p| p.into_inner()).list.len()
     }
 
     /// Messages published so far.
