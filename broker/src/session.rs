@@ -725,10 +725,10 @@ impl Session {
         };
         let durable = self.subscriptions.get(&key).and_then(|s| s.durable.clone());
         self.detach(key).await;
-        if let Some(name) = durable {
-            if delete || self.named_durable(frame).is_some() {
-                self.router.delete_durable_subscription(&name).await;
-            }
+        if let Some(name) = durable
+            && (delete || self.named_durable(frame).is_some())
+        {
+            self.router.delete_durable_subscription(&name).await;
         }
         Ok(())
     }
@@ -805,12 +805,11 @@ impl Session {
         let position_of = |key: u64, matches: &dyn Fn(&Pending) -> bool| {
             self.subscriptions.get(&key).and_then(|s| s.pending.iter().position(matches)).map(|p| (key, p))
         };
-        if let Some(ack_id) = frame.header(names::ID).and_then(|v| v.parse::<u64>().ok()) {
-            if let Some(&key) = self.ack_owner.get(&ack_id) {
-                if let Some(found) = position_of(key, &|p| p.ack_id == ack_id) {
-                    return Some(found);
-                }
-            }
+        if let Some(ack_id) = frame.header(names::ID).and_then(|v| v.parse::<u64>().ok())
+            && let Some(&key) = self.ack_owner.get(&ack_id)
+            && let Some(found) = position_of(key, &|p| p.ack_id == ack_id)
+        {
+            return Some(found);
         }
         // 1.1 and 1.0 forms (and 1.2 clients that put the message-id in `id`).
         let message_id = frame.header(names::MESSAGE_ID).or(frame.header(names::ID))?.parse::<u64>().ok()?;
