@@ -22,7 +22,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use stampede_protocol::{ByteString, Decoder, Frame, Item, Limits, encode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -314,6 +314,13 @@ where
     let mut last_write = Instant::now();
     let websocket = transport.is_websocket();
 
+    // One timer serves the read deadline, the heart-beat and the ping. It is only ever moved
+    // earlier here; when it fires it re-checks the real deadlines (which activity keeps pushing
+    // later) and re-arms. A busy connection so touches the timer wheel about once per interval
+    // instead of once per loop turn.
+    let timer = tokio::time::sleep_until(Instant::now() + FAR);
+    tokio::pin!(timer);
+
     let reason = loop {
         let mut ending: Option<(CloseReason, Option<StompError>)> = None;
         let beat = session.heart_beat();
@@ -324,7 +331,11 @@ where
         };
         let beat_due = if session.is_connected() { beat.send_every.map(|every| last_write + every) } else { None };
         let ping_due = settings.ws_ping_interval.filter(|_| websocket).map(|every| last_write + every);
-        let far = Instant::now() + Duration::from_secs(3600);
+        if let Some(wanted) = [read_deadline, beat_due, ping_due].into_iter().flatten().min()
+            && wanted < timer.deadline()
+        {
+            timer.as_mut().reset(wanted);
+        }
 
         tokio::select! {
             read = transport.read(&mut input, &mut read_size), if pending.len() < MAX_PENDING_REPLIES => match read {
@@ -364,26 +375,28 @@ where
                     }
                 }
             },
-            () = sleep_until(read_deadline.unwrap_or(far)), if read_deadline.is_some() => {
-                ending = Some(if session.is_connected() {
-                    (CloseReason::HeartbeatTimeout, Some(StompError::new(
-                        "heart-beat timeout: no data from the client within the agreed interval",
-                        format!("Nothing was received for {:?} (the negotiated client heart-beat interval times the grace factor {}).",
-                            beat.expect_every.unwrap_or_default().mul_f64(settings.heartbeat_grace), settings.heartbeat_grace),
-                    )))
-                } else {
-                    (CloseReason::ConnectTimeout, Some(StompError::limit("time to send CONNECT", format!("{:?}", settings.connect_timeout), "connect_timeout_ms")))
-                });
-            },
-            () = sleep_until(beat_due.unwrap_or(far)), if beat_due.is_some() && output.is_empty() => {
-                output.bytes.extend_from_slice(b"\n");
-                output.mark(true);
-            },
-            () = sleep_until(ping_due.unwrap_or(far)), if ping_due.is_some() => {
-                if let Err(error) = transport.ping().await {
-                    ending = Some((CloseReason::Io(error.to_string()), None));
+            () = &mut timer => {
+                let now = Instant::now();
+                timer.as_mut().reset(now + FAR);
+                if read_deadline.is_some_and(|deadline| deadline <= now) {
+                    ending = Some(if session.is_connected() {
+                        (CloseReason::HeartbeatTimeout, Some(StompError::new(
+                            "heart-beat timeout: no data from the client within the agreed interval",
+                            format!("Nothing was received for {:?} (the negotiated client heart-beat interval times the grace factor {}).",
+                                beat.expect_every.unwrap_or_default().mul_f64(settings.heartbeat_grace), settings.heartbeat_grace),
+                        )))
+                    } else {
+                        (CloseReason::ConnectTimeout, Some(StompError::limit("time to send CONNECT", format!("{:?}", settings.connect_timeout), "connect_timeout_ms")))
+                    });
+                } else if beat_due.is_some_and(|due| due <= now) {
+                    output.bytes.extend_from_slice(b"\n");
+                    output.mark(true);
+                } else if ping_due.is_some_and(|due| due <= now) {
+                    if let Err(error) = transport.ping().await {
+                        ending = Some((CloseReason::Io(error.to_string()), None));
+                    }
+                    last_write = Instant::now();
                 }
-                last_write = Instant::now();
             },
             (verdict, receipt_id) = first_verdict(&mut pending) => {
                 pending.pop_front();
@@ -459,6 +472,9 @@ where
     }
     reason
 }
+
+/// A deadline far enough away to mean "none".
+const FAR: Duration = Duration::from_secs(24 * 3600);
 
 /// Most replies waiting for verdicts before the connection stops reading (a producer that
 /// pipelines persistent sends faster than the disk syncs is slowed here).

@@ -15,6 +15,8 @@
 //! redelivered elsewhere) is ignored, as nothing is lost by doing so.
 
 use std::collections::{HashMap, VecDeque};
+
+use rustc_hash::FxHashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -183,9 +185,11 @@ pub struct Session {
     login: Option<String>,
     client_id: Option<String>,
     heart_beat: Negotiated,
-    subscriptions: HashMap<u64, Subscription>,
-    by_id: HashMap<ByteString, u64>,
-    ack_owner: HashMap<u64, u64>,
+    // Looked up on every delivery and acknowledgement: FxHash (keys are broker-chosen numbers
+    // and client subscription ids, so hash flooding is not a concern worth SipHash's cost).
+    subscriptions: FxHashMap<u64, Subscription>,
+    by_id: FxHashMap<ByteString, u64>,
+    ack_owner: FxHashMap<u64, u64>,
     next_subscription: u64,
     next_ack: u64,
     transactions: HashMap<ByteString, Vec<Frame>>,
@@ -211,9 +215,9 @@ impl Session {
             login: None,
             client_id: None,
             heart_beat: Negotiated::default(),
-            subscriptions: HashMap::new(),
-            by_id: HashMap::new(),
-            ack_owner: HashMap::new(),
+            subscriptions: FxHashMap::default(),
+            by_id: FxHashMap::default(),
+            ack_owner: FxHashMap::default(),
             next_subscription: 1,
             next_ack: 1,
             transactions: HashMap::new(),
