@@ -208,15 +208,25 @@ impl Engine {
             // The writer syncs itself; a background flusher would only add fsyncs.
             FsyncMode::Always | FsyncMode::Batch => None,
         };
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(options.cache_capacity_bytes)
-            .flush_every_ms(background)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(source) => StorageError::Open { path: path.to_path_buf(), source: Arc::new(source) },
-                other => StorageError::from_engine(path, "opening", other),
-            })?;
+        let config =
+            sled::Config::new().path(path).cache_capacity(options.cache_capacity_bytes).flush_every_ms(background);
+        // sled releases its directory lock when the last handle inside it goes, which can be a
+        // moment after the `Db` is dropped (its flusher thread lets go last). A restart in the
+        // same process, or a supervisor restarting the broker at once, would otherwise fail;
+        // a store that is really held by someone else still fails after the grace period.
+        let grace = std::time::Instant::now() + LOCK_GRACE;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(source)) if is_lock_contention(&source) && std::time::Instant::now() < grace => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(sled::Error::Io(source)) => {
+                    return Err(StorageError::Open { path: path.to_path_buf(), source: Arc::new(source) });
+                }
+                Err(other) => return Err(StorageError::from_engine(path, "opening", other)),
+            }
+        };
         let meta = db.open_tree(codec::META_TREE).map_err(|e| StorageError::from_engine(path, "opening", e))?;
         let quarantine =
             db.open_tree(codec::QUARANTINE_TREE).map_err(|e| StorageError::from_engine(path, "opening", e))?;
@@ -478,6 +488,13 @@ fn apply_pending(engine: &mut Engine, meta: &mut Option<Batch>, queues: &mut Vec
         engine.queue(name)?.apply_batch(batch)?;
     }
     Ok(())
+}
+
+/// How long opening waits for a directory lock that is being released.
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn is_lock_contention(error: &std::io::Error) -> bool {
+    error.to_string().contains("could not acquire lock")
 }
 
 /// A record recovery set aside: where it was and its bytes.

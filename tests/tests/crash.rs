@@ -31,7 +31,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 const WAIT: Duration = Duration::from_secs(10);
 
 /// The crash tests share two cores; running them one at a time keeps their timing meaningful.
-static SERIAL: Mutex<()> = Mutex::new(());
+/// The crash tests run one at a time: each saturates both cores and kills processes.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 // ---------------------------------------------------------------------------- the binary
 
@@ -163,10 +164,10 @@ impl BrokerProcess {
                 let mut lines = BufReader::new(reader).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     let line = strip_ansi(&line);
-                    if let Some(rest) = line.split("STOMP over TCP listening on ").nth(1) {
-                        if let Ok(addr) = rest.trim().parse() {
-                            let _ = found.send(addr);
-                        }
+                    if let Some(rest) = line.split("STOMP over TCP listening on ").nth(1)
+                        && let Ok(addr) = rest.trim().parse()
+                    {
+                        let _ = found.send(addr);
                     }
                     log.lock().unwrap_or_else(|e| e.into_inner()).push(format!("[{stream}] {line}"));
                 }
@@ -344,10 +345,10 @@ impl Seen {
                     self.unflagged_redeliveries += 1;
                 }
                 if *count == 1 && !redelivered {
-                    if let Some(&last) = self.last.get(&producer) {
-                        if seq < last {
-                            self.out_of_order += 1;
-                        }
+                    if let Some(&last) = self.last.get(&producer)
+                        && seq < last
+                    {
+                        self.out_of_order += 1;
                     }
                     self.last.insert(producer, seq);
                 }
@@ -420,7 +421,7 @@ fn report(name: &str, receipted: &HashSet<(u32, u64)>, sent: u64, seen: &Seen, r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_persistent_queue_load_loses_no_receipted_message() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     const ROUNDS: usize = 3;
     let destination = "/queue/crash";
     let dir = tempfile::tempdir().expect("temp dir");
@@ -480,7 +481,7 @@ async fn kill_9_during_persistent_queue_load_loses_no_receipted_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_with_a_durable_subscription_loses_no_receipted_message() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     // Rounds alternate: subscriber connected (consuming and acking), then away.
     const ROUNDS: usize = 4;
     const TOPIC: &str = "/topic/crash";
@@ -497,7 +498,7 @@ async fn kill_9_with_a_durable_subscription_loses_no_receipted_message() {
     };
     let receipted = Arc::new(Mutex::new(HashSet::new()));
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let mut next_seq = vec![0u64; 2];
+    let mut next_seq = [0u64; 2];
     let mut rounds = Vec::new();
 
     // Create the durable subscription, then leave.
