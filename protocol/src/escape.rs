@@ -143,9 +143,25 @@ pub(crate) fn readable(raw: &[u8]) -> String {
     text
 }
 
+/// Like [`readable`], for a header line that is being quoted in an error: a line that looks
+/// like a credential (`passcode`, `authorization`, `cookie`, whatever the case) is not quoted,
+/// because error texts reach clients and logs.
+pub(crate) fn readable_header_line(raw: &[u8]) -> String {
+    let lowered = raw.iter().take(16).map(u8::to_ascii_lowercase).collect::<Vec<u8>>();
+    let secret = [&b"passcode"[..], b"authorization", b"cookie"].iter().any(|name| lowered.starts_with(name));
+    if secret { "<redacted credential line>".to_owned() } else { readable(raw) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn malformed_credential_lines_are_not_quoted_in_errors() {
+        assert_eq!(readable_header_line(b"passcode s3cret"), "<redacted credential line>");
+        assert_eq!(readable_header_line(b"Authorization Bearer x"), "<redacted credential line>");
+        assert_eq!(readable_header_line(b"no colon here"), "no colon here");
+    }
 
     fn escaped(text: &str, version: Version) -> String {
         let mut dst = BytesMut::new();
