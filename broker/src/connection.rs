@@ -448,12 +448,18 @@ where
             }
             break reason;
         }
-        // Heart-beats and decoding are done; keep idle connections small.
+        // Keep idle connections small: most browsers sit idle for minutes between messages, so
+        // buffers sized for the last burst are given back once empty (a busy connection pays
+        // one allocation per turn for that, next to a syscall).
         if input.is_empty() && input.capacity() > 2 * read_size.0 {
             input = BytesMut::new();
         }
-        if output.bytes.capacity() > 64 * 1024 {
+        if output.bytes.is_empty() && output.bytes.capacity() > 0 {
             output.bytes = BytesMut::new();
+            output.frames = Vec::new();
+        }
+        if deliveries.capacity() > 64 {
+            deliveries = VecDeque::new();
         }
     };
 
