@@ -243,7 +243,10 @@ impl Decoder {
         }
         let bytes = &buf[line.clone()];
         let Some((name, value)) = grammar::header(bytes) else {
-            return Err(DecodeError::HeaderWithoutColon { line: self.header_count, text: escape::readable_header_line(bytes) });
+            return Err(DecodeError::HeaderWithoutColon {
+                line: self.header_count,
+                text: escape::readable_header_line(bytes),
+            });
         };
         let name_range = line.start..line.start + name.len();
         let value_range = name_range.end + 1..line.end;
