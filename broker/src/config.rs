@@ -79,6 +79,11 @@ pub struct Config {
     pub default_prefetch_client: u32,
     /// Most frames buffered in one transaction.
     pub max_transaction_frames: usize,
+    /// Most body bytes buffered in one transaction.
+    pub max_transaction_bytes: usize,
+    /// Most queues (including dead-letter and temporary queues); a SEND or SUBSCRIBE that would
+    /// create one more gets an ERROR.
+    pub max_queues: usize,
     /// Deliveries after which a message goes to the dead-letter queue; 0 = never.
     pub max_deliveries: u32,
     /// Dead-letter queue name prefix: messages of `/queue/x` go to `/queue/<prefix>x`.
@@ -260,6 +265,8 @@ impl Default for Config {
             default_prefetch_auto: 1000,
             default_prefetch_client: 100,
             max_transaction_frames: 10_000,
+            max_transaction_bytes: 64 * 1024 * 1024,
+            max_queues: 10_000,
             max_deliveries: 10,
             dead_letter_prefix: "DLQ.".to_owned(),
             ws_max_message_size: limits.max_body + limits.max_header_bytes + 64,
@@ -421,6 +428,7 @@ impl Config {
             consumer_window_bytes: self.consumer_window_bytes,
             max_subscriptions: self.max_subscriptions_per_connection,
             max_transaction_frames: self.max_transaction_frames,
+            max_transaction_bytes: self.max_transaction_bytes,
             slow_consumer_policy: self.slow_consumer_policy,
             ..SessionConfig::default()
         }

@@ -132,6 +132,7 @@ pub struct Router {
     queue_overrides: HashMap<String, QueueOverride>,
     store: Option<Arc<dyn Store>>,
     stall: std::time::Duration,
+    max_queues: std::sync::atomic::AtomicUsize,
     next_message_id: AtomicU64,
     next_id: AtomicU64,
     this: Weak<Router>,
@@ -184,6 +185,7 @@ impl Router {
             queue_overrides,
             store,
             stall: std::time::Duration::from_millis(20),
+            max_queues: std::sync::atomic::AtomicUsize::new(10_000),
             next_message_id: AtomicU64::new(start),
             next_id: AtomicU64::new(1),
             this: this.clone(),
@@ -312,14 +314,44 @@ impl Router {
         self.queues.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
     }
 
-    /// The queue `name` (a `/queue/` queue), created (and its actor started) if needed.
+    /// The queue `name` (a `/queue/` queue), created (and its actor started) if needed. For
+    /// the broker's own use (dead-letter queues, recovery); clients go through
+    /// [`Router::client_queue`], which is bounded.
     pub fn queue_or_create(&self, name: &str) -> QueueHandle {
         self.queue_or_create_with(name, true, Vec::new())
     }
 
-    /// A temporary queue: never stored, deleted with its connection.
-    pub fn temporary_queue(&self, name: &str) -> QueueHandle {
-        self.queue_or_create_with(name, false, Vec::new())
+    /// The queue `name` for a client's SEND or SUBSCRIBE, created if needed unless the broker
+    /// already holds `max_queues` queues (otherwise sending to ever new names would grow memory
+    /// without bound).
+    pub fn client_queue(&self, name: &str) -> Result<QueueHandle, TooManyQueues> {
+        match self.queue(name) {
+            Some(queue) => Ok(queue),
+            None => {
+                self.check_queue_room()?;
+                Ok(self.queue_or_create_with(name, true, Vec::new()))
+            }
+        }
+    }
+
+    /// A temporary queue: never stored, deleted with its connection. Bounded like
+    /// [`Router::client_queue`].
+    pub fn temporary_queue(&self, name: &str) -> Result<QueueHandle, TooManyQueues> {
+        if self.queue(name).is_none() {
+            self.check_queue_room()?;
+        }
+        Ok(self.queue_or_create_with(name, false, Vec::new()))
+    }
+
+    fn check_queue_room(&self) -> Result<(), TooManyQueues> {
+        let limit = self.max_queues.load(Ordering::Relaxed);
+        let count = self.queues.read().unwrap_or_else(|p| p.into_inner()).len();
+        if count >= limit { Err(TooManyQueues(limit)) } else { Ok(()) }
+    }
+
+    /// Sets the most queues clients may cause to exist (`max_queues`).
+    pub fn set_max_queues(&self, limit: usize) {
+        self.max_queues.store(limit, Ordering::Relaxed);
     }
 
     fn settings_for(&self, name: &str, durable: bool) -> QueueSettings {
@@ -510,6 +542,17 @@ impl Router {
 /// The store key of durable subscription `name`.
 fn durable_key(name: &str) -> String {
     format!("durable:{name}")
+}
+
+/// A client would create a queue beyond `max_queues`.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the broker holds its maximum of {0} queues")]
+pub struct TooManyQueues(pub usize);
+
+impl From<TooManyQueues> for crate::error::StompError {
+    fn from(error: TooManyQueues) -> Self {
+        crate::error::StompError::limit("queues", error.0, "max_queues")
+    }
 }
 
 /// What a topic publish needs to copy a message into durable subscriptions.

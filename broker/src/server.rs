@@ -143,6 +143,7 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
     };
     let store = open_store(config).await?;
     let router = Router::with_store(config.queue_settings(), config.queues.clone(), Some(Arc::clone(&store)));
+    router.set_max_queues(config.max_queues);
     let started = std::time::Instant::now();
     let recovery = {
         let store = Arc::clone(&store);

@@ -54,6 +54,8 @@ pub struct SessionConfig {
     pub max_subscriptions: usize,
     /// Most frames one transaction may buffer (`max_transaction_frames`).
     pub max_transaction_frames: usize,
+    /// Most body bytes one transaction may buffer (`max_transaction_bytes`).
+    pub max_transaction_bytes: usize,
     /// What to do when a topic subscriber's outbox is full.
     pub slow_consumer_policy: SlowConsumerPolicy,
     /// Who may connect and what they may do (open = everyone, everything).
@@ -72,6 +74,7 @@ impl Default for SessionConfig {
             consumer_window_bytes: 8 * 1024 * 1024,
             max_subscriptions: 1000,
             max_transaction_frames: 10_000,
+            max_transaction_bytes: 64 * 1024 * 1024,
             slow_consumer_policy: SlowConsumerPolicy::Disconnect,
             auth: Arc::new(Authenticator::open()),
         }
@@ -156,6 +159,13 @@ struct Subscription {
     durable: Option<String>,
 }
 
+/// Frames buffered by an open transaction, replayed at COMMIT.
+#[derive(Debug, Default)]
+struct Transaction {
+    frames: Vec<Frame>,
+    bytes: usize,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     AwaitingConnect,
@@ -192,7 +202,7 @@ pub struct Session {
     ack_owner: FxHashMap<u64, u64>,
     next_subscription: u64,
     next_ack: u64,
-    transactions: HashMap<ByteString, Vec<Frame>>,
+    transactions: HashMap<ByteString, Transaction>,
     temp_queues: HashMap<String, QueueHandle>,
     peer: Option<IpAddr>,
     upgrade_credentials: Option<Credentials>,
@@ -399,24 +409,32 @@ impl Session {
         }
     }
 
-    fn transaction_of(&mut self, frame: &Frame) -> Result<Option<&mut Vec<Frame>>, StompError> {
+    /// Buffers `frame` in its transaction if it names one; returns whether it did. Both the
+    /// number of frames and the bytes of their bodies are bounded, so a transaction that is never
+    /// committed cannot hold unbounded memory.
+    fn buffer_in_transaction(&mut self, frame: &Frame) -> Result<bool, StompError> {
         let Some(tx) = frame.headers.get_shared(names::TRANSACTION) else {
-            return Ok(None);
+            return Ok(false);
         };
-        let limit = self.config.max_transaction_frames;
-        match self.transactions.get_mut(tx) {
-            Some(buffered) if buffered.len() >= limit => {
-                Err(StompError::limit("frames in one transaction", limit, "max_transaction_frames"))
-            }
-            Some(buffered) => Ok(Some(buffered)),
-            None => Err(StompError::new(
+        let (max_frames, max_bytes) = (self.config.max_transaction_frames, self.config.max_transaction_bytes);
+        let Some(buffered) = self.transactions.get_mut(tx) else {
+            return Err(StompError::new(
                 format!("unknown transaction {tx:?}"),
                 format!(
                     "{} names transaction {tx:?}, which was not begun on this connection (or was already committed or aborted).",
                     frame.command
                 ),
-            )),
+            ));
+        };
+        if buffered.frames.len() >= max_frames {
+            return Err(StompError::limit("frames in one transaction", max_frames, "max_transaction_frames"));
         }
+        if buffered.bytes + frame.body.len() > max_bytes {
+            return Err(StompError::limit("body bytes in one transaction", max_bytes, "max_transaction_bytes"));
+        }
+        buffered.bytes += frame.body.len();
+        buffered.frames.push(frame.clone());
+        Ok(true)
     }
 
     async fn send_or_buffer(&mut self, frame: &Frame, replies: &mut Vec<Reply>) -> Result<(), StompError> {
@@ -426,8 +444,7 @@ impl Session {
             .ok_or_else(|| StompError::missing_header(Command::Send, names::DESTINATION))?;
         Destination::parse(destination).map_err(destination_error)?;
         self.authorize(Operation::Write, destination)?;
-        if let Some(buffered) = self.transaction_of(frame)? {
-            buffered.push(frame.clone());
+        if self.buffer_in_transaction(frame)? {
             return Ok(());
         }
         self.send(frame, replies).await
@@ -467,7 +484,7 @@ impl Session {
                 }
                 return Ok(());
             }
-            Destination::Queue(name) => self.router.queue_or_create(name),
+            Destination::Queue(name) => self.router.client_queue(name)?,
             Destination::ExistingQueue(name) => self.router.queue(name).ok_or_else(|| not_found(&destination_value))?,
             Destination::TempQueue(name) => self.temp_queue(name).await?,
             Destination::ReplyQueue(name) => match self.router.queue(name) {
@@ -523,7 +540,7 @@ impl Session {
         if let Some(queue) = self.temp_queues.get(name) {
             return Ok(queue.clone());
         }
-        let queue = self.router.temporary_queue(&format!("reply-{}-{}", self.id, name));
+        let queue = self.router.temporary_queue(&format!("reply-{}-{}", self.id, name))?;
         self.temp_queues.insert(name.to_owned(), queue.clone());
         let id = ByteString::from(format!("/temp-queue/{name}"));
         if !self.by_id.contains_key(&id) {
@@ -581,12 +598,12 @@ impl Session {
                     return Ok(());
                 }
             },
-            Destination::Queue(name) => self.router.queue_or_create(name),
+            Destination::Queue(name) => self.router.client_queue(name)?,
             Destination::ExistingQueue(name) | Destination::ReplyQueue(name) => {
                 self.router.queue(name).ok_or_else(|| not_found(destination_value))?
             }
             Destination::TempQueue(name) => {
-                let queue = self.router.temporary_queue(&format!("reply-{}-{}", self.id, name));
+                let queue = self.router.temporary_queue(&format!("reply-{}-{}", self.id, name))?;
                 self.temp_queues.insert(name.to_owned(), queue.clone());
                 queue
             }
@@ -770,8 +787,7 @@ impl Session {
                 ),
             ));
         }
-        if let Some(buffered) = self.transaction_of(frame)? {
-            buffered.push(frame.clone());
+        if self.buffer_in_transaction(frame)? {
             return Ok(());
         }
         self.ack(frame).await;
@@ -835,7 +851,7 @@ impl Session {
                 "Transaction ids must be unique among the open transactions of a connection.",
             ));
         }
-        self.transactions.insert(tx.clone(), Vec::new());
+        self.transactions.insert(tx.clone(), Transaction::default());
         Ok(())
     }
 
@@ -844,7 +860,7 @@ impl Session {
             .headers
             .get_shared(names::TRANSACTION)
             .ok_or_else(|| StompError::missing_header(frame.command, names::TRANSACTION))?;
-        self.transactions.remove(tx).ok_or_else(|| {
+        self.transactions.remove(tx).map(|t| t.frames).ok_or_else(|| {
             StompError::new(
                 format!("unknown transaction {tx:?}"),
                 format!("{} names transaction {tx:?}, which is not open on this connection.", frame.command),

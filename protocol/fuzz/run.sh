@@ -1,27 +1,5 @@
 #!/usr/bin/env bash
-# Bounded fuzz run of the decoder: ./run.sh [SECONDS] (default 60).
-#
-# Works on a stable toolchain: cargo-fuzz passes a few -Z flags to rustc, which
-# RUSTC_BOOTSTRAP=1 allows. The decoder forbids unsafe code, so no sanitizer is
-# needed (`--sanitizer none`), which also avoids needing the sanitizer runtimes.
-# The libFuzzer summary (executions, coverage) is printed at the end. Exits
-# non-zero when a crash is found; the input is left in artifacts/decode/.
+# Bounded fuzz run of the decoder: ./run.sh [SECONDS] (default 60). See tests/fuzz.sh.
 set -euo pipefail
-
-seconds="${1:-60}"
 here="$(cd "$(dirname "$0")" && pwd)"
-cd "$here"
-
-if ! cargo fuzz --version >/dev/null 2>&1; then
-    echo "run.sh: installing cargo-fuzz" >&2
-    cargo install cargo-fuzz --locked
-fi
-
-mkdir -p corpus/decode
-export RUSTC_BOOTSTRAP=1
-# corpus/decode collects new inputs (gitignored); seeds/decode is read-only.
-cargo fuzz run --sanitizer none decode corpus/decode seeds/decode -- \
-    -max_total_time="$seconds" \
-    -max_len=4096 \
-    -rss_limit_mb=2048 \
-    -print_final_stats=1
+exec "$here/../../tests/fuzz.sh" "$here" decode "${1:-60}"

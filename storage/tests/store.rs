@@ -157,7 +157,7 @@ fn messages_without_a_definition_are_recovered_and_reported() {
 
 /// Damages a stored value through a raw sled handle while the store is closed.
 fn damage(dir: &Path, tree: &str, key: &[u8], edit: impl FnOnce(&mut Vec<u8>)) {
-    let db = sled::open(dir).unwrap();
+    let db = open_raw(dir);
     let tree = db.open_tree(tree).unwrap();
     let mut value = tree.get(key).unwrap().expect("record to damage").to_vec();
     edit(&mut value);
@@ -196,7 +196,7 @@ fn corrupt_message_is_reported_with_queue_and_seq_then_quarantined() {
         // Set aside, so the next start-up is clean.
         assert!(store.recover().unwrap().problems.is_empty());
     }
-    let db = sled::open(dir.path()).unwrap();
+    let db = open_raw(dir.path());
     assert_eq!(db.open_tree("quarantine").unwrap().len(), 2);
 }
 
@@ -404,4 +404,20 @@ fn submit_after_writer_is_busy_keeps_order_with_recover() {
     }
     // recover() is queued behind the submissions, so it sees all of them.
     assert_eq!(seqs(&store, "a").len(), 100);
+}
+
+/// Opens the store's sled database directly. sled lets go of its directory lock a moment after
+/// the store is dropped, so this retries briefly, as `SledStore::open` does.
+fn open_raw(dir: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match sled::open(dir) {
+            Ok(db) => return db,
+            Err(error) if std::time::Instant::now() < deadline => {
+                let _ = error;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(error) => panic!("cannot open {}: {error}", dir.display()),
+        }
+    }
 }

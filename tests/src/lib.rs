@@ -4,7 +4,10 @@
 //! and never depend on a fixed port.
 #![forbid(unsafe_code)]
 
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
 
 use stampede_broker::{Config, RunningBroker};
 use stampede_client::raw::RawConnection;
@@ -89,4 +92,77 @@ impl TestBroker {
     pub async fn raw(&self) -> RawConnection {
         RawConnection::connect(self.broker.stomp_addr).await.expect("raw connection")
     }
+}
+
+/// The `stampede` binary, for tests that run the broker as a child process (crash and
+/// hostile-client tests).
+///
+/// `$STAMPEDE_BIN` when it is at least as new as every source file it is built from, so a
+/// stale release binary never stands in for the code under test; otherwise
+/// `<target>/debug/stampede`, built once per test process when missing or older than the
+/// sources.
+pub fn broker_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let newest = newest_broker_source();
+        let fresh = |path: &Path| path.metadata().and_then(|m| m.modified()).is_ok_and(|built| built >= newest);
+        if let Some(bin) = std::env::var_os("STAMPEDE_BIN").map(PathBuf::from).filter(|p| fresh(p)) {
+            return bin;
+        }
+        let target =
+            std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target"));
+        let bin = target.join("debug").join("stampede");
+        if !fresh(&bin) {
+            build_broker();
+        }
+        assert!(bin.is_file(), "no broker binary at {}", bin.display());
+        bin
+    })
+}
+
+fn workspace() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace")
+}
+
+/// The newest modification time among the sources of the broker binary.
+fn newest_broker_source() -> SystemTime {
+    fn walk(path: &Path, newest: &mut SystemTime) {
+        if let Ok(entries) = std::fs::read_dir(path) {
+            for entry in entries.flatten() {
+                walk(&entry.path(), newest);
+            }
+        } else if let Ok(modified) = std::fs::metadata(path).and_then(|m| m.modified()) {
+            *newest = (*newest).max(modified);
+        }
+    }
+    let mut newest = SystemTime::UNIX_EPOCH;
+    for krate in ["broker", "storage", "protocol"] {
+        walk(&workspace().join(krate).join("src"), &mut newest);
+        walk(&workspace().join(krate).join("Cargo.toml"), &mut newest);
+    }
+    newest
+}
+
+/// `cargo build -p stampede-broker --bin stampede`, bounded in time.
+fn build_broker() {
+    eprintln!("building the broker (cargo build -p stampede-broker --bin stampede)");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut child = std::process::Command::new(cargo)
+        .args(["build", "-p", "stampede-broker", "--bin", "stampede"])
+        .current_dir(workspace())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("cargo runs");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("cargo build") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("cargo build -p stampede-broker did not finish within 600 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "cargo build -p stampede-broker --bin stampede failed: {status}");
 }

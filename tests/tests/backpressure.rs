@@ -86,3 +86,29 @@ async fn a_fast_publisher_to_a_queue_without_consumers_is_bounded_by_the_queue_l
     assert!(error.to_string().contains("full"), "{error}");
     assert_eq!(broker.broker.router().queue("bounded").unwrap().depth(), 100);
 }
+
+#[tokio::test]
+async fn creating_queues_beyond_max_queues_is_an_error_naming_the_limit() {
+    let config = stampede_broker::Config { max_queues: 3, ..stampede_broker::Config::ephemeral() };
+    let broker = TestBroker::start_with(config).await;
+    let client = broker.client().await;
+    for name in ["a", "b", "c"] {
+        client.send_with_receipt(&format!("/queue/{name}"), "x", Headers::new()).await.unwrap();
+    }
+    // Existing queues stay usable; a fourth name is refused.
+    client.send_with_receipt("/queue/a", "again", Headers::new()).await.unwrap();
+    let error = client.send_with_receipt("/queue/d", "x", Headers::new()).await.unwrap_err();
+    assert!(error.to_string().contains("max_queues"), "{error}");
+}
+
+#[tokio::test]
+async fn a_transaction_holding_more_body_bytes_than_allowed_is_an_error_naming_the_limit() {
+    let config = stampede_broker::Config { max_transaction_bytes: 10_000, ..stampede_broker::Config::ephemeral() };
+    let broker = TestBroker::start_with(config).await;
+    let client = broker.client().await;
+    let tx = client.begin().await.unwrap();
+    tx.send("/queue/txbytes", vec![b'x'; 6_000], Headers::new()).await.unwrap();
+    tx.send("/queue/txbytes", vec![b'x'; 6_000], Headers::new()).await.unwrap();
+    let reason = tokio::time::timeout(WAIT, client.closed()).await.expect("the broker closes the connection");
+    assert!(format!("{reason:?}").contains("max_transaction_bytes"), "{reason:?}");
+}

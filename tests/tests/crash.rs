@@ -10,9 +10,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use stampede_client::{AckMode, Client, ClientError, Command, ConnectOptions, Frame, SubscribeOptions};
@@ -35,80 +35,6 @@ const WAIT: Duration = Duration::from_secs(10);
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 // ---------------------------------------------------------------------------- the binary
-
-fn workspace() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace")
-}
-
-fn newest_source_mtime() -> SystemTime {
-    fn walk(dir: &Path, newest: &mut SystemTime) {
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(&path, newest);
-            } else if let Ok(modified) = entry.metadata().and_then(|m| m.modified()) {
-                *newest = (*newest).max(modified);
-            }
-        }
-    }
-    let mut newest = SystemTime::UNIX_EPOCH;
-    for krate in ["broker", "storage", "protocol"] {
-        walk(&workspace().join(krate).join("src"), &mut newest);
-        walk(&workspace().join(krate).join("Cargo.toml"), &mut newest);
-        if let Ok(modified) = std::fs::metadata(workspace().join(krate).join("Cargo.toml")).and_then(|m| m.modified()) {
-            newest = newest.max(modified);
-        }
-    }
-    newest
-}
-
-fn is_stale(bin: &Path) -> bool {
-    match std::fs::metadata(bin).and_then(|m| m.modified()) {
-        Ok(built) => built < newest_source_mtime(),
-        Err(_) => true,
-    }
-}
-
-/// The broker binary, built once per test process if needed.
-fn broker_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("STAMPEDE_BIN").map(PathBuf::from).filter(|p| p.is_file()) {
-            if is_stale(&bin) {
-                eprintln!("warning: STAMPEDE_BIN={} is older than the broker sources", bin.display());
-            }
-            return bin;
-        }
-        let target =
-            std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target"));
-        let bin = target.join("debug").join("stampede");
-        if is_stale(&bin) {
-            eprintln!("building {} (cargo build -p stampede-broker --bin stampede)", bin.display());
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let mut child = std::process::Command::new(cargo)
-                .args(["build", "-p", "stampede-broker", "--bin", "stampede"])
-                .current_dir(workspace())
-                .stdin(Stdio::null())
-                .spawn()
-                .expect("cargo runs");
-            let deadline = Instant::now() + Duration::from_secs(600);
-            let status = loop {
-                if let Some(status) = child.try_wait().expect("cargo build") {
-                    break status;
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    panic!("cargo build -p stampede-broker did not finish within 600 s");
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            };
-            assert!(status.success(), "cargo build -p stampede-broker --bin stampede failed: {status}");
-        }
-        assert!(bin.is_file(), "no broker binary at {}", bin.display());
-        bin
-    })
-}
 
 // ---------------------------------------------------------------------- a broker process
 
@@ -141,7 +67,7 @@ fn strip_ansi(line: &str) -> String {
 impl BrokerProcess {
     async fn start(data_dir: &Path) -> BrokerProcess {
         let began = Instant::now();
-        let mut child = tokio::process::Command::new(broker_bin())
+        let mut child = tokio::process::Command::new(stampede_tests::broker_binary())
             .args(["--stomp-addr", "127.0.0.1:0", "--ws-addr", "127.0.0.1:0", "--log-level", "info", "--data-dir"])
             .arg(data_dir)
             .env("NO_COLOR", "1")
@@ -150,7 +76,7 @@ impl BrokerProcess {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", broker_bin().display()));
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", stampede_tests::broker_binary().display()));
         let log = Arc::new(Mutex::new(Vec::new()));
         let (found, mut address) = tokio::sync::mpsc::unbounded_channel::<SocketAddr>();
         let stdout = child.stdout.take().expect("piped stdout");
