@@ -556,7 +556,10 @@ impl Session {
             .header(names::DESTINATION)
             .ok_or_else(|| StompError::missing_header(Command::Subscribe, names::DESTINATION))?;
         let id = match frame.headers.get_shared(names::ID) {
-            Some(id) => id.clone(),
+            // Copied out: the decoded value is a slice of the read buffer the frame arrived in,
+            // and a subscription lives for the whole connection; keeping the slice would keep
+            // that whole buffer alive for every idle subscriber.
+            Some(id) => ByteString::from(id.to_string()),
             // STOMP 1.0 made the id optional; the destination then names the subscription.
             None if self.version == Version::V1_0 => ByteString::from(destination_value.to_owned()),
             None => return Err(StompError::missing_header(Command::Subscribe, names::ID)),
