@@ -38,14 +38,8 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 log "RLIMIT_NOFILE soft/hard: $(ulimit -Sn)/$(ulimit -Hn); results in $OUT"
 
 # --- helpers -----------------------------------------------------------------------------------
-wait_port() { # port seconds
-    local i
-    for ((i = 0; i < $2 * 10; i++)); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 port_pid() { # pid of the process listening on 127.0.0.1:port
     ss -ltnpH "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2
 }

@@ -322,7 +322,7 @@ where
     tokio::pin!(timer);
 
     let reason = loop {
-        let mut ending: Option<(CloseReason, Option<StompError>)> = None;
+        let mut ending: Option<Ending> = None;
         let beat = session.heart_beat();
         let read_deadline = if session.is_connected() {
             beat.expect_every.map(|every| last_read + every.mul_f64(settings.heartbeat_grace))
@@ -346,7 +346,7 @@ where
                             format!("limit exceeded - WebSocket message size ({text}, ws_max_message_size)"),
                             "A WebSocket message was larger than the configuration key 'ws_max_message_size' allows.",
                         );
-                        (CloseReason::ProtocolError(error.message.clone()), Some(error))
+                        fail(error)
                     }
                     None => (CloseReason::Io(error.to_string()), None),
                 }),
@@ -403,8 +403,7 @@ where
                 if let Err(error) = verdict {
                     // Nothing after a refused SEND is answered, not even its own RECEIPT: the ERROR carries it.
                     pending.clear();
-                    let error = StompError { receipt_id, ..error };
-                    ending = Some((CloseReason::ProtocolError(error.message.clone()), Some(error)));
+                    ending = Some(refused(error, receipt_id));
                 }
             },
             () = context.shutdown.cancelled() => {
@@ -464,6 +463,11 @@ where
     };
 
     Box::pin(session.close()).await;
+    // The drop-oldest slow-consumer policy loses messages on purpose; say how many.
+    let dropped = outbox.dropped();
+    if dropped > 0 {
+        warn!(%peer, session = %session_id, dropped, "topic messages dropped for this slow consumer (slow_consumer_policy = drop-oldest)");
+    }
     match &reason {
         CloseReason::ProtocolError(message) => {
             info!(%peer, session = %session_id, %message, "connection closed after ERROR")
@@ -479,6 +483,23 @@ where
     reason
 }
 
+/// Why a connection ends, and the ERROR to send its client first, if any.
+type Ending = (CloseReason, Option<StompError>);
+
+/// Ends the connection with `error` as an ERROR frame.
+fn fail(error: StompError) -> Ending {
+    (CloseReason::ProtocolError(error.message.clone()), Some(error))
+}
+
+/// A queue refused (or never decided on) a SEND: the ERROR carries that SEND's receipt-id.
+fn refused(error: StompError, receipt_id: Option<ByteString>) -> Ending {
+    fail(StompError { receipt_id, ..error })
+}
+
+fn queue_stopped() -> StompError {
+    StompError::new("message not accepted", "The queue stopped before accepting the message.")
+}
+
 /// A deadline far enough away to mean "none".
 const FAR: Duration = Duration::from_secs(24 * 3600);
 
@@ -491,9 +512,7 @@ const MAX_PENDING_REPLIES: usize = 8192;
 async fn first_verdict(pending: &mut VecDeque<Reply>) -> (Result<(), StompError>, Option<ByteString>) {
     match pending.front_mut() {
         Some(Reply::After { verdict, receipt_id }) => {
-            let outcome = verdict.await.unwrap_or_else(|_| {
-                Err(StompError::new("message not accepted", "The queue stopped before accepting the message."))
-            });
+            let outcome = verdict.await.unwrap_or_else(|_| Err(queue_stopped()));
             (outcome, receipt_id.clone())
         }
         _ => std::future::pending().await,
@@ -506,7 +525,7 @@ fn write_decided(
     pending: &mut VecDeque<Reply>,
     output: &mut Output,
     version: stampede_protocol::Version,
-) -> Option<(CloseReason, Option<StompError>)> {
+) -> Option<Ending> {
     while let Some(front) = pending.front_mut() {
         match front {
             Reply::Frame(frame) => {
@@ -517,16 +536,10 @@ fn write_decided(
                 Ok(Ok(())) => {
                     pending.pop_front();
                 }
-                Ok(Err(error)) => {
-                    let error = StompError { receipt_id: receipt_id.clone(), ..error };
-                    return Some((CloseReason::ProtocolError(error.message.clone()), Some(error)));
-                }
+                Ok(Err(error)) => return Some(refused(error, receipt_id.clone())),
                 Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return None,
                 Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
-                    let error =
-                        StompError::new("message not accepted", "The queue stopped before accepting the message.");
-                    let error = StompError { receipt_id: receipt_id.clone(), ..error };
-                    return Some((CloseReason::ProtocolError(error.message.clone()), Some(error)));
+                    return Some(refused(queue_stopped(), receipt_id.clone()));
                 }
             },
         }
@@ -540,7 +553,7 @@ async fn settle_all(
     output: &mut Output,
     version: stampede_protocol::Version,
     limit: Duration,
-) -> Option<(CloseReason, Option<StompError>)> {
+) -> Option<Ending> {
     while !pending.is_empty() {
         if let Some(refused) = write_decided(pending, output, version) {
             return Some(refused);
@@ -552,14 +565,12 @@ async fn settle_all(
             Ok((Ok(()), _)) => {
                 pending.pop_front();
             }
-            Ok((Err(error), receipt_id)) => {
-                let error = StompError { receipt_id, ..error };
-                return Some((CloseReason::ProtocolError(error.message.clone()), Some(error)));
-            }
+            Ok((Err(error), receipt_id)) => return Some(refused(error, receipt_id)),
             Err(_) => {
-                let error =
-                    StompError::new("timed out waiting for storage", "Earlier messages were not confirmed in time.");
-                return Some((CloseReason::ProtocolError(error.message.clone()), Some(error)));
+                return Some(fail(StompError::new(
+                    "timed out waiting for storage",
+                    "Earlier messages were not confirmed in time.",
+                )));
             }
         }
     }
@@ -573,7 +584,7 @@ async fn process_input(
     decoder: &mut Decoder,
     input: &mut BytesMut,
     replies: &mut Vec<Reply>,
-) -> Option<(CloseReason, Option<StompError>)> {
+) -> Option<Ending> {
     loop {
         match decoder.decode(input) {
             Ok(None) => return None,
@@ -587,9 +598,7 @@ async fn process_input(
                         }
                     }
                     Ok(Flow::Disconnect) => return Some((CloseReason::ClientDisconnect, None)),
-                    Err(error) => {
-                        return Some((CloseReason::ProtocolError(error.message.clone()), Some(error)));
-                    }
+                    Err(error) => return Some(fail(error)),
                 }
             }
             Err(error) => {
@@ -600,7 +609,7 @@ async fn process_input(
                         "The frame could not be decoded: {message}. The connection is closed because the byte stream cannot be resynchronised."
                     ),
                 );
-                return Some((CloseReason::ProtocolError(message), Some(stomp)));
+                return Some(fail(stomp));
             }
         }
     }

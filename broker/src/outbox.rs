@@ -252,15 +252,15 @@ impl Outbox {
         self.lock().dropped
     }
 
-    /// Refuses all further deliveries and returns what was still queued, so queue deliveries
-    /// can be handed back.
-    pub fn close(&self) -> VecDeque<Delivery> {
+    /// Refuses all further deliveries and drops what was still queued (queue deliveries among
+    /// them are redelivered when the session detaches from their queues).
+    pub fn close(&self) {
         let mut state = self.lock();
         state.closed = true;
         state.bytes = 0;
-        let items = std::mem::take(&mut state.items);
+        let queued = std::mem::take(&mut state.items);
         drop(state);
+        drop(queued);
         self.drained.notify_waiters();
-        items
     }
 }

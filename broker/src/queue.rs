@@ -21,7 +21,9 @@
 //! produced (appends, removals after acks, delivery counts) into a single submission, and the
 //! store group-commits submissions from every queue, so an fsync covers many messages.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -199,7 +201,6 @@ enum Command {
     RemoveConsumer { consumer: u64 },
     Settle { consumer: u64, messages: Vec<u64>, outcome: Outcome },
     SetDefaultTtl(u64),
-    Purge { done: oneshot::Sender<usize> },
     Shutdown { forget: bool, done: oneshot::Sender<()> },
 }
 
@@ -208,9 +209,7 @@ enum Command {
 struct Shared {
     name: Arc<str>,
     depth: AtomicUsize,
-    unacked: AtomicUsize,
     consumers: AtomicUsize,
-    enqueued: AtomicU64,
     dropped: AtomicU64,
 }
 
@@ -260,9 +259,7 @@ impl QueueHandle {
         let shared = Arc::new(Shared {
             name: Arc::clone(&name),
             depth: AtomicUsize::new(recovered.len()),
-            unacked: AtomicUsize::new(0),
             consumers: AtomicUsize::new(0),
-            enqueued: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
         });
         let ready_bytes = recovered.iter().map(QueuedMessage::size).sum();
@@ -273,7 +270,7 @@ impl QueueHandle {
             router,
             ready: recovered.into(),
             ready_bytes,
-            unacked: HashMap::new(),
+            unacked: FxHashMap::default(),
             consumers: Vec::new(),
             next_consumer: 0,
             own_mailbox: mailbox.downgrade(),
@@ -294,19 +291,9 @@ impl QueueHandle {
         self.shared.depth.load(Ordering::Relaxed)
     }
 
-    /// Messages delivered and not yet acknowledged.
-    pub fn unacked(&self) -> usize {
-        self.shared.unacked.load(Ordering::Relaxed)
-    }
-
     /// Consumers attached now.
     pub fn consumer_count(&self) -> usize {
         self.shared.consumers.load(Ordering::Relaxed)
-    }
-
-    /// Messages accepted so far.
-    pub fn enqueued(&self) -> u64 {
-        self.shared.enqueued.load(Ordering::Relaxed)
     }
 
     /// Messages dropped so far (overflow or expiry).
@@ -325,11 +312,6 @@ impl QueueHandle {
         let (verdict, receiver) = oneshot::channel();
         self.command(Command::Publish { message, verdict: Some(verdict) }).await?;
         Ok(receiver)
-    }
-
-    /// Enqueues a message without a verdict.
-    pub async fn publish_nowait(&self, message: QueuedMessage) -> Result<(), QueueGone> {
-        self.command(Command::Publish { message, verdict: None }).await
     }
 
     /// Attaches a consumer.
@@ -361,13 +343,6 @@ impl QueueHandle {
         let _ = self.mailbox.try_send(Command::SetDefaultTtl(ttl_ms));
     }
 
-    /// Drops every waiting message; returns how many.
-    pub async fn purge(&self) -> Result<usize, QueueGone> {
-        let (done, purged) = oneshot::channel();
-        self.command(Command::Purge { done }).await?;
-        purged.await.map_err(|_| QueueGone(Arc::clone(&self.shared.name)))
-    }
-
     /// Stops the actor. With `forget`, its stored messages are deleted too (the queue is gone
     /// for good); without, they stay for the next start.
     pub async fn shutdown(&self, forget: bool) {
@@ -385,7 +360,9 @@ struct QueueActor {
     persistence: Option<Persistence>,
     ready: VecDeque<QueuedMessage>,
     ready_bytes: usize,
-    unacked: HashMap<u64, (u64, QueuedMessage)>,
+    /// Delivered, not yet settled: message id to (consumer, message). Touched on every
+    /// delivery and ack, keyed by broker-chosen ids, hence FxHash.
+    unacked: FxHashMap<u64, (u64, QueuedMessage)>,
     consumers: Vec<ConsumerState>,
     next_consumer: usize,
     /// The actor's own mailbox, to stamp on deliveries so acknowledgements find their way back.
@@ -441,7 +418,6 @@ impl QueueActor {
 
     fn publish_stats(&self) {
         self.shared.depth.store(self.ready.len(), Ordering::Relaxed);
-        self.shared.unacked.store(self.unacked.len(), Ordering::Relaxed);
     }
 
     /// Submits the storage work of this batch as one submission; verdicts of persistent
@@ -498,14 +474,6 @@ impl QueueActor {
                 }
                 self.settings.default_ttl_ms = ttl;
             }
-            Command::Purge { done } => {
-                let purged = self.ready.len();
-                for message in std::mem::take(&mut self.ready) {
-                    self.forget(&message);
-                }
-                self.ready_bytes = 0;
-                let _ = done.send(purged);
-            }
             Command::Shutdown { .. } => {}
         }
     }
@@ -545,7 +513,6 @@ impl QueueActor {
                 }
             }
         }
-        self.shared.enqueued.fetch_add(1, Ordering::Relaxed);
         if message.persistent && self.persistence.is_some() {
             let key = self.persistence.as_ref().map(|p| p.key.clone()).unwrap_or_default();
             self.writes.push(Op::Append { queue: key, message: message.to_stored() });

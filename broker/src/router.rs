@@ -131,7 +131,6 @@ pub struct Router {
     queue_settings: QueueSettings,
     queue_overrides: HashMap<String, QueueOverride>,
     store: Option<Arc<dyn Store>>,
-    stall: std::time::Duration,
     max_queues: std::sync::atomic::AtomicUsize,
     next_message_id: AtomicU64,
     next_id: AtomicU64,
@@ -184,17 +183,11 @@ impl Router {
             queue_settings,
             queue_overrides,
             store,
-            stall: std::time::Duration::from_millis(20),
             max_queues: std::sync::atomic::AtomicUsize::new(10_000),
             next_message_id: AtomicU64::new(start),
             next_id: AtomicU64::new(1),
             this: this.clone(),
         })
-    }
-
-    /// Sets how long a publish waits, at most, for subscribers that fell behind.
-    pub fn set_slow_consumer_stall(&mut self, stall: std::time::Duration) {
-        self.stall = stall;
     }
 
     /// A fresh broker-wide message id.
@@ -221,7 +214,7 @@ impl Router {
         self.publish_topic_now(name, template, message.id, &mut durable, &mut congested);
         if !congested.is_empty() {
             // The stall gate: give subscribers that fell behind a moment to catch up.
-            let deadline = tokio::time::Instant::now() + self.stall;
+            let deadline = tokio::time::Instant::now() + SLOW_CONSUMER_STALL;
             for outbox in congested {
                 if tokio::time::timeout_at(deadline, outbox.wait_for_room()).await.is_err() {
                     outbox.mark_unresponsive();
@@ -543,6 +536,11 @@ impl Router {
 fn durable_key(name: &str) -> String {
     format!("durable:{name}")
 }
+
+/// Longest a publish waits for subscribers whose outboxes are over half full (the stall gate,
+/// see the `outbox` module). Long enough for a reading subscriber's connection to take its
+/// deliveries, short enough that a stuck one costs its publishers little.
+const SLOW_CONSUMER_STALL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// A client would create a queue beyond `max_queues`.
 #[derive(Debug, Clone, Copy, thiserror::Error)]

@@ -336,12 +336,12 @@ struct SessionIds {
 
 impl SessionIds {
     fn new() -> SessionIds {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        let mixed = seed ^ (std::process::id() as u64).rotate_left(32) ^ (&seed as *const u64 as u64);
-        SessionIds { prefix: mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15), next: AtomicU64::new(1) }
+        // RandomState is seeded from the OS's randomness: the prefix differs per process and
+        // cannot be guessed from the start time, so temporary queue names (which contain the
+        // session id) are not predictable by other clients.
+        use std::hash::BuildHasher;
+        let prefix = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+        SessionIds { prefix, next: AtomicU64::new(1) }
     }
 
     fn next(&self) -> Arc<str> {

@@ -150,7 +150,6 @@ struct Pending {
 #[derive(Debug)]
 struct Subscription {
     id: ByteString,
-    destination: String,
     ack: AckMode,
     target: Target,
     /// Queue deliveries written but not yet acknowledged, oldest first (client modes only).
@@ -545,8 +544,7 @@ impl Session {
         let id = ByteString::from(format!("/temp-queue/{name}"));
         if !self.by_id.contains_key(&id) {
             let credit = (self.config.default_prefetch_auto, self.config.consumer_window_bytes);
-            let destination = format!("/temp-queue/{name}");
-            self.attach_queue(id, destination, AckMode::Auto, queue.clone(), credit, None).await?;
+            self.attach_queue(id, AckMode::Auto, queue.clone(), credit, None).await?;
         }
         Ok(queue)
     }
@@ -580,13 +578,12 @@ impl Session {
         let ack = AckMode::parse(frame.header(names::ACK))?;
         let destination = Destination::parse(destination_value).map_err(destination_error)?;
         self.authorize(Operation::Read, destination_value)?;
-        let destination_text = destination_value.to_owned();
         let queue = match destination {
             Destination::Topic(name) => match self.durable_name(frame, &id) {
                 Some(durable) => {
                     let queue = self.router.durable_subscription(&durable, name);
                     let credit = (self.prefetch(frame, ack)?, self.window_bytes(frame));
-                    return self.attach_queue(id, destination_text, ack, queue, credit, Some(durable)).await;
+                    return self.attach_queue(id, ack, queue, credit, Some(durable)).await;
                 }
                 None => {
                     let key = self.next_subscription_key();
@@ -597,7 +594,7 @@ impl Session {
                     };
                     let subscriber = Arc::new(TopicSubscriber { id: self.router.next_id(), sink });
                     let registration = self.router.subscribe_topic(name, subscriber);
-                    self.insert_subscription(key, id, destination_text, ack, Target::Topic(registration), None);
+                    self.insert_subscription(key, id, ack, Target::Topic(registration), None);
                     return Ok(());
                 }
             },
@@ -621,7 +618,7 @@ impl Session {
             queue.set_default_ttl(ttl).await?;
         }
         let credit = (self.prefetch(frame, ack)?, self.window_bytes(frame));
-        self.attach_queue(id, destination_text, ack, queue, credit, None).await
+        self.attach_queue(id, ack, queue, credit, None).await
     }
 
     /// The name of the durable subscription a SUBSCRIBE to a topic asks for, if it asks for one.
@@ -684,7 +681,6 @@ impl Session {
     async fn attach_queue(
         &mut self,
         id: ByteString,
-        destination: String,
         ack: AckMode,
         queue: QueueHandle,
         credit: (u32, usize),
@@ -695,7 +691,7 @@ impl Session {
         let (prefetch, window_bytes) = credit;
         let outbox = Arc::clone(&self.outbox);
         queue.add_consumer(Consumer { id: consumer, subscription: key, outbox, prefetch, window_bytes }).await?;
-        self.insert_subscription(key, id, destination, ack, Target::Queue { queue, consumer }, durable);
+        self.insert_subscription(key, id, ack, Target::Queue { queue, consumer }, durable);
         Ok(())
     }
 
@@ -705,17 +701,9 @@ impl Session {
         key
     }
 
-    fn insert_subscription(
-        &mut self,
-        key: u64,
-        id: ByteString,
-        destination: String,
-        ack: AckMode,
-        target: Target,
-        durable: Option<String>,
-    ) {
+    fn insert_subscription(&mut self, key: u64, id: ByteString, ack: AckMode, target: Target, durable: Option<String>) {
         self.by_id.insert(id.clone(), key);
-        let subscription = Subscription { id, destination, ack, target, pending: VecDeque::new(), durable };
+        let subscription = Subscription { id, ack, target, pending: VecDeque::new(), durable };
         self.subscriptions.insert(key, subscription);
     }
 
@@ -930,11 +918,6 @@ impl Session {
         for (_, queue) in self.temp_queues.drain() {
             self.router.delete_queue(queue.name(), true).await;
         }
-    }
-
-    /// Destinations of the current subscriptions, for management and tests.
-    pub fn subscription_destinations(&self) -> Vec<String> {
-        self.subscriptions.values().map(|s| s.destination.clone()).collect()
     }
 }
 

@@ -9,7 +9,6 @@
 //! copy-on-write list would copy the whole list on every subscribe).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use stampede_protocol::MessageTemplate;
@@ -47,7 +46,6 @@ pub enum Sink {
 pub struct Topic {
     name: Arc<str>,
     subscribers: RwLock<Subscribers>,
-    published: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -59,7 +57,7 @@ struct Subscribers {
 impl Topic {
     /// An empty topic.
     pub fn new(name: Arc<str>) -> Topic {
-        Topic { name, subscribers: RwLock::new(Subscribers::default()), published: AtomicU64::new(0) }
+        Topic { name, subscribers: RwLock::new(Subscribers::default()) }
     }
 
     /// The topic name (without `/topic/`).
@@ -79,7 +77,6 @@ impl Topic {
         durable: &mut Vec<QueueHandle>,
         congested: &mut Vec<Arc<Outbox>>,
     ) -> usize {
-        self.published.fetch_add(1, Ordering::Relaxed);
         let subscribers = self.subscribers.read().unwrap_or_else(|p| p.into_inner());
         let mut delivered = 0;
         for subscriber in &subscribers.list {
@@ -134,11 +131,6 @@ impl Topic {
     /// Number of subscribers now.
     pub fn subscriber_count(&self) -> usize {
         self.subscribers.read().unwrap_or_else(|p| p.into_inner()).list.len()
-    }
-
-    /// Messages published so far.
-    pub fn published(&self) -> u64 {
-        self.published.load(Ordering::Relaxed)
     }
 }
 

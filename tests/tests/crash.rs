@@ -206,6 +206,34 @@ impl XorShift {
 /// Publishes persistent messages `first..` to `destination`, in seq order on the wire, with up
 /// to [`WINDOW`] receipts outstanding, until the connection dies (the broker is killed) or
 /// [`MAX_PER_ROUND`] are sent. Records every receipted seq; returns the next unused seq.
+/// Runs one pipelined persistent producer per entry of `next_seq` against `destination` for a
+/// random 0.4-1.2 s, then kills the broker with SIGKILL in the middle of that load. Leaves in
+/// `next_seq` where each producer stopped; returns the load time, the broker's recovery log line
+/// and its start-up time.
+async fn load_then_kill9(
+    broker: BrokerProcess,
+    destination: &str,
+    next_seq: &mut [u64],
+    receipted: &Arc<Mutex<HashSet<(u32, u64)>>>,
+    rng: &mut XorShift,
+) -> (Duration, String, Duration) {
+    let mut producers = Vec::new();
+    for (p, &first) in (0u32..).zip(next_seq.iter()) {
+        let client = connect(&broker.url(), |o| o).await;
+        producers.push(tokio::spawn(produce(client, destination.to_owned(), p, first, Arc::clone(receipted))));
+    }
+    let load = rng.millis(400, 1200);
+    tokio::time::sleep(load).await;
+    let recovery = broker.recovery_line().unwrap_or_else(|| "nothing to recover".to_owned());
+    let startup = broker.startup;
+    broker.kill9().await;
+    for (seq, producer) in next_seq.iter_mut().zip(producers) {
+        *seq =
+            tokio::time::timeout(WAIT, producer).await.expect("producer stops after the kill").expect("producer task");
+    }
+    (load, recovery, startup)
+}
+
 async fn produce(
     client: Client,
     destination: String,
@@ -359,28 +387,7 @@ async fn kill_9_during_persistent_queue_load_loses_no_receipted_message() {
     for round in 0..ROUNDS {
         let (sent_before, receipted_before) = (next_seq.iter().sum::<u64>(), receipted.lock().unwrap().len());
         let broker = BrokerProcess::start(dir.path()).await;
-        let mut producers = Vec::new();
-        for p in 0..PRODUCERS {
-            let client = connect(&broker.url(), |o| o).await;
-            producers.push(tokio::spawn(produce(
-                client,
-                destination.to_owned(),
-                p,
-                next_seq[p as usize],
-                Arc::clone(&receipted),
-            )));
-        }
-        let load = rng.millis(400, 1200);
-        tokio::time::sleep(load).await;
-        let recovery = broker.recovery_line().unwrap_or_else(|| "nothing to recover".to_owned());
-        let startup = broker.startup;
-        broker.kill9().await;
-        for (p, producer) in producers.into_iter().enumerate() {
-            next_seq[p] = tokio::time::timeout(WAIT, producer)
-                .await
-                .expect("producer stops after the kill")
-                .expect("producer task");
-        }
+        let (load, recovery, startup) = load_then_kill9(broker, destination, &mut next_seq, &receipted, &mut rng).await;
         let sent = next_seq.iter().sum::<u64>() - sent_before;
         let acked = (receipted.lock().unwrap().len() - receipted_before) as u64;
         rounds.push(format!(
@@ -456,28 +463,7 @@ async fn kill_9_with_a_durable_subscription_loses_no_receipted_message() {
             None
         };
         // Two producers only: every topic publish also waits for the subscription's queue.
-        let mut producers = Vec::new();
-        for p in 0..2u32 {
-            let client = connect(&broker.url(), |o| o).await;
-            producers.push(tokio::spawn(produce(
-                client,
-                TOPIC.to_owned(),
-                p,
-                next_seq[p as usize],
-                Arc::clone(&receipted),
-            )));
-        }
-        let load = rng.millis(400, 1200);
-        tokio::time::sleep(load).await;
-        let recovery = broker.recovery_line().unwrap_or_else(|| "nothing to recover".to_owned());
-        let startup = broker.startup;
-        broker.kill9().await;
-        for (p, producer) in producers.into_iter().enumerate() {
-            next_seq[p] = tokio::time::timeout(WAIT, producer)
-                .await
-                .expect("producer stops after the kill")
-                .expect("producer task");
-        }
+        let (load, recovery, startup) = load_then_kill9(broker, TOPIC, &mut next_seq, &receipted, &mut rng).await;
         if let Some(consumer) = consumer {
             tokio::time::timeout(WAIT, consumer).await.expect("consumer stops after the kill").expect("consumer task");
         }
