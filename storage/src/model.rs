@@ -126,7 +126,9 @@ pub enum Op {
         /// The queue or subscription name.
         name: String,
     },
-    /// Stores a message (replacing any message with the same `seq` in that queue).
+    /// Stores a message (replacing any message with the same `seq` in that queue, delivery count
+    /// included). The broker only appends new `seq`s (its message ids only grow); a group commit
+    /// relies on that when it drops an append and the removal of the same message together.
     Append {
         /// The queue or subscription name.
         queue: String,
@@ -263,8 +265,12 @@ impl fmt::Display for RecoveryProblem {
 pub struct StoreMetrics {
     /// Submissions accepted.
     pub submissions: u64,
-    /// Operations applied.
+    /// Operations received (applied or cancelled).
     pub ops: u64,
+    /// Operations that cancelled out within a group commit and were never written: an append
+    /// and the removal of the same message, a delivery count folded into its message or
+    /// overtaken by the removal.
+    pub cancelled_ops: u64,
     /// Group commits (groups of submissions applied together).
     pub batches: u64,
     /// fsyncs issued by the writer.

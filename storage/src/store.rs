@@ -21,7 +21,10 @@ pub trait Store: Send + Sync {
     /// `done`, if given, is called exactly once:
     /// - with `Ok(())` once every op is applied and, unless the fsync mode is
     ///   [`Never`](crate::FsyncMode::Never), durable on disk — only then may the broker send the
-    ///   RECEIPT or count a persistent SEND as accepted;
+    ///   RECEIPT or count a persistent SEND as accepted. An [`Op::Append`] whose
+    ///   [`Op::Remove`] was submitted before the append reached the disk may never be written
+    ///   (the message was acked, dropped or moved in the meantime): it then counts as applied
+    ///   once the group it was cancelled in completes;
     /// - with `Err` if the ops may not be durable (I/O error, disk full, store closed or
     ///   backlogged). Some of the ops may still have been applied and be recovered later:
     ///   storage is at-least-once, never acknowledged-but-lost.
