@@ -165,6 +165,9 @@ pub async fn run(c: &Common, p: Params) -> Result<(), String> {
     let mut publisher = Session::open(&pub_settings, addr).await.map_err(|e| format!("publisher: {e}"))?;
     let template = SendTemplate::new(&destination, 128, 0, false, false);
     let mut out = BytesMut::new();
+    // Whose CPU the reach took: the broker's and this generator's, over the same interval.
+    let broker_cpu0 = c.broker_pid.and_then(stats::process_cpu_ns);
+    let own_cpu0 = stats::cpu_ns();
     let t_pub = now_ns();
     template.push(&mut out, t_pub, 0);
     publisher.writer.write_buf(&mut out).await.map_err(|e| format!("publish: {e}"))?;
@@ -173,6 +176,12 @@ pub async fn run(c: &Common, p: Params) -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let reached = reach.count.load(Ordering::Relaxed);
+    let reach_cpu_ms = |start: Option<u64>, end: Option<u64>| match (start, end) {
+        (Some(a), Some(b)) => Some((b.saturating_sub(a) as f64 / 1e4).round() / 100.0),
+        _ => None,
+    };
+    let broker_reach_cpu_ms = reach_cpu_ms(broker_cpu0, c.broker_pid.and_then(stats::process_cpu_ns));
+    let own_reach_cpu_ms = reach_cpu_ms(Some(own_cpu0), Some(stats::cpu_ns()));
     let reach_all_ms = if reached >= ok as u64 && ok > 0 {
         Some(((reach.last_ns.load(Ordering::Relaxed) - t_pub) as f64 / 1e4).round() / 100.0)
     } else {
@@ -195,13 +204,15 @@ pub async fn run(c: &Common, p: Params) -> Result<(), String> {
     let hist = reach.hist.lock().unwrap().clone();
     let first_failure = failures.first().cloned();
     let human = format!(
-        "connections {} k={ok}/{count} hb={}: {:.0} set-ups/s, {} failed, broker RSS {} B/conn, one publish reached {reached} in {} ms, {} dropped while held {:.0}s{}",
+        "connections {} k={ok}/{count} hb={}: {:.0} set-ups/s, {} failed, broker RSS {} B/conn, one publish reached {reached} in {} ms (cpu: broker {} ms, bench {} ms), {} dropped while held {:.0}s{}",
         crate::fanout::net_name(c),
         p.heart_beat,
         rate,
         failures.len(),
         per_conn.map(|x| format!("{x:.0}")).unwrap_or("?".into()),
         reach_all_ms.map(|x| format!("{x}")).unwrap_or("(not all)".into()),
+        broker_reach_cpu_ms.map(|x| format!("{x}")).unwrap_or("?".into()),
+        own_reach_cpu_ms.map(|x| format!("{x}")).unwrap_or("?".into()),
         dead_during_hold,
         c.duration,
         first_failure.as_ref().map(|e| format!(" first failure: {e}")).unwrap_or_default(),
@@ -224,6 +235,7 @@ pub async fn run(c: &Common, p: Params) -> Result<(), String> {
             "reached": reached,
             "reach_all_ms": reach_all_ms,
             "reach_latency": stats::latency_json(&hist),
+            "reach_cpu_ms": {"broker": broker_reach_cpu_ms, "bench": own_reach_cpu_ms},
             "held_s": c.duration,
             "dropped_while_held": dead_during_hold,
             "nofile": [p.nofile.0, p.nofile.1],

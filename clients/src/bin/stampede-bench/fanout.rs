@@ -154,8 +154,8 @@ pub struct PubResult {
     pub error: Option<String>,
 }
 
-/// Publishes from `window_t0` until the window's end (or `max` messages): unpaced in batches of
-/// `batch`, or paced at `rate` msgs/s with catch-up (each 1 ms tick sends what is due).
+/// Publishes from `t0` until the window's end (or `max` messages): paced at `rate` msgs/s by
+/// [`paced_publisher`], else unpaced in batches of `batch` within the flow window.
 #[allow(clippy::too_many_arguments)]
 pub async fn publisher(
     mut w: Writer,
@@ -168,65 +168,136 @@ pub async fn publisher(
     flow: Arc<Flow>,
     mut stop: watch::Receiver<bool>,
 ) -> (Writer, PubResult) {
+    if let Some(rate) = rate {
+        let runtime = tokio::runtime::Handle::current();
+        return tokio::task::spawn_blocking(move || {
+            paced_publisher(&runtime, w, template, t0, &window, rate, max, &flow, &stop)
+        })
+        .await
+        .expect("paced publisher thread");
+    }
     let mut res = PubResult { sent: 0, sent_in_window: 0, error: None };
-    let batch = batch.max(1);
-    let mut out = BytesMut::with_capacity(template.frame_len() * batch);
+    let batch = batch.max(1) as u64;
+    let mut out = BytesMut::with_capacity(template.frame_len() * batch as usize);
     sleep_until_ns(t0).await;
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         let now = now_ns();
         if now >= window.end || res.sent >= max || *stop.borrow() {
             break;
         }
-        let mut n = match rate {
-            None => batch as u64,
-            Some(r) => {
-                let due = ((now - t0) as f64 * r / 1e9) as u64;
-                let n = due.saturating_sub(res.sent);
-                if n == 0 {
-                    tokio::select! {
-                        _ = tick.tick() => {}
-                        _ = stop.changed() => {}
-                    }
-                    continue;
-                }
-                n.min(10_000)
-            }
-        }
-        .min(max - res.sent);
-        if flow.limit > 0 {
-            // A batch never needs more than the whole window (else it would wait forever).
-            n = n.min((flow.limit / flow.subscribers.max(1)).max(1));
-            let mut stopped = false;
-            loop {
-                let in_flight = (res.sent + n) * flow.subscribers;
-                if in_flight <= flow.limit + flow.received.load(Ordering::Relaxed) {
-                    break;
-                }
-                tokio::select! {
-                    _ = flow.progress.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {
-                        if now_ns() >= window.end { stopped = true; break; }
-                    }
-                }
-            }
-            if stopped {
-                break;
-            }
-        }
-        let now = now_ns();
-        for i in 0..n {
-            template.push(&mut out, now, res.sent + i);
-        }
-        if let Err(e) = w.write_buf(&mut out).await {
-            res.error = Some(format!("write: {e}"));
+        let n = batch.min(max - res.sent);
+        let Some(n) = wait_for_flow(&flow, n, res.sent, &window, &mut stop).await else { break };
+        if let Err(e) = send(&mut w, &template, &mut out, n, &mut res, &window).await {
+            res.error = Some(e);
             break;
         }
-        out.clear();
-        res.sent += n;
-        if window.has(now) {
-            res.sent_in_window += n;
+    }
+    (w, res)
+}
+
+/// Waits until `n` more messages fit in the closed-loop window (trimming `n` to the window);
+/// `None` once the measurement window is over.
+async fn wait_for_flow(
+    flow: &Flow,
+    n: u64,
+    sent: u64,
+    window: &Window,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<u64> {
+    if flow.limit == 0 {
+        return Some(n);
+    }
+    // A batch never needs more than the whole window (else it would wait forever).
+    let n = n.min((flow.limit / flow.subscribers.max(1)).max(1));
+    loop {
+        let in_flight = (sent + n) * flow.subscribers;
+        if in_flight <= flow.limit + flow.received.load(Ordering::Relaxed) {
+            return Some(n);
+        }
+        tokio::select! {
+            _ = flow.progress.notified() => {}
+            _ = stop.changed() => return None,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                if now_ns() >= window.end { return None; }
+            }
+        }
+    }
+}
+
+/// Stamps `n` messages with the current time and writes them in one call.
+async fn send(
+    w: &mut Writer,
+    template: &SendTemplate,
+    out: &mut BytesMut,
+    n: u64,
+    res: &mut PubResult,
+    window: &Window,
+) -> Result<(), String> {
+    let now = now_ns();
+    for i in 0..n {
+        template.push(out, now, res.sent + i);
+    }
+    w.write_buf(out).await.map_err(|e| format!("write: {e}"))?;
+    out.clear();
+    res.sent += n;
+    if window.has(now) {
+        res.sent_in_window += n;
+    }
+    Ok(())
+}
+
+/// The publisher of the `latency` scenario and of paced fan-outs, on its own thread.
+///
+/// tokio's timers tick in whole milliseconds, so pacing on them sends 10 messages back to back
+/// every millisecond at 10k msgs/s (50 at 50k): the last of each burst then waits behind the
+/// others, and "latency at a fixed rate" becomes the latency of a burst. This thread instead
+/// sleeps to each message's due time with a 1 us timer slack (hrtimer precision), then stamps
+/// and writes what is due itself (through the runtime's I/O driver), so sending costs no extra
+/// thread wake-up. Wakes are at least 50 us apart: above 20k msgs/s each wake sends the few
+/// messages that fell due meanwhile.
+#[allow(clippy::too_many_arguments)]
+fn paced_publisher(
+    runtime: &tokio::runtime::Handle,
+    mut w: Writer,
+    template: SendTemplate,
+    t0: u64,
+    window: &Window,
+    rate: f64,
+    max: u64,
+    flow: &Flow,
+    stop: &watch::Receiver<bool>,
+) -> (Writer, PubResult) {
+    const MIN_WAKE_PERIOD_NS: u64 = 50_000;
+    // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
+    let interval = 1e9 / rate.max(1e-3);
+    let mut res = PubResult { sent: 0, sent_in_window: 0, error: None };
+    let mut out = BytesMut::with_capacity(template.frame_len() * 4);
+    let mut stop = stop.clone();
+    loop {
+        let now = now_ns();
+        if now >= window.end || res.sent >= max || *stop.borrow() {
+            break;
+        }
+        // Message k is due at t0 + k * interval.
+        let due = if now < t0 { 0 } else { (((now - t0) as f64 / interval) as u64 + 1).min(max) };
+        if due <= res.sent {
+            let next = t0 + (res.sent as f64 * interval) as u64;
+            let wake = next.max(now + MIN_WAKE_PERIOD_NS).min(window.end);
+            std::thread::sleep(Duration::from_nanos(wake.saturating_sub(now)));
+            continue;
+        }
+        let sent = runtime.block_on(async {
+            let n = wait_for_flow(flow, (due - res.sent).min(10_000), res.sent, window, &mut stop).await?;
+            Some(send(&mut w, &template, &mut out, n, &mut res, window).await)
+        });
+        match sent {
+            None => break,
+            Some(Err(e)) => {
+                res.error = Some(e);
+                break;
+            }
+            Some(Ok(())) => {}
         }
     }
     (w, res)
