@@ -284,211 +284,227 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport<S> {
 ///
 /// Every connection carries this future for its whole life, and a future is as large as its
 /// largest await point, so the heavy and occasional steps (handling frames, which reaches
-/// through session, router and queues; writing; closing) are boxed: an idle connection then
-/// holds only the loop's own state.
-pub async fn serve<S>(
+/// through session, router and queues; writing; settling `ack:auto` queue deliveries; closing)
+/// are boxed: an idle connection then holds only the loop's own state. It is an `async move`
+/// block rather than an `async fn` because an `async fn` keeps a second copy of each argument
+/// next to the one its body moves out of it.
+pub fn serve<S>(
     mut transport: Transport<S>,
     peer: SocketAddr,
     session_id: Arc<str>,
     context: ConnectionContext,
-) -> CloseReason
+) -> impl Future<Output = CloseReason> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let settings = Arc::clone(&context.settings);
+    // Built before the future, so the future holds the session rather than the parts it is made of.
+    let settings = context.settings;
+    let shutdown = context.shutdown;
     let outbox = Outbox::new(settings.max_outbox_bytes);
     let mut session = Session::new(Arc::clone(&session_id), context.session, context.router, Arc::clone(&outbox));
     session.set_peer(peer.ip());
     session.set_upgrade_credentials(context.upgrade_credentials);
-    let mut decoder = Decoder::new(settings.frame_limits);
-    let mut input = BytesMut::new();
-    let mut read_size = ReadSize(ReadSize::MIN);
-    let mut output = Output::new();
-    let mut deliveries: VecDeque<Delivery> = VecDeque::new();
-    let mut replies: Vec<Reply> = Vec::new();
-    // Replies not yet written, in order; a RECEIPT behind an undecided verdict waits for it.
-    let mut pending: VecDeque<Reply> = VecDeque::new();
-    let mut auto_acks: Vec<AutoAck> = Vec::new();
-    let connect_deadline = Instant::now() + settings.connect_timeout;
-    let mut last_read = Instant::now();
-    let mut last_write = Instant::now();
-    let websocket = transport.is_websocket();
+    async move {
+        let mut decoder = Decoder::new(settings.frame_limits);
+        let mut input = BytesMut::new();
+        let mut read_size = ReadSize(ReadSize::MIN);
+        let mut output = Output::new();
+        let mut deliveries: VecDeque<Delivery> = VecDeque::new();
+        let mut replies: Vec<Reply> = Vec::new();
+        // Replies not yet written, in order; a RECEIPT behind an undecided verdict waits for it.
+        let mut pending: VecDeque<Reply> = VecDeque::new();
+        let mut auto_acks: Vec<AutoAck> = Vec::new();
+        let connect_deadline = Instant::now() + settings.connect_timeout;
+        let mut last_read = Instant::now();
+        let mut last_write = Instant::now();
+        let websocket = transport.is_websocket();
 
-    // One timer serves the read deadline, the heart-beat and the ping. It is only ever moved
-    // earlier here; when it fires it re-checks the real deadlines (which activity keeps pushing
-    // later) and re-arms. A busy connection so touches the timer wheel about once per interval
-    // instead of once per loop turn.
-    let timer = tokio::time::sleep_until(Instant::now() + FAR);
-    tokio::pin!(timer);
+        // One timer serves the read deadline, the heart-beat and the ping. It is only ever moved
+        // earlier here; when it fires it re-checks the real deadlines (which activity keeps pushing
+        // later) and re-arms. A busy connection so touches the timer wheel about once per interval
+        // instead of once per loop turn.
+        let timer = tokio::time::sleep_until(Instant::now() + FAR);
+        tokio::pin!(timer);
 
-    let reason = loop {
-        let mut ending: Option<Ending> = None;
-        let beat = session.heart_beat();
-        let read_deadline = if session.is_connected() {
-            beat.expect_every.map(|every| last_read + every.mul_f64(settings.heartbeat_grace))
-        } else {
-            Some(connect_deadline)
-        };
-        let beat_due = if session.is_connected() { beat.send_every.map(|every| last_write + every) } else { None };
-        let ping_due = settings.ws_ping_interval.filter(|_| websocket).map(|every| last_write + every);
-        if let Some(wanted) = [read_deadline, beat_due, ping_due].into_iter().flatten().min()
-            && wanted < timer.deadline()
-        {
-            timer.as_mut().reset(wanted);
-        }
-
-        tokio::select! {
-            read = transport.read(&mut input, &mut read_size), if pending.len() < MAX_PENDING_REPLIES => match read {
-                Ok(ReadOutcome::Closed) => ending = Some((CloseReason::PeerClosed, None)),
-                Err(error) => ending = Some(match error.get_ref().and_then(|e| e.downcast_ref::<MessageTooLarge>()) {
-                    Some(MessageTooLarge(text)) => {
-                        let error = StompError::new(
-                            format!("limit exceeded - WebSocket message size ({text}, ws_max_message_size)"),
-                            "A WebSocket message was larger than the configuration key 'ws_max_message_size' allows.",
-                        );
-                        fail(error)
-                    }
-                    None => (CloseReason::Io(error.to_string()), None),
-                }),
-                Ok(ReadOutcome::Data) => {
-                    last_read = Instant::now();
-                    ending = Box::pin(process_input(&mut session, &mut decoder, &mut input, &mut replies)).await;
-                    pending.extend(replies.drain(..));
-                }
-            },
-            () = outbox.ready() => {
-                if outbox.is_slow_consumer() {
-                    let error = StompError::limit("outbox bytes of a slow consumer", settings.max_outbox_bytes, "max_outbox_bytes");
-                    ending = Some((CloseReason::SlowConsumer, Some(error)));
-                } else {
-                    outbox.take_all(&mut deliveries);
-                    let text_ok = |d: &Delivery| d.template.body_is_utf8();
-                    for delivery in deliveries.drain(..) {
-                        let text = text_ok(&delivery);
-                        let before = output.bytes.len();
-                        if let Some(ack) = session.render(delivery, &mut output.bytes) {
-                            auto_acks.push(ack);
-                        }
-                        if output.bytes.len() != before {
-                            output.mark(text);
-                        }
-                    }
-                }
-            },
-            () = &mut timer => {
-                let now = Instant::now();
-                timer.as_mut().reset(now + FAR);
-                if read_deadline.is_some_and(|deadline| deadline <= now) {
-                    ending = Some(if session.is_connected() {
-                        (CloseReason::HeartbeatTimeout, Some(StompError::new(
-                            "heart-beat timeout: no data from the client within the agreed interval",
-                            format!("Nothing was received for {:?} (the negotiated client heart-beat interval times the grace factor {}).",
-                                beat.expect_every.unwrap_or_default().mul_f64(settings.heartbeat_grace), settings.heartbeat_grace),
-                        )))
-                    } else {
-                        (CloseReason::ConnectTimeout, Some(StompError::limit("time to send CONNECT", format!("{:?}", settings.connect_timeout), "connect_timeout_ms")))
-                    });
-                } else if beat_due.is_some_and(|due| due <= now) {
-                    output.bytes.extend_from_slice(b"\n");
-                    output.mark(true);
-                } else if ping_due.is_some_and(|due| due <= now) {
-                    if let Err(error) = transport.ping().await {
-                        ending = Some((CloseReason::Io(error.to_string()), None));
-                    }
-                    last_write = Instant::now();
-                }
-            },
-            (verdict, receipt_id) = first_verdict(&mut pending) => {
-                pending.pop_front();
-                if let Err(error) = verdict {
-                    // Nothing after a refused SEND is answered, not even its own RECEIPT: the ERROR carries it.
-                    pending.clear();
-                    ending = Some(refused(error, receipt_id));
-                }
-            },
-            () = context.shutdown.cancelled() => {
-                ending = Some((CloseReason::ServerShutdown, Some(StompError::new("server shutting down", "The broker is shutting down; reconnect later."))));
-            },
-        }
-
-        if let Some(refused) = write_decided(&mut pending, &mut output, session.version()) {
-            ending.get_or_insert(refused);
-        }
-        if matches!(ending, Some((CloseReason::ClientDisconnect, _))) {
-            // The DISCONNECT's RECEIPT promises that everything before it was processed, so it
-            // waits for the verdicts ahead of it.
-            if let Some(refused) =
-                Box::pin(settle_all(&mut pending, &mut output, session.version(), settings.write_timeout)).await
+        let reason = loop {
+            let mut ending: Option<Ending> = None;
+            let due = Due::of(&session, &settings, connect_deadline, last_read, last_write, websocket);
+            if let Some(wanted) = [due.read, due.beat, due.ping].into_iter().flatten().min()
+                && wanted < timer.deadline()
             {
-                ending = Some(refused);
+                timer.as_mut().reset(wanted);
             }
-        }
-        if let Some((_, Some(error))) = &ending {
-            output.frame(&error.to_frame(), session.version());
-        }
-        if !output.is_empty() {
-            match timeout(settings.write_timeout, Box::pin(transport.write(&mut output))).await {
-                Ok(Ok(())) => last_write = Instant::now(),
-                Ok(Err(error)) => break CloseReason::Io(error.to_string()),
-                Err(_) => {
-                    break CloseReason::Io(format!("write did not complete within {:?}", settings.write_timeout));
+
+            tokio::select! {
+                read = transport.read(&mut input, &mut read_size), if pending.len() < MAX_PENDING_REPLIES => match read {
+                    Ok(ReadOutcome::Closed) => ending = Some((CloseReason::PeerClosed, None)),
+                    Err(error) => ending = Some(match error.get_ref().and_then(|e| e.downcast_ref::<MessageTooLarge>()) {
+                        Some(MessageTooLarge(text)) => {
+                            let error = StompError::new(
+                                format!("limit exceeded - WebSocket message size ({text}, ws_max_message_size)"),
+                                "A WebSocket message was larger than the configuration key 'ws_max_message_size' allows.",
+                            );
+                            fail(error)
+                        }
+                        None => (CloseReason::Io(error.to_string()), None),
+                    }),
+                    Ok(ReadOutcome::Data) => {
+                        last_read = Instant::now();
+                        ending = Box::pin(process_input(&mut session, &mut decoder, &mut input, &mut replies)).await;
+                        pending.extend(replies.drain(..));
+                    }
+                },
+                () = outbox.ready() => {
+                    if outbox.is_slow_consumer() {
+                        let error = StompError::limit("outbox bytes of a slow consumer", settings.max_outbox_bytes, "max_outbox_bytes");
+                        ending = Some((CloseReason::SlowConsumer, Some(Box::new(error))));
+                    } else {
+                        outbox.take_all(&mut deliveries);
+                        let text_ok = |d: &Delivery| d.template.body_is_utf8();
+                        for delivery in deliveries.drain(..) {
+                            let text = text_ok(&delivery);
+                            let before = output.bytes.len();
+                            if let Some(ack) = session.render(delivery, &mut output.bytes) {
+                                auto_acks.push(ack);
+                            }
+                            if output.bytes.len() != before {
+                                output.mark(text);
+                            }
+                        }
+                    }
+                },
+                () = &mut timer => {
+                    let now = Instant::now();
+                    timer.as_mut().reset(now + FAR);
+                    // Recomputed rather than kept across the select: nothing they depend on has
+                    // changed, and kept they would take room in the future for the whole wait.
+                    let due = Due::of(&session, &settings, connect_deadline, last_read, last_write, websocket);
+                    if due.read.is_some_and(|deadline| deadline <= now) {
+                        ending = Some(if session.is_connected() {
+                            (CloseReason::HeartbeatTimeout, Some(Box::new(StompError::new(
+                                "heart-beat timeout: no data from the client within the agreed interval",
+                                format!("Nothing was received for {:?} (the negotiated client heart-beat interval times the grace factor {}).",
+                                    session.heart_beat().expect_every.unwrap_or_default().mul_f64(settings.heartbeat_grace), settings.heartbeat_grace),
+                            ))))
+                        } else {
+                            (CloseReason::ConnectTimeout, Some(Box::new(StompError::limit("time to send CONNECT", format!("{:?}", settings.connect_timeout), "connect_timeout_ms"))))
+                        });
+                    } else if due.beat.is_some_and(|due| due <= now) {
+                        output.bytes.extend_from_slice(b"\n");
+                        output.mark(true);
+                    } else if due.ping.is_some_and(|due| due <= now) {
+                        if let Err(error) = transport.ping().await {
+                            ending = Some((CloseReason::Io(error.to_string()), None));
+                        }
+                        last_write = Instant::now();
+                    }
+                },
+                (verdict, receipt_id) = first_verdict(&mut pending) => {
+                    pending.pop_front();
+                    if let Err(error) = verdict {
+                        // Nothing after a refused SEND is answered, not even its own RECEIPT: the ERROR carries it.
+                        pending.clear();
+                        ending = Some(refused(*error, receipt_id));
+                    }
+                },
+                () = shutdown.cancelled() => {
+                    ending = Some((CloseReason::ServerShutdown, Some(Box::new(StompError::new("server shutting down", "The broker is shutting down; reconnect later.")))));
+                },
+            }
+
+            if let Some(refused) = write_decided(&mut pending, &mut output, session.version()) {
+                ending.get_or_insert(refused);
+            }
+            if matches!(ending, Some((CloseReason::ClientDisconnect, _))) {
+                // The DISCONNECT's RECEIPT promises that everything before it was processed, so it
+                // waits for the verdicts ahead of it.
+                if let Some(refused) =
+                    Box::pin(settle_all(&mut pending, &mut output, session.version(), settings.write_timeout)).await
+                {
+                    ending = Some(refused);
                 }
             }
-        }
-        settle_auto_acks(&mut auto_acks).await;
-        if let Some((reason, error)) = ending {
-            if error.is_some() || reason == CloseReason::ClientDisconnect {
-                let code = if matches!(reason, CloseReason::ProtocolError(_)) {
-                    CloseCode::Protocol
-                } else {
-                    CloseCode::Normal
-                };
-                Box::pin(transport.close(code)).await;
+            if let Some((_, Some(error))) = &ending {
+                output.frame(&error.to_frame(), session.version());
             }
-            break reason;
-        }
-        // Keep idle connections small: most browsers sit idle for minutes between messages, so
-        // buffers sized for the last burst are given back once empty (a busy connection pays
-        // one allocation per turn for that, next to a syscall).
-        if input.is_empty() && input.capacity() > 2 * read_size.0 {
-            input = BytesMut::new();
-        }
-        if output.bytes.is_empty() && output.bytes.capacity() > 0 {
-            output.bytes = BytesMut::new();
-            output.frames = Vec::new();
-        }
-        if deliveries.capacity() > 64 {
-            deliveries = VecDeque::new();
-        }
-    };
+            if !output.is_empty() {
+                match timeout(settings.write_timeout, Box::pin(transport.write(&mut output))).await {
+                    Ok(Ok(())) => last_write = Instant::now(),
+                    Ok(Err(error)) => break CloseReason::Io(error.to_string()),
+                    Err(_) => {
+                        break CloseReason::Io(format!("write did not complete within {:?}", settings.write_timeout));
+                    }
+                }
+            }
+            if !auto_acks.is_empty() {
+                Box::pin(settle_auto_acks(&mut auto_acks)).await;
+            }
+            if let Some((reason, error)) = ending {
+                if error.is_some() || reason == CloseReason::ClientDisconnect {
+                    let code = if matches!(reason, CloseReason::ProtocolError(_)) {
+                        CloseCode::Protocol
+                    } else {
+                        CloseCode::Normal
+                    };
+                    Box::pin(transport.close(code)).await;
+                }
+                break reason;
+            }
+            // Keep idle connections small: most browsers sit idle for minutes between messages, so
+            // buffers sized for the last burst are given back once empty (a busy connection pays
+            // one allocation per turn for that, next to a syscall). A TCP read needs room to read
+            // into, so a small input buffer stays; WebSocket messages are copied in, so none does.
+            // An empty buffer is replaced even when it has no spare capacity: after a split it
+            // may be the zero-length tail of an allocation it still keeps alive.
+            if input.is_empty() && (websocket || input.capacity() > 2 * read_size.0) {
+                input = BytesMut::new();
+            }
+            if output.bytes.is_empty() {
+                output.bytes = BytesMut::new();
+                output.frames = Vec::new();
+            }
+            // Replies are rare (CONNECTED, RECEIPTs), so their queues are not kept either.
+            if replies.capacity() > 0 {
+                replies = Vec::new();
+            }
+            if pending.is_empty() && pending.capacity() > 0 {
+                pending = VecDeque::new();
+            }
+            if deliveries.capacity() > 64 {
+                deliveries = VecDeque::new();
+            }
+        };
 
-    Box::pin(session.close()).await;
-    // The drop-oldest slow-consumer policy loses messages on purpose; say how many.
-    let dropped = outbox.dropped();
-    if dropped > 0 {
-        warn!(%peer, session = %session_id, dropped, "topic messages dropped for this slow consumer (slow_consumer_policy = drop-oldest)");
+        Box::pin(session.close()).await;
+        // The drop-oldest slow-consumer policy loses messages on purpose; say how many.
+        let dropped = outbox.dropped();
+        if dropped > 0 {
+            warn!(%peer, session = %session_id, dropped, "topic messages dropped for this slow consumer (slow_consumer_policy = drop-oldest)");
+        }
+        match &reason {
+            CloseReason::ProtocolError(message) => {
+                info!(%peer, session = %session_id, %message, "connection closed after ERROR")
+            }
+            CloseReason::Io(message) => {
+                debug!(%peer, session = %session_id, %message, "connection failed")
+            }
+            CloseReason::SlowConsumer => {
+                warn!(%peer, session = %session_id, "slow consumer disconnected")
+            }
+            other => debug!(%peer, session = %session_id, reason = ?other, "connection closed"),
+        }
+        reason
     }
-    match &reason {
-        CloseReason::ProtocolError(message) => {
-            info!(%peer, session = %session_id, %message, "connection closed after ERROR")
-        }
-        CloseReason::Io(message) => {
-            debug!(%peer, session = %session_id, %message, "connection failed")
-        }
-        CloseReason::SlowConsumer => {
-            warn!(%peer, session = %session_id, "slow consumer disconnected")
-        }
-        other => debug!(%peer, session = %session_id, reason = ?other, "connection closed"),
-    }
-    reason
 }
 
-/// Why a connection ends, and the ERROR to send its client first, if any.
-type Ending = (CloseReason, Option<StompError>);
+/// Why a connection ends, and the ERROR to send its client first, if any. The ERROR is boxed:
+/// an ending is rare but held across the loop's awaits, so inline it would enlarge every
+/// connection's future.
+type Ending = (CloseReason, Option<Box<StompError>>);
 
 /// Ends the connection with `error` as an ERROR frame.
 fn fail(error: StompError) -> Ending {
-    (CloseReason::ProtocolError(error.message.clone()), Some(error))
+    (CloseReason::ProtocolError(error.message.clone()), Some(Box::new(error)))
 }
 
 /// A queue refused (or never decided on) a SEND: the ERROR carries that SEND's receipt-id.
@@ -500,6 +516,35 @@ fn queue_stopped() -> StompError {
     StompError::new("message not accepted", "The queue stopped before accepting the message.")
 }
 
+/// When a connection must act without being asked: give up waiting for input (the connect
+/// timeout before CONNECT, the heart-beat grace after), send a heart-beat, send a ping.
+struct Due {
+    read: Option<Instant>,
+    beat: Option<Instant>,
+    ping: Option<Instant>,
+}
+
+impl Due {
+    fn of(
+        session: &Session,
+        settings: &ConnectionSettings,
+        connect_deadline: Instant,
+        last_read: Instant,
+        last_write: Instant,
+        websocket: bool,
+    ) -> Due {
+        let beat = session.heart_beat();
+        let read = if session.is_connected() {
+            beat.expect_every.map(|every| last_read + every.mul_f64(settings.heartbeat_grace))
+        } else {
+            Some(connect_deadline)
+        };
+        let beat = if session.is_connected() { beat.send_every.map(|every| last_write + every) } else { None };
+        let ping = settings.ws_ping_interval.filter(|_| websocket).map(|every| last_write + every);
+        Due { read, beat, ping }
+    }
+}
+
 /// A deadline far enough away to mean "none".
 const FAR: Duration = Duration::from_secs(24 * 3600);
 
@@ -508,11 +553,12 @@ const FAR: Duration = Duration::from_secs(24 * 3600);
 const MAX_PENDING_REPLIES: usize = 8192;
 
 /// Waits for the verdict at the head of `pending`, if the head is one. Cancel safe: the
-/// receiver keeps its value until it is awaited to completion.
-async fn first_verdict(pending: &mut VecDeque<Reply>) -> (Result<(), StompError>, Option<ByteString>) {
+/// receiver keeps its value until it is awaited to completion. A refusal is boxed for the same
+/// reason as in [`Ending`].
+async fn first_verdict(pending: &mut VecDeque<Reply>) -> (Result<(), Box<StompError>>, Option<ByteString>) {
     match pending.front_mut() {
         Some(Reply::After { verdict, receipt_id }) => {
-            let outcome = verdict.await.unwrap_or_else(|_| Err(queue_stopped()));
+            let outcome = verdict.await.unwrap_or_else(|_| Err(queue_stopped())).map_err(Box::new);
             (outcome, receipt_id.clone())
         }
         _ => std::future::pending().await,
@@ -565,7 +611,7 @@ async fn settle_all(
             Ok((Ok(()), _)) => {
                 pending.pop_front();
             }
-            Ok((Err(error), receipt_id)) => return Some(refused(error, receipt_id)),
+            Ok((Err(error), receipt_id)) => return Some(refused(*error, receipt_id)),
             Err(_) => {
                 return Some(fail(StompError::new(
                     "timed out waiting for storage",

@@ -388,47 +388,58 @@ async fn accept_loop(listener: TcpListener, kind: Listener, shared: Arc<Shared>)
     }
 }
 
-async fn handle(
+/// One connection's task: the handshakes its listener needs, then the STOMP session.
+///
+/// This future is the task and lives as long as the connection, so it is kept small. Each
+/// handshake is boxed (and freed once done), and what it hands over is moved at once into the
+/// boxed connection future, so a value as large as a TLS stream (over a KiB) is never held
+/// across an await here; otherwise the compiler would reserve room for the largest arm's
+/// locals in every connection's task, plain ones included. It is an `async move` block rather
+/// than an `async fn` because an `async fn` keeps a second copy of each argument.
+#[expect(clippy::manual_async_fn, reason = "an async fn would hold each argument twice")]
+fn handle(
     stream: TcpStream,
     peer: SocketAddr,
     kind: Listener,
     id: Arc<str>,
     shared: Arc<Shared>,
-    _permits: (OwnedSemaphorePermit, AddressPermit),
-) {
-    let deadline = Instant::now() + shared.handshake_timeout;
-    // Each arm's futures are boxed: the task then holds a pointer instead of the largest arm's
-    // state (a TLS stream, a handshake in progress), and an idle plain connection stays small.
-    match kind {
-        Listener::Stomp => Box::pin(serve(Transport::Stream(stream), None, peer, id, &shared)).await,
-        Listener::WebSocket => {
-            if let Some((transport, credentials)) = Box::pin(websocket(stream, peer, &shared.ws, deadline)).await {
-                Box::pin(serve(transport, credentials, peer, id, &shared)).await;
-            }
+    permits: (OwnedSemaphorePermit, AddressPermit),
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let deadline = Instant::now() + shared.handshake_timeout;
+        let connection: Option<Connection> = match &kind {
+            Listener::Stomp => Some(serve(Transport::Stream(stream), None, peer, id, &shared)),
+            Listener::WebSocket => Box::pin(websocket(stream, peer, &shared.ws, deadline))
+                .await
+                .map(|(transport, credentials)| serve(transport, credentials, peer, id, &shared)),
+            Listener::StompTls(acceptor) => Box::pin(tls_handshake(acceptor, stream, peer, deadline))
+                .await
+                .map(|tls| serve(Transport::Stream(tls), None, peer, id, &shared)),
+            Listener::Wss(acceptor) => Box::pin(secure_websocket(acceptor, stream, peer, &shared.ws, deadline))
+                .await
+                .map(|(transport, credentials)| serve(transport, credentials, peer, id, &shared)),
+        };
+        if let Some(connection) = connection {
+            connection.await;
         }
-        Listener::StompTls(acceptor) => {
-            if let Some(tls) = Box::pin(tls_handshake(&acceptor, stream, peer, deadline)).await {
-                Box::pin(serve(Transport::Stream(tls), None, peer, id, &shared)).await;
-            }
-        }
-        Listener::Wss(acceptor) => {
-            let Some(tls) = Box::pin(tls_handshake(&acceptor, stream, peer, deadline)).await else { return };
-            if let Some((transport, credentials)) = Box::pin(websocket(tls, peer, &shared.ws, deadline)).await {
-                Box::pin(serve(transport, credentials, peer, id, &shared)).await;
-            }
-        }
+        // The connection counts against the limits until here.
+        drop(permits);
     }
 }
 
-async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
+/// A connection's future, boxed: its size differs per transport, and the task holds a pointer.
+type Connection = std::pin::Pin<Box<dyn std::future::Future<Output = connection::CloseReason> + Send>>;
+
+/// Builds (does not start) the connection future, moving `transport` into its box.
+fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     transport: Transport<S>,
     credentials: Option<Credentials>,
     peer: SocketAddr,
     id: Arc<str>,
     shared: &Shared,
-) {
+) -> Connection {
     let context = ConnectionContext { upgrade_credentials: credentials, ..shared.context.clone() };
-    connection::serve(transport, peer, id, context).await;
+    Box::pin(connection::serve(transport, peer, id, context))
 }
 
 async fn tls_handshake(
@@ -448,6 +459,18 @@ async fn tls_handshake(
             None
         }
     }
+}
+
+/// The TLS handshake, then the WebSocket handshake over it.
+async fn secure_websocket(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    ws: &WsSettings,
+    deadline: Instant,
+) -> Option<(Transport<tokio_rustls::server::TlsStream<TcpStream>>, Option<Credentials>)> {
+    let tls = tls_handshake(acceptor, stream, peer, deadline).await?;
+    websocket(tls, peer, ws, deadline).await
 }
 
 /// The WebSocket handshake, with the credentials of the upgrade request if it had any.

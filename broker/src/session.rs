@@ -196,7 +196,10 @@ pub struct Session {
     heart_beat: Negotiated,
     // Looked up on every delivery and acknowledgement: FxHash (keys are broker-chosen numbers
     // and client subscription ids, so hash flooding is not a concern worth SipHash's cost).
-    subscriptions: FxHashMap<u64, Subscription>,
+    //
+    // Subscriptions are boxed: most connections hold one, and a map's smallest table has four
+    // slots, so unboxed it would cost four whole `Subscription`s per connection.
+    subscriptions: FxHashMap<u64, Box<Subscription>>,
     by_id: FxHashMap<ByteString, u64>,
     ack_owner: FxHashMap<u64, u64>,
     next_subscription: u64,
@@ -704,7 +707,7 @@ impl Session {
     fn insert_subscription(&mut self, key: u64, id: ByteString, ack: AckMode, target: Target, durable: Option<String>) {
         self.by_id.insert(id.clone(), key);
         let subscription = Subscription { id, ack, target, pending: VecDeque::new(), durable };
-        self.subscriptions.insert(key, subscription);
+        self.subscriptions.insert(key, Box::new(subscription));
     }
 
     /// UNSUBSCRIBE. For a durable subscription it only detaches, unless the frame asks to
