@@ -122,7 +122,10 @@ pub struct Principal {
 impl Principal {
     /// A client of an open broker: everything allowed.
     pub fn anonymous(name: Option<String>) -> Principal {
-        Principal { name, access: Arc::new(Access::unrestricted()), expires_at: None }
+        // One shared value: every connection of an open broker holds the same rules.
+        static UNRESTRICTED: std::sync::LazyLock<Arc<Access>> =
+            std::sync::LazyLock::new(|| Arc::new(Access::unrestricted()));
+        Principal { name, access: Arc::clone(&UNRESTRICTED), expires_at: None }
     }
 
     /// Checks that the principal may perform `operation` on `destination` in `vhost`.

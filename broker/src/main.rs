@@ -27,6 +27,7 @@ async fn main() -> anyhow::Result<()> {
         EnvFilter::try_new(&config.log_level).with_context(|| format!("invalid --log-level {:?}", config.log_level))?;
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
 
+    raise_file_limit(config.max_connections);
     let broker = start(&config).await.context("cannot start the broker")?;
     tokio::spawn(return_freed_memory());
     wait_for_signal().await;
@@ -78,6 +79,45 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
 }
+
+/// Raises the soft limit on open files to the hard limit, since every connection is a file
+/// descriptor: many systems start processes at a soft limit of 1,024, which would make the OS
+/// refuse connections far below `max_connections`. Going past the hard limit needs privileges
+/// (`ulimit -Hn`, systemd's `LimitNOFILE=`); when even the hard limit is below
+/// `max_connections`, the broker says so at start-up instead of failing under load.
+#[cfg(unix)]
+fn raise_file_limit(max_connections: usize) {
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    #[allow(unsafe_code)]
+    let (soft, hard) = unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+        (limit.rlim_cur, limit.rlim_max)
+    };
+    // Listeners, the store's files and log output need a few descriptors besides connections.
+    let room = usize::try_from(soft).unwrap_or(usize::MAX).saturating_sub(64);
+    if room < max_connections {
+        tracing::warn!(
+            open_files = soft,
+            hard_limit = hard,
+            max_connections,
+            "the open-file limit allows about {room} connections, fewer than max_connections; raise it (ulimit -n, systemd LimitNOFILE) to hold more"
+        );
+    } else {
+        tracing::debug!(open_files = soft, "open-file limit");
+    }
+}
+
+#[cfg(not(unix))]
+fn raise_file_limit(_max_connections: usize) {}
 
 /// Gives memory freed after a burst (thousands of connections that came and went, a backlog
 /// that drained) back to the operating system.
