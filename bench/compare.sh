@@ -11,7 +11,8 @@
 # table (bench/table.py) from the JSON lines in $OUT/results.jsonl.
 #
 # Ports: Stampede 61613 (STOMP) / 15674 (WS /ws); RabbitMQ 61623 / 15684 (WS /ws), AMQP 5682;
-# ActiveMQ 61633 (stomp+nio, tcpNoDelay; Debian's build has no WebSocket, so TCP only).
+# ActiveMQ 61633 (stomp+nio, tcpNoDelay; Debian's build has no WebSocket, so TCP only); the
+# forwarding floor (not a broker, latency only) 61699.
 # File descriptors: this script raises its soft RLIMIT_NOFILE to the hard limit before starting
 # anything, so every broker (and the generator, which also raises its own) inherits it. A process
 # cannot go past the hard limit without CAP_SYS_RESOURCE; the connections scenario is sized to fit.
@@ -20,7 +21,7 @@ set -u -o pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DUR=${DUR:-10}
 WARM=${WARM:-2}
-BROKERS=${BROKERS:-"stampede rabbitmq activemq"}
+BROKERS=${BROKERS:-"stampede rabbitmq activemq floor"}
 SCENARIOS=${SCENARIOS:-"connections fanout latency queue"}
 CONNS=${CONNS:-10000}
 OUT=${OUT:-$ROOT/bench/results/$(date +%Y%m%d-%H%M%S)}
@@ -72,9 +73,10 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- builds --------------------------------------------------------------------------------------
-if [ ! -x "$BENCH" ] || [ ! -x "$STAMPEDE" ] || [ -n "${REBUILD:-}" ]; then
-    log "building stampede-bench and stampede (release)"
-    (cd "$ROOT" && cargo build --release -p stampede-clients --bin stampede-bench &&
+FLOOR=$ROOT/target/release/examples/forwarding_floor
+if [ ! -x "$BENCH" ] || [ ! -x "$STAMPEDE" ] || [ ! -x "$FLOOR" ] || [ -n "${REBUILD:-}" ]; then
+    log "building stampede-bench, the forwarding floor and stampede (release)"
+    (cd "$ROOT" && cargo build --release -p stampede-clients --bin stampede-bench --example forwarding_floor &&
         cargo build --release -p stampede-broker) >>"$LOG" 2>&1 || { log "build failed, see $LOG"; exit 1; }
 fi
 
@@ -171,6 +173,17 @@ EOF
     TCP_URL=tcp://127.0.0.1:61633 WS_URL= AUTH=()
 }
 
+# Not a broker: the least any broker could add on this machine (clients/examples/forwarding_floor.rs,
+# one blocking thread per connection, a SEND written straight to the subscribers). Only the
+# latency scenario runs against it; table.py shows it beside the brokers, never as a peer.
+start_floor() {
+    "$FLOOR" 127.0.0.1:61699 >"$OUT/floor.log" 2>&1 &
+    PIDS+=($!)
+    BROKER_PID=$!
+    wait_port 61699 10 || { log "forwarding floor did not start"; return 1; }
+    TCP_URL=tcp://127.0.0.1:61699 WS_URL= AUTH=()
+}
+
 stop_broker() {
     cleanup
     RMQ_STARTED=
@@ -188,9 +201,10 @@ run() { # label url args...
 }
 
 scenarios() { # label
-    local b=$1 urls=("$TCP_URL")
+    local b=$1 urls=("$TCP_URL") s
     [ -n "$WS_URL" ] && urls+=("$WS_URL")
     for s in $SCENARIOS; do
+        [ "$b" = floor ] && [ "$s" != latency ] && continue
         case $s in
         fanout)
             for u in "${urls[@]}"; do run "$b" "$u" fanout -n 100 -s 128; done

@@ -123,15 +123,53 @@ fn raise_file_limit(_max_connections: usize) {}
 /// that drained) back to the operating system.
 ///
 /// glibc's allocator keeps freed pages for reuse, so without this the resident size of a broker
-/// stays at its high-water mark after a connection storm. `malloc_trim` walks the heap and
-/// releases free pages; every 10 s it costs little and keeps RSS close to what is in use.
+/// stays at its high-water mark after a connection storm. `malloc_trim` releases them, but it
+/// walks every free chunk and `madvise`s its pages (thousands of calls after a storm, and again
+/// on every call, since released chunks stay on the free lists) while holding each arena's lock,
+/// so a worker that allocates meanwhile waits. Trimming on a timer regardless would add that
+/// stall every period and make a steady load fault its reused pages back in. So the broker trims
+/// only when the resident size grew by [`TRIM_STEP_BYTES`] since the last trim and the allocator
+/// holds at least that much free: after a burst has ended, not during steady traffic.
 async fn return_freed_memory() {
     let mut every = tokio::time::interval(Duration::from_secs(10));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut settled = resident_bytes();
     loop {
         every.tick().await;
-        let _ = tokio::task::spawn_blocking(trim).await;
+        settled = tokio::task::spawn_blocking(move || trim_after_growth(settled)).await.unwrap_or(settled);
     }
+}
+
+/// Growth of the resident size, and free memory held, that make a trim worth its stall.
+const TRIM_STEP_BYTES: usize = 8 << 20;
+
+/// Trims if worthwhile; returns the resident size to measure the next growth from.
+fn trim_after_growth(settled: usize) -> usize {
+    let resident = resident_bytes();
+    if resident < settled.saturating_add(TRIM_STEP_BYTES) {
+        return settled.min(resident);
+    }
+    if allocator_free_bytes() < TRIM_STEP_BYTES {
+        return settled; // grown, but in use
+    }
+    trim();
+    resident_bytes()
+}
+
+/// The process's resident size, from /proc/self/statm (0 where there is no such file).
+fn resident_bytes() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: usize = statm.split_whitespace().nth(1).and_then(|field| field.parse().ok()).unwrap_or(0);
+    pages * 4096
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn allocator_free_bytes() -> usize {
+    // SAFETY: mallinfo2 has no preconditions; it only reads allocator statistics.
+    #[allow(unsafe_code)]
+    let info = unsafe { libc::mallinfo2() };
+    // Free chunks in the bins plus those in the fast bins (small chunks, counted apart).
+    info.fordblks + info.fsmblks
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -141,6 +179,11 @@ fn trim() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn allocator_free_bytes() -> usize {
+    0
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
