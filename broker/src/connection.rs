@@ -436,9 +436,7 @@ where
                     }
                 }
             }
-            if !auto_acks.is_empty() {
-                Box::pin(settle_auto_acks(&mut auto_acks)).await;
-            }
+            settle_auto_acks(&mut auto_acks);
             if let Some((reason, error)) = ending {
                 if error.is_some() || reason == CloseReason::ClientDisconnect {
                     let code = if matches!(reason, CloseReason::ProtocolError(_)) {
@@ -662,7 +660,7 @@ async fn process_input(
 }
 
 /// Tells queues that `ack:auto` deliveries were written, one command per queue and consumer.
-async fn settle_auto_acks(auto_acks: &mut Vec<AutoAck>) {
+fn settle_auto_acks(auto_acks: &mut Vec<AutoAck>) {
     while let Some(first) = auto_acks.first() {
         let queue = first.from.queue.clone();
         let consumer = first.from.consumer;
@@ -675,7 +673,7 @@ async fn settle_auto_acks(auto_acks: &mut Vec<AutoAck>) {
                 true
             }
         });
-        let _ = queue.settle(consumer, messages, Outcome::Ack).await;
+        let _ = queue.settle(consumer, messages, Outcome::Ack);
     }
 }
 

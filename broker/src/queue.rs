@@ -199,10 +199,12 @@ enum Command {
     Publish { message: QueuedMessage, verdict: Option<VerdictSender> },
     AddConsumer(Consumer),
     RemoveConsumer { consumer: u64 },
-    Settle { consumer: u64, messages: Vec<u64>, outcome: Outcome },
     SetDefaultTtl(u64),
     Shutdown { forget: bool, done: oneshot::Sender<()> },
 }
+
+/// Acks and nacks of delivered messages: (consumer, message ids, outcome).
+type Settlement = (u64, Vec<u64>, Outcome);
 
 /// Shared between the handle and the actor, for observation without a round trip.
 #[derive(Debug)]
@@ -211,6 +213,13 @@ struct Shared {
     depth: AtomicUsize,
     consumers: AtomicUsize,
     dropped: AtomicU64,
+    /// Settlements travel apart from the mailbox and are applied before it. A settlement gives
+    /// a consumer its credit back; in the mailbox it would wait behind publishes whenever
+    /// producers outpace consumers, and the consumer's connection, blocked on that send, would
+    /// stop taking deliveries: the queue would settle into a backlog at a fraction of its rate.
+    /// Unbounded, yet bounded by credit: a session settles only deliveries it holds as pending,
+    /// and each consumer holds at most its prefetch of those.
+    settlements: mpsc::UnboundedSender<Settlement>,
 }
 
 /// A cheap, cloneable handle to a queue actor.
@@ -256,11 +265,13 @@ impl QueueHandle {
         recovered: Vec<QueuedMessage>,
     ) -> QueueHandle {
         let (mailbox, inbox) = mpsc::channel(MAILBOX);
+        let (settlements, settlement_inbox) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             name: Arc::clone(&name),
             depth: AtomicUsize::new(recovered.len()),
             consumers: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
+            settlements,
         });
         let ready_bytes = recovered.iter().map(QueuedMessage::size).sum();
         let actor = QueueActor {
@@ -277,7 +288,7 @@ impl QueueHandle {
             writes: Vec::new(),
             waiting_for_disk: Vec::new(),
         };
-        tokio::spawn(actor.run(inbox));
+        tokio::spawn(actor.run(inbox, settlement_inbox));
         QueueHandle { shared, mailbox }
     }
 
@@ -324,12 +335,15 @@ impl QueueHandle {
         self.command(Command::RemoveConsumer { consumer }).await
     }
 
-    /// Reports the fate of delivered messages.
-    pub async fn settle(&self, consumer: u64, messages: Vec<u64>, outcome: Outcome) -> Result<(), QueueGone> {
+    /// Reports the fate of delivered messages. Never waits: see [`Shared::settlements`].
+    pub fn settle(&self, consumer: u64, messages: Vec<u64>, outcome: Outcome) -> Result<(), QueueGone> {
         if messages.is_empty() {
             return Ok(());
         }
-        self.command(Command::Settle { consumer, messages, outcome }).await
+        self.shared
+            .settlements
+            .send((consumer, messages, outcome))
+            .map_err(|_| QueueGone(Arc::clone(&self.shared.name)))
     }
 
     /// Sets the time to live of messages published without one (RabbitMQ's `x-message-ttl`).
@@ -376,12 +390,21 @@ struct QueueActor {
 }
 
 impl QueueActor {
-    async fn run(mut self, mut inbox: mpsc::Receiver<Command>) {
+    async fn run(
+        mut self,
+        mut inbox: mpsc::Receiver<Command>,
+        mut settlement_inbox: mpsc::UnboundedReceiver<Settlement>,
+    ) {
         let mut batch = Vec::with_capacity(COMMAND_BATCH);
+        let mut settlements = Vec::with_capacity(COMMAND_BATCH);
         let mut expiry_tick = tokio::time::interval(Duration::from_secs(1));
         expiry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // The actor's own `Shared` holds a settlement sender, so that channel never closes;
+            // the mailbox closing (every handle gone) is what ends the actor. Not biased: a
+            // steady stream of settlements must not keep a consumer's removal waiting.
             tokio::select! {
+                _ = settlement_inbox.recv_many(&mut settlements, COMMAND_BATCH) => {}
                 received = inbox.recv_many(&mut batch, COMMAND_BATCH) => {
                     if received == 0 {
                         break;
@@ -389,6 +412,17 @@ impl QueueActor {
                 }
                 _ = expiry_tick.tick() => {
                     self.expire_waiting();
+                }
+            }
+            // Every settlement sent before a command in `batch` is in the channel by now (one
+            // session sends its ACK before its UNSUBSCRIBE's RemoveConsumer): apply them all
+            // first, so an acked message is never redelivered for want of ordering.
+            while let Ok(settlement) = settlement_inbox.try_recv() {
+                settlements.push(settlement);
+            }
+            for (consumer, messages, outcome) in settlements.drain(..) {
+                for id in messages {
+                    self.settle(consumer, id, outcome);
                 }
             }
             let mut stop = None;
@@ -459,11 +493,6 @@ impl QueueActor {
                 self.shared.consumers.store(self.consumers.len(), Ordering::Relaxed);
             }
             Command::RemoveConsumer { consumer } => self.remove_consumer(consumer),
-            Command::Settle { consumer, messages, outcome } => {
-                for id in messages {
-                    self.settle(consumer, id, outcome);
-                }
-            }
             Command::SetDefaultTtl(ttl) => {
                 if ttl != self.settings.default_ttl_ms
                     && let Some(persistence) = &self.persistence

@@ -811,7 +811,7 @@ impl Session {
         }
         if let Target::Queue { queue, consumer } = &subscription.target {
             let messages = covered.iter().map(|p| p.message_id).collect();
-            let _ = queue.settle(*consumer, messages, outcome).await;
+            let _ = queue.settle(*consumer, messages, outcome);
         }
     }
 

@@ -680,28 +680,30 @@ async fn dead_lettered_expired_messages_do_not_expire_again_under_queue_default_
 #[tokio::test]
 async fn nack_count_is_persisted_and_dead_letters_at_the_limit_across_restart() {
     let mut cfg = config();
-    cfg.max_deliveries = 3;
+    cfg.max_deliveries = 4;
     let broker = TestBroker::start_durable(cfg.clone()).await;
     let client = broker.client().await;
     send_persistent(&client, "/queue/poison", "poison").await;
     let mut sub = client.subscribe("/queue/poison", client_ack()).await.unwrap();
-    // Delivery 1 and 2 (before the restart), NACKed.
-    for delivery in 1..=2 {
+    // Deliveries 1 and 2 are NACKed; delivery 3 (the NACK's redelivery) is still unsettled when
+    // the client leaves, so it goes back to the queue with three deliveries counted.
+    for delivery in 1..=3 {
         let m = sub.recv_timeout(WAIT).await.unwrap();
         assert_eq!(m.redelivered, delivery > 1, "delivery {delivery}");
-        client.nack(&m).await.unwrap();
+        if delivery < 3 {
+            client.nack(&m).await.unwrap();
+        }
     }
-    // Delivery 3 is received but not settled before the restart... no: restart right after
-    // the second NACK, with the message waiting.
     drop(sub);
     client.disconnect().await.unwrap();
     let broker = broker.restart(cfg).await;
     let client = broker.client().await;
     let mut sub = client.subscribe("/queue/poison", client_ack()).await.unwrap();
     let m = sub.recv_timeout(WAIT).await.unwrap();
-    assert!(m.redelivered, "delivery 3 after the restart is a redelivery");
+    assert!(m.redelivered, "delivery 4 after the restart is a redelivery");
     client.nack(&m).await.unwrap();
-    // Third delivery reached max_deliveries = 3: dead-lettered, not redelivered here.
+    // The fourth delivery reached max_deliveries = 4 (three of them counted before the restart):
+    // dead-lettered, not redelivered here.
     assert_nothing_more(&mut sub).await;
     let mut dlq = client.subscribe("/queue/DLQ.poison", client_ack()).await.unwrap();
     let got = receive_exactly(&mut dlq, 1).await;
