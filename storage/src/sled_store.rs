@@ -24,6 +24,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use rustc_hash::FxHashMap;
 use sled::{Batch, Db, IVec, Tree};
 use tracing::{debug, info, warn};
 
@@ -473,9 +474,10 @@ impl<'a> GroupPlan<'a> {
         let submitted: usize = group.iter().map(|s| s.ops.len()).sum();
         let mut steps = Vec::with_capacity(submitted);
         let mut cancelled = 0;
-        // Index in `steps` of this group's pending Put and Count of each message.
-        let mut puts: HashMap<(&str, u64), usize> = HashMap::new();
-        let mut counts: HashMap<(&str, u64), usize> = HashMap::new();
+        // Index in `steps` of this group's pending Put and Count of each message (FxHash: the
+        // keys are the broker's own names and ids, and this runs for every op).
+        let mut puts: FxHashMap<(&str, u64), usize> = FxHashMap::default();
+        let mut counts: FxHashMap<(&str, u64), usize> = FxHashMap::default();
         for op in group.iter().flat_map(|s| &s.ops) {
             match op {
                 Op::DefineQueue(record) => steps.push(Step::Define(record)),
