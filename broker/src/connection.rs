@@ -662,18 +662,10 @@ async fn process_input(
 /// Tells queues that `ack:auto` deliveries were written, one command per queue and consumer.
 fn settle_auto_acks(auto_acks: &mut Vec<AutoAck>) {
     while let Some(first) = auto_acks.first() {
-        let queue = first.from.queue.clone();
         let consumer = first.from.consumer;
-        let mut messages = Vec::new();
-        auto_acks.retain(|ack| {
-            if ack.from.consumer == consumer {
-                messages.push(ack.message_id);
-                false
-            } else {
-                true
-            }
-        });
-        let _ = queue.settle(consumer, messages, Outcome::Ack);
+        let messages = auto_acks.iter().filter(|ack| ack.from.consumer == consumer).map(|ack| ack.message_id).collect();
+        let _ = first.from.queue.settle(consumer, messages, Outcome::Ack);
+        auto_acks.retain(|ack| ack.from.consumer != consumer);
     }
 }
 

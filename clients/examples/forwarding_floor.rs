@@ -69,7 +69,6 @@ fn serve(mut stream: TcpStream, subscribers: &Subscribers) -> std::io::Result<()
                     receipt(&frame)
                 }
                 Command::Send => {
-                    output.clear();
                     let destination = frame.header("destination").unwrap_or_default();
                     let mut table = subscribers.lock().unwrap_or_else(|p| p.into_inner());
                     for (subscriber, id) in table.get_mut(destination).into_iter().flatten() {

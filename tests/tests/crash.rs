@@ -320,6 +320,24 @@ impl Seen {
     }
 }
 
+/// Starts the broker one last time after the kills, notes its start-up in `rounds`, and returns
+/// it with every receipted message (at least one, or the test proved nothing).
+async fn final_start(
+    dir: &Path,
+    rounds: &mut Vec<String>,
+    receipted: &Mutex<HashSet<(u32, u64)>>,
+) -> (BrokerProcess, HashSet<(u32, u64)>) {
+    let broker = BrokerProcess::start(dir).await;
+    rounds.push(format!(
+        "final start in {:?} ({})",
+        broker.startup,
+        broker.recovery_line().unwrap_or_else(|| "nothing recovered".to_owned())
+    ));
+    let receipted = receipted.lock().unwrap().clone();
+    assert!(!receipted.is_empty(), "no message was receipted at all:\n{}", broker.log_tail());
+    (broker, receipted)
+}
+
 /// Receives until nothing arrives for a while (longer while receipted messages are missing),
 /// within an overall deadline.
 async fn drain(sub: &mut stampede_client::Subscription, seen: &mut Seen, receipted: &HashSet<(u32, u64)>, ack: bool) {
@@ -396,14 +414,7 @@ async fn kill_9_during_persistent_queue_load_loses_no_receipted_message() {
             sent - acked
         ));
     }
-    let broker = BrokerProcess::start(dir.path()).await;
-    rounds.push(format!(
-        "final start in {:?} ({})",
-        broker.startup,
-        broker.recovery_line().unwrap_or_else(|| "nothing recovered".to_owned())
-    ));
-    let receipted = receipted.lock().unwrap().clone();
-    assert!(!receipted.is_empty(), "no message was receipted at all:\n{}", broker.log_tail());
+    let (broker, receipted) = final_start(dir.path(), &mut rounds, &receipted).await;
     let consumer = connect(&broker.url(), |o| o).await;
     let mut sub = consumer.subscribe(destination, SubscribeOptions::new().prefetch(1000)).await.expect("subscribe");
     let mut seen = Seen::default();
@@ -477,14 +488,7 @@ async fn kill_9_with_a_durable_subscription_loses_no_receipted_message() {
             seen.lock().unwrap().deliveries()
         ));
     }
-    let broker = BrokerProcess::start(dir.path()).await;
-    rounds.push(format!(
-        "final start in {:?} ({})",
-        broker.startup,
-        broker.recovery_line().unwrap_or_else(|| "nothing recovered".to_owned())
-    ));
-    let receipted = receipted.lock().unwrap().clone();
-    assert!(!receipted.is_empty(), "no message was receipted at all:\n{}", broker.log_tail());
+    let (broker, receipted) = final_start(dir.path(), &mut rounds, &receipted).await;
     let subscriber = connect(&broker.url(), |o| o).await;
     let mut sub = subscriber.subscribe(TOPIC, options()).await.expect("durable SUBSCRIBE after the crashes");
     let mut seen = std::mem::take(&mut *seen.lock().unwrap());

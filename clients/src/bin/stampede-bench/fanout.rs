@@ -101,14 +101,13 @@ async fn subscriber(
         if r.error.is_some() {
             break;
         }
-        tokio::select! {
-            biased;
-            n = s.reader.read_into(&mut buf) => match n {
-                Ok(0) => { r.error = Some("connection closed by broker".into()); break; }
-                Ok(_) => {}
-                Err(e) => { r.error = Some(format!("read: {e}")); break; }
-            },
-            _ = stop.changed() => break,
+        match s.reader.read_or_stop(&mut buf, &mut stop).await {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                r.error = Some(e);
+                break;
+            }
         }
     }
     s.writer.close().await;
@@ -119,13 +118,10 @@ async fn subscriber(
 pub async fn drain_reader(mut reader: Reader, mut stop: watch::Receiver<bool>) -> Option<String> {
     let mut buf = BytesMut::with_capacity(4096);
     loop {
-        tokio::select! {
-            n = reader.read_into(&mut buf) => match n {
-                Ok(0) => return Some("connection closed by broker".into()),
-                Ok(_) => {}
-                Err(e) => return Some(format!("read: {e}")),
-            },
-            _ = stop.changed() => return None,
+        match reader.read_or_stop(&mut buf, &mut stop).await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => return Some(e),
         }
         let mut used = 0;
         while let Ok(Some((f, n))) = stomp::scan(&buf[used..]) {
@@ -138,7 +134,7 @@ pub async fn drain_reader(mut reader: Reader, mut stop: watch::Receiver<bool>) -
     }
 }
 
-/// Closed-loop flow control for an unpaced publisher: it keeps at most `limit` deliveries
+/// Closed-loop flow control for a publisher: it keeps at most `limit` deliveries
 /// (messages x subscribers) in flight, so it runs at the rate the broker sustains instead of
 /// overrunning the subscribers' outboxes (which brokers answer by dropping slow consumers).
 pub struct Flow {
@@ -171,7 +167,7 @@ pub async fn publisher(
     if let Some(rate) = rate {
         let runtime = tokio::runtime::Handle::current();
         return tokio::task::spawn_blocking(move || {
-            paced_publisher(&runtime, w, template, t0, &window, rate, max, &flow, &stop)
+            paced_publisher(&runtime, w, template, t0, &window, rate, max, &flow, stop)
         })
         .await
         .expect("paced publisher thread");
@@ -265,7 +261,7 @@ fn paced_publisher(
     rate: f64,
     max: u64,
     flow: &Flow,
-    stop: &watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
 ) -> (Writer, PubResult) {
     const MIN_WAKE_PERIOD_NS: u64 = 50_000;
     // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
@@ -273,7 +269,6 @@ fn paced_publisher(
     let interval = 1e9 / rate.max(1e-3);
     let mut res = PubResult { sent: 0, sent_in_window: 0, error: None };
     let mut out = BytesMut::with_capacity(template.frame_len() * 4);
-    let mut stop = stop.clone();
     loop {
         let now = now_ns();
         if now >= window.end || res.sent >= max || *stop.borrow() {

@@ -10,6 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::watch;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -70,6 +71,20 @@ pub enum Writer {
 }
 
 impl Reader {
+    /// Reads more into `buf` unless `stop` changes first: `Ok(true)` when data arrived,
+    /// `Ok(false)` when told to stop, `Err` saying why when the connection ended.
+    pub async fn read_or_stop(&mut self, buf: &mut BytesMut, stop: &mut watch::Receiver<bool>) -> Result<bool, Error> {
+        tokio::select! {
+            biased;
+            n = self.read_into(buf) => match n {
+                Ok(0) => Err("connection closed by broker".into()),
+                Ok(_) => Ok(true),
+                Err(e) => Err(format!("read: {e}")),
+            },
+            _ = stop.changed() => Ok(false),
+        }
+    }
+
     /// Reads what is available (up to one chunk) onto the end of `buf`. 0 means closed.
     pub async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         match self {

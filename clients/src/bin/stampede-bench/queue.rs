@@ -128,14 +128,13 @@ async fn consumer(mut s: Session, shared: Arc<Shared>, ack: bool, mut stop: watc
         if r.error.is_some() {
             break;
         }
-        tokio::select! {
-            biased;
-            n = s.reader.read_into(&mut buf) => match n {
-                Ok(0) => { r.error = Some("connection closed by broker".into()); break; }
-                Ok(_) => {}
-                Err(e) => { r.error = Some(format!("read: {e}")); break; }
-            },
-            _ = stop.changed() => break,
+        match s.reader.read_or_stop(&mut buf, &mut stop).await {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                r.error = Some(e);
+                break;
+            }
         }
     }
     s.writer.close().await;
@@ -159,13 +158,13 @@ async fn receipt_reader(
 ) -> Option<String> {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
-        tokio::select! {
-            n = reader.read_into(&mut buf) => match n {
-                Ok(0) => { permits.close(); return Some("connection closed by broker".into()) }
-                Ok(_) => {}
-                Err(e) => { permits.close(); return Some(format!("read: {e}")) }
-            },
-            _ = stop.changed() => return None,
+        match reader.read_or_stop(&mut buf, &mut stop).await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                permits.close();
+                return Some(e);
+            }
         }
         let t = now_ns();
         let mut used = 0;
