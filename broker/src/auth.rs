@@ -128,18 +128,56 @@ impl Principal {
         Principal { name, access: Arc::clone(&UNRESTRICTED), expires_at: None }
     }
 
-    /// Checks that the principal may perform `operation` on `destination` in `vhost`.
+    /// Checks that the principal's token, if it came with one, has not expired since CONNECT.
     ///
     /// # Errors
-    /// An ERROR naming the destination and the operation when it may not, or when its token
-    /// has expired since CONNECT.
-    pub fn check(&self, vhost: &str, operation: Operation, destination: &str) -> Result<(), StompError> {
+    /// `access token expired`.
+    pub fn check_token(&self) -> Result<(), StompError> {
         if self.expires_at.is_some_and(|expires_at| unix_now() >= expires_at) {
             return Err(StompError::new(
                 "access token expired",
                 "The token given at CONNECT has expired; reconnect with a fresh token.",
             ));
         }
+        Ok(())
+    }
+
+    /// True when one of the principal's `operation` rules on `vhost` is written for
+    /// destinations starting with `prefix` (so those rules, not a default, decide about them).
+    pub fn rules_mention(&self, vhost: &str, operation: Operation, prefix: &str) -> bool {
+        self.access.rules_for(vhost).is_some_and(|rules| {
+            let patterns = match operation {
+                Operation::Read => &rules.read,
+                Operation::Write => &rules.write,
+            };
+            patterns.iter().any(|p| p.as_str().starts_with(prefix))
+        })
+    }
+
+    /// Checks that the principal may use virtual host `vhost` at all.
+    ///
+    /// # Errors
+    /// `access refused` naming the virtual host.
+    pub fn may_use_vhost(&self, vhost: &str) -> Result<(), StompError> {
+        if self.access.rules_for(vhost).is_some() {
+            return Ok(());
+        }
+        Err(StompError::new(
+            format!("access refused - virtual host {vhost:?}"),
+            format!(
+                "User {:?} may not use virtual host {vhost:?} (the CONNECT 'host' header).",
+                self.name.as_deref().unwrap_or("")
+            ),
+        ))
+    }
+
+    /// Checks that the principal may perform `operation` on `destination` in `vhost`.
+    ///
+    /// # Errors
+    /// An ERROR naming the destination and the operation when it may not, or when its token
+    /// has expired since CONNECT.
+    pub fn check(&self, vhost: &str, operation: Operation, destination: &str) -> Result<(), StompError> {
+        self.check_token()?;
         if self.access.unrestricted {
             return Ok(());
         }
@@ -311,42 +349,27 @@ impl Authenticator {
         self.jwt.is_some()
     }
 
-    /// Authenticates a client that wants `vhost`. `peer` is its address, for the failure delay.
+    /// Authenticates a client. `peer` is its address, for the failure delay. Whether the
+    /// principal may use the virtual host it asked for is [`Principal::may_use_vhost`].
     ///
     /// # Errors
-    /// `login failed` (after the delay) when the credentials are not accepted, or `access
-    /// refused` when the principal may not use the virtual host.
-    pub async fn authenticate(
-        &self,
-        credentials: &Credentials,
-        vhost: &str,
-        peer: Option<IpAddr>,
-    ) -> Result<Principal, StompError> {
+    /// `login failed` (after the delay) when the credentials are not accepted.
+    pub async fn authenticate(&self, credentials: &Credentials, peer: Option<IpAddr>) -> Result<Principal, StompError> {
         if self.is_open() {
             return Ok(Principal::anonymous(credentials.login.clone().filter(|l| !l.is_empty())));
         }
-        let principal = match self.verify(credentials).await {
-            Some(principal) => principal,
+        match self.verify(credentials).await {
+            Some(principal) => Ok(principal),
             None => {
                 let delay = peer.map(|ip| self.failures.record(ip)).unwrap_or_default();
                 tracing::info!(peer = ?peer, login = ?credentials.login, ?delay, "login failed");
                 tokio::time::sleep(delay).await;
-                return Err(StompError::new(
+                Err(StompError::new(
                     "login failed",
                     "The login, passcode or token was not accepted. Check the credentials and try again.",
-                ));
+                ))
             }
-        };
-        if principal.access.rules_for(vhost).is_none() {
-            return Err(StompError::new(
-                format!("access refused - virtual host {vhost:?}"),
-                format!(
-                    "User {:?} may not use virtual host {vhost:?} (the CONNECT 'host' header).",
-                    principal.name.as_deref().unwrap_or("")
-                ),
-            ));
         }
-        Ok(principal)
     }
 
     async fn verify(&self, credentials: &Credentials) -> Option<Principal> {

@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use crate::connection::ConnectionSettings;
 use crate::outbox::SlowConsumerPolicy;
 use crate::queue::{ExpiredPolicy, OverflowPolicy, QueueSettings};
-use crate::router::QueueOverride;
+use crate::router::{NameLimits, QueueOverride};
 use crate::session::SessionConfig;
 use stampede_storage::{FsyncMode, StoreOptions};
 
@@ -81,9 +81,24 @@ pub struct Config {
     pub max_transaction_frames: usize,
     /// Most body bytes buffered in one transaction.
     pub max_transaction_bytes: usize,
-    /// Most queues (including dead-letter and temporary queues); a SEND or SUBSCRIBE that would
-    /// create one more gets an ERROR.
+    /// Most open transactions of one connection; one more BEGIN gets an ERROR.
+    pub max_transactions_per_connection: usize,
+    /// Most body bytes buffered by all of one connection's open transactions together.
+    pub max_transaction_bytes_per_connection: usize,
+    /// Most queues per virtual host (dead-letter queues included; temporary queues are bounded
+    /// per connection instead); a SEND or SUBSCRIBE that would create one more gets an ERROR.
     pub max_queues: usize,
+    /// Most queues one user may create per virtual host, so one user cannot use up
+    /// `max_queues` for everyone.
+    pub max_queues_per_user: usize,
+    /// Most durable topic subscriptions per virtual host.
+    pub max_durable_subscriptions: usize,
+    /// Most durable topic subscriptions one user may create per virtual host.
+    pub max_durable_subscriptions_per_user: usize,
+    /// Virtual hosts, each a separate namespace of queues, topics and durable subscriptions.
+    /// A CONNECT `host` that names one of these (or a `[users.<name>.vhosts.<vhost>]` table)
+    /// selects it; any other `host` (clients often send the server's host name) means `/`.
+    pub vhosts: Vec<String>,
     /// Deliveries after which a message goes to the dead-letter queue; 0 = never.
     pub max_deliveries: u32,
     /// Dead-letter queue name prefix: messages of `/queue/x` go to `/queue/<prefix>x`.
@@ -266,7 +281,13 @@ impl Default for Config {
             default_prefetch_client: 100,
             max_transaction_frames: 10_000,
             max_transaction_bytes: 64 * 1024 * 1024,
+            max_transactions_per_connection: 64,
+            max_transaction_bytes_per_connection: 64 * 1024 * 1024,
             max_queues: 10_000,
+            max_queues_per_user: 1000,
+            max_durable_subscriptions: 10_000,
+            max_durable_subscriptions_per_user: 100,
+            vhosts: Vec::new(),
             max_deliveries: 10,
             dead_letter_prefix: "DLQ.".to_owned(),
             ws_max_message_size: limits.max_body + limits.max_header_bytes + 64,
@@ -429,9 +450,32 @@ impl Config {
             max_subscriptions: self.max_subscriptions_per_connection,
             max_transaction_frames: self.max_transaction_frames,
             max_transaction_bytes: self.max_transaction_bytes,
+            max_transactions: self.max_transactions_per_connection,
+            max_transaction_bytes_per_connection: self.max_transaction_bytes_per_connection,
             slow_consumer_policy: self.slow_consumer_policy,
             ..SessionConfig::default()
         }
+    }
+
+    /// The limits on names clients can create, per virtual host.
+    pub fn name_limits(&self) -> NameLimits {
+        NameLimits {
+            max_queues: self.max_queues,
+            max_queues_per_user: self.max_queues_per_user,
+            max_durable_subscriptions: self.max_durable_subscriptions,
+            max_durable_subscriptions_per_user: self.max_durable_subscriptions_per_user,
+        }
+    }
+
+    /// Every virtual host that is its own namespace: `/`, the `vhosts` list, and every virtual
+    /// host a user's rules name.
+    pub fn declared_vhosts(&self) -> std::collections::BTreeSet<String> {
+        let mut declared: std::collections::BTreeSet<String> = self.vhosts.iter().cloned().collect();
+        declared.insert(crate::vhost::DEFAULT_VHOST.to_owned());
+        for user in self.users.values() {
+            declared.extend(user.vhosts.keys().cloned());
+        }
+        declared
     }
 
     /// Default queue settings.

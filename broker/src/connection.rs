@@ -33,8 +33,8 @@ use tracing::{debug, info, warn};
 use crate::error::StompError;
 use crate::outbox::{Delivery, Outbox};
 use crate::queue::Outcome;
-use crate::router::Router;
 use crate::session::{AutoAck, Flow, Reply, Session, SessionConfig};
+use crate::vhost::VirtualHosts;
 
 /// Settings every connection task reads.
 #[derive(Debug, Clone)]
@@ -74,8 +74,8 @@ pub struct ConnectionContext {
     pub settings: Arc<ConnectionSettings>,
     /// Session settings.
     pub session: Arc<SessionConfig>,
-    /// The router.
-    pub router: Arc<Router>,
+    /// The virtual hosts; the session picks its router at CONNECT.
+    pub vhosts: Arc<VirtualHosts>,
     /// Cancelled when the broker shuts down.
     pub shutdown: CancellationToken,
     /// Credentials from this connection's WebSocket upgrade request (HTTP Basic or Bearer).
@@ -301,7 +301,7 @@ where
     let settings = context.settings;
     let shutdown = context.shutdown;
     let outbox = Outbox::new(settings.max_outbox_bytes);
-    let mut session = Session::new(Arc::clone(&session_id), context.session, context.router, Arc::clone(&outbox));
+    let mut session = Session::new(Arc::clone(&session_id), context.session, context.vhosts, Arc::clone(&outbox));
     session.set_peer(peer.ip());
     session.set_upgrade_credentials(context.upgrade_credentials);
     async move {

@@ -4,7 +4,8 @@
 //! - [`server`]: listeners and the broker's lifetime ([`server::start`]).
 //! - [`connection`]: one task per connection: socket, decoder, heart-beats, outbox.
 //! - [`session`]: the STOMP state machine of one client, free of socket code.
-//! - [`router`]: destination names to topics and queues.
+//! - [`vhost`]: virtual hosts, each a separate namespace with its own [`router`].
+//! - [`router`]: destination names to topics and queues, within one virtual host.
 //! - [`topic`] and [`queue`]: the two kinds of destination; a queue is an actor.
 //! - [`outbox`]: the bounded buffer between destinations and a connection.
 //! - [`error`]: the one mapping from failures to ERROR frames.
@@ -25,6 +26,7 @@ pub mod server;
 pub mod session;
 pub mod tls;
 pub mod topic;
+pub mod vhost;
 
 pub use config::{Cli, Config};
 pub use server::{RunningBroker, start};

@@ -247,6 +247,9 @@ pub struct Persistence {
     pub store: Arc<dyn Store>,
     /// The queue's name in the store.
     pub key: String,
+    /// The queue's stored definition (owner, virtual host, kind), rewritten with the queue's
+    /// settings when they change.
+    pub record: QueueRecord,
 }
 
 impl std::fmt::Debug for Persistence {
@@ -498,7 +501,7 @@ impl QueueActor {
                     && let Some(persistence) = &self.persistence
                 {
                     // Kept with the queue's definition, as RabbitMQ keeps x-message-ttl.
-                    let record = QueueRecord { ttl_ms: Some(ttl), ..QueueRecord::queue(persistence.key.clone()) };
+                    let record = QueueRecord { ttl_ms: Some(ttl), ..persistence.record.clone() };
                     self.writes.push(Op::DefineQueue(record));
                 }
                 self.settings.default_ttl_ms = ttl;

@@ -10,16 +10,17 @@
 //! queue (the latter must already exist), `/temp-queue/<name>` is a private reply queue, and
 //! `/reply-queue/<generated>` is what a `reply-to: /temp-queue/..` is rewritten to.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use stampede_protocol::MessageTemplate;
-use stampede_storage::{Op, QueueKind, QueueRecord, Recovery, Store};
-use tracing::{info, warn};
+use stampede_storage::{Op, OwnerRecord, QueueKind, QueueRecord, Store};
+use tracing::warn;
 
 use crate::queue::{Persistence, QueueHandle, QueueSettings, QueuedMessage, Verdict, now_ms};
 use crate::topic::{Pattern, Sink, Topic, TopicSubscriber};
+use crate::vhost::{DEFAULT_VHOST, RouterSettings};
 
 /// A parsed destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,24 +117,110 @@ pub struct TopicRegistration {
     wildcard: bool,
 }
 
-/// A durable topic subscription: a queue bound to a topic (or pattern).
+/// A durable topic subscription: a queue bound to a topic (or pattern), owned by the principal
+/// that created it.
 #[derive(Debug)]
 struct Durable {
     queue: QueueHandle,
     registration: TopicRegistration,
+    owner: Ownership,
 }
 
-/// Names to topics and queues. Shared by every session.
-pub struct Router {
-    topics: RwLock<TopicTable>,
-    queues: RwLock<HashMap<Arc<str>, QueueHandle>>,
-    durables: Mutex<HashMap<String, Durable>>,
-    queue_settings: QueueSettings,
-    queue_overrides: HashMap<String, QueueOverride>,
-    store: Option<Arc<dyn Store>>,
-    max_queues: std::sync::atomic::AtomicUsize,
+/// Who a durable subscription belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ownership {
+    /// Created by this user (`None`: an anonymous client of an open broker).
+    User(Option<String>),
+    /// Stored before owners were kept: the first principal that may read its topic and
+    /// subscribes to that same topic claims it.
+    Unclaimed,
+}
+
+/// A temporary queue: never stored, consumed only by the connection that created it.
+#[derive(Debug, Clone)]
+struct TemporaryQueue {
+    queue: QueueHandle,
+    session: Arc<str>,
+}
+
+/// Limits on the names clients can create in one virtual host, so that no user can deny
+/// service to others by creating names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameLimits {
+    /// Queues in the virtual host (`max_queues`); dead-letter queues count, temporary ones not.
+    pub max_queues: usize,
+    /// Queues one user may create (`max_queues_per_user`).
+    pub max_queues_per_user: usize,
+    /// Durable subscriptions in the virtual host (`max_durable_subscriptions`).
+    pub max_durable_subscriptions: usize,
+    /// Durable subscriptions one user may create (`max_durable_subscriptions_per_user`).
+    pub max_durable_subscriptions_per_user: usize,
+}
+
+impl Default for NameLimits {
+    fn default() -> Self {
+        crate::config::Config::default().name_limits()
+    }
+}
+
+/// Who created which names, for the per-user quotas. Anonymous principals (no user name) are
+/// bounded only by the virtual host's totals.
+#[derive(Debug, Default)]
+struct Creators {
+    queue_creator: HashMap<Arc<str>, String>,
+    queues_per_user: HashMap<String, usize>,
+    durables_per_user: HashMap<String, usize>,
+}
+
+impl Creators {
+    fn count(map: &mut HashMap<String, usize>, user: &str, delta: isize) {
+        let entry = map.entry(user.to_owned()).or_default();
+        *entry = entry.saturating_add_signed(delta);
+        if *entry == 0 {
+            map.remove(user);
+        }
+    }
+}
+
+/// Message and subscriber ids, shared by every virtual host so they never repeat.
+#[derive(Debug)]
+pub struct IdCounters {
     next_message_id: AtomicU64,
     next_id: AtomicU64,
+}
+
+impl IdCounters {
+    /// Message ids start from the current time in microseconds so they stay unique across
+    /// restarts (and recovery moves them above the highest stored one).
+    pub fn new() -> IdCounters {
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(1);
+        IdCounters { next_message_id: AtomicU64::new(start), next_id: AtomicU64::new(1) }
+    }
+}
+
+impl Default for IdCounters {
+    fn default() -> Self {
+        IdCounters::new()
+    }
+}
+
+/// Names to topics and queues of one virtual host. Shared by every session of that host.
+pub struct Router {
+    vhost: Arc<str>,
+    topics: RwLock<TopicTable>,
+    queues: RwLock<HashMap<Arc<str>, QueueHandle>>,
+    temporary: RwLock<HashMap<Arc<str>, TemporaryQueue>>,
+    durables: Mutex<HashMap<String, Durable>>,
+    creators: Mutex<Creators>,
+    client_ids: Mutex<HashSet<String>>,
+    queue_settings: QueueSettings,
+    queue_overrides: HashMap<String, QueueOverride>,
+    limits: NameLimits,
+    store: Option<Arc<dyn Store>>,
+    ids: Arc<IdCounters>,
     this: Weak<Router>,
 }
 
@@ -155,49 +242,57 @@ pub struct QueueOverride {
 
 impl std::fmt::Debug for Router {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Router").finish_non_exhaustive()
+        f.debug_struct("Router").field("vhost", &self.vhost).finish_non_exhaustive()
     }
 }
 
 impl Router {
-    /// A router whose queues use `queue_settings`. Message ids start from the current time in
-    /// microseconds so they stay unique across restarts.
+    /// An in-memory router of virtual host `/` whose queues use `queue_settings` (benchmarks
+    /// and unit tests).
     pub fn new(queue_settings: QueueSettings) -> Arc<Router> {
-        Router::with_store(queue_settings, HashMap::new(), None)
+        let settings =
+            RouterSettings { queue_settings, queue_overrides: HashMap::new(), limits: NameLimits::default() };
+        Router::for_vhost(DEFAULT_VHOST, settings, None, Arc::new(IdCounters::new()))
     }
 
-    /// A router whose durable queues keep persistent messages in `store`.
-    pub fn with_store(
-        queue_settings: QueueSettings,
-        queue_overrides: HashMap<String, QueueOverride>,
+    /// The router of virtual host `vhost`, whose durable queues keep persistent messages in
+    /// `store`.
+    pub fn for_vhost(
+        vhost: &str,
+        settings: RouterSettings,
         store: Option<Arc<dyn Store>>,
+        ids: Arc<IdCounters>,
     ) -> Arc<Router> {
-        let start = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(1);
         Arc::new_cyclic(|this| Router {
+            vhost: Arc::from(vhost),
             topics: RwLock::new(TopicTable::default()),
             queues: RwLock::new(HashMap::new()),
+            temporary: RwLock::new(HashMap::new()),
             durables: Mutex::new(HashMap::new()),
-            queue_settings,
-            queue_overrides,
+            creators: Mutex::new(Creators::default()),
+            client_ids: Mutex::new(HashSet::new()),
+            queue_settings: settings.queue_settings,
+            queue_overrides: settings.queue_overrides,
+            limits: settings.limits,
             store,
-            max_queues: std::sync::atomic::AtomicUsize::new(10_000),
-            next_message_id: AtomicU64::new(start),
-            next_id: AtomicU64::new(1),
+            ids,
             this: this.clone(),
         })
     }
 
+    /// The virtual host this router serves.
+    pub fn vhost(&self) -> &str {
+        &self.vhost
+    }
+
     /// A fresh broker-wide message id.
     pub fn next_message_id(&self) -> u64 {
-        self.next_message_id.fetch_add(1, Ordering::Relaxed)
+        self.ids.next_message_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// A fresh broker-wide id for subscribers and consumers.
     pub fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
+        self.ids.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Delivers to every subscriber of topic `name`: connected subscribers get it at once,
@@ -302,7 +397,9 @@ impl Router {
         table.topics.get(name).map_or(0, |t| t.subscriber_count())
     }
 
-    /// The queue `name`, if it exists.
+    /// The queue `name` (a `/queue/` queue), if it exists. Temporary queues are not found
+    /// here: they are reached only through [`Router::temporary_queue_for`] and
+    /// [`Router::reply_queue`].
     pub fn queue(&self, name: &str) -> Option<QueueHandle> {
         self.queues.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
     }
@@ -311,40 +408,83 @@ impl Router {
     /// the broker's own use (dead-letter queues, recovery); clients go through
     /// [`Router::client_queue`], which is bounded.
     pub fn queue_or_create(&self, name: &str) -> QueueHandle {
-        self.queue_or_create_with(name, true, Vec::new())
+        self.queue_or_create_with(name, None, Vec::new())
     }
 
-    /// The queue `name` for a client's SEND or SUBSCRIBE, created if needed unless the broker
-    /// already holds `max_queues` queues (otherwise sending to ever new names would grow memory
-    /// without bound).
-    pub fn client_queue(&self, name: &str) -> Result<QueueHandle, TooManyQueues> {
-        match self.queue(name) {
-            Some(queue) => Ok(queue),
-            None => {
-                self.check_queue_room()?;
-                Ok(self.queue_or_create_with(name, true, Vec::new()))
+    /// The queue `name` for a client's SEND or SUBSCRIBE, created if needed unless the virtual
+    /// host already holds `max_queues` queues or `creator` already created
+    /// `max_queues_per_user` (otherwise sending to ever new names would grow memory without
+    /// bound, and one user could use up the names of all).
+    pub fn client_queue(&self, name: &str, creator: Option<&str>) -> Result<QueueHandle, NameLimitExceeded> {
+        if let Some(queue) = self.queue(name) {
+            return Ok(queue);
+        }
+        let count = self.queues.read().unwrap_or_else(|p| p.into_inner()).len();
+        if count >= self.limits.max_queues {
+            return Err(NameLimitExceeded::Queues(self.limits.max_queues));
+        }
+        if let Some(user) = creator {
+            let creators = self.creators.lock().unwrap_or_else(|p| p.into_inner());
+            if creators.queues_per_user.get(user).copied().unwrap_or(0) >= self.limits.max_queues_per_user {
+                return Err(NameLimitExceeded::QueuesPerUser(self.limits.max_queues_per_user));
             }
         }
+        Ok(self.queue_or_create_with(name, creator, Vec::new()))
     }
 
-    /// A temporary queue: never stored, deleted with its connection. Bounded like
-    /// [`Router::client_queue`].
-    pub fn temporary_queue(&self, name: &str) -> Result<QueueHandle, TooManyQueues> {
-        if self.queue(name).is_none() {
-            self.check_queue_room()?;
+    /// The temporary queue `name` of connection `session`: never stored, consumed only by that
+    /// connection, deleted with it. Temporary queues do not count toward `max_queues` (the
+    /// session bounds how many it holds). Another connection's queue of that name is refused.
+    pub fn temporary_queue_for(&self, name: &str, session: &Arc<str>) -> Result<QueueHandle, ReplyQueueError> {
+        if let Some(existing) = self.temporary.read().unwrap_or_else(|p| p.into_inner()).get(name) {
+            return if existing.session == *session {
+                Ok(existing.queue.clone())
+            } else {
+                Err(ReplyQueueError::NotOwner)
+            };
         }
-        Ok(self.queue_or_create_with(name, false, Vec::new()))
+        let mut temporary = self.temporary.write().unwrap_or_else(|p| p.into_inner());
+        let entry = temporary.entry(Arc::from(name)).or_insert_with(|| TemporaryQueue {
+            queue: QueueHandle::spawn(
+                Arc::from(name),
+                self.settings_for(name, false),
+                self.this.clone(),
+                None,
+                Vec::new(),
+            ),
+            session: Arc::clone(session),
+        });
+        if entry.session == *session { Ok(entry.queue.clone()) } else { Err(ReplyQueueError::NotOwner) }
     }
 
-    fn check_queue_room(&self) -> Result<(), TooManyQueues> {
-        let limit = self.max_queues.load(Ordering::Relaxed);
-        let count = self.queues.read().unwrap_or_else(|p| p.into_inner()).len();
-        if count >= limit { Err(TooManyQueues(limit)) } else { Ok(()) }
+    /// The temporary queue a `/reply-queue/<name>` names, for sending a reply to it.
+    pub fn reply_queue(&self, name: &str) -> Option<QueueHandle> {
+        self.temporary.read().unwrap_or_else(|p| p.into_inner()).get(name).map(|t| t.queue.clone())
     }
 
-    /// Sets the most queues clients may cause to exist (`max_queues`).
-    pub fn set_max_queues(&self, limit: usize) {
-        self.max_queues.store(limit, Ordering::Relaxed);
+    /// Deletes temporary queue `name` of `session`.
+    pub async fn delete_temporary_queue(&self, name: &str, session: &Arc<str>) {
+        let removed = {
+            let mut temporary = self.temporary.write().unwrap_or_else(|p| p.into_inner());
+            match temporary.get(name) {
+                Some(t) if t.session == *session => temporary.remove(name),
+                _ => None,
+            }
+        };
+        if let Some(temporary) = removed {
+            temporary.queue.shutdown(true).await;
+        }
+    }
+
+    /// Records that a connection of this virtual host uses ActiveMQ `client-id` `id`. Returns
+    /// false when another live connection holds it already.
+    pub fn claim_client_id(&self, id: &str) -> bool {
+        self.client_ids.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned())
+    }
+
+    /// Releases a `client-id` claimed with [`Router::claim_client_id`].
+    pub fn release_client_id(&self, id: &str) {
+        self.client_ids.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
 
     fn settings_for(&self, name: &str, durable: bool) -> QueueSettings {
@@ -360,11 +500,39 @@ impl Router {
         settings
     }
 
-    fn persistence(&self, key: String) -> Option<Persistence> {
-        self.store.as_ref().map(|store| Persistence { store: Arc::clone(store), key })
+    /// The name under which this virtual host stores `key`: unchanged for `/` (so data
+    /// directories made before virtual hosts were kept still load), prefixed otherwise.
+    fn store_key(&self, key: &str) -> String {
+        if &*self.vhost == DEFAULT_VHOST { key.to_owned() } else { format!("{}{key}", vhost_prefix(&self.vhost)) }
     }
 
-    fn queue_or_create_with(&self, name: &str, durable: bool, recovered: Vec<QueuedMessage>) -> QueueHandle {
+    fn record(&self, key: &str, owner: Option<OwnerRecord>) -> QueueRecord {
+        let mut record = QueueRecord::queue(self.store_key(key));
+        record.owner = owner;
+        record.vhost = (&*self.vhost != DEFAULT_VHOST).then(|| self.vhost.to_string());
+        record
+    }
+
+    fn persistence(&self, record: QueueRecord) -> Option<Persistence> {
+        self.store.as_ref().map(|store| Persistence { store: Arc::clone(store), key: record.name.clone(), record })
+    }
+
+    fn queue_or_create_with(&self, name: &str, creator: Option<&str>, recovered: Vec<QueuedMessage>) -> QueueHandle {
+        self.queue_or_create_from(
+            name,
+            creator.map(|user| OwnerRecord { user: Some(user.to_owned()) }),
+            recovered,
+            None,
+        )
+    }
+
+    fn queue_or_create_from(
+        &self,
+        name: &str,
+        owner: Option<OwnerRecord>,
+        recovered: Vec<QueuedMessage>,
+        stored: Option<QueueRecord>,
+    ) -> QueueHandle {
         if let Some(queue) = self.queue(name) {
             return queue;
         }
@@ -372,20 +540,28 @@ impl Router {
         if let Some(queue) = queues.get(name) {
             return queue.clone();
         }
-        let key = format!("/queue/{name}");
-        let persistence = if durable { self.persistence(key.clone()) } else { None };
-        if let (Some(p), true) = (&persistence, recovered.is_empty()) {
+        let creator = owner.as_ref().and_then(|o| o.user.clone());
+        let is_new = stored.is_none();
+        let record = stored.unwrap_or_else(|| self.record(&format!("/queue/{name}"), owner));
+        let persistence = self.persistence(record.clone());
+        if let (Some(p), true) = (&persistence, is_new) {
             // Define it so that it is recreated at start-up, even while empty.
-            p.store.submit(vec![Op::DefineQueue(QueueRecord::queue(key))], None);
+            p.store.submit(vec![Op::DefineQueue(record)], None);
         }
         let queue = QueueHandle::spawn(
             Arc::from(name),
-            self.settings_for(name, durable),
+            self.settings_for(name, true),
             self.this.clone(),
             persistence,
             recovered,
         );
-        queues.insert(Arc::from(name), queue.clone());
+        let name: Arc<str> = Arc::from(name);
+        queues.insert(Arc::clone(&name), queue.clone());
+        if let Some(user) = creator {
+            let mut creators = self.creators.lock().unwrap_or_else(|p| p.into_inner());
+            Creators::count(&mut creators.queues_per_user, &user, 1);
+            creators.queue_creator.insert(name, user);
+        }
         queue
     }
 
@@ -393,49 +569,129 @@ impl Router {
     pub async fn delete_queue(&self, name: &str, forget: bool) {
         let removed = self.queues.write().unwrap_or_else(|p| p.into_inner()).remove(name);
         if let Some(queue) = removed {
+            let mut creators = self.creators.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(user) = creators.queue_creator.remove(name) {
+                Creators::count(&mut creators.queues_per_user, &user, -1);
+            }
+            drop(creators);
             queue.shutdown(forget).await;
         }
     }
 
-    /// The queue of durable subscription `name` following `topic`, created and bound to the
-    /// topic if needed. An existing subscription re-subscribed to another topic is rebound.
-    pub fn durable_subscription(&self, name: &str, topic: &str) -> QueueHandle {
+    /// The queue of durable subscription `name` following `topic`, for principal `user`
+    /// (`None`: anonymous), created and bound to the topic if needed.
+    ///
+    /// A subscription belongs to the principal that created it: anyone else gets
+    /// [`DurableError::AccessDenied`] and nothing changes. Attaching with the topic it is bound
+    /// to returns its backlog (the caller has checked that `user` may read `topic`); attaching
+    /// with another topic is a replacement (JMS semantics): the old subscription and its backlog
+    /// are discarded and a new one is bound. A subscription stored before owners were kept is
+    /// claimed by the first principal that attaches with its own topic.
+    pub async fn durable_subscription(
+        &self,
+        name: &str,
+        topic: &str,
+        user: Option<&str>,
+    ) -> Result<QueueHandle, DurableError> {
+        let owner = Ownership::User(user.map(str::to_owned));
+        let replaced = {
+            let mut durables = self.durables.lock().unwrap_or_else(|p| p.into_inner());
+            match durables.get_mut(name) {
+                Some(existing) => {
+                    let same_topic = &*existing.registration.name == topic;
+                    match &existing.owner {
+                        Ownership::User(_) if existing.owner != owner => return Err(DurableError::AccessDenied),
+                        Ownership::Unclaimed if !same_topic => return Err(DurableError::AccessDenied),
+                        Ownership::Unclaimed => {
+                            existing.owner = owner.clone();
+                            self.define_durable(name, topic, &owner);
+                            if let Some(user) = user {
+                                let mut creators = self.creators.lock().unwrap_or_else(|p| p.into_inner());
+                                Creators::count(&mut creators.durables_per_user, user, 1);
+                            }
+                            return Ok(existing.queue.clone());
+                        }
+                        Ownership::User(_) if same_topic => return Ok(existing.queue.clone()),
+                        Ownership::User(_) => durables.remove(name),
+                    }
+                }
+                None => {
+                    self.check_durable_room(durables.len(), user)?;
+                    None
+                }
+            }
+        };
+        if let Some(old) = replaced {
+            // A rebind keeps the count of its owner: the old one is gone, the new one counts.
+            self.unsubscribe_topic(&old.registration);
+            old.queue.shutdown(true).await;
+            if let Some(user) = user {
+                let mut creators = self.creators.lock().unwrap_or_else(|p| p.into_inner());
+                Creators::count(&mut creators.durables_per_user, user, -1);
+            }
+        }
         let mut durables = self.durables.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(existing) = durables.get(name) {
-            if &*existing.registration.name == topic {
-                return existing.queue.clone();
-            }
-            self.unsubscribe_topic(&existing.registration);
-            let queue = existing.queue.clone();
-            let registration = self.bind(topic, queue.clone());
-            durables.insert(name.to_owned(), Durable { queue: queue.clone(), registration });
-            self.define_durable(name, topic);
-            return queue;
+            // Another connection of the same owner created it meanwhile.
+            return if existing.owner == owner { Ok(existing.queue.clone()) } else { Err(DurableError::AccessDenied) };
         }
-        self.define_durable(name, topic);
-        let queue = self.spawn_durable(name, Vec::new());
+        self.check_durable_room(durables.len(), user)?;
+        self.define_durable(name, topic, &owner);
+        let record = self.durable_record(name, topic, &owner);
+        let queue = self.spawn_durable(name, record, Vec::new());
         let registration = self.bind(topic, queue.clone());
-        durables.insert(name.to_owned(), Durable { queue: queue.clone(), registration });
-        queue
+        durables.insert(name.to_owned(), Durable { queue: queue.clone(), registration, owner });
+        if let Some(user) = user {
+            let mut creators = self.creators.lock().unwrap_or_else(|p| p.into_inner());
+            Creators::count(&mut creators.durables_per_user, user, 1);
+        }
+        Ok(queue)
     }
 
-    fn define_durable(&self, name: &str, topic: &str) {
+    fn check_durable_room(&self, count: usize, user: Option<&str>) -> Result<(), DurableError> {
+        if count >= self.limits.max_durable_subscriptions {
+            return Err(DurableError::Limit(NameLimitExceeded::DurableSubscriptions(
+                self.limits.max_durable_subscriptions,
+            )));
+        }
+        if let Some(user) = user {
+            let creators = self.creators.lock().unwrap_or_else(|p| p.into_inner());
+            if creators.durables_per_user.get(user).copied().unwrap_or(0)
+                >= self.limits.max_durable_subscriptions_per_user
+            {
+                return Err(DurableError::Limit(NameLimitExceeded::DurableSubscriptionsPerUser(
+                    self.limits.max_durable_subscriptions_per_user,
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn durable_record(&self, name: &str, topic: &str, owner: &Ownership) -> QueueRecord {
+        let owner = match owner {
+            Ownership::User(user) => Some(OwnerRecord { user: user.clone() }),
+            Ownership::Unclaimed => None,
+        };
+        let mut record = self.record(&durable_key(name), owner);
+        record.kind = QueueKind::DurableSubscription;
+        record.topic = Some(topic.to_owned());
+        record.subscription_name = Some(name.to_owned());
+        record
+    }
+
+    fn define_durable(&self, name: &str, topic: &str, owner: &Ownership) {
         if let Some(store) = &self.store {
-            let mut record = QueueRecord::queue(durable_key(name));
-            record.kind = QueueKind::DurableSubscription;
-            record.topic = Some(topic.to_owned());
-            record.subscription_name = Some(name.to_owned());
-            store.submit(vec![Op::DefineQueue(record)], None);
+            store.submit(vec![Op::DefineQueue(self.durable_record(name, topic, owner))], None);
         }
     }
 
-    fn spawn_durable(&self, name: &str, recovered: Vec<QueuedMessage>) -> QueueHandle {
+    fn spawn_durable(&self, name: &str, record: QueueRecord, recovered: Vec<QueuedMessage>) -> QueueHandle {
         let display: Arc<str> = Arc::from(format!("durable:{name}"));
         QueueHandle::spawn(
             display,
             self.settings_for(name, true),
             self.this.clone(),
-            self.persistence(durable_key(name)),
+            self.persistence(record),
             recovered,
         )
     }
@@ -445,18 +701,39 @@ impl Router {
         self.subscribe_topic(topic, subscriber)
     }
 
-    /// Deletes durable subscription `name` and its stored messages. Returns false when there
-    /// was none.
-    pub async fn delete_durable_subscription(&self, name: &str) -> bool {
-        let removed = self.durables.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
-        match removed {
-            Some(durable) => {
-                self.unsubscribe_topic(&durable.registration);
-                durable.queue.shutdown(true).await;
-                true
+    /// Deletes durable subscription `name` and its stored messages, if `user` owns it (a
+    /// subscription stored before owners were kept may be deleted by anyone who may read its
+    /// topic: `may_read` says whether `user` may).
+    pub async fn delete_durable_subscription(
+        &self,
+        name: &str,
+        user: Option<&str>,
+        may_read: impl Fn(&str) -> bool,
+    ) -> Result<bool, DurableError> {
+        let removed = {
+            let mut durables = self.durables.lock().unwrap_or_else(|p| p.into_inner());
+            match durables.get(name) {
+                None => return Ok(false),
+                Some(existing) => {
+                    let allowed = match &existing.owner {
+                        Ownership::User(owner) => owner.as_deref() == user,
+                        Ownership::Unclaimed => may_read(&existing.registration.name),
+                    };
+                    if !allowed {
+                        return Err(DurableError::AccessDenied);
+                    }
+                }
             }
-            None => false,
+            durables.remove(name)
+        };
+        let Some(durable) = removed else { return Ok(false) };
+        if let Ownership::User(Some(owner)) = &durable.owner {
+            let mut creators = self.creators.lock().unwrap_or_else(|p| p.into_inner());
+            Creators::count(&mut creators.durables_per_user, owner, -1);
         }
+        self.unsubscribe_topic(&durable.registration);
+        durable.queue.shutdown(true).await;
+        Ok(true)
     }
 
     /// Number of durable subscriptions.
@@ -464,25 +741,29 @@ impl Router {
         self.durables.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    /// Recreates stored queues and durable subscriptions, with their messages in order. Call
-    /// before accepting clients. Message ids continue above the highest stored one.
-    pub fn restore(&self, recovery: Recovery) {
-        for problem in &recovery.problems {
-            warn!(queue = %problem.queue, position = ?problem.position, kind = ?problem.kind,
-                "damaged record set aside at start-up: {}", problem.detail);
-        }
+    /// Recreates this virtual host's stored queues and durable subscriptions, with their
+    /// messages in order, and returns how many messages it recovered. Call before accepting
+    /// clients. Message ids continue above the highest stored one.
+    pub fn restore(&self, recovered_queues: Vec<stampede_storage::RecoveredQueue>) -> usize {
         let mut highest = 0;
         let mut restored_messages = 0;
-        for recovered in recovery.queues {
+        let prefix = if &*self.vhost == DEFAULT_VHOST { String::new() } else { vhost_prefix(&self.vhost) };
+        for recovered in recovered_queues {
             let messages: Vec<QueuedMessage> = recovered.messages.into_iter().map(QueuedMessage::from_stored).collect();
             highest = messages.iter().map(|m| m.id).max().unwrap_or(0).max(highest);
             restored_messages += messages.len();
             let record = recovered.record;
+            let Some(key) = record.name.strip_prefix(&prefix) else {
+                warn!(name = %record.name, vhost = %self.vhost, "stored queue outside its virtual host's names skipped");
+                continue;
+            };
             match record.kind {
-                QueueKind::Queue => match record.name.strip_prefix("/queue/") {
+                QueueKind::Queue => match key.strip_prefix("/queue/") {
                     Some(name) => {
-                        let queue = self.queue_or_create_with(name, true, messages);
-                        if let Some(ttl) = record.ttl_ms {
+                        let owner = record.owner.clone();
+                        let ttl = record.ttl_ms;
+                        let queue = self.queue_or_create_from(name, owner, messages, Some(record.clone()));
+                        if let Some(ttl) = ttl {
                             queue.restore_default_ttl(ttl);
                         }
                     }
@@ -493,22 +774,25 @@ impl Router {
                         warn!(name = %record.name, "stored durable subscription without name or topic skipped");
                         continue;
                     };
-                    let queue = self.spawn_durable(&name, messages);
+                    let owner = match &record.owner {
+                        Some(owner) => Ownership::User(owner.user.clone()),
+                        None => Ownership::Unclaimed,
+                    };
+                    if let Ownership::User(Some(user)) = &owner {
+                        let mut creators = self.creators.lock().unwrap_or_else(|p| p.into_inner());
+                        Creators::count(&mut creators.durables_per_user, user, 1);
+                    }
+                    let queue = self.spawn_durable(&name, record, messages);
                     let registration = self.bind(&topic, queue.clone());
                     self.durables
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .insert(name, Durable { queue, registration });
+                        .insert(name, Durable { queue, registration, owner });
                 }
             }
         }
-        self.next_message_id.fetch_max(highest + 1, Ordering::Relaxed);
-        info!(
-            messages = restored_messages,
-            queues = self.queues().len(),
-            durable_subscriptions = self.durable_subscription_count(),
-            "recovered stored state"
-        );
+        self.ids.next_message_id.fetch_max(highest + 1, Ordering::Relaxed);
+        restored_messages
     }
 
     /// The store, if the broker has one.
@@ -516,12 +800,15 @@ impl Router {
         self.store.as_ref()
     }
 
-    /// Stops every queue actor, durable subscriptions' included, so their last writes reach
-    /// the store before it is flushed. Messages stay stored for the next start.
+    /// Stops every queue actor, durable subscriptions' and temporary ones included, so their
+    /// last writes reach the store before it is flushed. Messages stay stored for the next
+    /// start.
     pub async fn stop_queues(&self) {
         let durable: Vec<QueueHandle> =
             self.durables.lock().unwrap_or_else(|p| p.into_inner()).values().map(|d| d.queue.clone()).collect();
-        for queue in self.queues().into_iter().chain(durable) {
+        let temporary: Vec<QueueHandle> =
+            self.temporary.read().unwrap_or_else(|p| p.into_inner()).values().map(|t| t.queue.clone()).collect();
+        for queue in self.queues().into_iter().chain(durable).chain(temporary) {
             queue.shutdown(false).await;
         }
     }
@@ -537,20 +824,68 @@ fn durable_key(name: &str) -> String {
     format!("durable:{name}")
 }
 
+/// What store keys of virtual host `vhost` start with (every host but `/`).
+fn vhost_prefix(vhost: &str) -> String {
+    format!("vhost:{}:{vhost}|", vhost.len())
+}
+
 /// Longest a publish waits for subscribers whose outboxes are over half full (the stall gate,
 /// see the `outbox` module). Long enough for a reading subscriber's connection to take its
 /// deliveries, short enough that a stuck one costs its publishers little.
 const SLOW_CONSUMER_STALL: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// A client would create a queue beyond `max_queues`.
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("the broker holds its maximum of {0} queues")]
-pub struct TooManyQueues(pub usize);
+/// A client would create a name beyond one of the [`NameLimits`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NameLimitExceeded {
+    /// `max_queues`.
+    #[error("the virtual host holds its maximum of {0} queues")]
+    Queues(usize),
+    /// `max_queues_per_user`.
+    #[error("the user created its maximum of {0} queues")]
+    QueuesPerUser(usize),
+    /// `max_durable_subscriptions`.
+    #[error("the virtual host holds its maximum of {0} durable subscriptions")]
+    DurableSubscriptions(usize),
+    /// `max_durable_subscriptions_per_user`.
+    #[error("the user created its maximum of {0} durable subscriptions")]
+    DurableSubscriptionsPerUser(usize),
+}
 
-impl From<TooManyQueues> for crate::error::StompError {
-    fn from(error: TooManyQueues) -> Self {
-        crate::error::StompError::limit("queues", error.0, "max_queues")
+impl From<NameLimitExceeded> for crate::error::StompError {
+    fn from(error: NameLimitExceeded) -> Self {
+        use crate::error::StompError;
+        match error {
+            NameLimitExceeded::Queues(n) => StompError::limit("queues", n, "max_queues"),
+            NameLimitExceeded::QueuesPerUser(n) => {
+                StompError::limit("queues created by one user", n, "max_queues_per_user")
+            }
+            NameLimitExceeded::DurableSubscriptions(n) => {
+                StompError::limit("durable subscriptions", n, "max_durable_subscriptions")
+            }
+            NameLimitExceeded::DurableSubscriptionsPerUser(n) => {
+                StompError::limit("durable subscriptions created by one user", n, "max_durable_subscriptions_per_user")
+            }
+        }
     }
+}
+
+/// Why a durable subscription cannot be attached or deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DurableError {
+    /// It belongs to another principal.
+    #[error("the durable subscription belongs to another user")]
+    AccessDenied,
+    /// Creating it would exceed a limit.
+    #[error(transparent)]
+    Limit(#[from] NameLimitExceeded),
+}
+
+/// Why a temporary queue cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyQueueError {
+    /// It belongs to another connection.
+    #[error("the temporary queue belongs to another connection")]
+    NotOwner,
 }
 
 /// What a topic publish needs to copy a message into durable subscriptions.

@@ -33,6 +33,7 @@ use crate::connection::{self, ConnectionContext, Transport};
 use crate::error::StompError;
 use crate::router::Router;
 use crate::security::{AddressPermit, PerAddress};
+use crate::vhost::{RouterSettings, VirtualHosts};
 use stampede_storage::{MemoryStore, SledStore, Store};
 
 /// Most refusals (ERROR frames to connections over a limit) being written at once.
@@ -53,7 +54,7 @@ pub struct RunningBroker {
     pub plain_listeners: bool,
     auth: Arc<Authenticator>,
     per_address: Arc<PerAddress>,
-    router: Arc<Router>,
+    vhosts: Arc<VirtualHosts>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     store: Arc<dyn Store>,
@@ -66,9 +67,14 @@ impl std::fmt::Debug for RunningBroker {
 }
 
 impl RunningBroker {
-    /// The router, for in-process inspection.
+    /// The router of the default virtual host `/`, for in-process inspection.
     pub fn router(&self) -> &Arc<Router> {
-        &self.router
+        self.vhosts.default_router()
+    }
+
+    /// Every virtual host, for in-process inspection.
+    pub fn vhosts(&self) -> &Arc<VirtualHosts> {
+        &self.vhosts
     }
 
     /// The authenticator, for in-process inspection.
@@ -89,9 +95,9 @@ impl RunningBroker {
             warn!("shutdown deadline of {deadline:?} passed with connections still open");
         }
         // Queues submit their last writes as they stop; then everything is made durable.
-        self.router.stop_queues().await;
+        self.vhosts.stop_queues().await;
         let store = self.store;
-        drop(self.router);
+        drop(self.vhosts);
         // Queue actors and in-flight dead-letter moves hold the store too; once they have let
         // go, dropping ours closes it (and releases the data directory's lock) right here.
         let released = tokio::time::Instant::now() + deadline;
@@ -142,8 +148,12 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
         _ => None,
     };
     let store = open_store(config).await?;
-    let router = Router::with_store(config.queue_settings(), config.queues.clone(), Some(Arc::clone(&store)));
-    router.set_max_queues(config.max_queues);
+    let settings = RouterSettings {
+        queue_settings: config.queue_settings(),
+        queue_overrides: config.queues.clone(),
+        limits: config.name_limits(),
+    };
+    let vhosts = VirtualHosts::new(config.declared_vhosts(), settings, Some(Arc::clone(&store)));
     let started = std::time::Instant::now();
     let recovery = {
         let store = Arc::clone(&store);
@@ -153,7 +163,7 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
             .map_err(|source| StartError::Storage { dir: config.data_dir.clone(), source })?
     };
     let recovered = recovery.message_count();
-    router.restore(recovery);
+    vhosts.restore(recovery);
     if recovered > 0 {
         info!("recovered {recovered} stored messages in {:?}", started.elapsed());
     }
@@ -164,7 +174,7 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
     let context = ConnectionContext {
         settings: Arc::new(config.connection_settings()),
         session: Arc::new(session),
-        router: Arc::clone(&router),
+        vhosts: Arc::clone(&vhosts),
         shutdown: shutdown.clone(),
         upgrade_credentials: None,
     };
@@ -231,7 +241,7 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
         plain_listeners,
         auth,
         per_address,
-        router,
+        vhosts,
         shutdown,
         tasks,
         store,
@@ -327,28 +337,33 @@ struct Shared {
     handshake_timeout: Duration,
 }
 
-/// Session ids: unguessable enough to name temporary queues, short enough to log.
-#[derive(Debug)]
-struct SessionIds {
-    prefix: u64,
-    next: AtomicU64,
-}
+/// Session ids: 128 bits from the operating system's random source each. Temporary queue names
+/// contain the session id, and holding a reply queue's name is what lets a user send to it, so
+/// neither may be guessable from other sessions' ids or the start time.
+#[derive(Debug, Default)]
+struct SessionIds;
 
 impl SessionIds {
     fn new() -> SessionIds {
-        // RandomState is seeded from the OS's randomness: the prefix differs per process and
-        // cannot be guessed from the start time, so temporary queue names (which contain the
-        // session id) are not predictable by other clients.
-        use std::hash::BuildHasher;
-        let prefix = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
-        SessionIds { prefix, next: AtomicU64::new(1) }
+        SessionIds
     }
 
     fn next(&self) -> Arc<str> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        Arc::from(format!("session-{:016x}-{n}", self.prefix))
+        let mut random = [0u8; 16];
+        if getrandom::fill(&mut random).is_err() {
+            // No random source: fall back to a hasher seeded by the OS at start (still not
+            // derivable from other ids), rather than refusing connections.
+            use std::hash::BuildHasher;
+            let state = std::collections::hash_map::RandomState::new();
+            let n = NEXT_FALLBACK.fetch_add(1, Ordering::Relaxed);
+            random[..8].copy_from_slice(&state.hash_one(n).to_le_bytes());
+            random[8..].copy_from_slice(&state.hash_one(!n).to_le_bytes());
+        }
+        Arc::from(format!("session-{:032x}", u128::from_le_bytes(random)))
     }
 }
+
+static NEXT_FALLBACK: AtomicU64 = AtomicU64::new(0);
 
 async fn accept_loop(listener: TcpListener, kind: Listener, shared: Arc<Shared>) {
     let mut backoff = Duration::from_millis(10);

@@ -29,9 +29,10 @@ use crate::auth::{Authenticator, Credentials, Operation, Principal};
 use crate::error::StompError;
 use crate::outbox::{Delivery, Outbox, QueueDelivery, SlowConsumerPolicy};
 use crate::queue::{Consumer, Outcome, QueueHandle, QueuedMessage, Verdict, now_ms};
-use crate::router::{Destination, Router, TopicMessage, TopicRegistration};
+use crate::router::{Destination, DurableError, Router, TopicMessage, TopicRegistration};
 use crate::security::Redacted;
 use crate::topic::{Sink, TopicSubscriber};
+use crate::vhost::VirtualHosts;
 
 /// What every session of a broker shares.
 #[derive(Debug, Clone)]
@@ -56,6 +57,11 @@ pub struct SessionConfig {
     pub max_transaction_frames: usize,
     /// Most body bytes one transaction may buffer (`max_transaction_bytes`).
     pub max_transaction_bytes: usize,
+    /// Most open transactions of one connection (`max_transactions_per_connection`).
+    pub max_transactions: usize,
+    /// Most body bytes all open transactions of one connection may buffer together
+    /// (`max_transaction_bytes_per_connection`).
+    pub max_transaction_bytes_per_connection: usize,
     /// What to do when a topic subscriber's outbox is full.
     pub slow_consumer_policy: SlowConsumerPolicy,
     /// Who may connect and what they may do (open = everyone, everything).
@@ -75,6 +81,8 @@ impl Default for SessionConfig {
             max_subscriptions: 1000,
             max_transaction_frames: 10_000,
             max_transaction_bytes: 64 * 1024 * 1024,
+            max_transactions: 64,
+            max_transaction_bytes_per_connection: 64 * 1024 * 1024,
             slow_consumer_policy: SlowConsumerPolicy::Disconnect,
             auth: Arc::new(Authenticator::open()),
         }
@@ -186,6 +194,8 @@ pub struct AutoAck {
 pub struct Session {
     id: Arc<str>,
     config: Arc<SessionConfig>,
+    vhosts: Arc<VirtualHosts>,
+    /// The router of the session's virtual host (that of `/` until CONNECT picks one).
     router: Arc<Router>,
     outbox: Arc<Outbox>,
     state: State,
@@ -205,6 +215,10 @@ pub struct Session {
     next_subscription: u64,
     next_ack: u64,
     transactions: HashMap<ByteString, Transaction>,
+    /// Body bytes buffered by all open transactions.
+    transaction_bytes: usize,
+    /// The ActiveMQ `client-id` this connection holds in its virtual host.
+    claimed_client_id: Option<String>,
     temp_queues: HashMap<String, QueueHandle>,
     peer: Option<IpAddr>,
     upgrade_credentials: Option<Credentials>,
@@ -213,11 +227,12 @@ pub struct Session {
 
 impl Session {
     /// A session that waits for CONNECT.
-    pub fn new(id: Arc<str>, config: Arc<SessionConfig>, router: Arc<Router>, outbox: Arc<Outbox>) -> Session {
+    pub fn new(id: Arc<str>, config: Arc<SessionConfig>, vhosts: Arc<VirtualHosts>, outbox: Arc<Outbox>) -> Session {
         Session {
             id,
             config,
-            router,
+            router: Arc::clone(vhosts.default_router()),
+            vhosts,
             outbox,
             state: State::AwaitingConnect,
             // Until CONNECT says otherwise, frames we send (an ERROR) are not escaped: the
@@ -233,6 +248,8 @@ impl Session {
             next_subscription: 1,
             next_ack: 1,
             transactions: HashMap::new(),
+            transaction_bytes: 0,
+            claimed_client_id: None,
             temp_queues: HashMap::new(),
             peer: None,
             upgrade_credentials: None,
@@ -379,12 +396,30 @@ impl Session {
             credentials = upgrade.clone();
         }
         let auth = Arc::clone(&self.config.auth);
-        let principal = auth.authenticate(&credentials, &virtual_host, self.peer).await?;
+        let principal = auth.authenticate(&credentials, self.peer).await?;
+        let virtual_host = self.vhosts.resolve(&virtual_host, &principal.access).to_owned();
+        principal.may_use_vhost(&virtual_host)?;
+        let router = self.vhosts.router(&virtual_host);
+        let client_id = frame.header("client-id").map(str::to_owned);
+        if let Some(client_id) = &client_id {
+            // ActiveMQ refuses a second live connection with the same client id: durable
+            // subscriptions are named by it, so two holders would take each other's messages.
+            if !router.claim_client_id(client_id) {
+                return Err(StompError::new(
+                    format!("client-id {client_id:?} is already in use"),
+                    format!(
+                        "Another connection on virtual host {virtual_host:?} holds client-id {client_id:?}; close it first or use another client-id."
+                    ),
+                ));
+            }
+            self.claimed_client_id = Some(client_id.clone());
+        }
+        self.router = router;
         self.heart_beat = heartbeat::negotiate(self.config.heart_beat, client_beat);
         self.virtual_host = virtual_host;
         self.login = principal.name.clone();
         self.principal = Some(principal);
-        self.client_id = frame.header("client-id").map(str::to_owned);
+        self.client_id = client_id;
         self.state = State::Connected;
         let mut connected = Frame::new(Command::Connected)
             .with_header(names::VERSION, version.as_str())
@@ -399,11 +434,21 @@ impl Session {
     }
 
     /// Checks the principal's rules for `destination`. A connection's own temporary queues are
-    /// always allowed; `/amq/queue/x` is checked as `/queue/x`, the queue it names.
+    /// always allowed; `/amq/queue/x` is checked as `/queue/x`, the queue it names. A
+    /// `/reply-queue/` name is a capability: whoever holds it may send a reply to it (that is
+    /// how request/reply works, as in RabbitMQ), unless the user's rules name `/reply-queue/`
+    /// destinations, in which case they decide; only the connection that created it may
+    /// subscribe (checked where it is resolved).
     fn authorize(&self, operation: Operation, destination: &str) -> Result<(), StompError> {
         let Some(principal) = &self.principal else { return Ok(()) };
         if destination.starts_with("/temp-queue/") {
             return Ok(());
+        }
+        if operation == Operation::Write
+            && destination.starts_with("/reply-queue/")
+            && !principal.rules_mention(&self.virtual_host, Operation::Write, "/reply-queue/")
+        {
+            return principal.check_token();
         }
         match destination.strip_prefix("/amq/queue/") {
             Some(name) => principal.check(&self.virtual_host, operation, &format!("/queue/{name}")),
@@ -434,6 +479,15 @@ impl Session {
         if buffered.bytes + frame.body.len() > max_bytes {
             return Err(StompError::limit("body bytes in one transaction", max_bytes, "max_transaction_bytes"));
         }
+        let all_bytes = self.config.max_transaction_bytes_per_connection;
+        if self.transaction_bytes + frame.body.len() > all_bytes {
+            return Err(StompError::limit(
+                "body bytes in all open transactions of a connection",
+                all_bytes,
+                "max_transaction_bytes_per_connection",
+            ));
+        }
+        self.transaction_bytes += frame.body.len();
         buffered.bytes += frame.body.len();
         buffered.frames.push(frame.clone());
         Ok(true)
@@ -486,10 +540,10 @@ impl Session {
                 }
                 return Ok(());
             }
-            Destination::Queue(name) => self.router.client_queue(name)?,
+            Destination::Queue(name) => self.router.client_queue(name, self.user())?,
             Destination::ExistingQueue(name) => self.router.queue(name).ok_or_else(|| not_found(&destination_value))?,
             Destination::TempQueue(name) => self.temp_queue(name).await?,
-            Destination::ReplyQueue(name) => match self.router.queue(name) {
+            Destination::ReplyQueue(name) => match self.router.reply_queue(name) {
                 Some(queue) => queue,
                 None => {
                     debug!(destination = %destination_value, "reply queue gone; message dropped");
@@ -542,14 +596,41 @@ impl Session {
         if let Some(queue) = self.temp_queues.get(name) {
             return Ok(queue.clone());
         }
-        let queue = self.router.temporary_queue(&format!("reply-{}-{}", self.id, name))?;
-        self.temp_queues.insert(name.to_owned(), queue.clone());
+        let queue = self.create_temp_queue(name)?;
         let id = ByteString::from(format!("/temp-queue/{name}"));
         if !self.by_id.contains_key(&id) {
             let credit = (self.config.default_prefetch_auto, self.config.consumer_window_bytes);
             self.attach_queue(id, AckMode::Auto, queue.clone(), credit, None).await?;
         }
         Ok(queue)
+    }
+
+    /// Creates this session's temporary queue `name`: at most `max_subscriptions_per_connection`
+    /// of them, since they do not count toward `max_queues`.
+    fn create_temp_queue(&mut self, name: &str) -> Result<QueueHandle, StompError> {
+        if self.temp_queues.len() >= self.config.max_subscriptions {
+            return Err(StompError::limit(
+                "temporary queues per connection",
+                self.config.max_subscriptions,
+                "max_subscriptions_per_connection",
+            ));
+        }
+        let queue = self
+            .router
+            .temporary_queue_for(&format!("reply-{}-{}", self.id, name), &self.id)
+            .map_err(|_| reply_queue_denied(name))?;
+        self.temp_queues.insert(name.to_owned(), queue.clone());
+        Ok(queue)
+    }
+
+    /// The user name quotas and ownership go by (`None` for an anonymous client).
+    fn user(&self) -> Option<&str> {
+        self.principal.as_ref().and_then(|p| p.name.as_deref())
+    }
+
+    /// Whether the principal may read `topic` (a topic name without `/topic/`).
+    fn may_read_topic(&self, topic: &str) -> bool {
+        self.authorize(Operation::Read, &format!("/topic/{topic}")).is_ok()
     }
 
     async fn subscribe(&mut self, frame: &Frame) -> Result<(), StompError> {
@@ -584,7 +665,11 @@ impl Session {
         let queue = match destination {
             Destination::Topic(name) => match self.durable_name(frame, &id) {
                 Some(durable) => {
-                    let queue = self.router.durable_subscription(&durable, name);
+                    let queue = self
+                        .router
+                        .durable_subscription(&durable, name, self.user())
+                        .await
+                        .map_err(|e| durable_error(e, &durable))?;
                     let credit = (self.prefetch(frame, ack)?, self.window_bytes(frame));
                     return self.attach_queue(id, ack, queue, credit, Some(durable)).await;
                 }
@@ -601,15 +686,19 @@ impl Session {
                     return Ok(());
                 }
             },
-            Destination::Queue(name) => self.router.client_queue(name)?,
-            Destination::ExistingQueue(name) | Destination::ReplyQueue(name) => {
-                self.router.queue(name).ok_or_else(|| not_found(destination_value))?
+            Destination::Queue(name) => self.router.client_queue(name, self.user())?,
+            Destination::ExistingQueue(name) => self.router.queue(name).ok_or_else(|| not_found(destination_value))?,
+            Destination::ReplyQueue(name) => {
+                // Only the connection that created a temporary queue may consume it.
+                match self.temp_queues.values().find(|q| &**q.name() == name) {
+                    Some(queue) => queue.clone(),
+                    None => return Err(reply_queue_denied(name)),
+                }
             }
-            Destination::TempQueue(name) => {
-                let queue = self.router.temporary_queue(&format!("reply-{}-{}", self.id, name))?;
-                self.temp_queues.insert(name.to_owned(), queue.clone());
-                queue
-            }
+            Destination::TempQueue(name) => match self.temp_queues.get(name) {
+                Some(queue) => queue.clone(),
+                None => self.create_temp_queue(name)?,
+            },
         };
         if let Some(ttl) = frame.header("x-message-ttl") {
             let ttl = ttl.trim().parse::<u64>().map_err(|_| {
@@ -727,7 +816,7 @@ impl Session {
         let delete = frame.header("durable") == Some("true") || frame.header(names::PERSISTENT) == Some("true");
         let Some(key) = key else {
             if let Some(name) = self.named_durable(frame) {
-                self.router.delete_durable_subscription(&name).await;
+                self.delete_durable(&name).await?;
                 return Ok(());
             }
             return Err(StompError::new(
@@ -743,9 +832,18 @@ impl Session {
         if let Some(name) = durable
             && (delete || self.named_durable(frame).is_some())
         {
-            self.router.delete_durable_subscription(&name).await;
+            self.delete_durable(&name).await?;
         }
         Ok(())
+    }
+
+    /// Deletes durable subscription `name` if this principal owns it.
+    async fn delete_durable(&self, name: &str) -> Result<(), StompError> {
+        self.router
+            .delete_durable_subscription(name, self.user(), |topic| self.may_read_topic(topic))
+            .await
+            .map(drop)
+            .map_err(|e| durable_error(e, name))
     }
 
     /// The durable subscription an UNSUBSCRIBE names in the ActiveMQ/Artemis dialect.
@@ -845,6 +943,13 @@ impl Session {
                 "Transaction ids must be unique among the open transactions of a connection.",
             ));
         }
+        if self.transactions.len() >= self.config.max_transactions {
+            return Err(StompError::limit(
+                "open transactions per connection",
+                self.config.max_transactions,
+                "max_transactions_per_connection",
+            ));
+        }
         self.transactions.insert(tx.clone(), Transaction::default());
         Ok(())
     }
@@ -854,7 +959,11 @@ impl Session {
             .headers
             .get_shared(names::TRANSACTION)
             .ok_or_else(|| StompError::missing_header(frame.command, names::TRANSACTION))?;
-        self.transactions.remove(tx).map(|t| t.frames).ok_or_else(|| {
+        let taken = self.transactions.remove(tx);
+        if let Some(transaction) = &taken {
+            self.transaction_bytes -= transaction.bytes;
+        }
+        taken.map(|t| t.frames).ok_or_else(|| {
             StompError::new(
                 format!("unknown transaction {tx:?}"),
                 format!("{} names transaction {tx:?}, which is not open on this connection.", frame.command),
@@ -919,7 +1028,10 @@ impl Session {
             self.detach(key).await;
         }
         for (_, queue) in self.temp_queues.drain() {
-            self.router.delete_queue(queue.name(), true).await;
+            self.router.delete_temporary_queue(queue.name(), &self.id).await;
+        }
+        if let Some(client_id) = self.claimed_client_id.take() {
+            self.router.release_client_id(&client_id);
         }
     }
 }
@@ -931,6 +1043,25 @@ fn not_found(destination: &str) -> StompError {
             "{destination} names a queue that does not exist. /amq/queue/ only addresses existing queues; use /queue/ to create it on first use."
         ),
     )
+}
+
+fn reply_queue_denied(name: &str) -> StompError {
+    StompError::new(
+        format!("access denied - read (subscribe) on /reply-queue/{name}"),
+        "A temporary or reply queue can only be consumed by the connection that created it; holding its name lets you send a reply to it, never read it.",
+    )
+}
+
+fn durable_error(error: DurableError, name: &str) -> StompError {
+    match error {
+        DurableError::AccessDenied => StompError::new(
+            format!("access denied - durable subscription {name:?}"),
+            format!(
+                "The durable subscription {name:?} belongs to another user (or, stored before owners were kept, is bound to a topic this SUBSCRIBE does not name); it was not changed."
+            ),
+        ),
+        DurableError::Limit(limit) => limit.into(),
+    }
 }
 
 fn destination_error(error: crate::router::DestinationError) -> StompError {

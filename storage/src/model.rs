@@ -87,6 +87,19 @@ pub struct QueueRecord {
     pub dead_letter_queue: Option<String>,
     /// Deliveries after which a message is dead-lettered, if limited.
     pub max_deliveries: Option<u32>,
+    /// Who created it; `None` in records stored before owners were kept.
+    pub owner: Option<OwnerRecord>,
+    /// The virtual host it belongs to; `None` (records stored before virtual hosts were kept)
+    /// means the default virtual host `/`.
+    pub vhost: Option<String>,
+}
+
+/// The principal that created a queue or durable subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OwnerRecord {
+    /// The user name; `None` for an anonymous client.
+    pub user: Option<String>,
 }
 
 impl QueueRecord {

@@ -59,6 +59,15 @@ impl TestBroker {
         broker
     }
 
+    /// A broker storing in sled under `dir`, which may already hold data.
+    pub async fn restart_on(dir: tempfile::TempDir, mut config: Config) -> TestBroker {
+        config.storage = StorageKind::Sled;
+        config.data_dir = dir.path().to_owned();
+        let mut broker = TestBroker::start_with(config).await;
+        broker.data_dir = Some(dir);
+        broker
+    }
+
     /// Stops the broker and starts a new one on the same data directory (new ports).
     pub async fn restart(self, mut config: Config) -> TestBroker {
         let dir = self.data_dir;

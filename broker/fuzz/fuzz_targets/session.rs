@@ -17,7 +17,7 @@ use libfuzzer_sys::fuzz_target;
 use stampede_broker::auth::{Authenticator, hash_password_with};
 use stampede_broker::config::{Config, UserConfig};
 use stampede_broker::outbox::{Delivery, Outbox};
-use stampede_broker::router::Router;
+use stampede_broker::vhost::VirtualHosts;
 use stampede_broker::session::{Flow, Reply, Session, SessionConfig};
 use stampede_protocol::{Command, Decoder, Frame, Item, Limits};
 
@@ -133,10 +133,10 @@ struct Client {
     ended: bool,
 }
 
-fn client(n: u64, config: &Arc<SessionConfig>, router: &Arc<Router>) -> Client {
+fn client(n: u64, config: &Arc<SessionConfig>, vhosts: &Arc<VirtualHosts>) -> Client {
     let outbox = Outbox::new(4096);
     let session =
-        Session::new(Arc::from(format!("fuzz-{n}")), Arc::clone(config), Arc::clone(router), Arc::clone(&outbox));
+        Session::new(Arc::from(format!("fuzz-{n}")), Arc::clone(config), Arc::clone(vhosts), Arc::clone(&outbox));
     let limits = Limits { max_header_line: 256, max_headers: 16, max_header_bytes: 1024, max_body: 1024 };
     Client { session, outbox, decoder: Decoder::new(limits), ended: false }
 }
@@ -221,8 +221,8 @@ fuzz_target!(|data: &[u8]| {
     let world = world();
     let config = if mode & 2 == 0 { &world.open } else { &world.restricted };
     world.runtime.block_on(async {
-        let router = Router::new(Config::ephemeral().queue_settings());
-        let mut clients = [client(0, config, &router), client(1, config, &router)];
+        let vhosts = VirtualHosts::in_memory(Config::ephemeral().queue_settings());
+        let mut clients = [client(0, config, &vhosts), client(1, config, &vhosts)];
         let mut next_id = 2;
         if mode & 1 == 1 {
             // Raw bytes through the decoder into session 0.
@@ -244,7 +244,7 @@ fuzz_target!(|data: &[u8]| {
                 if selector & 0x80 != 0 {
                     // Drop the session and start a fresh one in its place.
                     clients[which].session.close().await;
-                    clients[which] = client(next_id, config, &router);
+                    clients[which] = client(next_id, config, &vhosts);
                     next_id += 1;
                     continue;
                 }
@@ -252,7 +252,7 @@ fuzz_target!(|data: &[u8]| {
                 feed(&mut clients[which], frame).await;
                 if clients[which].ended {
                     clients[which].session.close().await;
-                    clients[which] = client(next_id, config, &router);
+                    clients[which] = client(next_id, config, &vhosts);
                     next_id += 1;
                 }
             }
@@ -260,7 +260,7 @@ fuzz_target!(|data: &[u8]| {
         for client in &mut clients {
             client.session.close().await;
         }
-        for queue in router.queues() {
+        for queue in vhosts.default_router().queues() {
             queue.shutdown(false).await;
         }
     });

@@ -102,7 +102,7 @@ class Client:
         "1.2": stomp.Connection12,
     }
 
-    def __init__(self, broker, version: str = "1.2", auto_decode: bool = True):
+    def __init__(self, broker, version: str = "1.2", auto_decode: bool = True, vhost: str | None = None):
         self.version = version
         kwargs = dict(
             reconnect_attempts_max=1,
@@ -112,6 +112,8 @@ class Client:
         )
         if version != "1.0" and os.environ.get("STAMPEDE_VHOST"):
             kwargs["vhost"] = os.environ["STAMPEDE_VHOST"]  # e.g. "/" when comparing with RabbitMQ
+        if vhost is not None:
+            kwargs["vhost"] = vhost
         self.conn = self.CLASSES[version]([broker.host_and_port], **kwargs)
         self.rec = Recorder()
         self.conn.set_listener("recorder", self.rec)
