@@ -526,7 +526,8 @@ impl JwtVerifier {
 
     /// The token's principal, or `None` when it is not accepted: a signature by a configured
     /// key, `exp` in the future and `nbf` (when present) in the past, both within
-    /// `leeway_secs`; `iss` and `aud` present and equal to the configured ones when configured;
+    /// `leeway_secs`; `iss` present and equal to the configured issuer, and `aud` present and
+    /// containing the configured audience, when those are configured;
     /// and no `crit` header, since Stampede understands no JWS extension (RFC 7515 §4.1.11:
     /// a critical extension the recipient does not understand makes the token invalid).
     fn verify(&self, token: &str, login: Option<&str>) -> Option<Principal> {
