@@ -24,7 +24,8 @@ use serde::Deserialize;
 
 use crate::config::{Config, JwtConfig, RuleConfig, UserConfig};
 use crate::error::StompError;
-use crate::security::{Glob, address_key};
+use crate::security::{PermissionPattern, address_key};
+use crate::topic::TopicPattern;
 
 /// What a rule allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,18 +49,21 @@ impl fmt::Display for Operation {
 #[derive(Debug, Clone, Default)]
 pub struct Rules {
     /// Destinations that may be subscribed to.
-    pub read: Vec<Glob>,
+    pub read: Vec<PermissionPattern>,
     /// Destinations that may be sent to.
-    pub write: Vec<Glob>,
+    pub write: Vec<PermissionPattern>,
 }
 
 impl Rules {
     fn everything() -> Rules {
-        Rules { read: vec![Glob::new("**")], write: vec![Glob::new("**")] }
+        Rules { read: vec![PermissionPattern::new("**")], write: vec![PermissionPattern::new("**")] }
     }
 
     fn from_lists(read: &[String], write: &[String]) -> Rules {
-        Rules { read: read.iter().map(|p| Glob::new(p)).collect(), write: write.iter().map(|p| Glob::new(p)).collect() }
+        Rules {
+            read: read.iter().map(|p| PermissionPattern::new(p)).collect(),
+            write: write.iter().map(|p| PermissionPattern::new(p)).collect(),
+        }
     }
 
     fn allows(&self, operation: Operation, destination: &str) -> bool {
@@ -67,7 +71,10 @@ impl Rules {
             Operation::Read => &self.read,
             Operation::Write => &self.write,
         };
-        patterns.iter().any(|p| p.matches(destination))
+        match destination.strip_prefix("/topic/").and_then(TopicPattern::parse) {
+            Some(topics) => patterns.iter().any(|p| p.covers_topic(&topics)),
+            None => patterns.iter().any(|p| p.matches(destination)),
+        }
     }
 }
 
@@ -171,7 +178,9 @@ impl Principal {
         ))
     }
 
-    /// Checks that the principal may perform `operation` on `destination` in `vhost`.
+    /// Checks that the principal may perform `operation` on `destination` in `vhost`. A
+    /// wildcard topic (`/topic/news.*`) is allowed only when one rule matches every topic it can
+    /// match ([`PermissionPattern::covers_topic`]).
     ///
     /// # Errors
     /// An ERROR naming the destination and the operation when it may not, or when its token
@@ -189,15 +198,20 @@ impl Principal {
             Operation::Read => "subscribe to",
             Operation::Write => "send to",
         };
+        let kind = match operation {
+            Operation::Read => "read",
+            Operation::Write => "write",
+        };
+        let reason = if destination.strip_prefix("/topic/").and_then(TopicPattern::parse).is_some() {
+            format!(
+                "no {kind} rule of this user matches every topic this wildcard can match (a rule's * stays within one word; only ** or # cover a # or > word)"
+            )
+        } else {
+            format!("no {kind} rule of this user matches it")
+        };
         Err(StompError::new(
             format!("access denied - {operation} on {destination}"),
-            format!(
-                "User {who:?} may not {verb} {destination} on virtual host {vhost:?}: no {} rule of this user matches it.",
-                match operation {
-                    Operation::Read => "read",
-                    Operation::Write => "write",
-                }
-            ),
+            format!("User {who:?} may not {verb} {destination} on virtual host {vhost:?}: {reason}."),
         ))
     }
 }
@@ -511,25 +525,45 @@ impl JwtVerifier {
         })
     }
 
+    /// What `jsonwebtoken` checks for a token signed with `algorithm`.
+    fn validation(&self, algorithm: Algorithm) -> Validation {
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = self.leeway_secs;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        let mut required = vec!["exp"];
+        match &self.audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        if let Some(issuer) = &self.issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
+        validation
+    }
+
+    /// The token's principal, or `None` when it is not accepted: a signature by a configured
+    /// key, `exp` in the future and `nbf` (when present) in the past, both within
+    /// `leeway_secs`; `iss` present and equal to the configured issuer, and `aud` present and
+    /// containing the configured audience, when those are configured;
+    /// and no `crit` header, since Stampede understands no JWS extension (RFC 7515 §4.1.11:
+    /// a critical extension the recipient does not understand makes the token invalid).
     fn verify(&self, token: &str, login: Option<&str>) -> Option<Principal> {
         let header = jsonwebtoken::decode_header(token).ok()?;
+        if header.crit.is_some() {
+            return None;
+        }
         let key = match header.alg {
             Algorithm::HS256 => self.hs256.as_ref()?,
             Algorithm::RS256 => self.rs256.as_ref()?,
             _ => return None,
         };
-        let mut validation = Validation::new(header.alg);
-        validation.leeway = self.leeway_secs;
-        validation.set_required_spec_claims(&["exp"]);
-        validation.validate_exp = true;
-        match &self.audience {
-            Some(audience) => validation.set_audience(&[audience]),
-            None => validation.validate_aud = false,
-        }
-        if let Some(issuer) = &self.issuer {
-            validation.set_issuer(&[issuer]);
-        }
-        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).ok()?;
+        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation(header.alg)).ok()?;
         let claims = data.claims;
         let mut read = Vec::new();
         let mut write = Vec::new();

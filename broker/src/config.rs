@@ -23,6 +23,9 @@ use crate::router::{NameLimits, QueueOverride};
 use crate::session::SessionConfig;
 use stampede_storage::{FsyncMode, StoreOptions};
 
+/// What `print-config` shows instead of a secret.
+const REDACTED: &str = "<redacted>";
+
 /// The broker's settings. Field names are the TOML keys.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -103,8 +106,11 @@ pub struct Config {
     pub max_deliveries: u32,
     /// Dead-letter queue name prefix: messages of `/queue/x` go to `/queue/<prefix>x`.
     pub dead_letter_prefix: String,
-    /// Largest WebSocket message, in bytes (bounds reassembly inside tungstenite).
-    pub ws_max_message_size: usize,
+    /// Largest WebSocket message, in bytes (bounds reassembly inside tungstenite) [default:
+    /// the largest frame accepted, `max_body` + `max_header_bytes` + 64, from their effective
+    /// values].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws_max_message_size: Option<usize>,
 
     /// When a persistent message counts as stored: `always` (fsync before the RECEIPT; each
     /// fsync covers everything that queued meanwhile), `batch` (wait up to
@@ -223,7 +229,7 @@ pub struct JwtConfig {
     /// Required `aud` claim, if set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audience: Option<String>,
-    /// Clock skew tolerated when checking `exp`, in seconds.
+    /// Clock skew tolerated when checking `exp` and `nbf`, in seconds.
     pub leeway_secs: u64,
 }
 
@@ -290,7 +296,7 @@ impl Default for Config {
             vhosts: Vec::new(),
             max_deliveries: 10,
             dead_letter_prefix: "DLQ.".to_owned(),
-            ws_max_message_size: limits.max_body + limits.max_header_bytes + 64,
+            ws_max_message_size: None,
             fsync: FsyncMode::Always,
             commit_interval_ms: 2,
             commit_max_batch: 4096,
@@ -513,8 +519,31 @@ impl Config {
             .read_buffer_size(1024)
             .write_buffer_size(64 * 1024)
             .max_write_buffer_size(self.max_outbox_bytes.max(1024 * 1024) * 2)
-            .max_message_size(Some(self.ws_max_message_size))
-            .max_frame_size(Some(self.ws_max_message_size))
+            .max_message_size(Some(self.effective_ws_max_message_size()))
+            .max_frame_size(Some(self.effective_ws_max_message_size()))
+    }
+
+    /// `ws_max_message_size` if set, else the largest frame the decoder accepts with the
+    /// configured `max_body` and `max_header_bytes` (plus room for the command line and the NUL),
+    /// so lowering `max_body` also lowers what one WebSocket message may buffer.
+    pub fn effective_ws_max_message_size(&self) -> usize {
+        self.ws_max_message_size
+            .unwrap_or_else(|| self.max_body.saturating_add(self.max_header_bytes).saturating_add(64))
+    }
+
+    /// The configuration as `print-config` shows it: every `password_hash` and the
+    /// `hs256_secret` replaced by `<redacted>` (a hash lets anyone who reads it guess passwords
+    /// offline; the secret lets them mint tokens), and derived values filled in.
+    pub fn for_display(&self) -> Config {
+        let mut shown = self.clone();
+        for user in shown.users.values_mut() {
+            user.password_hash = REDACTED.to_owned();
+        }
+        if let Some(secret) = shown.jwt.as_mut().and_then(|jwt| jwt.hs256_secret.as_mut()) {
+            *secret = REDACTED.to_owned();
+        }
+        shown.ws_max_message_size = Some(self.effective_ws_max_message_size());
+        shown
     }
 }
 
@@ -661,5 +690,39 @@ impl Cli {
                 v.parse().map_err(|e: stampede_storage::StorageError| ConfigError::Invalid(e.to_string()))?;
         }
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ws_max_message_size_follows_the_configured_max_body() {
+        let from_file: Config = toml::from_str("max_body = 1048576").unwrap();
+        assert_eq!(from_file.effective_ws_max_message_size(), (1 << 20) + from_file.max_header_bytes + 64);
+        assert_eq!(from_file.websocket_config().max_message_size, Some(from_file.effective_ws_max_message_size()));
+        let raised = Config { max_body: 16 << 20, max_header_bytes: 1024, ..Config::default() };
+        assert_eq!(raised.effective_ws_max_message_size(), (16 << 20) + 1024 + 64);
+        let explicit: Config = toml::from_str("max_body = 1048576\nws_max_message_size = 4096").unwrap();
+        assert_eq!(explicit.effective_ws_max_message_size(), 4096);
+    }
+
+    #[test]
+    fn print_config_redacts_password_hashes_and_the_token_secret() {
+        let mut config = Config::default();
+        let user = UserConfig {
+            password_hash: "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaA".to_owned(),
+            read: everything(),
+            write: everything(),
+            vhosts: BTreeMap::new(),
+        };
+        config.users.insert("alice".to_owned(), user.clone());
+        config.users.insert("bob".to_owned(), user);
+        config.jwt = Some(JwtConfig { hs256_secret: Some("s3cret".to_owned()), ..JwtConfig::default() });
+        let shown = toml::to_string(&config.for_display()).unwrap();
+        assert!(!shown.contains("argon2") && !shown.contains("s3cret"), "{shown}");
+        assert_eq!(shown.matches("password_hash = \"<redacted>\"").count(), 2, "{shown}");
+        assert!(shown.contains("hs256_secret = \"<redacted>\""), "{shown}");
     }
 }

@@ -16,11 +16,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let config = cli.resolve()?;
     if let Some(Command::PrintConfig) = cli.command {
-        let mut shown = config.clone();
-        if let Some(secret) = shown.jwt.as_mut().and_then(|jwt| jwt.hs256_secret.as_mut()) {
-            *secret = "<redacted>".to_owned();
-        }
-        print!("{}", toml::to_string(&shown).context("cannot render the configuration")?);
+        print!("{}", toml::to_string(&config.for_display()).context("cannot render the configuration")?);
         return Ok(());
     }
     let filter =

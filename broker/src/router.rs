@@ -19,7 +19,7 @@ use stampede_storage::{Op, OwnerRecord, QueueKind, QueueRecord, Store};
 use tracing::warn;
 
 use crate::queue::{Persistence, QueueHandle, QueueSettings, QueuedMessage, Verdict, now_ms};
-use crate::topic::{Pattern, Sink, Topic, TopicSubscriber};
+use crate::topic::{Sink, Topic, TopicPattern, TopicSubscriber};
 use crate::vhost::{DEFAULT_VHOST, RouterSettings};
 
 /// A parsed destination.
@@ -80,7 +80,7 @@ impl<'a> Destination<'a> {
 #[derive(Default)]
 struct TopicTable {
     topics: HashMap<Arc<str>, Arc<Topic>>,
-    wildcards: Vec<(Pattern, Arc<TopicSubscriber>)>,
+    wildcards: Vec<(TopicPattern, Arc<TopicSubscriber>)>,
 }
 
 impl TopicTable {
@@ -360,7 +360,7 @@ impl Router {
     pub fn subscribe_topic(&self, name: &str, subscriber: Arc<TopicSubscriber>) -> TopicRegistration {
         let id = subscriber.id;
         let mut table = self.topics.write().unwrap_or_else(|p| p.into_inner());
-        match Pattern::parse(name) {
+        match TopicPattern::parse(name) {
             Some(pattern) => {
                 for topic in table.topics.values() {
                     if pattern.matches(topic.name()) {

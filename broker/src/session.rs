@@ -529,7 +529,7 @@ impl Session {
         let receipt_id = frame.headers.get_shared(names::RECEIPT).cloned();
         let queue = match destination {
             Destination::Topic(name) => {
-                if crate::topic::Pattern::parse(name).is_some() {
+                if crate::topic::TopicPattern::parse(name).is_some() {
                     return Err(StompError::new(
                         format!("cannot send to wildcard destination {destination_value:?}"),
                         "Wildcards (*, #, >) select topics when subscribing; a SEND names one topic.",

@@ -134,50 +134,115 @@ impl Topic {
     }
 }
 
-/// A topic wildcard pattern over `.`-separated segments: `*` matches exactly one segment, `#`
-/// and `>` match one or more (so both RabbitMQ-style `a.#` and ActiveMQ-style `a.>` work).
+/// The characters that separate the words of a topic name: `news.uk/london` has the three
+/// words `news`, `uk` and `london`. Permission patterns ([`crate::security::PermissionPattern`])
+/// stop their `*` at the same characters, so a read rule and a wildcard subscription agree on
+/// what one word is.
+pub const WORD_SEPARATORS: [char; 2] = ['.', '/'];
+
+/// A topic wildcard subscription (the name after `/topic/`), split into words at
+/// [`WORD_SEPARATORS`]: a word `*` matches exactly one word, a word `#` or `>` matches one or
+/// more (so both RabbitMQ-style `a.#` and ActiveMQ-style `a.>` work). Separators match
+/// themselves, except between the words a `#` covers: `a/#` matches `a/b.c` but not `a.b`.
+///
+/// Matching is a table over (pattern word, topic word), O(pattern × name) whatever the number
+/// of `#`: a subscription chosen by a client must not make every publish exponential.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pattern {
-    segments: Vec<Segment>,
+pub struct TopicPattern {
+    words: Vec<TopicWord>,
+    /// `separators[i]` stands between `words[i]` and `words[i + 1]`.
+    separators: Vec<char>,
 }
 
+/// One word of a [`TopicPattern`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Segment {
+pub enum TopicWord {
+    /// This exact word.
     Literal(String),
+    /// `*`: any one word.
     One,
+    /// `#` or `>`: one or more words, with any separators between them.
     OneOrMore,
 }
 
-impl Pattern {
-    /// Parses `name` if it contains a wildcard segment; `None` for a plain topic name.
-    pub fn parse(name: &str) -> Option<Pattern> {
-        let segments: Vec<Segment> = name
-            .split('.')
-            .map(|s| match s {
-                "*" => Segment::One,
-                "#" | ">" => Segment::OneOrMore,
-                literal => Segment::Literal(literal.to_owned()),
+impl TopicPattern {
+    /// Parses `name` if one of its words is a wildcard; `None` for a plain topic name.
+    pub fn parse(name: &str) -> Option<TopicPattern> {
+        // Checked without allocating first: every SEND to a topic asks.
+        if !name.split(WORD_SEPARATORS).any(|word| matches!(word, "*" | "#" | ">")) {
+            return None;
+        }
+        let (words, separators) = split_words(name);
+        let words: Vec<TopicWord> = words
+            .into_iter()
+            .map(|word| match word {
+                "*" => TopicWord::One,
+                "#" | ">" => TopicWord::OneOrMore,
+                literal => TopicWord::Literal(literal.to_owned()),
             })
             .collect();
-        segments.iter().any(|s| !matches!(s, Segment::Literal(_))).then_some(Pattern { segments })
+        Some(TopicPattern { words, separators })
+    }
+
+    /// The words, in order.
+    pub fn words(&self) -> &[TopicWord] {
+        &self.words
+    }
+
+    /// The separator after each word but the last.
+    pub fn separators(&self) -> &[char] {
+        &self.separators
     }
 
     /// True when the topic `name` matches.
     pub fn matches(&self, name: &str) -> bool {
-        let words: Vec<&str> = name.split('.').collect();
-        matches_from(&self.segments, &words)
+        let (words, separators) = split_words(name);
+        // reachable[j]: the pattern words so far match exactly the first j words of the name.
+        let mut reachable = vec![false; words.len() + 1];
+        reachable[0] = true;
+        for (i, pattern_word) in self.words.iter().enumerate() {
+            let mut next = vec![false; words.len() + 1];
+            // A word after the first starts only where the separators before it agree (past the
+            // first pattern word, reachable[j] implies j >= 1: every pattern word takes a word).
+            let starts_at = |j: usize| reachable[j] && (i == 0 || separators[j - 1] == self.separators[i - 1]);
+            let mut covering = false;
+            for (j, word) in words.iter().enumerate() {
+                count_match_step();
+                match pattern_word {
+                    TopicWord::Literal(literal) => next[j + 1] = starts_at(j) && literal == word,
+                    TopicWord::One => next[j + 1] = starts_at(j),
+                    TopicWord::OneOrMore => {
+                        covering |= starts_at(j);
+                        next[j + 1] = covering;
+                    }
+                }
+            }
+            reachable = next;
+            if !reachable.contains(&true) {
+                return false;
+            }
+        }
+        reachable[words.len()]
     }
 }
 
-fn matches_from(pattern: &[Segment], words: &[&str]) -> bool {
-    match pattern.split_first() {
-        None => words.is_empty(),
-        Some((Segment::Literal(literal), rest)) => {
-            words.first().is_some_and(|w| w == literal) && matches_from(rest, &words[1..])
-        }
-        Some((Segment::One, rest)) => !words.is_empty() && matches_from(rest, &words[1..]),
-        Some((Segment::OneOrMore, rest)) => (1..=words.len()).any(|taken| matches_from(rest, &words[taken..])),
-    }
+/// The words of `name` and the separators between them (one fewer).
+fn split_words(name: &str) -> (Vec<&str>, Vec<char>) {
+    let words = name.split(WORD_SEPARATORS).collect();
+    let separators = name.chars().filter(|c| WORD_SEPARATORS.contains(c)).collect();
+    (words, separators)
+}
+
+#[cfg(test)]
+thread_local! {
+    static MATCH_STEPS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts one cell of the matching table, so a test can bound the work (not the time).
+#[inline]
+fn count_match_step() {
+    #[cfg(test)]
+    MATCH_STEPS.with(|steps| steps.set(steps.get() + 1));
 }
 
 #[cfg(test)]
@@ -185,12 +250,14 @@ mod tests {
     use super::*;
 
     fn matches(pattern: &str, name: &str) -> bool {
-        Pattern::parse(pattern).expect("a wildcard pattern").matches(name)
+        TopicPattern::parse(pattern).expect("a wildcard pattern").matches(name)
     }
 
     #[test]
     fn plain_names_are_not_patterns() {
-        assert!(Pattern::parse("a.b.c").is_none());
+        assert!(TopicPattern::parse("a.b.c").is_none());
+        assert!(TopicPattern::parse("a/b.c").is_none());
+        assert!(TopicPattern::parse("a*.b#").is_none(), "wildcards are whole words only");
     }
 
     #[test]
@@ -212,5 +279,38 @@ mod tests {
         }
         assert!(matches("a.#.z", "a.b.c.z"));
         assert!(!matches("a.#.z", "a.z"));
+    }
+
+    #[test]
+    fn star_stops_at_slash_as_well_as_dot() {
+        assert!(matches("b.*", "b.x"));
+        assert!(!matches("b.*", "b.x/secret"));
+        assert!(!matches("b.*", "b.x.secret"));
+        assert!(matches("b/*", "b/x"));
+        assert!(!matches("b/*", "b/x/y"));
+        assert!(matches("*/*", "a/b"));
+    }
+
+    #[test]
+    fn separators_match_themselves_outside_a_multi_word_wildcard() {
+        assert!(!matches("b.*", "b/x"), "a dot in the pattern is not a slash in the name");
+        assert!(!matches("b/*", "b.x"));
+        assert!(matches("b.#", "b.x/y.z"), "# covers words with any separators between them");
+        assert!(!matches("b.#", "b/x"));
+        assert!(matches("a.#/z", "a.b.c/z"));
+        assert!(!matches("a.#/z", "a.b.c.z"));
+    }
+
+    #[test]
+    fn many_multi_word_wildcards_against_a_long_name_take_polynomial_steps() {
+        // Backtracking would try every way of splitting 400 words among 40 `#`s (more than
+        // 10^40 of them) before failing on the last word; the table has 40 × 401 cells.
+        let pattern = TopicPattern::parse(&format!("{}.end", vec!["#"; 40].join("."))).unwrap();
+        let name = format!("{}.last", vec!["w"; 400].join("."));
+        MATCH_STEPS.with(|steps| steps.set(0));
+        assert!(!pattern.matches(&name));
+        let steps = MATCH_STEPS.with(|steps| steps.get());
+        assert!(steps <= 41 * 401, "{steps} steps");
+        assert!(pattern.matches(&format!("{}.end", vec!["w"; 400].join("."))));
     }
 }

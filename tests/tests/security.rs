@@ -523,7 +523,7 @@ async fn websocket_upgrade_credentials_basic_and_bearer_replace_connect_login() 
 
 #[tokio::test]
 async fn websocket_message_over_ws_max_message_size_is_an_error_naming_it_then_close() {
-    let config = Config { ws_max_message_size: 4096, ..Config::ephemeral() };
+    let config = Config { ws_max_message_size: Some(4096), ..Config::ephemeral() };
     let broker = TestBroker::start_with(config).await;
     let mut socket = ws_open(&broker.ws_url, &[]).await.unwrap();
     socket.send(Message::text("CONNECT\naccept-version:1.2\nhost:/\n\n\0")).await.unwrap();

@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use stampede_protocol::Frame;
 
+use crate::topic::{TopicPattern, TopicWord, WORD_SEPARATORS};
+
 /// Header names whose values are secrets: never printed, whatever the log level.
 pub const SECRET_HEADERS: &[&str] = &["passcode", "authorization", "proxy-authorization", "cookie"];
 
@@ -44,17 +46,22 @@ impl fmt::Debug for Redacted<'_> {
     }
 }
 
-/// A destination pattern in a permission rule.
+/// A destination pattern in a permission rule (a `read` or `write` entry).
 ///
 /// * `**` and `#` match any run of characters, including none, across `/` and `.`;
-/// * `*` matches any run of characters within one path element or topic word: it stops at
-///   `/` and `.`, and never covers the multi-word subscription wildcards `#` and `>` (so a
-///   rule `/topic/news.*` allows subscribing to `/topic/news.*` but not to `/topic/news.#`);
+/// * `*` matches any run of characters within one path element or topic word: it stops at the
+///   word separators `/` and `.`, the same ones the topic wildcards use
+///   ([`WORD_SEPARATORS`]);
 /// * every other character matches itself.
 ///
 /// A rule matches only the whole destination: `/queue/a` does not match `/queue/ab`.
+///
+/// A wildcard subscription ([`TopicPattern`]) is allowed only by a rule that matches every topic
+/// it can ever receive ([`PermissionPattern::covers_topic`]): the subscription's `*` word can be
+/// covered by the rule's `*` or `**`, its `#` or `>` words only by `**` or `#`. So
+/// `/topic/news.*` allows subscribing to `/topic/news.*` but not to `/topic/news.#`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Glob {
+pub struct PermissionPattern {
     text: String,
     tokens: Vec<Token>,
 }
@@ -63,14 +70,25 @@ pub struct Glob {
 enum Token {
     Literal(char),
     /// `*`
-    Word,
+    WithinWord,
     /// `**` or `#`
-    Any,
+    Anything,
 }
 
-impl Glob {
+/// What a rule is matched against: the characters of a destination, where the wildcard words
+/// of a subscription stand for every word (or run of words) they can match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Subject {
+    Char(char),
+    /// A topic pattern's `*`: any one word, so any run of characters without a separator.
+    OneWord,
+    /// A topic pattern's `#` or `>`: any run of words and separators.
+    OneOrMoreWords,
+}
+
+impl PermissionPattern {
     /// Parses a pattern (every string is a valid pattern).
-    pub fn new(text: &str) -> Glob {
+    pub fn new(text: &str) -> PermissionPattern {
         let mut tokens = Vec::new();
         let mut chars = text.chars().peekable();
         while let Some(c) = chars.next() {
@@ -79,14 +97,14 @@ impl Glob {
                     while chars.peek() == Some(&'*') {
                         chars.next();
                     }
-                    tokens.push(Token::Any);
+                    tokens.push(Token::Anything);
                 }
-                '*' => tokens.push(Token::Word),
-                '#' => tokens.push(Token::Any),
+                '*' => tokens.push(Token::WithinWord),
+                '#' => tokens.push(Token::Anything),
                 other => tokens.push(Token::Literal(other)),
             }
         }
-        Glob { text: text.to_owned(), tokens }
+        PermissionPattern { text: text.to_owned(), tokens }
     }
 
     /// The pattern as written.
@@ -94,48 +112,78 @@ impl Glob {
         &self.text
     }
 
-    /// True when `destination` matches the whole pattern. Runs in O(pattern × destination).
+    /// True when `destination`, taken literally, matches the whole pattern.
     pub fn matches(&self, destination: &str) -> bool {
-        let text: Vec<char> = destination.chars().collect();
-        // reachable[j]: the tokens so far can consume exactly text[..j].
-        let mut reachable = vec![false; text.len() + 1];
+        let subject: Vec<Subject> = destination.chars().map(Subject::Char).collect();
+        self.covers(&subject)
+    }
+
+    /// True when every topic that the subscription `/topic/<pattern>` can match is matched by
+    /// this rule.
+    pub fn covers_topic(&self, pattern: &TopicPattern) -> bool {
+        let mut subject: Vec<Subject> = "/topic/".chars().map(Subject::Char).collect();
+        for (i, word) in pattern.words().iter().enumerate() {
+            if i > 0 {
+                subject.push(Subject::Char(pattern.separators()[i - 1]));
+            }
+            match word {
+                TopicWord::Literal(text) => subject.extend(text.chars().map(Subject::Char)),
+                TopicWord::One => subject.push(Subject::OneWord),
+                TopicWord::OneOrMore => subject.push(Subject::OneOrMoreWords),
+            }
+        }
+        self.covers(&subject)
+    }
+
+    /// True when the tokens can consume the whole subject such that each wildcard of the
+    /// subject lies inside a rule wildcard that matches everything it stands for. Sound: any
+    /// destination the subject stands for is then matched by the same alignment. Runs in
+    /// O(pattern × subject).
+    fn covers(&self, subject: &[Subject]) -> bool {
+        // reachable[j]: the tokens so far can consume exactly subject[..j].
+        let mut reachable = vec![false; subject.len() + 1];
         reachable[0] = true;
         for token in &self.tokens {
-            let mut next = vec![false; text.len() + 1];
+            let mut next = vec![false; subject.len() + 1];
             match *token {
                 Token::Literal(c) => {
-                    for j in 0..text.len() {
-                        next[j + 1] = reachable[j] && text[j] == c;
+                    for j in 0..subject.len() {
+                        next[j + 1] = reachable[j] && subject[j] == Subject::Char(c);
                     }
                 }
-                Token::Any => {
+                Token::Anything => {
                     let mut on = false;
-                    for j in 0..=text.len() {
+                    for j in 0..=subject.len() {
                         on |= reachable[j];
                         next[j] = on;
                     }
                 }
-                Token::Word => {
+                Token::WithinWord => {
                     let mut on = false;
-                    for j in 0..=text.len() {
+                    for j in 0..=subject.len() {
                         on |= reachable[j];
                         next[j] = on;
-                        if j < text.len() && matches!(text[j], '/' | '.' | '#' | '>') {
+                        let ends_the_word = match subject.get(j) {
+                            Some(Subject::Char(c)) => WORD_SEPARATORS.contains(c),
+                            Some(Subject::OneWord) => false,
+                            Some(Subject::OneOrMoreWords) | None => true,
+                        };
+                        if ends_the_word {
                             on = false;
                         }
                     }
                 }
             }
             reachable = next;
-            if !reachable.iter().any(|r| *r) {
+            if !reachable.contains(&true) {
                 return false;
             }
         }
-        reachable[text.len()]
+        reachable[subject.len()]
     }
 }
 
-impl fmt::Display for Glob {
+impl fmt::Display for PermissionPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
     }
@@ -230,16 +278,20 @@ mod tests {
     use super::*;
     use stampede_protocol::Command;
 
+    fn covers(rule: &str, subscription: &str) -> bool {
+        let topics = subscription.strip_prefix("/topic/").and_then(TopicPattern::parse).expect("a wildcard");
+        PermissionPattern::new(rule).covers_topic(&topics)
+    }
+
     #[test]
     fn word_wildcard_stays_within_one_element() {
-        let g = Glob::new("/topic/news.*");
+        let g = PermissionPattern::new("/topic/news.*");
         assert!(g.matches("/topic/news.sport"));
-        assert!(g.matches("/topic/news.*"));
         assert!(!g.matches("/topic/news.sport.uk"));
-        assert!(!g.matches("/topic/news.#"));
-        assert!(!g.matches("/topic/news.>"));
+        assert!(!g.matches("/topic/news.sport/uk"));
         assert!(!g.matches("/topic/newsx"));
-        let q = Glob::new("/queue/orders-*");
+        assert!(g.matches("/topic/news.a#b"), "a # inside a word is an ordinary character");
+        let q = PermissionPattern::new("/queue/orders-*");
         assert!(q.matches("/queue/orders-eu"));
         assert!(!q.matches("/queue/orders-eu/x"));
         assert!(!q.matches("/queue/other"));
@@ -248,19 +300,64 @@ mod tests {
     #[test]
     fn any_wildcard_crosses_elements() {
         for pattern in ["/topic/**", "/topic/#"] {
-            let g = Glob::new(pattern);
+            let g = PermissionPattern::new(pattern);
             assert!(g.matches("/topic/a.b.c"), "{pattern}");
-            assert!(g.matches("/topic/a.#"), "{pattern}");
+            assert!(g.matches("/topic/a/b.c"), "{pattern}");
             assert!(!g.matches("/queue/a"), "{pattern}");
         }
-        assert!(Glob::new("**").matches("/anything/at.all"));
-        assert!(Glob::new("/queue/a").matches("/queue/a"));
-        assert!(!Glob::new("/queue/a").matches("/queue/ab"));
+        assert!(PermissionPattern::new("**").matches("/anything/at.all"));
+        assert!(PermissionPattern::new("/queue/a").matches("/queue/a"));
+        assert!(!PermissionPattern::new("/queue/a").matches("/queue/ab"));
+    }
+
+    #[test]
+    fn a_word_wildcard_rule_covers_a_one_word_subscription_but_not_a_deeper_one() {
+        assert!(covers("/topic/news.*", "/topic/news.*"));
+        assert!(!covers("/topic/news.*", "/topic/news.#"));
+        assert!(!covers("/topic/news.*", "/topic/news.>"));
+        assert!(!covers("/topic/news.*", "/topic/news.*.*"));
+        assert!(!covers("/topic/news.*", "/topic/news.*/secret"));
+        assert!(!covers("/topic/news.*", "/topic/news/*"), "separators must agree");
+        assert!(!covers("/topic/news.*", "/topic/*.sport"), "a literal never covers a wildcard");
+        assert!(covers("/topic/*.*", "/topic/news.*"));
+    }
+
+    #[test]
+    fn an_anything_rule_covers_multi_word_subscriptions() {
+        for rule in ["/topic/news.**", "/topic/news.#", "/topic/**", "**"] {
+            assert!(covers(rule, "/topic/news.#"), "{rule}");
+            assert!(covers(rule, "/topic/news.>"), "{rule}");
+            assert!(covers(rule, "/topic/news.*.uk"), "{rule}");
+        }
+        assert!(covers("/topic/**.uk", "/topic/#.uk"));
+        assert!(!covers("/topic/**.uk", "/topic/#"));
+        assert!(!covers("/topic/news.**", "/topic/#"));
+        assert!(!covers("/queue/**", "/topic/#"));
+    }
+
+    #[test]
+    fn every_topic_a_covered_subscription_matches_is_allowed_by_the_rule() {
+        let rules = ["/topic/a.*", "/topic/a.**", "/topic/*.b", "/topic/a.*.c", "/topic/**.c", "/topic/a/*"];
+        let subscriptions = ["a.*", "a.#", "*.b", "a.*.c", "#.c", "a/*", "a.>", "*.*", "a/#"];
+        let topics = ["a.b", "a.x", "a/b", "a.b.c", "x.b", "a.b/c", "q.r.c", "a/x", "a.b.c.d", "a.", "a.#x"];
+        for rule in rules {
+            let permission = PermissionPattern::new(rule);
+            for subscription in subscriptions {
+                let pattern = TopicPattern::parse(subscription).unwrap();
+                if !permission.covers_topic(&pattern) {
+                    continue;
+                }
+                for topic in topics.iter().filter(|topic| pattern.matches(topic)) {
+                    let destination = format!("/topic/{topic}");
+                    assert!(permission.matches(&destination), "{rule} covers {subscription} but not {destination}");
+                }
+            }
+        }
     }
 
     #[test]
     fn long_inputs_stay_fast() {
-        let pattern = Glob::new(&"*a".repeat(200));
+        let pattern = PermissionPattern::new(&"*a".repeat(200));
         let text = "a".repeat(5000) + "b";
         assert!(!pattern.matches(&text));
     }
