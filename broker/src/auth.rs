@@ -23,7 +23,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use crate::config::{Config, JwtConfig, RuleConfig, UserConfig};
-use crate::error::StompError;
+use crate::error::{ErrorKind, StompError};
 use crate::security::{Glob, address_key};
 
 /// What a rule allows.
@@ -135,10 +135,7 @@ impl Principal {
     /// has expired since CONNECT.
     pub fn check(&self, vhost: &str, operation: Operation, destination: &str) -> Result<(), StompError> {
         if self.expires_at.is_some_and(|expires_at| unix_now() >= expires_at) {
-            return Err(StompError::new(
-                "access token expired",
-                "The token given at CONNECT has expired; reconnect with a fresh token.",
-            ));
+            return Err(token_expired());
         }
         if self.access.unrestricted {
             return Ok(());
@@ -151,7 +148,8 @@ impl Principal {
             Operation::Read => "subscribe to",
             Operation::Write => "send to",
         };
-        Err(StompError::new(
+        Err(StompError::of_kind(
+            ErrorKind::Authorization,
             format!("access denied - {operation} on {destination}"),
             format!(
                 "User {who:?} may not {verb} {destination} on virtual host {vhost:?}: no {} rule of this user matches it.",
@@ -162,6 +160,16 @@ impl Principal {
             ),
         ))
     }
+}
+
+/// The ERROR that ends a session whose token expired, whether noticed on a SEND or SUBSCRIBE or
+/// by the connection's timer at the token's `exp`.
+pub fn token_expired() -> StompError {
+    StompError::of_kind(
+        ErrorKind::Authentication,
+        "access token expired",
+        "The token given at CONNECT has expired; reconnect with a fresh token.",
+    )
 }
 
 /// Credentials from CONNECT or from the WebSocket upgrade request. Debug output never shows the
@@ -331,14 +339,16 @@ impl Authenticator {
                 let delay = peer.map(|ip| self.failures.record(ip)).unwrap_or_default();
                 tracing::info!(peer = ?peer, login = ?credentials.login, ?delay, "login failed");
                 tokio::time::sleep(delay).await;
-                return Err(StompError::new(
+                return Err(StompError::of_kind(
+                    ErrorKind::Authentication,
                     "login failed",
                     "The login, passcode or token was not accepted. Check the credentials and try again.",
                 ));
             }
         };
         if principal.access.rules_for(vhost).is_none() {
-            return Err(StompError::new(
+            return Err(StompError::of_kind(
+                ErrorKind::Authorization,
                 format!("access refused - virtual host {vhost:?}"),
                 format!(
                     "User {:?} may not use virtual host {vhost:?} (the CONNECT 'host' header).",
