@@ -366,10 +366,10 @@ where
         let mut token_expiry: Option<Instant> = None;
         let websocket = transport.is_websocket();
 
-        // One timer serves the read deadline, the heart-beat and the ping. It is only ever moved
-        // earlier here; when it fires it re-checks the real deadlines (which activity keeps pushing
-        // later) and re-arms. A busy connection so touches the timer wheel about once per interval
-        // instead of once per loop turn.
+        // One timer serves the read deadline, the heart-beat, the ping and the token's expiry. It
+        // is only ever moved earlier here; when it fires it re-checks the real deadlines (which
+        // activity keeps pushing later) and re-arms. A busy connection so touches the timer wheel
+        // about once per interval instead of once per loop turn.
         let timer = tokio::time::sleep_until(Instant::now() + FAR);
         tokio::pin!(timer);
 
@@ -615,8 +615,8 @@ impl Due {
             Some(connect_deadline)
         };
         let beat =
-            if session.is_connected() { beat.send_every.and_then(|every| after(last_write, every, 1.0)) } else { None };
-        let ping = settings.ws_ping_interval.filter(|_| websocket).and_then(|every| after(last_write, every, 1.0));
+            if session.is_connected() { beat.send_every.and_then(|every| last_write.checked_add(every)) } else { None };
+        let ping = settings.ws_ping_interval.filter(|_| websocket).and_then(|every| last_write.checked_add(every));
         Due { read, beat, ping }
     }
 }
@@ -625,8 +625,7 @@ impl Due {
 /// `Instant` can hold: the intervals come from the client's `heart-beat` header and the factor
 /// from the configuration, so neither may be trusted to keep the product small.
 fn after(from: Instant, every: Duration, factor: f64) -> Option<Instant> {
-    let wait = if factor == 1.0 { every } else { Duration::try_from_secs_f64(every.as_secs_f64() * factor).ok()? };
-    from.checked_add(wait)
+    from.checked_add(Duration::try_from_secs_f64(every.as_secs_f64() * factor).ok()?)
 }
 
 /// The instant a token expiring at `expires_at` (seconds since the Unix epoch) stops being
@@ -795,6 +794,7 @@ mod tests {
     fn a_deadline_too_far_to_represent_is_no_deadline_rather_than_a_panic() {
         let now = Instant::now();
         assert_eq!(after(now, Duration::MAX, 1.0), None);
+        assert_eq!(after(now, Duration::from_secs(1), -1.0), None);
         assert_eq!(after(now, Duration::MAX, 3.0), None);
         assert_eq!(after(now, Duration::from_secs(1), f64::INFINITY), None);
         assert_eq!(after(now, Duration::from_secs(1), f64::NAN), None);
