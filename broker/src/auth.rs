@@ -23,7 +23,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use crate::config::{Config, JwtConfig, RuleConfig, UserConfig};
-use crate::error::StompError;
+use crate::error::{ErrorKind, StompError};
 use crate::security::{PermissionPattern, address_key};
 use crate::topic::TopicPattern;
 
@@ -141,10 +141,7 @@ impl Principal {
     /// `access token expired`.
     pub fn check_token(&self) -> Result<(), StompError> {
         if self.expires_at.is_some_and(|expires_at| unix_now() >= expires_at) {
-            return Err(StompError::new(
-                "access token expired",
-                "The token given at CONNECT has expired; reconnect with a fresh token.",
-            ));
+            return Err(token_expired());
         }
         Ok(())
     }
@@ -169,7 +166,8 @@ impl Principal {
         if self.access.rules_for(vhost).is_some() {
             return Ok(());
         }
-        Err(StompError::new(
+        Err(StompError::of_kind(
+            ErrorKind::Authorization,
             format!("access refused - virtual host {vhost:?}"),
             format!(
                 "User {:?} may not use virtual host {vhost:?} (the CONNECT 'host' header).",
@@ -209,11 +207,22 @@ impl Principal {
         } else {
             format!("no {kind} rule of this user matches it")
         };
-        Err(StompError::new(
+        Err(StompError::of_kind(
+            ErrorKind::Authorization,
             format!("access denied - {operation} on {destination}"),
             format!("User {who:?} may not {verb} {destination} on virtual host {vhost:?}: {reason}."),
         ))
     }
+}
+
+/// The ERROR that ends a session whose token expired, whether noticed on a SEND or SUBSCRIBE or
+/// by the connection's timer at the token's `exp`.
+pub fn token_expired() -> StompError {
+    StompError::of_kind(
+        ErrorKind::Authentication,
+        "access token expired",
+        "The token given at CONNECT has expired; reconnect with a fresh token.",
+    )
 }
 
 /// Credentials from CONNECT or from the WebSocket upgrade request. Debug output never shows the
@@ -378,7 +387,8 @@ impl Authenticator {
                 let delay = peer.map(|ip| self.failures.record(ip)).unwrap_or_default();
                 tracing::info!(peer = ?peer, login = ?credentials.login, ?delay, "login failed");
                 tokio::time::sleep(delay).await;
-                Err(StompError::new(
+                Err(StompError::of_kind(
+                    ErrorKind::Authentication,
                     "login failed",
                     "The login, passcode or token was not accepted. Check the credentials and try again.",
                 ))

@@ -11,6 +11,13 @@
 //! buffer the TCP path uses, so a STOMP frame may span several messages and one message may
 //! carry several frames. Outgoing, each STOMP frame is one WebSocket message, text when the
 //! frame is valid UTF-8 and binary otherwise, so binary bodies are never mangled.
+//!
+//! A WebSocket ends with the close handshake whoever starts it: a client's Close frame is echoed
+//! (tungstenite queues the echo; it is flushed before the socket is dropped), and the broker's
+//! own Close carries a code chosen from the kind of the ERROR it follows ([`close_code`]), so a
+//! browser sees 1000 or 1008 rather than 1006. Every deadline the timer serves (read, heart-beat,
+//! ping, the token's expiry) is computed with checked arithmetic: a client may ask for intervals
+//! of 49 days, and a deadline too far to represent is simply none.
 
 use std::collections::VecDeque;
 use std::io;
@@ -30,7 +37,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::error::StompError;
+use crate::error::{ErrorKind, StompError};
 use crate::outbox::{Delivery, Outbox};
 use crate::queue::Outcome;
 use crate::session::{AutoAck, Flow, Reply, Session, SessionConfig};
@@ -89,8 +96,14 @@ pub enum CloseReason {
     ClientDisconnect,
     /// The client closed the socket.
     PeerClosed,
-    /// The client broke the protocol (or a limit); it was sent an ERROR.
-    ProtocolError(String),
+    /// The broker sent an ERROR and closed: the client broke the protocol or a limit, failed to
+    /// log in, was refused, its token expired, or the broker failed.
+    Error {
+        /// What kind of failure it was.
+        kind: ErrorKind,
+        /// The ERROR's `message` header.
+        message: String,
+    },
     /// The client's outbox overflowed.
     SlowConsumer,
     /// No data within the heart-beat grace period.
@@ -254,7 +267,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport<S> {
     /// give the peer a moment to read what was sent before the socket is dropped (closing with
     /// unread input would reset the connection and could discard the ERROR frame).
     async fn close(&mut self, code: CloseCode) {
-        let linger = Duration::from_millis(500);
+        let linger = LINGER;
         match self {
             Transport::Stream(stream) => {
                 let _ = timeout(linger, stream.shutdown()).await;
@@ -269,14 +282,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport<S> {
             Transport::WebSocket(socket) => {
                 let frame = CloseFrame { code, reason: Utf8Bytes::from_static("") };
                 let _ = timeout(linger, WebSocketStream::close(socket, Some(frame))).await;
+                // The peer's answering Close completes the handshake. Input after an error may
+                // not be WebSocket frames any more (an oversized message is refused from its
+                // header), so reading stops at the first failure too.
                 let deadline = Instant::now() + linger;
-                while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, socket.next()).await {}
+                while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, socket.next()).await {
+                    if message.is_close() {
+                        break;
+                    }
+                }
+                end_stream(socket.get_mut(), deadline).await;
             }
+        }
+    }
+
+    /// Completes a close handshake the peer started: tungstenite queued the echo of its Close
+    /// frame (same code) when it read it, and a flush writes it, behind anything still
+    /// buffered. Without this the socket is dropped first and the browser reports 1006.
+    async fn answer_close(&mut self, limit: Duration) {
+        if let Transport::WebSocket(socket) = self {
+            let _ = timeout(limit, socket.flush()).await;
+            end_stream(socket.get_mut(), Instant::now() + limit).await;
         }
     }
 
     fn is_websocket(&self) -> bool {
         matches!(self, Transport::WebSocket(_))
+    }
+}
+
+/// Ends the stream under a WebSocket once the close handshake is done or given up on: the
+/// server closes first (RFC 6455 §7.1.1), with a TLS close_notify on wss, and whatever the peer
+/// still sends is read and discarded until it closes too or `deadline` passes, since closing
+/// with unread input would reset the connection under the frames just sent.
+async fn end_stream<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, deadline: Instant) {
+    let _ = tokio::time::timeout_at(deadline, stream.shutdown()).await;
+    let mut sink = [0u8; 4096];
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, stream.read(&mut sink)).await {
+        if n == 0 {
+            break;
+        }
     }
 }
 
@@ -317,19 +362,21 @@ where
         let connect_deadline = Instant::now() + settings.connect_timeout;
         let mut last_read = Instant::now();
         let mut last_write = Instant::now();
+        // When the session's token expires: the session ends then even if it only receives.
+        let mut token_expiry: Option<Instant> = None;
         let websocket = transport.is_websocket();
 
-        // One timer serves the read deadline, the heart-beat and the ping. It is only ever moved
-        // earlier here; when it fires it re-checks the real deadlines (which activity keeps pushing
-        // later) and re-arms. A busy connection so touches the timer wheel about once per interval
-        // instead of once per loop turn.
+        // One timer serves the read deadline, the heart-beat, the ping and the token's expiry. It
+        // is only ever moved earlier here; when it fires it re-checks the real deadlines (which
+        // activity keeps pushing later) and re-arms. A busy connection so touches the timer wheel
+        // about once per interval instead of once per loop turn.
         let timer = tokio::time::sleep_until(Instant::now() + FAR);
         tokio::pin!(timer);
 
         let reason = loop {
             let mut ending: Option<Ending> = None;
             let due = Due::of(&session, &settings, connect_deadline, last_read, last_write, websocket);
-            if let Some(wanted) = [due.read, due.beat, due.ping].into_iter().flatten().min()
+            if let Some(wanted) = [due.read, due.beat, due.ping, token_expiry].into_iter().flatten().min()
                 && wanted < timer.deadline()
             {
                 timer.as_mut().reset(wanted);
@@ -340,7 +387,8 @@ where
                     Ok(ReadOutcome::Closed) => ending = Some((CloseReason::PeerClosed, None)),
                     Err(error) => ending = Some(match error.get_ref().and_then(|e| e.downcast_ref::<MessageTooLarge>()) {
                         Some(MessageTooLarge(text)) => {
-                            let error = StompError::new(
+                            let error = StompError::of_kind(
+                                ErrorKind::TooLarge,
                                 format!("limit exceeded - WebSocket message size ({text}, ws_max_message_size)"),
                                 "A WebSocket message was larger than the configuration key 'ws_max_message_size' allows.",
                             );
@@ -350,8 +398,12 @@ where
                     }),
                     Ok(ReadOutcome::Data) => {
                         last_read = Instant::now();
+                        let was_connected = session.is_connected();
                         ending = Box::pin(process_input(&mut session, &mut decoder, &mut input, &mut replies)).await;
                         pending.extend(replies.drain(..));
+                        if !was_connected && session.is_connected() {
+                            token_expiry = session.principal().and_then(|principal| principal.expires_at).map(deadline_at_unix_secs);
+                        }
                     }
                 },
                 () = outbox.ready() => {
@@ -379,15 +431,19 @@ where
                     // Recomputed rather than kept across the select: nothing they depend on has
                     // changed, and kept they would take room in the future for the whole wait.
                     let due = Due::of(&session, &settings, connect_deadline, last_read, last_write, websocket);
-                    if due.read.is_some_and(|deadline| deadline <= now) {
+                    if token_expiry.is_some_and(|deadline| deadline <= now) {
+                        ending = Some(fail(crate::auth::token_expired()));
+                    } else if due.read.is_some_and(|deadline| deadline <= now) {
                         ending = Some(if session.is_connected() {
-                            (CloseReason::HeartbeatTimeout, Some(Box::new(StompError::new(
+                            (CloseReason::HeartbeatTimeout, Some(Box::new(StompError::of_kind(
+                                ErrorKind::Timeout,
                                 "heart-beat timeout: no data from the client within the agreed interval",
                                 format!("Nothing was received for {:?} (the negotiated client heart-beat interval times the grace factor {}).",
-                                    session.heart_beat().expect_every.unwrap_or_default().mul_f64(settings.heartbeat_grace), settings.heartbeat_grace),
+                                    now.saturating_duration_since(last_read), settings.heartbeat_grace),
                             ))))
                         } else {
-                            (CloseReason::ConnectTimeout, Some(Box::new(StompError::limit("time to send CONNECT", format!("{:?}", settings.connect_timeout), "connect_timeout_ms"))))
+                            let error = StompError::limit("time to send CONNECT", format!("{:?}", settings.connect_timeout), "connect_timeout_ms");
+                            (CloseReason::ConnectTimeout, Some(Box::new(StompError { kind: ErrorKind::Timeout, ..error })))
                         });
                     } else if due.beat.is_some_and(|due| due <= now) {
                         output.bytes.extend_from_slice(b"\n");
@@ -408,7 +464,8 @@ where
                     }
                 },
                 () = shutdown.cancelled() => {
-                    ending = Some((CloseReason::ServerShutdown, Some(Box::new(StompError::new("server shutting down", "The broker is shutting down; reconnect later.")))));
+                    let error = StompError::of_kind(ErrorKind::Shutdown, "server shutting down", "The broker is shutting down; reconnect later.");
+                    ending = Some((CloseReason::ServerShutdown, Some(Box::new(error))));
                 },
             }
 
@@ -427,6 +484,13 @@ where
             if let Some((_, Some(error))) = &ending {
                 output.frame(&error.to_frame(), session.version());
             }
+            let peer_closed = matches!(ending, Some((CloseReason::PeerClosed, _)));
+            if peer_closed && websocket {
+                // After the client's Close nothing but the echo may be sent (RFC 6455 §5.5.1);
+                // the client will not read it, and tungstenite refuses it.
+                output.bytes.clear();
+                output.frames.clear();
+            }
             if !output.is_empty() {
                 match timeout(settings.write_timeout, Box::pin(transport.write(&mut output))).await {
                     Ok(Ok(())) => last_write = Instant::now(),
@@ -438,13 +502,10 @@ where
             }
             settle_auto_acks(&mut auto_acks);
             if let Some((reason, error)) = ending {
-                if error.is_some() || reason == CloseReason::ClientDisconnect {
-                    let code = if matches!(reason, CloseReason::ProtocolError(_)) {
-                        CloseCode::Protocol
-                    } else {
-                        CloseCode::Normal
-                    };
-                    Box::pin(transport.close(code)).await;
+                if peer_closed {
+                    Box::pin(transport.answer_close(settings.write_timeout.min(LINGER))).await;
+                } else if error.is_some() || reason == CloseReason::ClientDisconnect {
+                    Box::pin(transport.close(error.map_or(CloseCode::Normal, |error| close_code(error.kind)))).await;
                 }
                 break reason;
             }
@@ -480,8 +541,8 @@ where
             warn!(%peer, session = %session_id, dropped, "topic messages dropped for this slow consumer (slow_consumer_policy = drop-oldest)");
         }
         match &reason {
-            CloseReason::ProtocolError(message) => {
-                info!(%peer, session = %session_id, %message, "connection closed after ERROR")
+            CloseReason::Error { kind, message } => {
+                info!(%peer, session = %session_id, ?kind, %message, "connection closed after ERROR")
             }
             CloseReason::Io(message) => {
                 debug!(%peer, session = %session_id, %message, "connection failed")
@@ -502,7 +563,23 @@ type Ending = (CloseReason, Option<Box<StompError>>);
 
 /// Ends the connection with `error` as an ERROR frame.
 fn fail(error: StompError) -> Ending {
-    (CloseReason::ProtocolError(error.message.clone()), Some(Box::new(error)))
+    (CloseReason::Error { kind: error.kind, message: error.message.clone() }, Some(Box::new(error)))
+}
+
+/// The WebSocket close code after an ERROR of `kind` (RFC 6455 §7.4.1). 1002 is kept for input
+/// that could not be decoded: browsers and web developers read it as broken framing.
+pub fn close_code(kind: ErrorKind) -> CloseCode {
+    match kind {
+        ErrorKind::Protocol => CloseCode::Protocol,
+        ErrorKind::Request
+        | ErrorKind::Authentication
+        | ErrorKind::Authorization
+        | ErrorKind::Limit
+        | ErrorKind::Timeout => CloseCode::Policy,
+        ErrorKind::TooLarge => CloseCode::Size,
+        ErrorKind::Internal => CloseCode::Error,
+        ErrorKind::Shutdown => CloseCode::Restart,
+    }
 }
 
 /// A queue refused (or never decided on) a SEND: the ERROR carries that SEND's receipt-id.
@@ -511,7 +588,7 @@ fn refused(error: StompError, receipt_id: Option<ByteString>) -> Ending {
 }
 
 fn queue_stopped() -> StompError {
-    StompError::new("message not accepted", "The queue stopped before accepting the message.")
+    StompError::of_kind(ErrorKind::Internal, "message not accepted", "The queue stopped before accepting the message.")
 }
 
 /// When a connection must act without being asked: give up waiting for input (the connect
@@ -533,18 +610,38 @@ impl Due {
     ) -> Due {
         let beat = session.heart_beat();
         let read = if session.is_connected() {
-            beat.expect_every.map(|every| last_read + every.mul_f64(settings.heartbeat_grace))
+            beat.expect_every.and_then(|every| after(last_read, every, settings.heartbeat_grace))
         } else {
             Some(connect_deadline)
         };
-        let beat = if session.is_connected() { beat.send_every.map(|every| last_write + every) } else { None };
-        let ping = settings.ws_ping_interval.filter(|_| websocket).map(|every| last_write + every);
+        let beat =
+            if session.is_connected() { beat.send_every.and_then(|every| last_write.checked_add(every)) } else { None };
+        let ping = settings.ws_ping_interval.filter(|_| websocket).and_then(|every| last_write.checked_add(every));
         Due { read, beat, ping }
     }
 }
 
+/// `from` plus `every` times `factor`, or `None` (no deadline) when that is beyond what an
+/// `Instant` can hold: the intervals come from the client's `heart-beat` header and the factor
+/// from the configuration, so neither may be trusted to keep the product small.
+fn after(from: Instant, every: Duration, factor: f64) -> Option<Instant> {
+    from.checked_add(Duration::try_from_secs_f64(every.as_secs_f64() * factor).ok()?)
+}
+
+/// The instant a token expiring at `expires_at` (seconds since the Unix epoch) stops being
+/// valid; already past means now.
+fn deadline_at_unix_secs(expires_at: u64) -> Instant {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let left = Duration::from_secs(expires_at).saturating_sub(now);
+    Instant::now().checked_add(left).unwrap_or_else(|| Instant::now() + FAR)
+}
+
 /// A deadline far enough away to mean "none".
 const FAR: Duration = Duration::from_secs(24 * 3600);
+
+/// Longest the close handshake may take: flushing the last frames and the Close, then waiting
+/// for the peer to answer or go.
+const LINGER: Duration = Duration::from_millis(500);
 
 /// Most replies waiting for verdicts before the connection stops reading (a producer that
 /// pipelines persistent sends faster than the disk syncs is slowed here).
@@ -611,7 +708,8 @@ async fn settle_all(
             }
             Ok((Err(error), receipt_id)) => return Some(refused(*error, receipt_id)),
             Err(_) => {
-                return Some(fail(StompError::new(
+                return Some(fail(StompError::of_kind(
+                    ErrorKind::Internal,
                     "timed out waiting for storage",
                     "Earlier messages were not confirmed in time.",
                 )));
@@ -647,7 +745,14 @@ async fn process_input(
             }
             Err(error) => {
                 let message = error.to_string();
-                let stomp = StompError::new(
+                // A frame over a size limit is "too large" (WebSocket 1009); anything else could
+                // not be decoded (1002).
+                let kind = match error {
+                    stampede_protocol::DecodeError::LimitExceeded { .. } => ErrorKind::TooLarge,
+                    _ => ErrorKind::Protocol,
+                };
+                let stomp = StompError::of_kind(
+                    kind,
                     format!("malformed frame: {message}"),
                     format!(
                         "The frame could not be decoded: {message}. The connection is closed because the byte stream cannot be resynchronised."
@@ -679,4 +784,44 @@ where
     output.mark(true);
     let _ = timeout(Duration::from_secs(5), transport.write(&mut output)).await;
     transport.close(CloseCode::Again).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deadline_too_far_to_represent_is_no_deadline_rather_than_a_panic() {
+        let now = Instant::now();
+        assert_eq!(after(now, Duration::MAX, 1.0), None);
+        assert_eq!(after(now, Duration::from_secs(1), -1.0), None);
+        assert_eq!(after(now, Duration::MAX, 3.0), None);
+        assert_eq!(after(now, Duration::from_secs(1), f64::INFINITY), None);
+        assert_eq!(after(now, Duration::from_secs(1), f64::NAN), None);
+        // The largest interval a heart-beat header can ask for (u32::MAX ms, about 49 days),
+        // times the grace factor, is an ordinary deadline.
+        let longest = Duration::from_millis(u64::from(u32::MAX));
+        assert_eq!(after(now, longest, 3.0), Some(now + longest * 3));
+        assert_eq!(after(now, Duration::from_secs(2), 1.5), Some(now + Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn a_token_deadline_is_now_when_already_past_and_far_when_out_of_range() {
+        let before = Instant::now();
+        assert!(deadline_at_unix_secs(0) <= Instant::now() && deadline_at_unix_secs(0) >= before);
+        assert!(deadline_at_unix_secs(u64::MAX) >= before + FAR);
+    }
+
+    #[test]
+    fn close_codes_say_what_kind_of_error_ended_the_websocket() {
+        assert_eq!(close_code(ErrorKind::Protocol), CloseCode::Protocol);
+        assert_eq!(close_code(ErrorKind::Authentication), CloseCode::Policy);
+        assert_eq!(close_code(ErrorKind::Authorization), CloseCode::Policy);
+        assert_eq!(close_code(ErrorKind::Request), CloseCode::Policy);
+        assert_eq!(close_code(ErrorKind::Limit), CloseCode::Policy);
+        assert_eq!(close_code(ErrorKind::Timeout), CloseCode::Policy);
+        assert_eq!(close_code(ErrorKind::TooLarge), CloseCode::Size);
+        assert_eq!(close_code(ErrorKind::Internal), CloseCode::Error);
+        assert_eq!(close_code(ErrorKind::Shutdown), CloseCode::Restart);
+    }
 }

@@ -4,12 +4,42 @@
 //! when the offending frame asked for a receipt, and the connection closed right after. Every
 //! protocol error in the broker is a [`StompError`]; the connection task turns it into bytes with
 //! [`StompError::to_frame`] and closes once they are flushed.
+//!
+//! Each error also says what kind of failure it was ([`ErrorKind`]), apart from its text: the
+//! connection chooses the WebSocket close code from it (a browser sees 1008 for a refused login,
+//! not 1002, which reads as broken framing), and counting closes by kind needs no text matching.
 
 use stampede_protocol::{ByteString, Command, Frame, names};
+
+/// What kind of failure ended a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The input could not be decoded (malformed frame, bad escape, invalid UTF-8).
+    Protocol,
+    /// A well-formed frame the broker cannot act on: a missing or invalid header, a command out
+    /// of order, an unknown subscription or transaction.
+    Request,
+    /// The client could not be authenticated, or its token expired.
+    Authentication,
+    /// The principal may not do what it asked (a destination or a virtual host).
+    Authorization,
+    /// A configured limit was reached (connections, subscriptions, queues, outbox bytes).
+    Limit,
+    /// A frame or WebSocket message was larger than allowed.
+    TooLarge,
+    /// The client was silent past its heart-beat or connect deadline.
+    Timeout,
+    /// The broker failed (storage, a stopped queue).
+    Internal,
+    /// The broker is shutting down.
+    Shutdown,
+}
 
 /// A protocol-level failure that ends the session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StompError {
+    /// What kind of failure it was.
+    pub kind: ErrorKind,
     /// Short summary for the `message` header.
     pub message: String,
     /// Longer explanation for the body.
@@ -21,9 +51,14 @@ pub struct StompError {
 }
 
 impl StompError {
-    /// An error with a summary and a detail text.
+    /// A refused request ([`ErrorKind::Request`]) with a summary and a detail text.
     pub fn new(message: impl Into<String>, detail: impl Into<String>) -> StompError {
-        StompError { message: message.into(), detail: detail.into(), receipt_id: None, extra_headers: Vec::new() }
+        StompError::of_kind(ErrorKind::Request, message, detail)
+    }
+
+    /// An error of `kind` with a summary and a detail text.
+    pub fn of_kind(kind: ErrorKind, message: impl Into<String>, detail: impl Into<String>) -> StompError {
+        StompError { kind, message: message.into(), detail: detail.into(), receipt_id: None, extra_headers: Vec::new() }
     }
 
     /// Attaches the failing frame's `receipt` header, if it had one.
@@ -46,7 +81,8 @@ impl StompError {
 
     /// A broker limit was hit. Names the limit, its value and the configuration key.
     pub fn limit(what: &str, limit: impl std::fmt::Display, key: &str) -> StompError {
-        StompError::new(
+        StompError::of_kind(
+            ErrorKind::Limit,
             format!("limit exceeded - {what} (limit {limit}, {key})"),
             format!("The broker allows at most {limit} for {what}. The limit is set by the configuration key '{key}'."),
         )

@@ -33,7 +33,7 @@ use stampede_storage::{Op, QueueRecord, Store, StoredMessage};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use crate::error::StompError;
+use crate::error::{ErrorKind, StompError};
 use crate::outbox::{Delivery, Outbox, QueueDelivery};
 use crate::router::Router;
 
@@ -236,7 +236,11 @@ pub struct QueueGone(pub Arc<str>);
 
 impl From<QueueGone> for StompError {
     fn from(gone: QueueGone) -> StompError {
-        StompError::new(gone.to_string(), "The queue was deleted or the broker is shutting down.")
+        StompError::of_kind(
+            ErrorKind::Internal,
+            gone.to_string(),
+            "The queue was deleted or the broker is shutting down.",
+        )
     }
 }
 
@@ -476,7 +480,8 @@ impl QueueActor {
             Some(Box::new(move |result: Result<(), stampede_storage::StorageError>| {
                 for verdict in verdicts {
                     let outcome = result.as_ref().map(|_| ()).map_err(|error| {
-                        StompError::new(
+                        StompError::of_kind(
+                            ErrorKind::Internal,
                             "persistent message not stored",
                             format!("Queue {name} could not store the message durably: {error}. It was not accepted; retry later."),
                         )
@@ -512,7 +517,7 @@ impl QueueActor {
 
     fn enqueue(&mut self, mut message: QueuedMessage, verdict: Option<VerdictSender>) {
         if message.expires_at_ms.is_none() && self.settings.default_ttl_ms > 0 {
-            message.expires_at_ms = Some(message.enqueued_at_ms + self.settings.default_ttl_ms);
+            message.expires_at_ms = Some(message.enqueued_at_ms.saturating_add(self.settings.default_ttl_ms));
         }
         let size = message.size();
         let full = |actor: &QueueActor| {
@@ -525,7 +530,8 @@ impl QueueActor {
                 OverflowPolicy::Reject => {
                     self.shared.dropped.fetch_add(1, Ordering::Relaxed);
                     if let Some(verdict) = verdict {
-                        let _ = verdict.send(Err(StompError::new(
+                        let _ = verdict.send(Err(StompError::of_kind(
+                            ErrorKind::Limit,
                             format!("queue {} is full", self.shared.name),
                             format!(
                                 "Queue {} holds its maximum of {} messages or {} bytes (configuration keys queue_max_length and queue_max_bytes; overflow policy reject). The message was not accepted.",

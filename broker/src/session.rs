@@ -26,7 +26,7 @@ use stampede_protocol::{ByteString, Command, Frame, Headers, MessageTemplate, Ve
 use tracing::{debug, trace};
 
 use crate::auth::{Authenticator, Credentials, Operation, Principal};
-use crate::error::StompError;
+use crate::error::{ErrorKind, StompError};
 use crate::outbox::{Delivery, Outbox, QueueDelivery, SlowConsumerPolicy};
 use crate::queue::{Consumer, Outcome, QueueHandle, QueuedMessage, Verdict, now_ms};
 use crate::router::{Destination, DurableError, Router, TopicMessage, TopicRegistration};
@@ -405,7 +405,8 @@ impl Session {
             // ActiveMQ refuses a second live connection with the same client id: durable
             // subscriptions are named by it, so two holders would take each other's messages.
             if !router.claim_client_id(client_id) {
-                return Err(StompError::new(
+                return Err(StompError::of_kind(
+                    ErrorKind::Authorization,
                     format!("client-id {client_id:?} is already in use"),
                     format!(
                         "Another connection on virtual host {virtual_host:?} holds client-id {client_id:?}; close it first or use another client-id."
@@ -670,7 +671,7 @@ impl Session {
                         .durable_subscription(&durable, name, self.user())
                         .await
                         .map_err(|e| durable_error(e, &durable))?;
-                    let credit = (self.prefetch(frame, ack)?, self.window_bytes(frame));
+                    let credit = (self.prefetch(frame, ack)?, self.window_bytes(frame)?);
                     return self.attach_queue(id, ack, queue, credit, Some(durable)).await;
                 }
                 None => {
@@ -701,15 +702,9 @@ impl Session {
             },
         };
         if let Some(ttl) = frame.header("x-message-ttl") {
-            let ttl = ttl.trim().parse::<u64>().map_err(|_| {
-                StompError::new(
-                    format!("invalid x-message-ttl {ttl:?}"),
-                    "x-message-ttl is a time to live in milliseconds.",
-                )
-            })?;
-            queue.set_default_ttl(ttl).await?;
+            queue.set_default_ttl(milliseconds("x-message-ttl", ttl)?).await?;
         }
-        let credit = (self.prefetch(frame, ack)?, self.window_bytes(frame));
+        let credit = (self.prefetch(frame, ack)?, self.window_bytes(frame)?);
         self.attach_queue(id, ack, queue, credit, None).await
     }
 
@@ -750,6 +745,8 @@ impl Session {
             Some((name, value)) => match value.trim().parse::<i64>() {
                 Ok(n) if n <= 0 => self.config.max_unacked_per_consumer,
                 Ok(n) => u32::try_from(n).unwrap_or(u32::MAX),
+                // A number too large for any counter asks for as many as allowed, like 0 does.
+                Err(error) if is_overflow(&error) => self.config.max_unacked_per_consumer,
                 Err(_) => {
                     return Err(StompError::new(
                         format!("invalid {name} {value:?}"),
@@ -761,13 +758,24 @@ impl Session {
         Ok(prefetch.clamp(1, self.config.max_unacked_per_consumer.max(1)))
     }
 
-    fn window_bytes(&self, frame: &Frame) -> usize {
-        match frame.header("consumer-window-size").and_then(|v| v.trim().parse::<i64>().ok()) {
-            Some(n) if n > 0 => usize::try_from(n).unwrap_or(usize::MAX).min(self.config.consumer_window_bytes),
+    /// Artemis's `consumer-window-size`: bytes, capped by `consumer_window_bytes`; -1 (or any
+    /// negative number, or one too large to count) means as many as allowed.
+    fn window_bytes(&self, frame: &Frame) -> Result<usize, StompError> {
+        const NAME: &str = "consumer-window-size";
+        let Some(value) = frame.header(NAME) else { return Ok(self.config.consumer_window_bytes) };
+        Ok(match value.trim().parse::<i64>() {
+            Ok(n) if n > 0 => usize::try_from(n).unwrap_or(usize::MAX).min(self.config.consumer_window_bytes),
             // 0 means one message at a time: the first message is always allowed.
-            Some(0) => 1,
-            _ => self.config.consumer_window_bytes,
-        }
+            Ok(0) => 1,
+            Ok(_) => self.config.consumer_window_bytes,
+            Err(error) if is_overflow(&error) => self.config.consumer_window_bytes,
+            Err(_) => {
+                return Err(StompError::new(
+                    format!("invalid {NAME} {value:?}"),
+                    format!("{NAME} must be a whole number of bytes."),
+                ));
+            }
+        })
     }
 
     async fn attach_queue(
@@ -1046,7 +1054,8 @@ fn not_found(destination: &str) -> StompError {
 }
 
 fn reply_queue_denied(name: &str) -> StompError {
-    StompError::new(
+    StompError::of_kind(
+        ErrorKind::Authorization,
         format!("access denied - read (subscribe) on /reply-queue/{name}"),
         "A temporary or reply queue can only be consumed by the connection that created it; holding its name lets you send a reply to it, never read it.",
     )
@@ -1054,7 +1063,8 @@ fn reply_queue_denied(name: &str) -> StompError {
 
 fn durable_error(error: DurableError, name: &str) -> StompError {
     match error {
-        DurableError::AccessDenied => StompError::new(
+        DurableError::AccessDenied => StompError::of_kind(
+            ErrorKind::Authorization,
             format!("access denied - durable subscription {name:?}"),
             format!(
                 "The durable subscription {name:?} belongs to another user (or, stored before owners were kept, is bound to a topic this SUBSCRIBE does not name); it was not changed."
@@ -1072,20 +1082,30 @@ fn destination_error(error: crate::router::DestinationError) -> StompError {
 /// When a SEND's message expires: ActiveMQ's `expires` (absolute, ms since the epoch, 0 =
 /// never) or RabbitMQ's `expiration` (a time to live in ms from now).
 fn expiry(frame: &Frame, now: u64) -> Result<Option<u64>, StompError> {
-    let number = |name: &str, value: &str| {
-        value.trim().parse::<u64>().map_err(|_| {
-            StompError::new(
-                format!("invalid {name} header {value:?}"),
-                format!("{name} must be a whole number of milliseconds."),
-            )
-        })
-    };
     if let Some(value) = frame.header(names::EXPIRES) {
-        let at = number(names::EXPIRES, value)?;
+        let at = milliseconds(names::EXPIRES, value)?;
         return Ok((at != 0).then_some(at));
     }
     if let Some(value) = frame.header(names::EXPIRATION) {
-        return Ok(Some(now.saturating_add(number(names::EXPIRATION, value)?)));
+        return Ok(Some(now.saturating_add(milliseconds(names::EXPIRATION, value)?)));
     }
     Ok(None)
+}
+
+/// A header counting milliseconds. A number too large for a u64 saturates (it means "in
+/// practice never"); anything but digits is an ERROR naming the header.
+fn milliseconds(name: &str, value: &str) -> Result<u64, StompError> {
+    match value.trim().parse::<u64>() {
+        Ok(ms) => Ok(ms),
+        Err(error) if is_overflow(&error) => Ok(u64::MAX),
+        Err(_) => Err(StompError::new(
+            format!("invalid {name} header {value:?}"),
+            format!("{name} must be a whole number of milliseconds."),
+        )),
+    }
+}
+
+/// Whether a number failed to parse only for being too large (or too negative) for its type.
+fn is_overflow(error: &std::num::ParseIntError) -> bool {
+    matches!(error.kind(), std::num::IntErrorKind::PosOverflow | std::num::IntErrorKind::NegOverflow)
 }

@@ -18,16 +18,27 @@ pub struct HeartBeat {
 }
 
 impl HeartBeat {
-    /// Parses `cx,cy`. A missing header means `0,0`; a malformed one is `None`.
+    /// Parses `cx,cy`. A missing header means `0,0`; a malformed one is `None`. A value too
+    /// large for a u32 (about 49 days) saturates: it can only mean "as rarely as possible", and
+    /// refusing it would break clients that send `u64::MAX` for "never".
     pub fn parse(value: &str) -> Option<HeartBeat> {
         let (send, receive) = value.split_once(',')?;
-        Some(HeartBeat { send_ms: send.trim().parse().ok()?, receive_ms: receive.trim().parse().ok()? })
+        Some(HeartBeat { send_ms: milliseconds(send)?, receive_ms: milliseconds(receive)? })
     }
 
     /// The header value, `x,y`.
     pub fn to_header_value(self) -> String {
         format!("{},{}", self.send_ms, self.receive_ms)
     }
+}
+
+/// One value of the header: digits only, saturating at `u32::MAX`.
+fn milliseconds(text: &str) -> Option<u32> {
+    let text = text.trim();
+    if text.is_empty() || !text.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    Some(text.parse().unwrap_or(u32::MAX))
 }
 
 /// The agreed intervals, seen from one side of the connection.
@@ -92,5 +103,18 @@ mod tests {
         assert_eq!(HeartBeat::parse("10"), None);
         assert_eq!(HeartBeat::parse("a,b"), None);
         assert_eq!(HeartBeat::parse("-1,5"), None);
+        assert_eq!(HeartBeat::parse("+1,5"), None);
+        assert_eq!(HeartBeat::parse(",5"), None);
+    }
+
+    #[test]
+    fn heart_beat_values_too_large_for_u32_saturate_instead_of_being_refused() {
+        let huge = HeartBeat::parse("18446744073709551615,1").unwrap();
+        assert_eq!(huge, hb(u32::MAX, 1));
+        assert_eq!(HeartBeat::parse("1,99999999999999999999999999").unwrap(), hb(1, u32::MAX));
+        // Negotiating with the saturated value stays within a Duration.
+        let v = negotiate(hb(1000, 1000), huge);
+        assert_eq!(v.expect_every, Some(Duration::from_millis(u64::from(u32::MAX))));
+        assert_eq!(v.send_every, Some(Duration::from_millis(1000)));
     }
 }
