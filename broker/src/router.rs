@@ -49,6 +49,10 @@ pub enum DestinationError {
     /// Nothing after the prefix.
     #[error("destination {0:?} has an empty name")]
     EmptyName(String),
+    /// A control character (LF, CR, NUL, tab, ...) in the name: it would let a destination
+    /// read differently to a subscriber than to the permission rules that allowed it.
+    #[error("destination {0:?} contains a control character; destination names cannot")]
+    ControlCharacter(String),
     /// A wildcard where only a plain name is allowed.
     #[error("destination {0:?}: wildcards (*, #, >) are only allowed when subscribing to a topic")]
     WildcardNotAllowed(String),
@@ -57,6 +61,9 @@ pub enum DestinationError {
 impl<'a> Destination<'a> {
     /// Parses a `destination` header value.
     pub fn parse(value: &'a str) -> Result<Destination<'a>, DestinationError> {
+        if value.chars().any(char::is_control) {
+            return Err(DestinationError::ControlCharacter(value.to_owned()));
+        }
         type Make<'a> = fn(&'a str) -> Destination<'a>;
         let table: [(&str, Make<'a>); 5] = [
             ("/topic/", Destination::Topic),
@@ -920,5 +927,14 @@ mod tests {
         assert_eq!(Destination::parse("/temp-queue/r"), Ok(Destination::TempQueue("r")));
         assert!(matches!(Destination::parse("/exchange/x"), Err(DestinationError::UnknownPrefix(_))));
         assert!(matches!(Destination::parse("/queue/"), Err(DestinationError::EmptyName(_))));
+    }
+
+    #[test]
+    fn destinations_with_control_characters_are_refused() {
+        for bad in ["/topic/a.\nb", "/topic/a\r", "/queue/\0x", "/queue/a\tb", "/topic/a\u{7f}", "/queue/\u{85}"] {
+            assert_eq!(Destination::parse(bad), Err(DestinationError::ControlCharacter(bad.to_owned())), "{bad:?}");
+        }
+        let message = DestinationError::ControlCharacter("/topic/a.\nb".into()).to_string();
+        assert!(message.contains(r#""/topic/a.\nb""#), "the name is quoted with its escapes: {message}");
     }
 }

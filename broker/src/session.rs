@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -33,6 +33,12 @@ use crate::router::{Destination, DurableError, Router, TopicMessage, TopicRegist
 use crate::security::Redacted;
 use crate::topic::{Sink, TopicSubscriber};
 use crate::vhost::VirtualHosts;
+
+/// Headers of a MESSAGE that [`Session::render`] writes for each delivery. A SEND's own
+/// entries with these names are never forwarded, so each appears exactly once, as the broker set
+/// it.
+const PER_DELIVERY_HEADERS: [&str; 5] =
+    [names::SUBSCRIPTION, names::MESSAGE_ID, names::ACK, names::REDELIVERED, names::CONTENT_LENGTH];
 
 /// What every session of a broker shares.
 #[derive(Debug, Clone)]
@@ -566,21 +572,27 @@ impl Session {
         Ok(())
     }
 
-    /// The headers a MESSAGE carries: the SEND's user headers, minus those that describe the
-    /// SEND itself or that the broker sets per delivery, with `reply-to` rewritten for
-    /// temporary queues.
+    /// The headers a MESSAGE carries: the SEND's user headers, each name once with its first
+    /// value, minus those that describe the SEND itself or that the broker sets per delivery
+    /// ([`PER_DELIVERY_HEADERS`]), with `reply-to` rewritten for temporary queues.
+    ///
+    /// "Only the first header entry SHOULD be used": forwarding the later ones would hand a
+    /// client that reads the last one a value the broker never acted on, such as a
+    /// `destination` the publisher had no permission for.
     async fn message_headers(&mut self, frame: &Frame) -> Result<Headers, StompError> {
         let mut headers = Headers::with_capacity(frame.headers.len());
+        // A handful of headers is searched in place; the many a hostile SEND may carry (up to
+        // `max_headers`) go through a set, so deduplication stays linear.
+        let hashed = frame.headers.len() > 16;
+        let mut seen: FxHashSet<&str> = FxHashSet::default();
         for (name, value) in frame.headers.iter_shared() {
+            let repeated = if hashed { !seen.insert(&**name) } else { headers.contains(name) };
             match &**name {
-                names::RECEIPT
-                | names::TRANSACTION
-                | names::CONTENT_LENGTH
-                | names::SUBSCRIPTION
-                | names::MESSAGE_ID
-                | names::ACK
-                | names::REDELIVERED => {}
-                names::REPLY_TO if value.starts_with("/temp-queue/") && !headers.contains(names::REPLY_TO) => {
+                _ if repeated => {}
+                names::RECEIPT | names::TRANSACTION => {}
+                owned if PER_DELIVERY_HEADERS.contains(&owned) => {}
+                names::REPLY_TO if value.starts_with("/temp-queue/") => {
+                    Destination::parse(value).map_err(destination_error)?;
                     let name = &value["/temp-queue/".len()..];
                     let queue = self.temp_queue(name).await?;
                     headers.push(ByteString::from_static(names::REPLY_TO), format!("/reply-queue/{}", queue.name()));

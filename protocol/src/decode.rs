@@ -248,6 +248,12 @@ impl Decoder {
                 text: escape::readable_header_line(bytes),
             });
         };
+        // "The frame is terminated by a NUL octet", and so is it for every reader that looks for
+        // the first one: a NUL inside a header would let a forwarded header end the frame early
+        // and start a forged one. No escape produces it, so the raw line decides.
+        if memchr::memchr(0, bytes).is_some() {
+            return Err(DecodeError::NulInHeader { header: escape::readable(name) });
+        }
         let name_range = line.start..line.start + name.len();
         let value_range = name_range.end + 1..line.end;
 
@@ -602,6 +608,20 @@ mod tests {
         let frame = one_frame(b"SEND\nfoo:1\nfoo:2\n\n\0");
         assert_eq!(frame.header("foo"), Some("1"));
         assert_eq!(frame.headers.len(), 2);
+    }
+
+    #[test]
+    fn nul_in_a_header_is_an_error_naming_the_header() {
+        let err = error(b"SEND\ndestination:/topic/a\nx-evil:a\0MESSAGE\n\n\0");
+        assert_eq!(err, DecodeError::NulInHeader { header: "x-evil".into() });
+        assert!(err.to_string().contains("\"x-evil\""), "{err}");
+        // In a name, in any version, and before the frame is complete.
+        let err = decode_all_with(b"SEND\nx\0y:1\n\n\0", Version::V1_0, Limits::default()).unwrap_err();
+        assert_eq!(err, DecodeError::NulInHeader { header: "x\0y".into() });
+        assert!(!err.to_string().contains('\0'), "the message quotes the NUL as an escape: {err}");
+        let mut decoder = Decoder::new(Limits::default());
+        let mut buf = BytesMut::from(&b"SEND\nx:\0\n"[..]);
+        assert_eq!(decoder.decode(&mut buf), Err(DecodeError::NulInHeader { header: "x".into() }));
     }
 
     #[test]

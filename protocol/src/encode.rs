@@ -11,8 +11,14 @@
 //! [`Bytes`], and per delivery writes only the command and the per-delivery headers in front of
 //! it. Per-delivery headers come first so that, with first-wins lookup, they override any
 //! same-named header the publisher sent.
+//!
+//! A header is written only if the reader's version can carry it (see [`encode`]); one that it
+//! cannot is left out rather than written raw, because raw it would read as other headers,
+//! another frame or another body. For the template that decision is taken once per version,
+//! when the shared part is built, so fan-out pays nothing for it.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -31,8 +37,16 @@ const TRAILER_ROOM: usize = CONTENT_LENGTH.len() + 1 + 20 + 1 + 1 + 1;
 /// carry one (anything but SEND, MESSAGE and ERROR) is not written; building such a frame is a
 /// bug, caught by a debug assertion.
 ///
-/// STOMP 1.0 has no escapes: a 1.0 header containing LF (or a name containing `:`), and a 1.1
-/// header containing CR, cannot be represented and are written as they are.
+/// A header is left out, never written raw, when `version` cannot represent it, because a
+/// conforming reader would take the raw octets for a different header, another frame or a
+/// different body:
+/// - NUL in the name or value, in every version (readers end the frame at the first NUL);
+/// - without escaping (STOMP 1.0, and CONNECT, STOMP and CONNECTED in every version): LF or CR
+///   in the name or value, or a colon in the name;
+/// - STOMP 1.1: CR in the name or value (1.1 has no `\r` escape, and a CR before the LF would
+///   read as a CRLF line end).
+///
+/// Each header left out adds one to [`unrepresentable_headers_omitted`].
 pub fn encode(frame: &Frame, version: Version, dst: &mut BytesMut) {
     let command = frame.command;
     let escaping = command.uses_escaping();
@@ -66,6 +80,17 @@ pub fn encode_to_bytes(frame: &Frame, version: Version) -> Bytes {
     dst.freeze()
 }
 
+/// Headers left out of encoded frames since the process started because the reader's version
+/// cannot represent them (see [`encode`]). A [`MessageTemplate`] counts each of its shared
+/// headers once per version it is encoded for, not once per delivery.
+static UNREPRESENTABLE_HEADERS_OMITTED: AtomicU64 = AtomicU64::new(0);
+
+/// How many headers the encoder has left out, process-wide, because the version they were
+/// encoded for cannot represent them (see [`encode`]).
+pub fn unrepresentable_headers_omitted() -> u64 {
+    UNREPRESENTABLE_HEADERS_OMITTED.load(Ordering::Relaxed)
+}
+
 /// Bytes the header lines take when nothing needs escaping.
 fn lines_len<'a>(headers: impl Iterator<Item = (&'a str, &'a str)>) -> usize {
     headers.map(|(name, value)| name.len() + value.len() + 2).sum()
@@ -81,11 +106,19 @@ fn write_headers(headers: &Headers, version: Version, escaping: bool, dst: &mut 
     }
 }
 
+/// Writes one header line, or nothing (counted) when `version` cannot represent it.
 fn write_header(name: &str, value: &str, version: Version, escaping: bool, dst: &mut BytesMut) {
-    escape::write_escaped(name, version, escaping, dst);
-    dst.put_u8(b':');
-    escape::write_escaped(value, version, escaping, dst);
-    dst.put_u8(b'\n');
+    let start = dst.len();
+    let written = escape::write_escaped(name, version, escaping, true, dst) && {
+        dst.put_u8(b':');
+        escape::write_escaped(value, version, escaping, false, dst)
+    };
+    if written {
+        dst.put_u8(b'\n');
+    } else {
+        dst.truncate(start);
+        UNREPRESENTABLE_HEADERS_OMITTED.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 fn write_content_length(length: usize, dst: &mut BytesMut) {
@@ -147,7 +180,8 @@ impl MessageTemplate {
         *self.body_is_utf8.get_or_init(|| std::str::from_utf8(&self.body).is_ok())
     }
 
-    /// Writes one MESSAGE: `per_delivery` headers first, then the shared encoding.
+    /// Writes one MESSAGE: `per_delivery` headers first, then the shared encoding. Headers
+    /// `version` cannot represent are left out, as by [`encode`].
     pub fn write_to(&self, version: Version, per_delivery: &[(&str, &str)], dst: &mut BytesMut) {
         let shared = self.shared_part(version);
         dst.reserve(Self::head_len(per_delivery) + shared.len());
@@ -168,7 +202,8 @@ impl MessageTemplate {
     }
 
     /// The encoding that follows the per-delivery headers: shared headers, `content-length`,
-    /// blank line, body and NUL. Built once per version; clone it (a reference count) to keep it.
+    /// blank line, body and NUL. Built once per version, leaving out the shared headers that
+    /// version cannot represent; clone it (a reference count) to keep it.
     pub fn shared_part(&self, version: Version) -> &Bytes {
         let slot = match version {
             Version::V1_0 => &self.shared[0],
@@ -233,8 +268,57 @@ mod tests {
         let frame = Frame::new(Command::Message).with_header("k", "a\r\n:\\");
         let body = "content-length:0\n\n\0";
         assert_eq!(text(&encode_to_bytes(&frame, Version::V1_2)), format!("MESSAGE\nk:a\\r\\n\\c\\\\\n{body}"));
-        assert_eq!(text(&encode_to_bytes(&frame, Version::V1_1)), format!("MESSAGE\nk:a\r\\n\\c\\\\\n{body}"));
-        assert_eq!(text(&encode_to_bytes(&frame, Version::V1_0)), format!("MESSAGE\nk:a\r\n:\\\n{body}"));
+        let frame = Frame::new(Command::Message).with_header("k", "a\n:\\");
+        assert_eq!(text(&encode_to_bytes(&frame, Version::V1_1)), format!("MESSAGE\nk:a\\n\\c\\\\\n{body}"));
+        let frame = Frame::new(Command::Message).with_header("k", "a:\\");
+        assert_eq!(text(&encode_to_bytes(&frame, Version::V1_0)), format!("MESSAGE\nk:a:\\\n{body}"));
+    }
+
+    #[test]
+    fn a_header_the_version_cannot_represent_is_left_out_and_counted() {
+        let frame = Frame::new(Command::Message)
+            .with_header("before", "1")
+            .with_header("k", "a\nforged:header")
+            .with_header("cr", "a\rb")
+            .with_header("a:b", "name with a colon")
+            .with_header("nul", "a\0b")
+            .with_header("after", "2");
+        let body = "content-length:0\n\n\0";
+        let cases = [
+            (Version::V1_0, "MESSAGE\nbefore:1\nafter:2\n", 4),
+            (Version::V1_1, "MESSAGE\nbefore:1\nk:a\\nforged\\cheader\na\\cb:name with a colon\nafter:2\n", 2),
+            (
+                Version::V1_2,
+                "MESSAGE\nbefore:1\nk:a\\nforged\\cheader\ncr:a\\rb\na\\cb:name with a colon\nafter:2\n",
+                1,
+            ),
+        ];
+        for (version, head, omitted) in cases {
+            let before = unrepresentable_headers_omitted();
+            assert_eq!(text(&encode_to_bytes(&frame, version)), format!("{head}{body}"), "{version}");
+            // Other tests encode in parallel, so the counter may have moved further.
+            assert!(unrepresentable_headers_omitted() >= before + omitted, "{version}");
+        }
+    }
+
+    #[test]
+    fn connected_headers_with_line_breaks_are_left_out() {
+        let frame = Frame::new(Command::Connected).with_header("version", "1.2").with_header("server", "x\ny:z");
+        assert_eq!(text(&encode_to_bytes(&frame, Version::V1_2)), "CONNECTED\nversion:1.2\n\n\0");
+    }
+
+    #[test]
+    fn template_leaves_unrepresentable_headers_out_of_the_shared_part_once_per_version() {
+        let headers: Headers = [("destination", "/topic/t"), ("x", "a\nb")].into_iter().collect();
+        let template = MessageTemplate::new(headers, Bytes::from_static(b"hi"));
+        let mut dst = BytesMut::new();
+        template.write_to(Version::V1_0, &[("subscription", "s\r1"), ("message-id", "7")], &mut dst);
+        assert_eq!(text(&dst), "MESSAGE\nmessage-id:7\ndestination:/topic/t\ncontent-length:2\n\nhi\0");
+        let first = template.shared_part(Version::V1_0).clone();
+        assert_eq!(first.as_ptr(), template.shared_part(Version::V1_0).as_ptr(), "decided once, not per delivery");
+        dst.clear();
+        template.write_to(Version::V1_2, &[("subscription", "s\r1")], &mut dst);
+        assert_eq!(text(&dst), "MESSAGE\nsubscription:s\\r1\ndestination:/topic/t\nx:a\\nb\ncontent-length:2\n\nhi\0");
     }
 
     #[test]

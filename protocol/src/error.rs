@@ -68,6 +68,13 @@ pub enum DecodeError {
         /// The escapes that version allows, for the message.
         allowed: &'static str,
     },
+    /// A header name or value contains a NUL octet, which would end the frame for any reader
+    /// that looks for the first NUL.
+    #[error("header {header:?} contains a NUL octet, which no STOMP header may carry")]
+    NulInHeader {
+        /// The header's name (its raw text, cut to a readable length).
+        header: String,
+    },
     /// `content-length` is not a non-negative decimal integer.
     #[error("invalid content-length {0:?}: expected a non-negative decimal number of octets")]
     InvalidContentLength(String),

@@ -6,6 +6,10 @@
 //! it also allowed CRLF line ends. CONNECT, STOMP and CONNECTED are never escaped
 //! ([`Command::uses_escaping`](crate::Command::uses_escaping)), whatever the version.
 //!
+//! Some text has no encoding at all in some versions (a line feed for a 1.0 reader, a carriage
+//! return for a 1.1 reader, NUL for anyone): [`write_escaped`] says so instead of writing it raw,
+//! and the encoder leaves that header out.
+//!
 //! Decoding is split in two so that a bad escape is reported while the head is parsed, before the
 //! body has arrived: [`validate`] runs on every header as its line completes and only says
 //! whether [`unescape`] will be needed; [`unescape`] runs once the frame is complete and cannot
@@ -84,41 +88,66 @@ pub(crate) fn unescape(raw: &str) -> String {
     out
 }
 
-/// Octets that need an escape in 1.1 (`[0]`) and 1.2 (`[1]`), as lookup tables: this test runs
-/// on every header octet the encoder writes.
-const SPECIAL: [[bool; 256]; 2] = {
-    let mut tables = [[false; 256]; 2];
+/// What the encoder does with one header octet under an escaping version.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Copied as it is.
+    Plain,
+    /// Replaced by its escape sequence.
+    Escape,
+    /// Cannot be written: the header is left out.
+    Unrepresentable,
+}
+
+/// How 1.1 (`[0]`) and 1.2 (`[1]`) treat each octet, as lookup tables: this test runs on every
+/// header octet the encoder writes. NUL is never representable (every parser ends the frame
+/// there); CR only from 1.2 on, which added `\r`.
+const CLASSES: [[Class; 256]; 2] = {
+    let mut tables = [[Class::Plain; 256]; 2];
     let mut version = 0;
     while version < 2 {
-        tables[version][b'\n' as usize] = true;
-        tables[version][b':' as usize] = true;
-        tables[version][b'\\' as usize] = true;
+        tables[version][b'\n' as usize] = Class::Escape;
+        tables[version][b':' as usize] = Class::Escape;
+        tables[version][b'\\' as usize] = Class::Escape;
+        tables[version][0] = Class::Unrepresentable;
         version += 1;
     }
-    tables[1][b'\r' as usize] = true;
+    tables[0][b'\r' as usize] = Class::Unrepresentable;
+    tables[1][b'\r' as usize] = Class::Escape;
     tables
 };
 
-fn special_table(version: Version) -> &'static [bool; 256] {
-    if version >= Version::V1_2 { &SPECIAL[1] } else { &SPECIAL[0] }
+fn class_table(version: Version) -> &'static [Class; 256] {
+    if version >= Version::V1_2 { &CLASSES[1] } else { &CLASSES[0] }
 }
 
-/// Appends `text` to `dst`, escaped under `version` when `escaping` holds. Text with nothing to
-/// escape is copied in one piece.
+/// Appends `text` (a header name when `is_name`, else a value) to `dst`, escaped under
+/// `version` when `escaping` holds. Text with nothing to escape is copied in one piece.
+///
+/// Returns false when `text` cannot be represented, having possibly written part of it (the
+/// caller cuts `dst` back): NUL anywhere; without escaping (STOMP 1.0, CONNECT, CONNECTED) LF,
+/// CR, and in a name a colon; in 1.1 CR, which has no escape there and which a reader of CRLF
+/// line ends would drop.
 ///
 /// "The CONNECT and CONNECTED frames do not escape the carriage return, line feed or colon
 /// octets in order to remain backward compatible with STOMP 1.0."
-pub(crate) fn write_escaped(text: &str, version: Version, escaping: bool, dst: &mut BytesMut) {
+pub(crate) fn write_escaped(text: &str, version: Version, escaping: bool, is_name: bool, dst: &mut BytesMut) -> bool {
     let bytes = text.as_bytes();
     if !applies(escaping, version) {
+        let breaks_line = memchr::memchr3(b'\n', b'\r', 0, bytes).is_some();
+        if breaks_line || (is_name && memchr::memchr(b':', bytes).is_some()) {
+            return false;
+        }
         dst.put_slice(bytes);
-        return;
+        return true;
     }
-    let special = special_table(version);
+    let classes = class_table(version);
     let mut start = 0;
     for (index, &byte) in bytes.iter().enumerate() {
-        if !special[usize::from(byte)] {
-            continue;
+        match classes[usize::from(byte)] {
+            Class::Plain => continue,
+            Class::Unrepresentable => return false,
+            Class::Escape => {}
         }
         dst.put_slice(&bytes[start..index]);
         dst.put_slice(match byte {
@@ -130,6 +159,7 @@ pub(crate) fn write_escaped(text: &str, version: Version, escaping: bool, dst: &
         start = index + 1;
     }
     dst.put_slice(&bytes[start..]);
+    true
 }
 
 /// Lossy, length-capped text of raw bytes for error messages.
@@ -165,8 +195,12 @@ mod tests {
 
     fn escaped(text: &str, version: Version) -> String {
         let mut dst = BytesMut::new();
-        write_escaped(text, version, true, &mut dst);
+        assert!(write_escaped(text, version, true, false, &mut dst), "{text:?} is representable in {version}");
         String::from_utf8(dst.to_vec()).unwrap()
+    }
+
+    fn representable(text: &str, version: Version, escaping: bool, is_name: bool) -> bool {
+        write_escaped(text, version, escaping, is_name, &mut BytesMut::new())
     }
 
     #[test]
@@ -185,7 +219,7 @@ mod tests {
 
     #[test]
     fn version_1_1_escapes_newline_colon_backslash_but_not_carriage_return() {
-        assert_eq!(escaped("a\nb:c\\d\re", Version::V1_1), "a\\nb\\cc\\\\d\re");
+        assert_eq!(escaped("a\nb:c\\d", Version::V1_1), "a\\nb\\cc\\\\d");
         assert_eq!(validate(b"\\n\\c\\\\", Version::V1_1, b"h"), Ok(true));
         assert!(validate(b"\\r", Version::V1_1, b"h").is_err());
     }
@@ -211,7 +245,37 @@ mod tests {
     #[test]
     fn connect_style_headers_are_written_raw() {
         let mut dst = BytesMut::new();
-        write_escaped("pass:w\\rd", Version::V1_2, false, &mut dst);
+        assert!(write_escaped("pass:w\\rd", Version::V1_2, false, false, &mut dst));
         assert_eq!(&dst[..], b"pass:w\\rd");
+    }
+
+    #[test]
+    fn nul_is_representable_in_no_version() {
+        for version in Version::ALL {
+            for escaping in [true, false] {
+                for is_name in [true, false] {
+                    assert!(!representable("a\0b", version, escaping, is_name), "{version} {escaping} {is_name}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn without_escaping_line_breaks_and_a_colon_in_a_name_are_unrepresentable() {
+        for version in Version::ALL {
+            assert!(!representable("a\nb", version, false, false));
+            assert!(!representable("a\rb", version, false, false));
+            assert!(!representable("a:b", version, false, true));
+            assert!(representable("a:b", version, false, false), "a colon in a value is fine");
+        }
+        assert!(!representable("a\nb", Version::V1_0, true, false), "1.0 never escapes");
+        assert!(!representable("a:b", Version::V1_0, true, true));
+    }
+
+    #[test]
+    fn version_1_1_cannot_represent_a_carriage_return() {
+        assert!(!representable("a\rb", Version::V1_1, true, false));
+        assert!(!representable("a\rb", Version::V1_1, true, true));
+        assert!(representable("a\rb", Version::V1_2, true, false));
     }
 }

@@ -33,7 +33,7 @@ mod version;
 
 pub use command::Command;
 pub use decode::{Decoder, Item};
-pub use encode::{MessageTemplate, encode, encode_to_bytes};
+pub use encode::{MessageTemplate, encode, encode_to_bytes, unrepresentable_headers_omitted};
 pub use error::{DecodeError, LimitKind};
 pub use frame::Frame;
 pub use headers::{Headers, names};

@@ -1,5 +1,6 @@
 //! Property tests: whatever the encoder writes, the decoder reads back unchanged, however the
-//! bytes are cut into reads and whatever heart-beats sit between frames.
+//! bytes are cut into reads and whatever heart-beats sit between frames; and whatever headers a
+//! frame holds, a reader never decodes more of them, changed ones, or another body.
 
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
@@ -16,19 +17,43 @@ fn header_text() -> impl Strategy<Value = String> {
     prop::collection::vec(chars, 0..12).prop_map(|chars| chars.into_iter().collect())
 }
 
-/// Removes what `version` cannot represent for `command`'s headers: without escaping (STOMP 1.0,
-/// or CONNECT/STOMP/CONNECTED) no EOL octet and no colon in a name; in 1.1 no CR (it has no
-/// escape, and a raw CR before the LF would read as CRLF).
-fn representable(text: &str, command: Command, version: Version, is_name: bool) -> String {
+/// Whether `version` can represent `c` in a header of `command`: NUL never; without escaping
+/// (STOMP 1.0, or CONNECT/STOMP/CONNECTED) no EOL octet and no colon in a name; in 1.1 no CR (it
+/// has no escape, and a raw CR before the LF would read as CRLF).
+fn representable_char(c: char, command: Command, version: Version, is_name: bool) -> bool {
     let escaped = command.uses_escaping() && version != Version::V1_0;
-    text.chars()
-        .filter(|&c| match c {
-            '\n' => escaped,
-            '\r' => escaped && version == Version::V1_2,
-            ':' => escaped || !is_name,
-            _ => true,
+    match c {
+        '\0' => false,
+        '\n' => escaped,
+        '\r' => escaped && version == Version::V1_2,
+        ':' => escaped || !is_name,
+        _ => true,
+    }
+}
+
+/// `text` without what `version` cannot represent in `command`'s headers.
+fn representable(text: &str, command: Command, version: Version, is_name: bool) -> String {
+    text.chars().filter(|&c| representable_char(c, command, version, is_name)).collect()
+}
+
+/// Whether the encoder keeps this header for `version` (it leaves out the others whole).
+fn keeps(name: &str, value: &str, command: Command, version: Version) -> bool {
+    name.chars().all(|c| representable_char(c, command, version, true))
+        && value.chars().all(|c| representable_char(c, command, version, false))
+}
+
+/// Any frame, headers unfiltered: delimiters, NUL and CR included.
+fn any_frame() -> impl Strategy<Value = Frame> {
+    (
+        prop::sample::select(Command::ALL.to_vec()),
+        prop::collection::vec((header_text(), header_text()), 0..6),
+        prop::collection::vec(prop::sample::select(vec![0u8, b'\n', b'\r', b':', b'a']), 0..24),
+    )
+        .prop_map(|(command, headers, body)| {
+            let headers: Headers = headers.into_iter().collect();
+            let body = if command.allows_body() { Bytes::from(body) } else { Bytes::new() };
+            Frame { command, headers, body }
         })
-        .collect()
 }
 
 fn version() -> impl Strategy<Value = Version> {
@@ -138,6 +163,50 @@ proptest! {
         expected.extend([Item::HeartBeat, Item::HeartBeat]);
         cuts.sort_unstable();
         prop_assert_eq!(decode_in_pieces(&wire, &cuts, version), expected);
+    }
+
+    /// The rule against forged frames: whatever headers a frame holds, what a reader of the
+    /// version decodes is one frame with the same command and body, and the same headers or
+    /// fewer (those the version can represent, in order), never another or a changed one.
+    #[test]
+    fn any_header_set_decodes_to_the_same_or_fewer_headers_and_the_same_body(
+        version in version(),
+        frame in any_frame(),
+    ) {
+        let wire = encode_to_bytes(&frame, version);
+        let items = decode_in_pieces(&wire, &[], version);
+        let [Item::Frame(decoded)] = &items[..] else {
+            return Err(TestCaseError::fail(format!("expected one frame, got {items:?}")));
+        };
+        prop_assert_eq!(decoded.command, frame.command);
+        prop_assert_eq!(&decoded.body, &frame.body);
+        let kept: Headers = frame
+            .headers
+            .iter()
+            .filter(|(name, value)| *name != "content-length" && keeps(name, value, frame.command, version))
+            .collect();
+        prop_assert_eq!(&decoded.headers, &kept);
+    }
+
+    #[test]
+    fn any_template_decodes_to_the_same_or_fewer_headers_and_the_same_body(
+        version in version(),
+        frame in any_frame(),
+        subscription in header_text(),
+    ) {
+        let template = MessageTemplate::new(frame.headers.clone(), Bytes::from_static(b"body \0 with NUL"));
+        let mut wire = BytesMut::new();
+        template.write_to(version, &[("subscription", subscription.as_str())], &mut wire);
+        let items = decode_in_pieces(&wire, &[], version);
+        let [Item::Frame(decoded)] = &items[..] else {
+            return Err(TestCaseError::fail(format!("expected one frame, got {items:?}")));
+        };
+        prop_assert_eq!(&decoded.body[..], &b"body \0 with NUL"[..]);
+        let kept: Headers = std::iter::once(("subscription", subscription.as_str()))
+            .chain(frame.headers.iter())
+            .filter(|(name, value)| *name != "content-length" && keeps(name, value, Command::Message, version))
+            .collect();
+        prop_assert_eq!(&decoded.headers, &kept);
     }
 
     #[test]
