@@ -659,6 +659,9 @@ impl Session {
             None if self.version == Version::V1_0 => ByteString::from(destination_value.to_owned()),
             None => return Err(StompError::missing_header(Command::Subscribe, names::ID)),
         };
+        // The id is echoed in every MESSAGE's `subscription` header: one that a subscriber's
+        // version could not carry would silently go missing there.
+        refuse_control_characters(names::ID, &id)?;
         if self.by_id.contains_key(&id) {
             return Err(StompError::new(
                 format!("subscription id {id:?} is already in use"),
@@ -678,6 +681,7 @@ impl Session {
         let queue = match destination {
             Destination::Topic(name) => match self.durable_name(frame, &id) {
                 Some(durable) => {
+                    refuse_control_characters("durable subscription name", &durable)?;
                     let queue = self
                         .router
                         .durable_subscription(&durable, name, self.user())
@@ -1063,6 +1067,18 @@ fn not_found(destination: &str) -> StompError {
             "{destination} names a queue that does not exist. /amq/queue/ only addresses existing queues; use /queue/ to create it on first use."
         ),
     )
+}
+
+/// Refuses a client-chosen name that contains control characters (LF, CR, NUL, ...): such a
+/// name cannot be echoed safely in headers of every version, nor shown in logs as it is.
+fn refuse_control_characters(what: &str, value: &str) -> Result<(), StompError> {
+    if value.chars().any(char::is_control) {
+        return Err(StompError::new(
+            format!("invalid {what}: it contains control characters"),
+            format!("The {what} may not contain control characters (line feed, carriage return, NUL, ...)."),
+        ));
+    }
+    Ok(())
 }
 
 fn reply_queue_denied(name: &str) -> StompError {

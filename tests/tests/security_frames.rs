@@ -8,8 +8,8 @@
 use stampede_broker::Config;
 use stampede_broker::auth::hash_password_with;
 use stampede_broker::config::UserConfig;
-use stampede_client::Command;
 use stampede_client::raw::RawConnection;
+use stampede_client::{Command, Frame};
 use stampede_protocol::unrepresentable_headers_omitted;
 use stampede_tests::{QUIET, TestBroker, WAIT};
 use tokio::io::AsyncReadExt;
@@ -356,4 +356,21 @@ async fn broker_owned_headers_appear_once_on_a_message() {
     }
     assert_eq!(again.first("redelivered"), Some("true"));
     assert_eq!(again.first("message-id"), first.first("message-id"));
+}
+
+#[tokio::test]
+async fn subscription_ids_and_durable_names_with_control_characters_are_refused() {
+    let broker = TestBroker::start().await;
+    for (id, extra) in [("a\rb", None), ("plain", Some(("x-queue-name", "q\r1")))] {
+        let mut raw = broker.raw().await;
+        raw.handshake(&[], WAIT).await.unwrap();
+        let mut frame = Frame::new(Command::Subscribe).with_header("destination", "/topic/t").with_header("id", id);
+        if let Some((name, value)) = extra {
+            frame = frame.with_header("durable", "true").with_header(name, value);
+        }
+        raw.send_frame(&frame.with_header("receipt", "r")).await.unwrap();
+        let answer = raw.read_frame(WAIT).await.unwrap().expect("an answer");
+        assert_eq!(answer.command, Command::Error, "{id:?} {extra:?}");
+        assert!(answer.header("message").unwrap().contains("control characters"), "{answer:?}");
+    }
 }
