@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use stampede_broker::outbox::{Outbox, SlowConsumerPolicy};
-use stampede_broker::queue::QueueSettings;
-use stampede_broker::router::Router;
-use stampede_broker::topic::{Sink, TopicSubscriber};
+use stampede_broker::destination::outbox::{Outbox, SlowConsumerPolicy};
+use stampede_broker::destination::queue::QueueSettings;
+use stampede_broker::destination::router::Router;
+use stampede_broker::destination::topic::{Sink, TopicSubscriber};
 use stampede_protocol::{Headers, MessageTemplate, Version};
 
 fn template(body_len: usize) -> Arc<MessageTemplate> {
@@ -52,7 +52,7 @@ fn publish(c: &mut Criterion) {
                     runtime.block_on(router.publish_topic(
                         "bench",
                         &message,
-                        stampede_broker::router::TopicMessage::transient(1),
+                        stampede_broker::destination::router::TopicMessage::transient(1),
                     ))
                 },
                 BatchSize::SmallInput,

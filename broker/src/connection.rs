@@ -37,11 +37,11 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::destination::outbox::{Delivery, Outbox};
+use crate::destination::queue::Outcome;
+use crate::destination::vhost::VirtualHosts;
 use crate::error::{ErrorKind, StompError};
-use crate::outbox::{Delivery, Outbox};
-use crate::queue::Outcome;
 use crate::session::{AutoAck, Flow, Reply, Session, SessionConfig};
-use crate::vhost::VirtualHosts;
 
 /// Settings every connection task reads.
 #[derive(Debug, Clone)]
@@ -86,7 +86,7 @@ pub struct ConnectionContext {
     /// Cancelled when the broker shuts down.
     pub shutdown: CancellationToken,
     /// Credentials from this connection's WebSocket upgrade request (HTTP Basic or Bearer).
-    pub upgrade_credentials: Option<crate::auth::Credentials>,
+    pub upgrade_credentials: Option<crate::security::auth::Credentials>,
 }
 
 /// Why a connection ended, recorded once, at the task boundary.
@@ -432,7 +432,7 @@ where
                     // changed, and kept they would take room in the future for the whole wait.
                     let due = Due::of(&session, &settings, connect_deadline, last_read, last_write, websocket);
                     if token_expiry.is_some_and(|deadline| deadline <= now) {
-                        ending = Some(fail(crate::auth::token_expired()));
+                        ending = Some(fail(crate::security::auth::token_expired()));
                     } else if due.read.is_some_and(|deadline| deadline <= now) {
                         ending = Some(if session.is_connected() {
                             (CloseReason::HeartbeatTimeout, Some(Box::new(StompError::of_kind(

@@ -1,32 +1,42 @@
 //! Stampede, a STOMP message broker for browsers and backends.
 //!
 //! # Layout
-//! - [`server`]: listeners and the broker's lifetime ([`server::start`]).
-//! - [`connection`]: one task per connection: socket, decoder, heart-beats, outbox.
+//! The folders follow the path of a message, from the socket inwards:
+//! - [`server`]: the composition root: opens storage, recovers, binds the listeners, and owns
+//!   the broker's lifetime ([`server::start`], [`RunningBroker`]).
+//! - [`listener`]: what happens between `accept` and a STOMP session: TLS ([`listener::tls`]).
+//! - [`connection`]: one task per connection: socket, decoder, heart-beats, outbox, close codes.
 //! - [`session`]: the STOMP state machine of one client, free of socket code.
-//! - [`vhost`]: virtual hosts, each a separate namespace with its own [`router`].
-//! - [`router`]: destination names to topics and queues, within one virtual host.
-//! - [`topic`] and [`queue`]: the two kinds of destination; a queue is an actor.
-//! - [`outbox`]: the bounded buffer between destinations and a connection.
+//! - [`destination`]: where messages go: virtual hosts ([`destination::vhost`]), each with a
+//!   router ([`destination::router`]) of topics ([`destination::topic`]) and queues
+//!   ([`destination::queue`], an actor each), and the bounded outbox between destinations and
+//!   a connection ([`destination::outbox`]).
+//! - [`security`]: users, tokens and permission rules ([`security::auth`]), permission patterns,
+//!   redaction of secrets in traces, per-address connection counts.
 //! - [`error`]: the one mapping from failures to ERROR frames.
 //! - [`config`]: defaults, TOML file, environment and flags.
-//! - [`auth`]: users, tokens, permissions; [`tls`]: rustls acceptors; [`security`]: destination
-//!   patterns, redaction of secrets in traces, per-address connection counts.
+//!
+//! The management HTTP surface (`http/`), backend bridges (`bridge/`) and cluster mode
+//! (`cluster/`) join these as folders of their own.
+//!
+//! # Lock order
+//! No lock is held across an `.await`. Where locks nest, they are always taken in this order,
+//! outermost first, and never the other way round:
+//! 1. a router's durable subscriptions (`Router::durables`),
+//! 2. a router's name quotas (`Router::creators`), its queue table (`Router::queues`) and its topic
+//!    table (`Router::topics`), never two of these at once except `queues` then `creators`,
+//! 3. one topic's subscribers (`Topic::subscribers`),
+//! 4. one connection's outbox (`Outbox::state`).
 #![forbid(unsafe_code)]
 
-pub mod auth;
 pub mod config;
 pub mod connection;
+pub mod destination;
 pub mod error;
-pub mod outbox;
-pub mod queue;
-pub mod router;
+pub mod listener;
 pub mod security;
 pub mod server;
 pub mod session;
-pub mod tls;
-pub mod topic;
-pub mod vhost;
 
 pub use config::{Cli, Config};
 pub use server::{RunningBroker, start};

@@ -52,7 +52,7 @@ fn passwd(password: Option<String>) -> anyhow::Result<()> {
         }
     };
     anyhow::ensure!(!password.is_empty(), "the password is empty");
-    let hash = stampede_broker::auth::hash_password(&password).map_err(anyhow::Error::msg)?;
+    let hash = stampede_broker::security::auth::hash_password(&password).map_err(anyhow::Error::msg)?;
     println!("{hash}");
     Ok(())
 }

@@ -27,13 +27,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::auth::{Authenticator, Credentials};
 use crate::config::{Config, StorageKind};
 use crate::connection::{self, ConnectionContext, Transport};
+use crate::destination::router::Router;
+use crate::destination::vhost::{RouterSettings, VirtualHosts};
 use crate::error::StompError;
-use crate::router::Router;
+use crate::security::auth::{Authenticator, Credentials};
 use crate::security::{AddressPermit, PerAddress};
-use crate::vhost::{RouterSettings, VirtualHosts};
 use stampede_storage::{MemoryStore, SledStore, Store};
 
 /// Most refusals (ERROR frames to connections over a limit) being written at once.
@@ -141,8 +141,10 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
     let auth = Arc::new(Authenticator::from_config(config).map_err(|e| StartError::Config(e.to_string()))?);
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => {
-            let stomp = crate::tls::acceptor(cert, key, &[]).map_err(|e| StartError::Config(e.to_string()))?;
-            let wss = crate::tls::acceptor(cert, key, &[b"http/1.1"]).map_err(|e| StartError::Config(e.to_string()))?;
+            let stomp =
+                crate::listener::tls::acceptor(cert, key, &[]).map_err(|e| StartError::Config(e.to_string()))?;
+            let wss = crate::listener::tls::acceptor(cert, key, &[b"http/1.1"])
+                .map_err(|e| StartError::Config(e.to_string()))?;
             Some((stomp, wss))
         }
         _ => None,

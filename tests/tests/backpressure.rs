@@ -49,7 +49,7 @@ async fn a_subscriber_that_never_reads_is_disconnected_and_others_keep_receiving
 async fn drop_oldest_policy_keeps_the_slow_subscriber_connected() {
     let config = stampede_broker::Config {
         max_outbox_bytes: 64 * 1024,
-        slow_consumer_policy: stampede_broker::outbox::SlowConsumerPolicy::DropOldest,
+        slow_consumer_policy: stampede_broker::destination::outbox::SlowConsumerPolicy::DropOldest,
         ..stampede_broker::Config::ephemeral()
     };
     let broker = TestBroker::start_with(config).await;

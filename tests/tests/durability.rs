@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use stampede_broker::Config;
-use stampede_broker::queue::{ExpiredPolicy, OverflowPolicy, now_ms};
-use stampede_broker::router::QueueOverride;
+use stampede_broker::destination::queue::{ExpiredPolicy, OverflowPolicy, now_ms};
+use stampede_broker::destination::router::QueueOverride;
 use stampede_client::{AckMode, Client, ClientError, Command, Frame, Headers, Message, SubscribeOptions};
 use stampede_tests::{QUIET, TestBroker, WAIT};
 

@@ -6,8 +6,8 @@
 //! exact bytes off the socket up to the first NUL, where every reader ends a frame.
 
 use stampede_broker::Config;
-use stampede_broker::auth::hash_password_with;
 use stampede_broker::config::UserConfig;
+use stampede_broker::security::auth::hash_password_with;
 use stampede_client::raw::RawConnection;
 use stampede_client::{Command, Frame};
 use stampede_protocol::unrepresentable_headers_omitted;

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use stampede_broker::Config;
-use stampede_broker::auth::hash_password_with;
 use stampede_broker::config::{JwtConfig, RuleConfig, UserConfig};
+use stampede_broker::security::auth::hash_password_with;
 use stampede_client::raw::RawConnection;
 use stampede_client::{Command, Frame};
 use stampede_storage::{Op, QueueKind, QueueRecord, SledStore, Store, StoreOptions, StoredMessage};

@@ -14,10 +14,10 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use stampede_broker::auth::{Authenticator, hash_password_with};
+use stampede_broker::security::auth::{Authenticator, hash_password_with};
 use stampede_broker::config::{Config, UserConfig};
-use stampede_broker::outbox::{Delivery, Outbox};
-use stampede_broker::vhost::VirtualHosts;
+use stampede_broker::destination::outbox::{Delivery, Outbox};
+use stampede_broker::destination::vhost::VirtualHosts;
 use stampede_broker::session::{Flow, Reply, Session, SessionConfig};
 use stampede_protocol::{Command, Decoder, Frame, Item, Limits};
 

@@ -2,7 +2,9 @@
 //! patterns for permissions, redaction of secrets in traces, and per-address connection
 //! counting.
 //!
-//! Authentication itself lives in [`crate::auth`], TLS in [`crate::tls`].
+//! Authentication and permission rules live in [`auth`], TLS in [`crate::listener::tls`].
+
+pub mod auth;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -11,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use stampede_protocol::Frame;
 
-use crate::topic::{TopicPattern, TopicWord, WORD_SEPARATORS};
+use crate::destination::topic::{TopicPattern, TopicWord, WORD_SEPARATORS};
 
 /// Header names whose values are secrets: never printed, whatever the log level.
 pub const SECRET_HEADERS: &[&str] = &["passcode", "authorization", "proxy-authorization", "cookie"];

@@ -33,9 +33,9 @@ use stampede_storage::{Op, QueueRecord, Store, StoredMessage};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
+use crate::destination::outbox::{Delivery, Outbox, QueueDelivery};
+use crate::destination::router::Router;
 use crate::error::{ErrorKind, StompError};
-use crate::outbox::{Delivery, Outbox, QueueDelivery};
-use crate::router::Router;
 
 /// Mailbox size of every queue actor.
 const MAILBOX: usize = 1024;

@@ -13,8 +13,8 @@ use std::sync::{Arc, RwLock};
 
 use stampede_protocol::MessageTemplate;
 
-use crate::outbox::{Admitted, Delivery, Outbox, SlowConsumerPolicy};
-use crate::queue::QueueHandle;
+use crate::destination::outbox::{Admitted, Delivery, Outbox, SlowConsumerPolicy};
+use crate::destination::queue::QueueHandle;
 
 /// One subscription to a topic (exact, or a wildcard pattern shared by many topics).
 #[derive(Debug)]

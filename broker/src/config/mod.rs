@@ -17,9 +17,9 @@ use stampede_protocol::heartbeat::HeartBeat;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::connection::ConnectionSettings;
-use crate::outbox::SlowConsumerPolicy;
-use crate::queue::{ExpiredPolicy, OverflowPolicy, QueueSettings};
-use crate::router::{NameLimits, QueueOverride};
+use crate::destination::outbox::SlowConsumerPolicy;
+use crate::destination::queue::{ExpiredPolicy, OverflowPolicy, QueueSettings};
+use crate::destination::router::{NameLimits, QueueOverride};
 use crate::session::SessionConfig;
 use stampede_storage::{FsyncMode, StoreOptions};
 
@@ -477,7 +477,7 @@ impl Config {
     /// host a user's rules name.
     pub fn declared_vhosts(&self) -> std::collections::BTreeSet<String> {
         let mut declared: std::collections::BTreeSet<String> = self.vhosts.iter().cloned().collect();
-        declared.insert(crate::vhost::DEFAULT_VHOST.to_owned());
+        declared.insert(crate::destination::vhost::DEFAULT_VHOST.to_owned());
         for user in self.users.values() {
             declared.extend(user.vhosts.keys().cloned());
         }

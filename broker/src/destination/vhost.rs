@@ -19,9 +19,9 @@ use std::sync::{Arc, RwLock};
 use stampede_storage::{Recovery, Store};
 use tracing::info;
 
-use crate::auth::Access;
-use crate::queue::QueueSettings;
-use crate::router::{IdCounters, NameLimits, QueueOverride, Router};
+use crate::destination::queue::QueueSettings;
+use crate::destination::router::{IdCounters, NameLimits, QueueOverride, Router};
+use crate::security::auth::Access;
 
 /// The virtual host of clients that name none.
 pub const DEFAULT_VHOST: &str = "/";

@@ -25,14 +25,14 @@ use stampede_protocol::heartbeat::{self, HeartBeat, Negotiated};
 use stampede_protocol::{ByteString, Command, Frame, Headers, MessageTemplate, Version, names};
 use tracing::{debug, trace};
 
-use crate::auth::{Authenticator, Credentials, Operation, Principal};
+use crate::destination::outbox::{Delivery, Outbox, QueueDelivery, SlowConsumerPolicy};
+use crate::destination::queue::{Consumer, Outcome, QueueHandle, QueuedMessage, Verdict, now_ms};
+use crate::destination::router::{Destination, DurableError, Router, TopicMessage, TopicRegistration};
+use crate::destination::topic::{Sink, TopicSubscriber};
+use crate::destination::vhost::VirtualHosts;
 use crate::error::{ErrorKind, StompError};
-use crate::outbox::{Delivery, Outbox, QueueDelivery, SlowConsumerPolicy};
-use crate::queue::{Consumer, Outcome, QueueHandle, QueuedMessage, Verdict, now_ms};
-use crate::router::{Destination, DurableError, Router, TopicMessage, TopicRegistration};
 use crate::security::Redacted;
-use crate::topic::{Sink, TopicSubscriber};
-use crate::vhost::VirtualHosts;
+use crate::security::auth::{Authenticator, Credentials, Operation, Principal};
 
 /// Headers of a MESSAGE that [`Session::render`] writes for each delivery. A SEND's own
 /// entries with these names are never forwarded, so each appears exactly once, as the broker set
@@ -536,7 +536,7 @@ impl Session {
         let receipt_id = frame.headers.get_shared(names::RECEIPT).cloned();
         let queue = match destination {
             Destination::Topic(name) => {
-                if crate::topic::TopicPattern::parse(name).is_some() {
+                if crate::destination::topic::TopicPattern::parse(name).is_some() {
                     return Err(StompError::new(
                         format!("cannot send to wildcard destination {destination_value:?}"),
                         "Wildcards (*, #, >) select topics when subscribing; a SEND names one topic.",
@@ -1102,7 +1102,7 @@ fn durable_error(error: DurableError, name: &str) -> StompError {
     }
 }
 
-fn destination_error(error: crate::router::DestinationError) -> StompError {
+fn destination_error(error: crate::destination::router::DestinationError) -> StompError {
     let text = error.to_string();
     StompError::new(text.clone(), text)
 }

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use stampede_protocol::MessageTemplate;
 use tokio::sync::Notify;
 
-use crate::queue::QueueHandle;
+use crate::destination::queue::QueueHandle;
 
 /// One MESSAGE waiting to be written to a connection.
 #[derive(Debug)]

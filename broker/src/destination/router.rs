@@ -18,9 +18,9 @@ use stampede_protocol::MessageTemplate;
 use stampede_storage::{Op, OwnerRecord, QueueKind, QueueRecord, Store};
 use tracing::warn;
 
-use crate::queue::{Persistence, QueueHandle, QueueSettings, QueuedMessage, Verdict, now_ms};
-use crate::topic::{Sink, Topic, TopicPattern, TopicSubscriber};
-use crate::vhost::{DEFAULT_VHOST, RouterSettings};
+use crate::destination::queue::{Persistence, QueueHandle, QueueSettings, QueuedMessage, Verdict, now_ms};
+use crate::destination::topic::{Sink, Topic, TopicPattern, TopicSubscriber};
+use crate::destination::vhost::{DEFAULT_VHOST, RouterSettings};
 
 /// A parsed destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,7 +240,7 @@ pub struct QueueOverride {
     /// Most bytes waiting.
     pub max_bytes: Option<usize>,
     /// `reject` or `drop-oldest`.
-    pub overflow: Option<crate::queue::OverflowPolicy>,
+    pub overflow: Option<crate::destination::queue::OverflowPolicy>,
     /// Time to live of messages that set none, in ms.
     pub default_ttl_ms: Option<u64>,
     /// Deliveries before dead-lettering.
@@ -346,7 +346,7 @@ impl Router {
         template: &Arc<MessageTemplate>,
         message_id: u64,
         durable: &mut Vec<QueueHandle>,
-        congested: &mut Vec<Arc<crate::outbox::Outbox>>,
+        congested: &mut Vec<Arc<crate::destination::outbox::Outbox>>,
     ) -> usize {
         let topic = {
             let table = self.topics.read().unwrap_or_else(|p| p.into_inner());

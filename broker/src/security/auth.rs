@@ -23,9 +23,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use crate::config::{Config, JwtConfig, RuleConfig, UserConfig};
+use crate::destination::topic::TopicPattern;
 use crate::error::{ErrorKind, StompError};
 use crate::security::{PermissionPattern, address_key};
-use crate::topic::TopicPattern;
 
 /// What a rule allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
