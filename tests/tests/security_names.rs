@@ -631,3 +631,12 @@ fn store_legacy_durable_subscription(dir: &std::path::Path, name: &str, topic: &
     assert!(wait.recv().unwrap(), "stored");
     store.flush().unwrap();
 }
+
+#[tokio::test]
+async fn amq_topic_exchange_destinations_are_checked_as_the_topics_they_route_to() {
+    let broker = TestBroker::start_with(config()).await;
+    let mut mallory = login(&broker, "mallory", &[]).await;
+    with_receipt(&mut mallory, subscribe("/exchange/amq.topic/public.news", "ok")).await.expect("a readable topic");
+    let refused = with_receipt(&mut mallory, subscribe("/exchange/amq.topic/secret.prices", "no")).await;
+    assert!(refused.expect_err("refused").contains("access denied"));
+}

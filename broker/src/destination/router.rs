@@ -23,10 +23,11 @@ use crate::destination::topic::{Sink, Topic, TopicPattern, TopicSubscriber};
 use crate::destination::vhost::{DEFAULT_VHOST, RouterSettings};
 
 /// A parsed destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination<'a> {
-    /// `/topic/<name>`: publish-subscribe.
-    Topic(&'a str),
+    /// `/topic/<name>`: publish-subscribe. RabbitMQ's `/exchange/<exchange>/<key>` destinations
+    /// are topics too (see [`exchange_topic`]), hence the name may be owned.
+    Topic(std::borrow::Cow<'a, str>),
     /// `/queue/<name>`: created on first use.
     Queue(&'a str),
     /// `/amq/queue/<name>`: the same queue, which must already exist.
@@ -38,7 +39,31 @@ pub enum Destination<'a> {
 }
 
 /// Prefixes the router understands, for error messages.
-pub const KNOWN_PREFIXES: &str = "/topic/, /queue/, /amq/queue/, /temp-queue/, /reply-queue/";
+pub const KNOWN_PREFIXES: &str = "/topic/, /queue/, /amq/queue/, /temp-queue/, /reply-queue/, /exchange/";
+
+/// The topic that RabbitMQ exchange destination `/exchange/<exchange>/<key>` stands for, as
+/// RabbitMQ's STOMP adapter routes it: each SUBSCRIBE gets its own copy of what is routed (an
+/// exclusive queue bound to the exchange, in RabbitMQ's terms).
+///
+/// - `amq.topic` is the exchange `/topic/` uses: `/exchange/amq.topic/a.b` is `/topic/a.b`, with
+///   the same wildcards, permissions and subscribers.
+/// - `amq.direct` routes on the exact key: wildcards are refused, not matched.
+/// - `amq.fanout` ignores the key: every subscriber gets every message.
+/// - any other exchange is a topic exchange of its own (its names never meet `/topic/`'s).
+///
+/// # Errors
+/// An empty key where the exchange routes on it, or a wildcard in an `amq.direct` key.
+pub fn exchange_topic<'a>(exchange: &str, key: &'a str) -> Result<std::borrow::Cow<'a, str>, DestinationError> {
+    let whole = || format!("/exchange/{exchange}/{key}");
+    match exchange {
+        "" => Err(DestinationError::EmptyName(whole())),
+        "amq.fanout" => Ok("exchange:amq.fanout".into()),
+        _ if key.is_empty() => Err(DestinationError::EmptyName(whole())),
+        "amq.topic" => Ok(key.into()),
+        "amq.direct" if TopicPattern::parse(key).is_some() => Err(DestinationError::WildcardNotAllowed(whole())),
+        _ => Ok(format!("exchange:{exchange}:{key}").into()),
+    }
+}
 
 /// Why a destination header cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,12 +91,16 @@ impl<'a> Destination<'a> {
         }
         type Make<'a> = fn(&'a str) -> Destination<'a>;
         let table: [(&str, Make<'a>); 5] = [
-            ("/topic/", Destination::Topic),
+            ("/topic/", |name| Destination::Topic(name.into())),
             ("/queue/", Destination::Queue),
             ("/amq/queue/", Destination::ExistingQueue),
             ("/temp-queue/", Destination::TempQueue),
             ("/reply-queue/", Destination::ReplyQueue),
         ];
+        if let Some(rest) = value.strip_prefix("/exchange/") {
+            let (exchange, key) = rest.split_once('/').unwrap_or((rest, ""));
+            return exchange_topic(exchange, key).map(Destination::Topic);
+        }
         for (prefix, make) in table {
             if let Some(name) = value.strip_prefix(prefix) {
                 if name.is_empty() {
@@ -920,12 +949,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn exchange_destinations_map_onto_topics_as_rabbitmq_routes_them() {
+        assert_eq!(exchange_topic("amq.topic", "a.*").as_deref(), Ok("a.*"));
+        assert_eq!(exchange_topic("amq.direct", "k").as_deref(), Ok("exchange:amq.direct:k"));
+        assert!(matches!(exchange_topic("amq.direct", "k.*"), Err(DestinationError::WildcardNotAllowed(_))));
+        assert_eq!(exchange_topic("amq.fanout", "ignored"), exchange_topic("amq.fanout", ""));
+        assert_eq!(exchange_topic("orders", "eu.#").as_deref(), Ok("exchange:orders:eu.#"));
+        assert!(matches!(exchange_topic("amq.topic", ""), Err(DestinationError::EmptyName(_))));
+    }
+
+    #[test]
     fn destinations_parse_by_prefix() {
-        assert_eq!(Destination::parse("/topic/a.b"), Ok(Destination::Topic("a.b")));
+        assert_eq!(Destination::parse("/topic/a.b"), Ok(Destination::Topic("a.b".into())));
         assert_eq!(Destination::parse("/queue/x"), Ok(Destination::Queue("x")));
         assert_eq!(Destination::parse("/amq/queue/x"), Ok(Destination::ExistingQueue("x")));
         assert_eq!(Destination::parse("/temp-queue/r"), Ok(Destination::TempQueue("r")));
-        assert!(matches!(Destination::parse("/exchange/x"), Err(DestinationError::UnknownPrefix(_))));
+        assert_eq!(Destination::parse("/exchange/amq.topic/a.b"), Ok(Destination::Topic("a.b".into())));
+        assert_eq!(Destination::parse("/exchange/amq.fanout"), Ok(Destination::Topic("exchange:amq.fanout".into())));
+        assert!(matches!(Destination::parse("/exchange/"), Err(DestinationError::EmptyName(_))));
+        assert!(matches!(Destination::parse("/exchanges/x"), Err(DestinationError::UnknownPrefix(_))));
         assert!(matches!(Destination::parse("/queue/"), Err(DestinationError::EmptyName(_))));
     }
 

@@ -457,10 +457,14 @@ impl Session {
         {
             return principal.check_token();
         }
-        match destination.strip_prefix("/amq/queue/") {
-            Some(name) => principal.check(&self.virtual_host, operation, &format!("/queue/{name}")),
-            None => principal.check(&self.virtual_host, operation, destination),
+        if let Some(name) = destination.strip_prefix("/amq/queue/") {
+            return principal.check(&self.virtual_host, operation, &format!("/queue/{name}"));
         }
+        // amq.topic is the exchange /topic/ uses, so /topic/ rules decide for it.
+        if let Some(key) = destination.strip_prefix("/exchange/amq.topic/") {
+            return principal.check(&self.virtual_host, operation, &format!("/topic/{key}"));
+        }
+        principal.check(&self.virtual_host, operation, destination)
     }
 
     /// Buffers `frame` in its transaction if it names one; returns whether it did. Both the
@@ -536,13 +540,13 @@ impl Session {
         let receipt_id = frame.headers.get_shared(names::RECEIPT).cloned();
         let queue = match destination {
             Destination::Topic(name) => {
-                if crate::destination::topic::TopicPattern::parse(name).is_some() {
+                if crate::destination::topic::TopicPattern::parse(&name).is_some() {
                     return Err(StompError::new(
                         format!("cannot send to wildcard destination {destination_value:?}"),
                         "Wildcards (*, #, >) select topics when subscribing; a SEND names one topic.",
                     ));
                 }
-                for verdict in self.router.publish_topic(name, &template, message).await {
+                for verdict in self.router.publish_topic(&name, &template, message).await {
                     replies.push(Reply::After { verdict, receipt_id: receipt_id.clone() });
                 }
                 return Ok(());
@@ -684,7 +688,7 @@ impl Session {
                     refuse_control_characters("durable subscription name", &durable)?;
                     let queue = self
                         .router
-                        .durable_subscription(&durable, name, self.user())
+                        .durable_subscription(&durable, &name, self.user())
                         .await
                         .map_err(|e| durable_error(e, &durable))?;
                     let credit = (self.prefetch(frame, ack)?, self.window_bytes(frame)?);
@@ -698,7 +702,7 @@ impl Session {
                         policy: self.config.slow_consumer_policy,
                     };
                     let subscriber = Arc::new(TopicSubscriber { id: self.router.next_id(), sink });
-                    let registration = self.router.subscribe_topic(name, subscriber);
+                    let registration = self.router.subscribe_topic(&name, subscriber);
                     self.insert_subscription(key, id, ack, Target::Topic(registration), None);
                     return Ok(());
                 }
