@@ -410,6 +410,13 @@ where
                     if outbox.is_slow_consumer() {
                         let error = StompError::limit("outbox bytes of a slow consumer", settings.max_outbox_bytes, "max_outbox_bytes");
                         ending = Some((CloseReason::SlowConsumer, Some(Box::new(error))));
+                    } else if outbox.has_failed() {
+                        let error = StompError::of_kind(
+                            ErrorKind::Internal,
+                            "internal error: a queue this connection consumes from failed",
+                            "The queue's actor stopped unexpectedly and was restarted from its stored messages (or removed, if it kept none). Unacknowledged messages will be redelivered; subscribe again.",
+                        );
+                        ending = Some(fail(error));
                     } else {
                         outbox.take_all(&mut deliveries);
                         let text_ok = |d: &Delivery| d.template.body_is_utf8();

@@ -87,23 +87,26 @@ impl RunningBroker {
         self.per_address.count(ip)
     }
 
-    /// Stops accepting, tells every client, and waits up to `deadline` for connections to end.
+    /// Stops accepting, tells every client, waits for the connections to end, stops every queue
+    /// (their last writes reach the store), waits for every task they started, and flushes the
+    /// store: all within one `deadline`.
     pub async fn shutdown(self, deadline: Duration) {
+        let deadline = tokio::time::Instant::now() + deadline;
         self.shutdown.cancel();
         self.tasks.close();
-        if tokio::time::timeout(deadline, self.tasks.wait()).await.is_err() {
-            warn!("shutdown deadline of {deadline:?} passed with connections still open");
+        if tokio::time::timeout_at(deadline, self.tasks.wait()).await.is_err() {
+            warn!(open = self.tasks.len(), "shutdown deadline passed with connections still open");
         }
-        // Queues submit their last writes as they stop; then everything is made durable.
-        self.vhosts.stop_queues().await;
-        let store = self.store;
+        self.vhosts.stop_queues(deadline).await;
         drop(self.vhosts);
-        // Queue actors and in-flight dead-letter moves hold the store too; once they have let
-        // go, dropping ours closes it (and releases the data directory's lock) right here.
-        let released = tokio::time::Instant::now() + deadline;
-        while Arc::strong_count(&store) > 1 && tokio::time::Instant::now() < released {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        let store = self.store;
+        if Arc::strong_count(&store) > 1 {
+            warn!(
+                "the store is still in use after every task ended; its data directory stays locked until it is released"
+            );
         }
+        // Flushing (and dropping, which closes it and releases the data directory's lock) is
+        // blocking work.
         match tokio::task::spawn_blocking(move || store.flush()).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => warn!("final storage flush failed: {error}"),
@@ -154,6 +157,7 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
         queue_settings: config.queue_settings(),
         queue_overrides: config.queues.clone(),
         limits: config.name_limits(),
+        tasks: TaskTracker::new(),
     };
     let vhosts = VirtualHosts::new(config.declared_vhosts(), settings, Some(Arc::clone(&store)));
     let started = std::time::Instant::now();

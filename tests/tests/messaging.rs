@@ -139,8 +139,8 @@ async fn sending_to_a_wildcard_or_unknown_prefix_is_an_error_naming_the_prefixes
     let error = client.send_with_receipt("/topic/a.*", "x", Headers::new()).await.unwrap_err();
     assert!(error.to_string().contains("wildcard"), "{error}");
     let client = broker.client().await;
-    let error = client.send_with_receipt("/exchange/amq.direct/x", "x", Headers::new()).await.unwrap_err();
-    assert!(error.to_string().contains("/topic/"), "{error}");
+    let error = client.send_with_receipt("/exchanges/amq.direct/x", "x", Headers::new()).await.unwrap_err();
+    assert!(error.to_string().contains("/topic/") && error.to_string().contains("/exchange/"), "{error}");
 }
 
 #[tokio::test]

@@ -103,6 +103,12 @@ struct World {
 fn world() -> &'static World {
     static WORLD: OnceLock<World> = OnceLock::new();
     WORLD.get_or_init(|| {
+        // Queue actors are supervised: a panic inside one is caught, logged and answered, so
+        // the fuzzer would never see it. Abort on any panic instead, before anything unwinds.
+        std::panic::set_hook(Box::new(|info| {
+            eprintln!("{info}");
+            std::process::abort();
+        }));
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let mut config = Config::ephemeral();
         config.max_subscriptions_per_connection = 4;

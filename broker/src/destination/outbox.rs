@@ -103,6 +103,9 @@ pub struct Outbox {
     /// takes its deliveries. While set, publishers do not wait for this outbox again, so a
     /// subscriber that stopped reading costs them one stall, not one per message.
     unresponsive: AtomicBool,
+    /// Set when a destination this connection consumes from failed (its actor panicked): the
+    /// connection ends with an ERROR saying so.
+    failed: AtomicBool,
     max_bytes: usize,
 }
 
@@ -133,6 +136,7 @@ impl Outbox {
             drained: Notify::new(),
             slow: AtomicBool::new(false),
             unresponsive: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
             max_bytes,
         })
     }
@@ -240,6 +244,17 @@ impl Outbox {
     /// Records that a publisher waited the whole stall time for this outbox.
     pub fn mark_unresponsive(&self) {
         self.unresponsive.store(true, Ordering::Relaxed);
+    }
+
+    /// Tells the connection that a queue it consumes from failed: it ends with an ERROR.
+    pub fn fail(&self) {
+        self.failed.store(true, Ordering::Release);
+        self.ready.notify_one();
+    }
+
+    /// True once [`Outbox::fail`] was called.
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
     }
 
     /// True once a topic found this outbox full under the disconnect policy.

@@ -25,16 +25,17 @@ use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use stampede_protocol::{Headers, MessageTemplate, names};
 use stampede_storage::{Op, QueueRecord, Store, StoredMessage};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, warn};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, warn};
 
 use crate::destination::outbox::{Delivery, Outbox, QueueDelivery};
-use crate::destination::router::Router;
 use crate::error::{ErrorKind, StompError};
 
 /// Mailbox size of every queue actor.
@@ -196,11 +197,22 @@ pub type Verdict = oneshot::Receiver<Result<(), StompError>>;
 type VerdictSender = oneshot::Sender<Result<(), StompError>>;
 
 enum Command {
-    Publish { message: QueuedMessage, verdict: Option<VerdictSender> },
+    Publish {
+        message: QueuedMessage,
+        verdict: Option<VerdictSender>,
+    },
     AddConsumer(Consumer),
-    RemoveConsumer { consumer: u64 },
+    RemoveConsumer {
+        consumer: u64,
+    },
     SetDefaultTtl(u64),
-    Shutdown { forget: bool, done: oneshot::Sender<()> },
+    Shutdown {
+        forget: bool,
+        done: oneshot::Sender<()>,
+    },
+    /// Makes the actor panic, to test its supervision.
+    #[cfg(test)]
+    Panic,
 }
 
 /// Acks and nacks of delivered messages: (consumer, message ids, outcome).
@@ -213,6 +225,9 @@ struct Shared {
     depth: AtomicUsize,
     consumers: AtomicUsize,
     dropped: AtomicU64,
+    /// The outboxes of the consumers attached now, so that if the actor panics (and its state
+    /// is lost) their connections can still be told.
+    consumer_outboxes: Mutex<Vec<(u64, Weak<Outbox>)>>,
     /// Settlements travel apart from the mailbox and are applied before it. A settlement gives
     /// a consumer its credit back; in the mailbox it would wait behind publishes whenever
     /// producers outpace consumers, and the consumer's connection, blocked on that send, would
@@ -220,6 +235,26 @@ struct Shared {
     /// Unbounded, yet bounded by credit: a session settles only deliveries it holds as pending,
     /// and each consumer holds at most its prefetch of those.
     settlements: mpsc::UnboundedSender<Settlement>,
+}
+
+impl Shared {
+    fn fail_consumers(&self) {
+        let outboxes = std::mem::take(&mut *self.consumer_outboxes.lock().unwrap_or_else(|p| p.into_inner()));
+        for (_, outbox) in outboxes {
+            if let Some(outbox) = outbox.upgrade() {
+                outbox.fail();
+            }
+        }
+    }
+}
+
+/// The text of a panic's payload, for the log.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(text), _) => (*text).to_owned(),
+        (_, Some(text)) => text.clone(),
+        _ => "a panic without a message".to_owned(),
+    }
 }
 
 /// A cheap, cloneable handle to a queue actor.
@@ -262,12 +297,44 @@ impl std::fmt::Debug for Persistence {
     }
 }
 
+/// What a queue needs from whoever owns it (the router of its virtual host). An interface, so
+/// that a queue actor can be built and tested without a router.
+pub trait QueueOwner: Send + Sync {
+    /// The queue that dead-lettered messages of this virtual host named `name` go to, created
+    /// if needed (`None` when the owner is shutting down).
+    fn dead_letter_queue(&self, name: &str) -> Option<QueueHandle>;
+
+    /// The actor of the queue identified by `queue` ([`QueueHandle::id`]), stored as
+    /// `stored_as` if it is durable, panicked: restart it from its stored state, or remove it.
+    fn queue_failed(&self, queue: usize, stored_as: Option<String>);
+}
+
+/// What a queue actor is started with besides its settings: who owns it, and the tracker its
+/// tasks (the actor itself and its dead-letter moves) run on, so shutdown can wait for them.
+#[derive(Clone)]
+pub struct QueueEnvironment {
+    /// The owner.
+    pub owner: Weak<dyn QueueOwner>,
+    /// Where the actor's tasks are started.
+    pub tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for QueueEnvironment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueEnvironment").finish_non_exhaustive()
+    }
+}
+
 impl QueueHandle {
     /// Starts the actor for queue `name`, holding `recovered` messages (in order) to begin with.
+    ///
+    /// The actor is supervised: if it panics, the panic is logged with the queue's name, every
+    /// consumer's connection is ended with an ERROR, and the owner is told so that it restarts
+    /// the queue from its stored messages (durable queues) or removes it (transient ones).
     pub fn spawn(
         name: Arc<str>,
         settings: QueueSettings,
-        router: Weak<Router>,
+        environment: &QueueEnvironment,
         persistence: Option<Persistence>,
         recovered: Vec<QueuedMessage>,
     ) -> QueueHandle {
@@ -278,14 +345,17 @@ impl QueueHandle {
             depth: AtomicUsize::new(recovered.len()),
             consumers: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
+            consumer_outboxes: Mutex::new(Vec::new()),
             settlements,
         });
         let ready_bytes = recovered.iter().map(QueuedMessage::size).sum();
+        let persistence = persistence.filter(|_| settings.durable);
+        let stored_as = persistence.as_ref().map(|p| p.key.clone());
         let actor = QueueActor {
             shared: Arc::clone(&shared),
-            persistence: persistence.filter(|_| settings.durable),
+            persistence,
             settings,
-            router,
+            environment: environment.clone(),
             ready: recovered.into(),
             ready_bytes,
             unacked: FxHashMap::default(),
@@ -295,8 +365,34 @@ impl QueueHandle {
             writes: Vec::new(),
             waiting_for_disk: Vec::new(),
         };
-        tokio::spawn(actor.run(inbox, settlement_inbox));
+        let supervised = {
+            let shared = Arc::clone(&shared);
+            let owner = environment.owner.clone();
+            async move {
+                let run = std::panic::AssertUnwindSafe(actor.run(inbox, settlement_inbox));
+                if let Err(panic) = run.catch_unwind().await {
+                    let reason = panic_text(&panic);
+                    error!(queue = %shared.name, "queue actor panicked: {reason}; its consumers' connections are ended with an ERROR and the queue is restarted from its stored messages (or removed, if it kept none)");
+                    shared.fail_consumers();
+                    if let Some(owner) = owner.upgrade() {
+                        owner.queue_failed(Arc::as_ptr(&shared) as usize, stored_as);
+                    }
+                }
+            }
+        };
+        environment.tasks.spawn(supervised);
         QueueHandle { shared, mailbox }
+    }
+
+    /// Makes the actor panic (supervision tests).
+    #[cfg(test)]
+    pub(crate) async fn panic_for_test(&self) {
+        let _ = self.command(Command::Panic).await;
+    }
+
+    /// Identifies this queue's actor: equal for every handle to the same actor.
+    pub fn id(&self) -> usize {
+        Arc::as_ptr(&self.shared) as usize
     }
 
     /// The queue name (without `/queue/`).
@@ -377,7 +473,7 @@ impl QueueHandle {
 struct QueueActor {
     shared: Arc<Shared>,
     settings: QueueSettings,
-    router: Weak<Router>,
+    environment: QueueEnvironment,
     persistence: Option<Persistence>,
     ready: VecDeque<QueuedMessage>,
     ready_bytes: usize,
@@ -497,6 +593,11 @@ impl QueueActor {
         match command {
             Command::Publish { message, verdict } => self.enqueue(message, verdict),
             Command::AddConsumer(consumer) => {
+                self.shared
+                    .consumer_outboxes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((consumer.id, Arc::downgrade(&consumer.outbox)));
                 self.consumers.push(ConsumerState { consumer, unacked: 0, unacked_bytes: 0 });
                 self.shared.consumers.store(self.consumers.len(), Ordering::Relaxed);
             }
@@ -512,6 +613,8 @@ impl QueueActor {
                 self.settings.default_ttl_ms = ttl;
             }
             Command::Shutdown { .. } => {}
+            #[cfg(test)]
+            Command::Panic => panic!("a queue actor panicked on purpose"),
         }
     }
 
@@ -574,6 +677,7 @@ impl QueueActor {
     }
 
     fn remove_consumer(&mut self, consumer: u64) {
+        self.shared.consumer_outboxes.lock().unwrap_or_else(|p| p.into_inner()).retain(|(id, _)| *id != consumer);
         self.consumers.retain(|c| c.consumer.id != consumer);
         self.shared.consumers.store(self.consumers.len(), Ordering::Relaxed);
         let mut returned: Vec<QueuedMessage> = Vec::new();
@@ -635,7 +739,7 @@ impl QueueActor {
         if self.is_dead_letter_queue() {
             return false;
         }
-        let Some(router) = self.router.upgrade() else { return false };
+        let Some(owner) = self.environment.owner.upgrade() else { return false };
         let target = format!("{}{}", self.settings.dead_letter_prefix, self.shared.name);
         let mut headers = Headers::with_capacity(message.template.headers().len() + 2);
         for (name, value) in message.template.headers().iter_shared() {
@@ -657,14 +761,14 @@ impl QueueActor {
             expires_at_ms: Some(0),
             enqueued_at_ms: now_ms(),
         };
-        let queue = router.queue_or_create(&target);
+        let Some(queue) = owner.dead_letter_queue(&target) else { return false };
         debug!(queue = %self.shared.name, %target, reason, "dead-lettering message {}", message.id);
         // The move is stored by the dead-letter queue before this queue forgets the message:
         // at worst a crash in between leaves it in both (at least once, never lost).
         let writes_removal = self.persistence.as_ref().filter(|_| message.persistent).map(|persistence| {
             (Arc::clone(&persistence.store), Op::Remove { queue: persistence.key.clone(), seq: message.id })
         });
-        tokio::spawn(async move {
+        self.environment.tasks.spawn(async move {
             match queue.publish(moved).await {
                 Ok(verdict) => {
                     if let (Ok(Ok(())), Some((store, removal))) = (verdict.await, writes_removal) {
@@ -763,5 +867,49 @@ impl QueueActor {
             }
             self.unacked.insert(message.id, (state.consumer.id, message));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An owner that records what its queues tell it.
+    #[derive(Default)]
+    struct RecordingOwner {
+        failed: Mutex<Vec<(usize, Option<String>)>>,
+    }
+
+    impl QueueOwner for RecordingOwner {
+        fn dead_letter_queue(&self, _name: &str) -> Option<QueueHandle> {
+            None
+        }
+
+        fn queue_failed(&self, queue: usize, stored_as: Option<String>) {
+            self.failed.lock().unwrap().push((queue, stored_as));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_queue_actor_ends_its_consumers_connections_and_tells_its_owner() {
+        let owner = Arc::new(RecordingOwner::default());
+        let weak: Weak<dyn QueueOwner> = Arc::downgrade(&owner) as Weak<dyn QueueOwner>;
+        let environment = QueueEnvironment { owner: weak, tasks: TaskTracker::new() };
+        let queue = QueueHandle::spawn(Arc::from("jobs"), QueueSettings::default(), &environment, None, Vec::new());
+        let outbox = Outbox::new(1 << 20);
+        let consumer =
+            Consumer { id: 7, subscription: 1, outbox: Arc::clone(&outbox), prefetch: 10, window_bytes: 1 << 20 };
+        queue.add_consumer(consumer).await.unwrap();
+        queue.panic_for_test().await;
+        environment.tasks.close();
+        tokio::time::timeout(Duration::from_secs(5), environment.tasks.wait()).await.expect("the supervisor ends");
+        assert!(outbox.has_failed(), "the consumer's connection must be told");
+        assert_eq!(*owner.failed.lock().unwrap(), [(queue.id(), None)]);
+        assert!(
+            queue
+                .add_consumer(Consumer { id: 8, subscription: 2, outbox, prefetch: 1, window_bytes: 1 })
+                .await
+                .is_err()
+        );
     }
 }

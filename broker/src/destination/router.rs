@@ -16,9 +16,11 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use stampede_protocol::MessageTemplate;
 use stampede_storage::{Op, OwnerRecord, QueueKind, QueueRecord, Store};
-use tracing::warn;
+use tracing::{error, warn};
 
-use crate::destination::queue::{Persistence, QueueHandle, QueueSettings, QueuedMessage, Verdict, now_ms};
+use crate::destination::queue::{
+    Persistence, QueueEnvironment, QueueHandle, QueueOwner, QueueSettings, QueuedMessage, Verdict, now_ms,
+};
 use crate::destination::topic::{Sink, Topic, TopicPattern, TopicSubscriber};
 use crate::destination::vhost::{DEFAULT_VHOST, RouterSettings};
 
@@ -257,6 +259,8 @@ pub struct Router {
     limits: NameLimits,
     store: Option<Arc<dyn Store>>,
     ids: Arc<IdCounters>,
+    /// Handed to every queue actor this router starts.
+    environment: QueueEnvironment,
     this: Weak<Router>,
 }
 
@@ -286,8 +290,12 @@ impl Router {
     /// An in-memory router of virtual host `/` whose queues use `queue_settings` (benchmarks
     /// and unit tests).
     pub fn new(queue_settings: QueueSettings) -> Arc<Router> {
-        let settings =
-            RouterSettings { queue_settings, queue_overrides: HashMap::new(), limits: NameLimits::default() };
+        let settings = RouterSettings {
+            queue_settings,
+            queue_overrides: HashMap::new(),
+            limits: NameLimits::default(),
+            tasks: tokio_util::task::TaskTracker::new(),
+        };
         Router::for_vhost(DEFAULT_VHOST, settings, None, Arc::new(IdCounters::new()))
     }
 
@@ -299,7 +307,7 @@ impl Router {
         store: Option<Arc<dyn Store>>,
         ids: Arc<IdCounters>,
     ) -> Arc<Router> {
-        Arc::new_cyclic(|this| Router {
+        Arc::new_cyclic(|this: &Weak<Router>| Router {
             vhost: Arc::from(vhost),
             topics: RwLock::new(TopicTable::default()),
             queues: RwLock::new(HashMap::new()),
@@ -312,6 +320,7 @@ impl Router {
             limits: settings.limits,
             store,
             ids,
+            environment: QueueEnvironment { owner: this.clone(), tasks: settings.tasks },
             this: this.clone(),
         })
     }
@@ -484,7 +493,7 @@ impl Router {
             queue: QueueHandle::spawn(
                 Arc::from(name),
                 self.settings_for(name, false),
-                self.this.clone(),
+                &self.environment,
                 None,
                 Vec::new(),
             ),
@@ -587,7 +596,7 @@ impl Router {
         let queue = QueueHandle::spawn(
             Arc::from(name),
             self.settings_for(name, true),
-            self.this.clone(),
+            &self.environment,
             persistence,
             recovered,
         );
@@ -601,15 +610,25 @@ impl Router {
         queue
     }
 
+    /// Moves `user`'s count of durable subscriptions by `delta`.
+    fn count_durable(&self, user: &str, delta: isize) {
+        let mut creators = self.creators.lock().unwrap_or_else(|p| p.into_inner());
+        Creators::count(&mut creators.durables_per_user, user, delta);
+    }
+
+    /// Takes queue `name` off its creator's quota.
+    fn forget_creator(&self, name: &str) {
+        let mut creators = self.creators.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(user) = creators.queue_creator.remove(name) {
+            Creators::count(&mut creators.queues_per_user, &user, -1);
+        }
+    }
+
     /// Removes queue `name` and stops its actor; with `forget`, its stored messages go too.
     pub async fn delete_queue(&self, name: &str, forget: bool) {
         let removed = self.queues.write().unwrap_or_else(|p| p.into_inner()).remove(name);
         if let Some(queue) = removed {
-            let mut creators = self.creators.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(user) = creators.queue_creator.remove(name) {
-                Creators::count(&mut creators.queues_per_user, &user, -1);
-            }
-            drop(creators);
+            self.forget_creator(name);
             queue.shutdown(forget).await;
         }
     }
@@ -642,8 +661,7 @@ impl Router {
                             existing.owner = owner.clone();
                             self.define_durable(name, topic, &owner);
                             if let Some(user) = user {
-                                let mut creators = self.creators.lock().unwrap_or_else(|p| p.into_inner());
-                                Creators::count(&mut creators.durables_per_user, user, 1);
+                                self.count_durable(user, 1);
                             }
                             return Ok(existing.queue.clone());
                         }
@@ -662,8 +680,7 @@ impl Router {
             self.unsubscribe_topic(&old.registration);
             old.queue.shutdown(true).await;
             if let Some(user) = user {
-                let mut creators = self.creators.lock().unwrap_or_else(|p| p.into_inner());
-                Creators::count(&mut creators.durables_per_user, user, -1);
+                self.count_durable(user, -1);
             }
         }
         let mut durables = self.durables.lock().unwrap_or_else(|p| p.into_inner());
@@ -678,8 +695,7 @@ impl Router {
         let registration = self.bind(topic, queue.clone());
         durables.insert(name.to_owned(), Durable { queue: queue.clone(), registration, owner });
         if let Some(user) = user {
-            let mut creators = self.creators.lock().unwrap_or_else(|p| p.into_inner());
-            Creators::count(&mut creators.durables_per_user, user, 1);
+            self.count_durable(user, 1);
         }
         Ok(queue)
     }
@@ -726,7 +742,7 @@ impl Router {
         QueueHandle::spawn(
             display,
             self.settings_for(name, true),
-            self.this.clone(),
+            &self.environment,
             self.persistence(record),
             recovered,
         )
@@ -764,8 +780,7 @@ impl Router {
         };
         let Some(durable) = removed else { return Ok(false) };
         if let Ownership::User(Some(owner)) = &durable.owner {
-            let mut creators = self.creators.lock().unwrap_or_else(|p| p.into_inner());
-            Creators::count(&mut creators.durables_per_user, owner, -1);
+            self.count_durable(owner, -1);
         }
         self.unsubscribe_topic(&durable.registration);
         durable.queue.shutdown(true).await;
@@ -815,8 +830,7 @@ impl Router {
                         None => Ownership::Unclaimed,
                     };
                     if let Ownership::User(Some(user)) = &owner {
-                        let mut creators = self.creators.lock().unwrap_or_else(|p| p.into_inner());
-                        Creators::count(&mut creators.durables_per_user, user, 1);
+                        self.count_durable(user, 1);
                     }
                     let queue = self.spawn_durable(&name, record, messages);
                     let registration = self.bind(&topic, queue.clone());
@@ -852,6 +866,54 @@ impl Router {
     /// Every queue, for shutdown and management.
     pub fn queues(&self) -> Vec<QueueHandle> {
         self.queues.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+}
+
+impl QueueOwner for Router {
+    fn dead_letter_queue(&self, name: &str) -> Option<QueueHandle> {
+        Some(self.queue_or_create(name))
+    }
+
+    /// Forgets the failed actor wherever it is registered, then, for a durable queue or
+    /// subscription, reads its messages back from the store and starts it anew, bound as before.
+    /// A transient queue's messages were only in the actor, so it is gone.
+    fn queue_failed(&self, queue: usize, stored_as: Option<String>) {
+        let failed_queue = {
+            let mut queues = self.queues.write().unwrap_or_else(|p| p.into_inner());
+            let name = queues.iter().find(|(_, q)| q.id() == queue).map(|(name, _)| Arc::clone(name));
+            name.inspect(|name| {
+                queues.remove(name);
+            })
+        };
+        if let Some(name) = failed_queue {
+            self.forget_creator(&name);
+        }
+        let failed_durable = {
+            let mut durables = self.durables.lock().unwrap_or_else(|p| p.into_inner());
+            let name = durables.iter().find(|(_, d)| d.queue.id() == queue).map(|(name, _)| name.clone());
+            name.and_then(|name| durables.remove(&name))
+        };
+        if let Some(durable) = failed_durable {
+            self.unsubscribe_topic(&durable.registration);
+            if let Ownership::User(Some(user)) = &durable.owner {
+                self.count_durable(user, -1);
+            }
+        }
+        self.temporary.write().unwrap_or_else(|p| p.into_inner()).retain(|_, t| t.queue.id() != queue);
+        let (Some(key), Some(store), Some(router)) = (stored_as, self.store.clone(), self.this.upgrade()) else {
+            return;
+        };
+        self.environment.tasks.spawn(async move {
+            match tokio::task::spawn_blocking(move || store.recover()).await {
+                Ok(Ok(recovery)) => {
+                    let mine: Vec<_> = recovery.queues.into_iter().filter(|q| q.record.name == key).collect();
+                    let messages = router.restore(mine);
+                    warn!(queue = %key, messages, "queue restarted from its stored messages after a panic");
+                }
+                Ok(Err(error)) => error!(queue = %key, "cannot restart the queue after a panic: {error}"),
+                Err(error) => error!(queue = %key, "cannot restart the queue after a panic: {error}"),
+            }
+        });
     }
 }
 
@@ -947,6 +1009,52 @@ impl TopicMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_durable_queue_whose_actor_panics_is_restarted_from_its_stored_messages() {
+        let store: Arc<dyn Store> = Arc::new(stampede_storage::MemoryStore::new());
+        let settings = RouterSettings {
+            queue_settings: QueueSettings::default(),
+            queue_overrides: HashMap::new(),
+            limits: NameLimits::default(),
+            tasks: tokio_util::task::TaskTracker::new(),
+        };
+        let router = Router::for_vhost(DEFAULT_VHOST, settings, Some(store), Arc::new(IdCounters::new()));
+        let queue = router.client_queue("orders", None).unwrap();
+        let template =
+            Arc::new(MessageTemplate::new(stampede_protocol::Headers::new(), bytes::Bytes::from_static(b"kept")));
+        let message = QueuedMessage {
+            id: router.next_message_id(),
+            template,
+            delivery_count: 0,
+            persistent: true,
+            expires_at_ms: None,
+            enqueued_at_ms: now_ms(),
+        };
+        queue.publish(message).await.unwrap().await.unwrap().unwrap();
+        queue.panic_for_test().await;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            if let Some(restarted) = router.queue("orders").filter(|q| q.id() != queue.id()) {
+                assert_eq!(restarted.depth(), 1, "the stored message is back");
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the queue was not restarted");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_transient_queue_whose_actor_panics_is_removed() {
+        let router = Router::new(QueueSettings::default());
+        let queue = router.temporary_queue_for("reply-x", &Arc::from("session-x")).unwrap();
+        queue.panic_for_test().await;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while router.reply_queue("reply-x").is_some() {
+            assert!(tokio::time::Instant::now() < deadline, "the queue was not removed");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
 
     #[test]
     fn exchange_destinations_map_onto_topics_as_rabbitmq_routes_them() {

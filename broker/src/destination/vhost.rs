@@ -35,6 +35,9 @@ pub struct RouterSettings {
     pub queue_overrides: HashMap<String, QueueOverride>,
     /// Limits on the names clients create.
     pub limits: NameLimits,
+    /// Where queue actors and their dead-letter moves are started, so shutdown can wait for
+    /// exactly what runs.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 /// The broker's virtual hosts.
@@ -70,8 +73,12 @@ impl VirtualHosts {
 
     /// In-memory virtual hosts with default limits (benchmarks, fuzzing, unit tests).
     pub fn in_memory(queue_settings: QueueSettings) -> Arc<VirtualHosts> {
-        let settings =
-            RouterSettings { queue_settings, queue_overrides: HashMap::new(), limits: NameLimits::default() };
+        let settings = RouterSettings {
+            queue_settings,
+            queue_overrides: HashMap::new(),
+            limits: NameLimits::default(),
+            tasks: tokio_util::task::TaskTracker::new(),
+        };
         VirtualHosts::new(BTreeSet::new(), settings, None)
     }
 
@@ -125,10 +132,18 @@ impl VirtualHosts {
         info!(messages, queues, durable_subscriptions = durables, "recovered stored state");
     }
 
-    /// Stops every queue actor of every virtual host, so their last writes reach the store.
-    pub async fn stop_queues(&self) {
+    /// Stops every queue actor of every virtual host, so their last writes reach the store, and
+    /// waits (until `deadline`) for every task they started to end.
+    pub async fn stop_queues(&self, deadline: tokio::time::Instant) {
         for router in self.routers() {
             router.stop_queues().await;
+        }
+        self.settings.tasks.close();
+        if tokio::time::timeout_at(deadline, self.settings.tasks.wait()).await.is_err() {
+            tracing::warn!(
+                running = self.settings.tasks.len(),
+                "shutdown deadline passed with queue tasks still running"
+            );
         }
     }
 }
