@@ -751,12 +751,13 @@ async fn process_input(
                 }
             }
             Err(error) => {
-                let message = error.to_string();
-                // A frame over a size limit is "too large" (WebSocket 1009); anything else could
-                // not be decoded (1002).
-                let kind = match error {
-                    stampede_protocol::DecodeError::LimitExceeded { .. } => ErrorKind::TooLarge,
-                    _ => ErrorKind::Protocol,
+                // A frame over a size limit is "too large" (WebSocket 1009) and names the key
+                // that sets the limit; anything else could not be decoded (1002).
+                let (kind, message) = match error {
+                    stampede_protocol::DecodeError::LimitExceeded { kind, .. } => {
+                        (ErrorKind::TooLarge, format!("{error} ({})", crate::config::limit_key(kind)))
+                    }
+                    _ => (ErrorKind::Protocol, error.to_string()),
                 };
                 let stomp = StompError::of_kind(
                     kind,

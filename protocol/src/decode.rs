@@ -747,7 +747,7 @@ mod tests {
         // The command line counts as a header line.
         let (err, _) = trickle_error(b"SENDSENDSENDSENDSEND\n", limits);
         assert_eq!(err, DecodeError::LimitExceeded { kind: LimitKind::HeaderLine, limit: 16 });
-        assert!(err.to_string().contains("max_header_line"), "{err}");
+        assert!(err.to_string().contains("header line length limit of 16"), "{err}");
     }
 
     #[test]

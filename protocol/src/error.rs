@@ -15,19 +15,6 @@ pub enum LimitKind {
     Body,
 }
 
-impl LimitKind {
-    /// The configuration key that sets this limit in the broker, used in ERROR messages so the
-    /// reader knows what to raise.
-    pub fn config_key(self) -> &'static str {
-        match self {
-            LimitKind::HeaderLine => "max_header_line",
-            LimitKind::HeaderCount => "max_headers",
-            LimitKind::HeaderBytes => "max_header_bytes",
-            LimitKind::Body => "max_body",
-        }
-    }
-}
-
 impl fmt::Display for LimitKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -88,7 +75,7 @@ pub enum DecodeError {
     #[error("the {0} is not valid UTF-8")]
     InvalidUtf8(&'static str),
     /// A frame exceeded one of the caller's limits.
-    #[error("frame exceeds the {kind} limit of {limit} ({key})", key = kind.config_key())]
+    #[error("frame exceeds the {kind} limit of {limit}")]
     LimitExceeded {
         /// Which limit.
         kind: LimitKind,

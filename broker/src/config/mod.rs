@@ -26,6 +26,18 @@ use stampede_storage::{FsyncMode, StoreOptions};
 /// What `print-config` shows instead of a secret.
 const REDACTED: &str = "<redacted>";
 
+/// The configuration key that sets a decoder limit, for ERROR messages, so the reader knows
+/// what to raise.
+pub fn limit_key(kind: stampede_protocol::LimitKind) -> &'static str {
+    use stampede_protocol::LimitKind;
+    match kind {
+        LimitKind::HeaderLine => "max_header_line",
+        LimitKind::HeaderCount => "max_headers",
+        LimitKind::HeaderBytes => "max_header_bytes",
+        LimitKind::Body => "max_body",
+    }
+}
+
 /// The broker's settings. Field names are the TOML keys.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
