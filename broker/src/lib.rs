@@ -8,8 +8,10 @@
 //! - [`router`]: destination names to topics and queues, within one virtual host.
 //! - [`topic`] and [`queue`]: the two kinds of destination; a queue is an actor.
 //! - [`outbox`]: the bounded buffer between destinations and a connection.
+//! - `public_http`: plain HTTP on the WebSocket port (426, 404), before the upgrade.
 //! - [`error`]: the one mapping from failures to ERROR frames.
-//! - [`config`]: defaults, TOML file, environment and flags.
+//! - [`config`]: defaults, TOML file, environment and flags; [`values`]: sizes, addresses,
+//!   booleans and log levels as people write them.
 //! - [`auth`]: users, tokens, permissions; [`tls`]: rustls acceptors; [`security`]: destination
 //!   patterns, redaction of secrets in traces, per-address connection counts.
 #![forbid(unsafe_code)]
@@ -19,6 +21,7 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod outbox;
+mod public_http;
 pub mod queue;
 pub mod router;
 pub mod security;
@@ -26,6 +29,7 @@ pub mod server;
 pub mod session;
 pub mod tls;
 pub mod topic;
+pub mod values;
 pub mod vhost;
 
 pub use config::{Cli, Config};
