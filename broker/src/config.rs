@@ -38,7 +38,8 @@ pub struct Config {
     /// Address for STOMP over WebSocket.
     #[serde(with = "crate::values::serde_with::address")]
     pub ws_addr: SocketAddr,
-    /// HTTP path of the WebSocket endpoint; other paths get 404.
+    /// HTTP path of the WebSocket endpoint; a plain request on it gets 426 naming the STOMP
+    /// URL, other paths get 404.
     pub ws_path: String,
     /// Where durable data lives.
     pub data_dir: PathBuf,

@@ -153,19 +153,11 @@ pub struct QueueSettings {
 }
 
 impl Default for QueueSettings {
+    /// The settings of the default configuration (one source of defaults: [`Config::default`]).
+    ///
+    /// [`Config::default`]: crate::Config
     fn default() -> Self {
-        QueueSettings {
-            max_deliveries: 10,
-            dead_letter_prefix: "DLQ.".to_owned(),
-            max_length: 1_000_000,
-            max_bytes: 1024 * 1024 * 1024,
-            max_length_key: "queue_max_length".to_owned(),
-            max_bytes_key: "queue_max_bytes".to_owned(),
-            overflow: OverflowPolicy::Reject,
-            default_ttl_ms: 0,
-            expired: ExpiredPolicy::Drop,
-            durable: true,
-        }
+        crate::Config::default().queue_settings()
     }
 }
 

@@ -577,11 +577,12 @@ impl Router {
     pub async fn delete_queue(&self, name: &str, forget: bool) {
         let removed = self.queues.write().unwrap_or_else(|p| p.into_inner()).remove(name);
         if let Some(queue) = removed {
-            let mut creators = self.creators.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(user) = creators.queue_creator.remove(name) {
-                Creators::count(&mut creators.queues_per_user, &user, -1);
+            {
+                let mut creators = self.creators.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(user) = creators.queue_creator.remove(name) {
+                    Creators::count(&mut creators.queues_per_user, &user, -1);
+                }
             }
-            drop(creators);
             queue.shutdown(forget).await;
         }
     }

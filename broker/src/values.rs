@@ -52,7 +52,7 @@ pub fn human_size(bytes: usize) -> String {
     let bytes64 = bytes as u64;
     for (unit, size) in UNITS {
         if bytes64 >= size {
-            if bytes64 % size == 0 {
+            if bytes64.is_multiple_of(size) {
                 return format!("{} {unit}", bytes64 / size);
             }
             #[expect(clippy::cast_precision_loss, reason = "one decimal is shown")]

@@ -326,3 +326,20 @@ fn storage_reports_its_start_in_one_line() {
     assert_eq!(storage.len(), 1, "{storage:#?}");
     assert!(storage[0].contains("recovered 0 stored messages"), "{}", storage[0]);
 }
+
+#[test]
+fn the_default_max_connections_is_fitted_to_the_file_limit_at_info_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", "ulimit -n 2000 && exec \"$0\" \"$@\""])
+        .arg(broker_binary())
+        .args(listening_args(&dir.path().join("data")))
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null());
+    let mut broker = Running::start(command);
+    broker.wait_for("STOMP over TCP listening on");
+    let fitted = broker.wait_for("max_connections");
+    assert!(fitted.contains("INFO") && fitted.contains("max_connections is 1936"), "{fitted}");
+    assert!(!broker.seen.iter().any(|line| line.contains("WARN")), "{}", broker.seen.join("\n"));
+}
