@@ -4,7 +4,8 @@
 //! The folders follow the path of a message, from the socket inwards:
 //! - [`server`]: the composition root: opens storage, recovers, binds the listeners, and owns
 //!   the broker's lifetime ([`server::start`], [`RunningBroker`]).
-//! - [`listener`]: what happens between `accept` and a STOMP session: TLS ([`listener::tls`]).
+//! - [`listener`]: what happens between `accept` and a STOMP session: TLS ([`listener::tls`]),
+//!   plain HTTP on the WebSocket port before the upgrade (426, 404; later the fallback and demo).
 //! - [`connection`]: one task per connection: socket, decoder, heart-beats, outbox, close codes.
 //! - [`session`]: the STOMP state machine of one client, free of socket code.
 //! - [`destination`]: where messages go: virtual hosts ([`destination::vhost`]), each with a
@@ -14,7 +15,8 @@
 //! - [`security`]: users, tokens and permission rules ([`security::auth`]), permission patterns,
 //!   redaction of secrets in traces, per-address connection counts.
 //! - [`error`]: the one mapping from failures to ERROR frames.
-//! - [`config`]: defaults, TOML file, environment and flags.
+//! - [`config`]: defaults, TOML file, environment and flags; [`config::values`]: sizes,
+//!   addresses, booleans and log levels as people write them.
 //!
 //! The management HTTP surface (`http/`), backend bridges (`bridge/`) and cluster mode
 //! (`cluster/`) join these as folders of their own.

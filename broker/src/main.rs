@@ -1,34 +1,82 @@
 //! The `stampede` binary: parse the command line, start the broker, stop on Ctrl-C or SIGTERM.
+//!
+//! Whatever goes wrong is printed once, as a sentence: the broker's errors carry their whole
+//! explanation, so their causes are shown only when they add something.
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use stampede_broker::config::Command;
-use stampede_broker::{Cli, start};
+use stampede_broker::config::{self, Command};
+use stampede_broker::{Cli, Config, start};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("stampede: {}", describe(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Command::Passwd { password }) = &cli.command {
         return passwd(password.clone());
     }
-    let config = cli.resolve()?;
-    if let Some(Command::PrintConfig) = cli.command {
-        print!("{}", toml::to_string(&config.for_display()).context("cannot render the configuration")?);
+    let environment = config::environment();
+    let mut config = cli.resolve_with(&environment)?;
+    if let Some(Command::PrintConfig { env }) = cli.command {
+        stampede_broker::server::check(&config)?;
+        if env {
+            print!("{}", config.as_environment());
+        } else {
+            print!("{}", toml::to_string(&config.for_display()).context("cannot render the configuration")?);
+        }
         return Ok(());
     }
-    let filter =
-        EnvFilter::try_new(&config.log_level).with_context(|| format!("invalid --log-level {:?}", config.log_level))?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
-
-    raise_file_limit(config.max_connections);
-    let broker = start(&config).await.context("cannot start the broker")?;
+    init_logging(&config.log_filter()?)?;
+    for variable in config::unknown_variables(&environment) {
+        tracing::warn!(
+            "ignoring the environment variable {variable}: there is no configuration key {} (`stampede print-config --env` lists the variables)",
+            variable[config::ENV_PREFIX.len()..].to_ascii_lowercase()
+        );
+    }
+    fit_file_limit(&mut config);
+    let broker = start(&config).await?;
     tokio::spawn(return_freed_memory());
     wait_for_signal().await;
     tracing::info!("shutting down");
     broker.shutdown(Duration::from_secs(10)).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The error and those of its causes that its message does not already contain.
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+/// Logs to standard output, in colour only on a terminal and when `NO_COLOR` is unset or empty
+/// (<https://no-color.org>), so that a log file holds no escape codes.
+fn init_logging(filter: &str) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
+    let colour = std::io::stdout().is_terminal() && !no_color;
+    let filter = EnvFilter::try_new(filter).with_context(|| format!("invalid log_level {filter:?}"))?;
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(colour).init();
     Ok(())
 }
 
@@ -76,19 +124,43 @@ async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-/// Raises the soft limit on open files to the hard limit, since every connection is a file
-/// descriptor: many systems start processes at a soft limit of 1,024, which would make the OS
-/// refuse connections far below `max_connections`. Going past the hard limit needs privileges
-/// (`ulimit -Hn`, systemd's `LimitNOFILE=`); when even the hard limit is below
-/// `max_connections`, the broker says so at start-up instead of failing under load.
+/// Fits `max_connections` to the open-file limit, since every connection is a file descriptor.
+///
+/// The soft limit is first raised to the hard limit (many systems start processes at 1,024).
+/// Going past the hard limit needs privileges (`ulimit -Hn`, systemd's `LimitNOFILE=`). When
+/// even that is below `max_connections`: the default is lowered to what fits and the broker
+/// says so at info level; a value someone configured is kept, with a warning, rather than
+/// failing under load without explanation.
+fn fit_file_limit(config: &mut Config) {
+    let Some((soft, hard)) = raise_file_limit() else { return };
+    // Listeners, the store's files and log output need a few descriptors besides connections.
+    let room = usize::try_from(soft).unwrap_or(usize::MAX).saturating_sub(64).max(1);
+    if room >= config.max_connections {
+        tracing::debug!(open_files = soft, "open-file limit");
+    } else if config.max_connections == Config::default().max_connections {
+        tracing::info!(
+            "max_connections is {room} to fit the open-file limit of {soft} (raise the limit, e.g. ulimit -n or systemd LimitNOFILE, for more)"
+        );
+        config.max_connections = room;
+    } else {
+        tracing::warn!(
+            open_files = soft,
+            hard_limit = hard,
+            "the open-file limit allows about {room} connections, fewer than max_connections ({}); raise it (ulimit -n, systemd LimitNOFILE) to hold more",
+            config.max_connections
+        );
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit; returns both.
 #[cfg(unix)]
-fn raise_file_limit(max_connections: usize) {
+fn raise_file_limit() -> Option<(u64, u64)> {
     // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
     #[allow(unsafe_code)]
-    let (soft, hard) = unsafe {
+    unsafe {
         let mut limit: libc::rlimit = std::mem::zeroed();
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return;
+            return None;
         }
         if limit.rlim_cur < limit.rlim_max {
             let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
@@ -96,24 +168,14 @@ fn raise_file_limit(max_connections: usize) {
                 limit = raised;
             }
         }
-        (limit.rlim_cur, limit.rlim_max)
-    };
-    // Listeners, the store's files and log output need a few descriptors besides connections.
-    let room = usize::try_from(soft).unwrap_or(usize::MAX).saturating_sub(64);
-    if room < max_connections {
-        tracing::warn!(
-            open_files = soft,
-            hard_limit = hard,
-            max_connections,
-            "the open-file limit allows about {room} connections, fewer than max_connections; raise it (ulimit -n, systemd LimitNOFILE) to hold more"
-        );
-    } else {
-        tracing::debug!(open_files = soft, "open-file limit");
+        Some((limit.rlim_cur, limit.rlim_max))
     }
 }
 
 #[cfg(not(unix))]
-fn raise_file_limit(_max_connections: usize) {}
+fn raise_file_limit() -> Option<(u64, u64)> {
+    None
+}
 
 /// Gives memory freed after a burst (thousands of connections that came and went, a backlog
 /// that drained) back to the operating system.

@@ -32,6 +32,7 @@ use crate::connection::{self, ConnectionContext, Transport};
 use crate::destination::router::Router;
 use crate::destination::vhost::{RouterSettings, VirtualHosts};
 use crate::error::StompError;
+use crate::listener::public_http::{self, Replayed, Routed};
 use crate::security::auth::{Authenticator, Credentials};
 use crate::security::{AddressPermit, PerAddress};
 use stampede_storage::{MemoryStore, SledStore, Store};
@@ -115,33 +116,68 @@ impl RunningBroker {
     }
 }
 
-/// Why the broker could not start.
+/// Why the broker could not start. Each message is a whole sentence for the person who started
+/// it, so the binary prints it once, without its causes repeated after it.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A listener could not bind.
-    #[error(transparent)]
-    Listen(#[from] std::io::Error),
+    #[error("{}", bind_message(what, *addr, cause))]
+    Listen {
+        /// Which listener, e.g. "STOMP".
+        what: &'static str,
+        /// Its address.
+        addr: SocketAddr,
+        /// Why (explained in the message, so not a `source`).
+        cause: std::io::Error,
+    },
     /// The settings are inconsistent or insecure, or a key, certificate or hash is unusable.
     #[error("{0}")]
     Config(String),
-    /// The data directory could not be opened or read.
-    #[error("cannot open the data directory {dir}: {source}")]
+    /// `data_dir` names something that is not a directory.
+    #[error("data_dir {} is a file, not a directory", dir.display())]
+    DataDirIsFile {
+        /// The path.
+        dir: std::path::PathBuf,
+    },
+    /// The data directory could not be opened or read (the storage error names it).
+    #[error("{source}")]
     Storage {
         /// The directory.
         dir: std::path::PathBuf,
         /// Why.
         source: stampede_storage::StorageError,
     },
+    /// A start-up task failed inside the broker.
+    #[error("internal error while starting: {0}")]
+    Internal(String),
 }
 
-/// Opens storage, recovers stored queues and durable subscriptions, then binds the listeners
-/// and starts serving. Nothing is accepted before recovery is complete.
+/// "cannot listen on ADDR (WHAT): REASON", with the usual causes explained.
+fn bind_message(what: &str, addr: SocketAddr, error: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    let reason = match error.kind() {
+        ErrorKind::AddrInUse => "address already in use (is another broker running?)".to_owned(),
+        ErrorKind::PermissionDenied => "permission denied (ports below 1024 need privileges)".to_owned(),
+        ErrorKind::AddrNotAvailable => "this machine has no such address".to_owned(),
+        _ => error.to_string(),
+    };
+    format!("cannot listen on {addr} for {what}: {reason}")
+}
+
+/// Checks everything a start checks before it touches the data directory or the network: the
+/// settings, the users' password hashes, the token keys and the TLS files. `print-config` runs
+/// it, so a mistake shows there and not only at start-up.
 ///
 /// # Errors
-/// When storage cannot be opened or a listener cannot bind (address in use, permission denied).
-pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
+/// The first problem found.
+pub fn check(config: &Config) -> Result<(), StartError> {
+    prepare(config).map(drop)
+}
+
+/// The authenticator and the TLS acceptors (STOMP, wss) a configuration describes.
+fn prepare(config: &Config) -> Result<(Authenticator, Option<(TlsAcceptor, TlsAcceptor)>), StartError> {
     config.validate().map_err(|e| StartError::Config(e.to_string()))?;
-    let auth = Arc::new(Authenticator::from_config(config).map_err(|e| StartError::Config(e.to_string()))?);
+    let auth = Authenticator::from_config(config).map_err(|e| StartError::Config(e.to_string()))?;
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => {
             let stomp =
@@ -152,6 +188,17 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
         }
         _ => None,
     };
+    Ok((auth, tls))
+}
+
+/// Opens storage, recovers stored queues and durable subscriptions, then binds the listeners
+/// and starts serving. Nothing is accepted before recovery is complete.
+///
+/// # Errors
+/// When storage cannot be opened or a listener cannot bind (address in use, permission denied).
+pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
+    let (auth, tls) = prepare(config)?;
+    let auth = Arc::new(auth);
     let store = open_store(config).await?;
     let settings = RouterSettings {
         queue_settings: config.queue_settings(),
@@ -165,13 +212,21 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
         let store = Arc::clone(&store);
         tokio::task::spawn_blocking(move || store.recover())
             .await
-            .map_err(|e| StartError::Listen(std::io::Error::other(e)))?
+            .map_err(|e| StartError::Internal(e.to_string()))?
             .map_err(|source| StartError::Storage { dir: config.data_dir.clone(), source })?
     };
-    let recovered = recovery.message_count();
-    vhosts.restore(recovery);
-    if recovered > 0 {
-        info!("recovered {recovered} stored messages in {:?}", started.elapsed());
+    let restored = vhosts.restore(recovery);
+    match config.storage {
+        StorageKind::Memory => info!("storage: in memory (nothing survives a restart)"),
+        StorageKind::Sled => info!(
+            "storage: sled in {} (fsync {}); recovered {} stored messages in {:?} ({} queues, {} durable subscriptions)",
+            config.data_dir.display(),
+            config.fsync,
+            restored.messages,
+            started.elapsed(),
+            restored.queues,
+            restored.durable_subscriptions
+        ),
     }
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -214,7 +269,7 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
     }
     let mut addrs = Addrs::default();
     for (listener, kind) in &bound {
-        let addr = listener.local_addr()?;
+        let addr = listener.local_addr().map_err(|e| StartError::Internal(e.to_string()))?;
         match kind {
             Listener::Stomp => {
                 addrs.stomp = Some(addr);
@@ -262,8 +317,8 @@ struct Addrs {
     wss: Option<SocketAddr>,
 }
 
-async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|e| StartError::Listen(with_addr(e, what, addr)))
+async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|cause| StartError::Listen { what, addr, cause })
 }
 
 /// Says at start-up who may connect and from where.
@@ -300,19 +355,17 @@ async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
         StorageKind::Memory => Ok(Arc::new(MemoryStore::new())),
         StorageKind::Sled => {
             let dir = config.data_dir.clone();
+            if dir.exists() && !dir.is_dir() {
+                return Err(StartError::DataDirIsFile { dir });
+            }
             let options = config.store_options();
             let opened = tokio::task::spawn_blocking(move || SledStore::open(&dir, options))
                 .await
-                .map_err(|e| StartError::Listen(std::io::Error::other(e)))?;
+                .map_err(|e| StartError::Internal(e.to_string()))?;
             let store = opened.map_err(|source| StartError::Storage { dir: config.data_dir.clone(), source })?;
-            info!(dir = %config.data_dir.display(), fsync = %config.fsync, "storage open");
             Ok(Arc::new(store))
         }
     }
-}
-
-fn with_addr(error: std::io::Error, what: &str, addr: SocketAddr) -> std::io::Error {
-    std::io::Error::new(error.kind(), format!("cannot listen for {what} on {addr}: {error}"))
 }
 
 #[derive(Clone)]
@@ -430,7 +483,7 @@ fn handle(
         let deadline = Instant::now() + shared.handshake_timeout;
         let connection: Option<Connection> = match &kind {
             Listener::Stomp => Some(serve(Transport::Stream(stream), None, peer, id, &shared)),
-            Listener::WebSocket => Box::pin(websocket(stream, peer, &shared.ws, deadline))
+            Listener::WebSocket => Box::pin(plain_websocket(stream, peer, &shared.ws, deadline))
                 .await
                 .map(|(transport, credentials)| serve(transport, credentials, peer, id, &shared)),
             Listener::StompTls(acceptor) => Box::pin(tls_handshake(acceptor, stream, peer, deadline))
@@ -482,6 +535,17 @@ async fn tls_handshake(
     }
 }
 
+/// The WebSocket handshake on a plain listener.
+async fn plain_websocket(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ws: &WsSettings,
+    deadline: Instant,
+) -> Option<(Transport<Replayed<TcpStream>>, Option<Credentials>)> {
+    let local = stream.local_addr().unwrap_or(peer);
+    websocket(stream, peer, local, false, ws, deadline).await
+}
+
 /// The TLS handshake, then the WebSocket handshake over it.
 async fn secure_websocket(
     acceptor: &TlsAcceptor,
@@ -489,18 +553,35 @@ async fn secure_websocket(
     peer: SocketAddr,
     ws: &WsSettings,
     deadline: Instant,
-) -> Option<(Transport<tokio_rustls::server::TlsStream<TcpStream>>, Option<Credentials>)> {
+) -> Option<(Transport<Replayed<tokio_rustls::server::TlsStream<TcpStream>>>, Option<Credentials>)> {
+    let local = stream.local_addr().unwrap_or(peer);
     let tls = tls_handshake(acceptor, stream, peer, deadline).await?;
-    websocket(tls, peer, ws, deadline).await
+    websocket(tls, peer, local, true, ws, deadline).await
 }
 
-/// The WebSocket handshake, with the credentials of the upgrade request if it had any.
+/// The request head first ([`public_http::route`] answers plain HTTP requests), then the
+/// WebSocket handshake, with the credentials of the upgrade request if it had any.
 async fn websocket<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     peer: SocketAddr,
+    local: SocketAddr,
+    secure: bool,
     ws: &WsSettings,
     deadline: Instant,
-) -> Option<(Transport<S>, Option<Credentials>)> {
+) -> Option<(Transport<Replayed<S>>, Option<Credentials>)> {
+    let endpoint = public_http::Endpoint { path: &ws.path, secure, local };
+    let stream = match timeout_at(deadline, public_http::route(stream, &endpoint)).await {
+        Ok(Ok(Routed::Upgrade(stream))) => stream,
+        Ok(Ok(Routed::Answered)) => return None,
+        Ok(Err(error)) => {
+            debug!(%peer, "HTTP request failed: {error}");
+            return None;
+        }
+        Err(_) => {
+            debug!(%peer, "HTTP request head timed out");
+            return None;
+        }
+    };
     let mut credentials = None;
     #[allow(clippy::result_large_err)] // tungstenite's callback signature
     let callback = |request: &Request, response: Response| {
@@ -544,7 +625,7 @@ fn refuse(stream: TcpStream, peer: SocketAddr, kind: Listener, shared: &Arc<Shar
         match kind {
             Listener::Stomp => connection::send_and_close(Transport::Stream(stream), bytes).await,
             Listener::WebSocket => {
-                if let Some((transport, _)) = websocket(stream, peer, &shared.ws, deadline).await {
+                if let Some((transport, _)) = plain_websocket(stream, peer, &shared.ws, deadline).await {
                     connection::send_and_close(transport, bytes).await;
                 }
             }
@@ -554,8 +635,7 @@ fn refuse(stream: TcpStream, peer: SocketAddr, kind: Listener, shared: &Arc<Shar
                 }
             }
             Listener::Wss(acceptor) => {
-                let Some(tls) = tls_handshake(&acceptor, stream, peer, deadline).await else { return };
-                if let Some((transport, _)) = websocket(tls, peer, &shared.ws, deadline).await {
+                if let Some((transport, _)) = secure_websocket(&acceptor, stream, peer, &shared.ws, deadline).await {
                     connection::send_and_close(transport, bytes).await;
                 }
             }
@@ -568,18 +648,11 @@ fn normalize_origin(origin: &str) -> String {
     origin.trim().trim_end_matches('/').to_ascii_lowercase()
 }
 
-/// The WebSocket handshake check: the path must match, a browser's `Origin` must be allowed,
-/// and the highest STOMP subprotocol the client offers is echoed (a client offering none still
-/// gets STOMP, with the version its CONNECT asks for).
+/// The WebSocket handshake check (the path was checked by [`public_http::route`]): a browser's
+/// `Origin` must be allowed, and the highest STOMP subprotocol the client offers is echoed (a
+/// client offering none still gets STOMP, with the version its CONNECT asks for).
 #[allow(clippy::result_large_err)] // tungstenite's callback signature
 fn negotiate(request: &Request, mut response: Response, ws: &WsSettings) -> Result<Response, ErrorResponse> {
-    let path = &ws.path;
-    if request.uri().path() != path {
-        let mut refusal =
-            ErrorResponse::new(Some(format!("No STOMP endpoint here; STOMP over WebSocket is served at {path}\n")));
-        *refusal.status_mut() = StatusCode::NOT_FOUND;
-        return Err(refusal);
-    }
     let origin = request.headers().get("origin").filter(|_| !ws.allowed_origins.is_empty());
     if let Some(origin) = origin {
         let origin = origin.to_str().map(normalize_origin).unwrap_or_default();

@@ -25,6 +25,15 @@ pub enum StorageError {
         source: Arc<io::Error>,
     },
 
+    /// Another process holds the data directory's lock (another broker uses it).
+    #[error("{}", locked_message(path, *holder))]
+    Locked {
+        /// The data directory.
+        path: PathBuf,
+        /// The pid of the process holding the lock, when it could be found.
+        holder: Option<u32>,
+    },
+
     /// Reading from or writing to the data directory failed (disk full, I/O error).
     #[error("storage I/O error while {action} in {path}: {source}")]
     Io {
@@ -85,6 +94,12 @@ pub enum StorageError {
     /// A configuration value could not be understood.
     #[error("invalid storage option: {0}")]
     InvalidOption(String),
+}
+
+fn locked_message(path: &std::path::Path, holder: Option<u32>) -> String {
+    let process = holder
+        .map_or_else(|| "another stampede process".to_owned(), |pid| format!("another stampede process (pid {pid})"));
+    format!("{process} is using the data directory {}", path.display())
 }
 
 impl StorageError {

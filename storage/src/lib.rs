@@ -55,6 +55,7 @@
 
 mod codec;
 mod error;
+mod lock_holder;
 mod memory;
 mod model;
 mod options;

@@ -93,8 +93,9 @@ impl SledStore {
     /// Blocking: sled replays its log here. Call [`Store::recover`] next to read the contents.
     ///
     /// # Errors
-    /// [`StorageError::Open`] if the directory cannot be created or opened, for instance when it
-    /// is not writable or another process holds its lock; other variants for engine failures.
+    /// [`StorageError::Locked`] when another process holds the directory's lock,
+    /// [`StorageError::Open`] if it cannot be created or opened (not writable, say); other
+    /// variants for engine failures.
     pub fn open(dir: &Path, options: StoreOptions) -> Result<SledStore, StorageError> {
         let path = dir.to_path_buf();
         std::fs::create_dir_all(&path).map_err(|e| StorageError::Open { path: path.clone(), source: Arc::new(e) })?;
@@ -116,7 +117,7 @@ impl SledStore {
             .name("stampede-storage".into())
             .spawn(move || writer.run())
             .map_err(|e| StorageError::Open { path: path.clone(), source: Arc::new(e) })?;
-        info!(path = %path.display(), "message store opened");
+        debug!(path = %path.display(), "message store opened");
         Ok(SledStore { commands: Some(commands), writer: Some(writer), shared, path, max_pending })
     }
 
@@ -223,6 +224,10 @@ impl Engine {
                 Ok(db) => break db,
                 Err(sled::Error::Io(source)) if is_lock_contention(&source) && std::time::Instant::now() < grace => {
                     std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(sled::Error::Io(source)) if is_lock_contention(&source) => {
+                    let holder = crate::lock_holder::lock_holder(&path.join("db"));
+                    return Err(StorageError::Locked { path: path.to_path_buf(), holder });
                 }
                 Err(sled::Error::Io(source)) => {
                     return Err(StorageError::Open { path: path.to_path_buf(), source: Arc::new(source) });
@@ -429,7 +434,7 @@ impl Writer {
             warn!(path = %path.display(), queue = %problem.queue, position = %problem.position,
                 kind = ?problem.kind, detail = %problem.detail, "recovery skipped a stored record");
         }
-        info!(path = %path.display(), queues = recovery.queues.len(), messages = recovery.message_count(),
+        debug!(path = %path.display(), queues = recovery.queues.len(), messages = recovery.message_count(),
             problems = recovery.problems.len(), elapsed_ms = started.elapsed().as_millis() as u64, "message store recovered");
         self.sync_all()?;
         Ok(recovery)

@@ -1,9 +1,12 @@
 //! Configuration: built-in defaults, then a TOML file, then environment variables and flags.
 //!
-//! Every key of the TOML file has the same name as its flag (with `_` for `-`), and every flag
-//! can also come from a `STAMPEDE_*` environment variable, so the same settings work in a
-//! systemd unit, a container and a shell. Every limit has a default here and is named in the
+//! Every key of the TOML file has the same name as its flag (with `_` for `-`), and every key
+//! (but the `[queues]`, `[users]` and `[jwt]` tables) can also come from a `STAMPEDE_<KEY>`
+//! environment variable, so the same settings work in a systemd unit, a container and a shell;
+//! a `STAMPEDE_*` variable that names no key is warned about rather than silently ignored. Every limit has a default here and is named in the
 //! ERROR a client gets when it hits it.
+
+pub mod values;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -43,10 +46,13 @@ pub fn limit_key(kind: stampede_protocol::LimitKind) -> &'static str {
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address for STOMP over TCP.
+    #[serde(with = "crate::config::values::serde_with::address")]
     pub stomp_addr: SocketAddr,
     /// Address for STOMP over WebSocket.
+    #[serde(with = "crate::config::values::serde_with::address")]
     pub ws_addr: SocketAddr,
-    /// HTTP path of the WebSocket endpoint; other paths get 404.
+    /// HTTP path of the WebSocket endpoint; a plain request on it gets 426 naming the STOMP
+    /// URL, other paths get 404.
     pub ws_path: String,
     /// Where durable data lives.
     pub data_dir: PathBuf,
@@ -68,17 +74,21 @@ pub struct Config {
     pub write_timeout_ms: u64,
 
     /// Longest header line, in bytes.
+    #[serde(with = "crate::config::values::serde_with::size")]
     pub max_header_line: usize,
     /// Most headers per frame.
     pub max_headers: usize,
     /// Most bytes of command plus headers per frame.
+    #[serde(with = "crate::config::values::serde_with::size")]
     pub max_header_bytes: usize,
     /// Largest body, in bytes.
+    #[serde(with = "crate::config::values::serde_with::size")]
     pub max_body: usize,
     /// Most simultaneous connections.
     pub max_connections: usize,
     /// Bytes of topic messages queued for one connection before the slow-consumer policy
     /// applies.
+    #[serde(with = "crate::config::values::serde_with::size")]
     pub max_outbox_bytes: usize,
     /// `disconnect` (ERROR and close) or `drop-oldest` (drop and count).
     pub slow_consumer_policy: SlowConsumerPolicy,
@@ -87,6 +97,7 @@ pub struct Config {
     /// Most unacknowledged messages per consumer (caps any prefetch asked for).
     pub max_unacked_per_consumer: u32,
     /// Unacknowledged bytes per consumer.
+    #[serde(with = "crate::config::values::serde_with::size")]
     pub consumer_window_bytes: usize,
     /// Prefetch of `ack:auto` subscriptions that ask for none.
     pub default_prefetch_auto: u32,
@@ -95,10 +106,12 @@ pub struct Config {
     /// Most frames buffered in one transaction.
     pub max_transaction_frames: usize,
     /// Most body bytes buffered in one transaction.
+    #[serde(with = "crate::config::values::serde_with::size")]
     pub max_transaction_bytes: usize,
     /// Most open transactions of one connection; one more BEGIN gets an ERROR.
     pub max_transactions_per_connection: usize,
     /// Most body bytes buffered by all of one connection's open transactions together.
+    #[serde(with = "crate::config::values::serde_with::size")]
     pub max_transaction_bytes_per_connection: usize,
     /// Most queues per virtual host (dead-letter queues included; temporary queues are bounded
     /// per connection instead); a SEND or SUBSCRIBE that would create one more gets an ERROR.
@@ -121,7 +134,7 @@ pub struct Config {
     /// Largest WebSocket message, in bytes (bounds reassembly inside tungstenite) [default:
     /// the largest frame accepted, `max_body` + `max_header_bytes` + 64, from their effective
     /// values].
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "crate::config::values::serde_with::optional_size")]
     pub ws_max_message_size: Option<usize>,
 
     /// When a persistent message counts as stored: `always` (fsync before the RECEIPT; each
@@ -137,6 +150,7 @@ pub struct Config {
     /// Most messages waiting in one queue.
     pub queue_max_length: usize,
     /// Most bytes waiting in one queue.
+    #[serde(with = "crate::config::values::serde_with::size")]
     pub queue_max_bytes: usize,
     /// `reject` (publisher gets an ERROR) or `drop-oldest`.
     pub queue_overflow: OverflowPolicy,
@@ -154,9 +168,11 @@ pub struct Config {
     pub max_connections_per_ip: usize,
     /// Apply `max_connections_per_ip` to loopback clients too. Off by default: behind a reverse
     /// proxy on the same host every client arrives from 127.0.0.1.
+    #[serde(with = "crate::config::values::serde_with::boolean")]
     pub max_connections_per_ip_loopback: bool,
     /// With no `users` and no `[jwt]`, every client is accepted; that is only allowed on
     /// loopback listeners unless this is true.
+    #[serde(with = "crate::config::values::serde_with::boolean")]
     pub allow_anonymous: bool,
     /// Users, `[users.<name>]` tables with `password_hash` (from `stampede passwd`) and
     /// optional `read`/`write` destination patterns and `[users.<name>.vhosts.<vhost>]` tables.
@@ -178,13 +194,14 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
     /// Address for STOMP over TLS [default when TLS is on: the STOMP address's IP, port 61614].
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "crate::config::values::serde_with::optional_address")]
     pub stomp_tls_addr: Option<SocketAddr>,
     /// Address for STOMP over secure WebSocket [default when TLS is on: the WebSocket
     /// address's IP, port 15673].
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "crate::config::values::serde_with::optional_address")]
     pub wss_addr: Option<SocketAddr>,
     /// Serve only over TLS: the plain STOMP and WebSocket listeners are not opened.
+    #[serde(with = "crate::config::values::serde_with::boolean")]
     pub require_tls: bool,
     /// Browser origins allowed to open a WebSocket (`Origin` header, e.g.
     /// `https://app.example`); empty = every origin. Requests without an `Origin` header
@@ -351,6 +368,16 @@ pub enum ConfigError {
     /// A value is out of range.
     #[error("invalid setting: {0}")]
     Invalid(String),
+    /// A `STAMPEDE_*` environment variable has a value its key does not accept.
+    #[error("invalid environment variable {variable}={value:?}: {reason}")]
+    Environment {
+        /// The variable.
+        variable: String,
+        /// Its value.
+        value: String,
+        /// Why it was refused.
+        reason: String,
+    },
     /// The file is not valid TOML for these keys.
     #[error("invalid config file {path}: {source}")]
     Parse {
@@ -418,6 +445,7 @@ impl Config {
     /// # Errors
     /// An explanation of the first inconsistency.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.log_filter()?;
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::Invalid("tls_cert and tls_key must be given together".to_owned()));
         }
@@ -434,6 +462,14 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// `log_level` as a tracing filter (`warning` read as `warn`, and so on).
+    ///
+    /// # Errors
+    /// When it is neither a level nor `target=level` filters.
+    pub fn log_filter(&self) -> Result<String, ConfigError> {
+        values::parse_log_filter(&self.log_level).map_err(|reason| ConfigError::Invalid(format!("log_level: {reason}")))
     }
 
     /// Decoder limits.
@@ -503,6 +539,8 @@ impl Config {
             dead_letter_prefix: self.dead_letter_prefix.clone(),
             max_length: self.queue_max_length,
             max_bytes: self.queue_max_bytes,
+            max_length_key: "queue_max_length".to_owned(),
+            max_bytes_key: "queue_max_bytes".to_owned(),
             overflow: self.queue_overflow,
             default_ttl_ms: self.queue_default_ttl_ms,
             expired: self.expired_messages,
@@ -559,69 +597,81 @@ impl Config {
     }
 }
 
-/// Command line of the `stampede` binary.
+/// The prefix of the environment variables that set configuration keys.
+pub const ENV_PREFIX: &str = "STAMPEDE_";
+/// The one `STAMPEDE_*` variable that is not a configuration key: the file to read.
+const CONFIG_VARIABLE: &str = "STAMPEDE_CONFIG";
+/// Keys holding tables of named entries; they can only be set in the file.
+const TABLE_KEYS: [&str; 3] = ["queues", "users", "jwt"];
+
+const ENV_HELP: &str = "Every configuration key can also be set with an environment variable named STAMPEDE_ and the key in capitals (STAMPEDE_QUEUE_MAX_LENGTH=5); `stampede print-config --env` lists them with their effective values. Only the [queues.<name>], [users.<name>] and [jwt] tables need the file. Sizes may have units (max_body = \"4 MiB\"), booleans may be true/false, yes/no, on/off or 1/0, and addresses may be IP:PORT, [IPv6]:PORT or localhost:PORT.";
+
+/// Command line of the `stampede` binary. The flags are global: they may come before or after
+/// a subcommand (`stampede print-config --config FILE`).
 #[derive(Debug, Parser)]
 #[command(
     name = "stampede",
     version,
     about = "A STOMP 1.0/1.1/1.2 message broker for browsers (WebSocket) and backends (TCP).",
-    long_about = "A STOMP 1.0/1.1/1.2 message broker for browsers (WebSocket) and backends (TCP).\n\nWith no arguments it serves STOMP on 127.0.0.1:61613 and STOMP over WebSocket on ws://127.0.0.1:15674/ws, and keeps durable data in ./data. Settings come from built-in defaults, then --config FILE (TOML, keys named like the flags with '_' for '-'), then environment variables, then flags."
+    long_about = "A STOMP 1.0/1.1/1.2 message broker for browsers (WebSocket) and backends (TCP).\n\nWith no arguments it serves STOMP on 127.0.0.1:61613 and STOMP over WebSocket on ws://127.0.0.1:15674/ws, and keeps durable data in ./data. Settings come from built-in defaults, then --config FILE (TOML, keys named like the flags with '_' for '-'), then STAMPEDE_* environment variables, then flags.",
+    after_help = ENV_HELP
 )]
 pub struct Cli {
     /// Address for STOMP over TCP [default: 127.0.0.1:61613].
-    #[arg(long, env = "STAMPEDE_STOMP_ADDR", value_name = "ADDR")]
+    #[arg(long, global = true, value_name = "ADDR", value_parser = values::parse_address)]
     pub stomp_addr: Option<SocketAddr>,
     /// Address for STOMP over WebSocket [default: 127.0.0.1:15674].
-    #[arg(long, env = "STAMPEDE_WS_ADDR", value_name = "ADDR")]
+    #[arg(long, global = true, value_name = "ADDR", value_parser = values::parse_address)]
     pub ws_addr: Option<SocketAddr>,
     /// HTTP path of the WebSocket endpoint [default: /ws].
-    #[arg(long, env = "STAMPEDE_WS_PATH", value_name = "PATH")]
+    #[arg(long, global = true, value_name = "PATH")]
     pub ws_path: Option<String>,
     /// Directory for durable data [default: ./data].
-    #[arg(long, env = "STAMPEDE_DATA_DIR", value_name = "DIR")]
+    #[arg(long, global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// TOML configuration file with the same keys as these flags (and every limit).
-    #[arg(long, env = "STAMPEDE_CONFIG", value_name = "FILE")]
+    #[arg(long, global = true, env = CONFIG_VARIABLE, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Log level or tracing filter, e.g. info, debug, stampede_broker=trace [default: info].
-    #[arg(long, env = "STAMPEDE_LOG_LEVEL", value_name = "LEVEL")]
+    /// Log level (error, warn, info, debug, trace, off) or target=level filters, e.g.
+    /// info,stampede_broker=debug [default: info].
+    #[arg(long, global = true, value_name = "LEVEL", value_parser = values::parse_log_filter)]
     pub log_level: Option<String>,
-    /// Maximum simultaneous connections [default: 100000].
-    #[arg(long, env = "STAMPEDE_MAX_CONNECTIONS", value_name = "N")]
+    /// Maximum simultaneous connections [default: 100000, lowered to fit the open-file limit].
+    #[arg(long, global = true, value_name = "N")]
     pub max_connections: Option<usize>,
-    /// Largest accepted message body in bytes [default: 4194304].
-    #[arg(long, env = "STAMPEDE_MAX_BODY", value_name = "BYTES")]
+    /// Largest accepted message body, e.g. 4MiB [default: 4 MiB].
+    #[arg(long, global = true, value_name = "SIZE", value_parser = values::parse_size)]
     pub max_body: Option<usize>,
     /// When a persistent message counts as stored. always: fsync before the RECEIPT (each fsync
     /// covers every message that queued meanwhile). batch: also wait up to commit_interval_ms to
     /// gather more per fsync (more throughput, a little more latency). never: no fsync; fastest,
     /// but a crash can lose messages that were receipted [default: always].
-    #[arg(long, env = "STAMPEDE_FSYNC", value_name = "MODE", value_parser = ["always", "batch", "never"])]
+    #[arg(long, global = true, value_name = "MODE", value_parser = ["always", "batch", "never"])]
     pub fsync: Option<String>,
     /// Accept clients without credentials on non-loopback addresses when no users are
     /// configured.
-    #[arg(long, env = "STAMPEDE_ALLOW_ANONYMOUS")]
+    #[arg(long, global = true)]
     pub allow_anonymous: bool,
     /// PEM certificate chain; with --tls-key, enables STOMP over TLS and wss.
-    #[arg(long, env = "STAMPEDE_TLS_CERT", value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for TLS.
-    #[arg(long, env = "STAMPEDE_TLS_KEY", value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
     /// Address for STOMP over TLS [default: STOMP address's IP, port 61614].
-    #[arg(long, env = "STAMPEDE_STOMP_TLS_ADDR", value_name = "ADDR")]
+    #[arg(long, global = true, value_name = "ADDR", value_parser = values::parse_address)]
     pub stomp_tls_addr: Option<SocketAddr>,
     /// Address for STOMP over secure WebSocket [default: WebSocket address's IP, port 15673].
-    #[arg(long, env = "STAMPEDE_WSS_ADDR", value_name = "ADDR")]
+    #[arg(long, global = true, value_name = "ADDR", value_parser = values::parse_address)]
     pub wss_addr: Option<SocketAddr>,
     /// Serve only over TLS (no plain STOMP or WebSocket listener).
-    #[arg(long, env = "STAMPEDE_REQUIRE_TLS")]
+    #[arg(long, global = true)]
     pub require_tls: bool,
     /// Time allowed from socket open to CONNECT, in ms [default: 10000].
-    #[arg(long, env = "STAMPEDE_CONNECT_TIMEOUT_MS", value_name = "MS")]
+    #[arg(long, global = true, value_name = "MS")]
     pub connect_timeout_ms: Option<u64>,
     /// Most simultaneous connections from one address [default: 1000].
-    #[arg(long, env = "STAMPEDE_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    #[arg(long, global = true, value_name = "N")]
     pub max_connections_per_ip: Option<usize>,
     /// Subcommand; none runs the broker.
     #[command(subcommand)]
@@ -631,8 +681,12 @@ pub struct Cli {
 /// Subcommands other than running the broker.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print the effective configuration as TOML (secrets redacted) and exit.
-    PrintConfig,
+    /// Check the configuration as a start would, print it as TOML (secrets redacted) and exit.
+    PrintConfig {
+        /// Print it as STAMPEDE_* environment variables instead, one per key.
+        #[arg(long)]
+        env: bool,
+    },
     /// Print an argon2 hash of a password for the `users` table. The password is read from
     /// standard input (prompted for without echo on a terminal).
     Passwd {
@@ -643,15 +697,43 @@ pub enum Command {
 }
 
 impl Cli {
-    /// The effective configuration: defaults, then the file, then flags and environment.
+    /// The effective configuration: defaults, then the file, then `STAMPEDE_*` variables of
+    /// this process's environment, then flags.
     ///
     /// # Errors
-    /// When the config file cannot be read or parsed.
+    /// When the config file cannot be read or parsed, or a variable's value is invalid.
     pub fn resolve(&self) -> Result<Config, ConfigError> {
-        let mut config = match &self.config {
-            Some(path) => Config::from_file(path)?,
-            None => Config::default(),
+        self.resolve_with(&environment())
+    }
+
+    /// [`Cli::resolve`] with the given environment variables.
+    ///
+    /// # Errors
+    /// As [`Cli::resolve`].
+    pub fn resolve_with(&self, environment: &[(String, String)]) -> Result<Config, ConfigError> {
+        let mut table = match &self.config {
+            Some(path) => {
+                // Parsed on its own first, so that an error names the file.
+                Config::from_file(path)?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                text.parse::<toml::Table>()
+                    .map_err(|source| ConfigError::Parse { path: path.to_owned(), source: Box::new(source) })?
+            }
+            None => toml::Table::new(),
         };
+        for (variable, value) in environment {
+            let Some(key) = variable_key(variable) else { continue };
+            table.insert(key.clone(), environment_value(variable, &key, value)?);
+        }
+        let mut config: Config = table
+            .try_into()
+            .map_err(|error: toml::de::Error| ConfigError::Invalid(error.message().trim().to_owned()))?;
+        self.apply_flags(&mut config)?;
+        Ok(config)
+    }
+
+    fn apply_flags(&self, config: &mut Config) -> Result<(), ConfigError> {
         if let Some(v) = self.stomp_addr {
             config.stomp_addr = v;
         }
@@ -701,7 +783,137 @@ impl Cli {
             config.fsync =
                 v.parse().map_err(|e: stampede_storage::StorageError| ConfigError::Invalid(e.to_string()))?;
         }
-        Ok(config)
+        Ok(())
+    }
+}
+
+/// This process's environment variables that are valid Unicode.
+pub fn environment() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+        .collect()
+}
+
+/// The `STAMPEDE_*` variables of `environment` that name no configuration key (a typo, or a
+/// key that does not exist), which the broker warns about instead of ignoring silently.
+pub fn unknown_variables(environment: &[(String, String)]) -> Vec<String> {
+    let keys = config_keys();
+    environment
+        .iter()
+        .filter(|(name, _)| name.starts_with(ENV_PREFIX) && name != CONFIG_VARIABLE)
+        .filter(|(name, _)| !keys.contains(&name[ENV_PREFIX.len()..].to_ascii_lowercase().as_str()))
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// The configuration key a `STAMPEDE_*` variable sets, if it names one.
+fn variable_key(variable: &str) -> Option<String> {
+    let key = variable.strip_prefix(ENV_PREFIX)?.to_ascii_lowercase();
+    (variable != CONFIG_VARIABLE && config_keys().contains(&key.as_str())).then_some(key)
+}
+
+/// The TOML value of variable `variable`, set to `text`, for `key`: a TOML literal where one
+/// fits (numbers, booleans), else the text as a string, and for list keys the comma-separated
+/// items. Each is tried on its own, so a wrong value is reported with the variable's name.
+fn environment_value(variable: &str, key: &str, text: &str) -> Result<toml::Value, ConfigError> {
+    let invalid =
+        |reason: String| ConfigError::Environment { variable: variable.to_owned(), value: text.to_owned(), reason };
+    if TABLE_KEYS.contains(&key) {
+        return Err(invalid(format!("[{key}] is a table; set it in the config file")));
+    }
+    let fits = |value: &toml::Value| {
+        let mut single = toml::Table::new();
+        single.insert(key.to_owned(), value.clone());
+        toml::Value::Table(single).try_into::<Config>().map(drop).map_err(|error| error.message().trim().to_owned())
+    };
+    let list = toml::Value::Array(
+        text.split(',').map(str::trim).filter(|item| !item.is_empty()).map(|item| item.into()).collect(),
+    );
+    let literal = format!("value = {text}").parse::<toml::Table>().ok().and_then(|mut table| table.remove("value"));
+    let mut last_error = String::new();
+    for candidate in literal.into_iter().chain([toml::Value::String(text.to_owned()), list]) {
+        match fits(&candidate) {
+            Ok(()) => return Ok(candidate),
+            Err(error) => {
+                if last_error.is_empty() || matches!(candidate, toml::Value::String(_)) {
+                    last_error = error;
+                }
+            }
+        }
+    }
+    Err(invalid(last_error))
+}
+
+/// Every top-level key of [`Config`], as serde knows them (so a new field needs no list here).
+pub fn config_keys() -> &'static [&'static str] {
+    use serde::de::{Deserializer, Visitor, value::Error};
+
+    struct FieldNames<'a>(&'a mut &'static [&'static str]);
+
+    impl<'de> Deserializer<'de> for FieldNames<'_> {
+        type Error = Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Error> {
+            Err(serde::de::Error::custom("only field names are read"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Error> {
+            *self.0 = fields;
+            Err(serde::de::Error::custom("only field names are read"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option
+            unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+        }
+    }
+
+    static KEYS: std::sync::OnceLock<&'static [&'static str]> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let mut fields: &'static [&'static str] = &[];
+        let _ = Config::deserialize(FieldNames(&mut fields));
+        fields
+    })
+}
+
+impl Config {
+    /// The configuration as `STAMPEDE_*=value` lines, one per key that has a variable (unset
+    /// optional keys as comments), for `print-config --env`. Secrets are redacted.
+    pub fn as_environment(&self) -> String {
+        let shown = toml::Table::try_from(self.for_display()).unwrap_or_default();
+        let mut lines = String::new();
+        for key in config_keys().iter().filter(|key| !TABLE_KEYS.contains(key)) {
+            let variable = format!("{ENV_PREFIX}{}", key.to_ascii_uppercase());
+            let value = match shown.get(*key) {
+                None => {
+                    lines.push_str(&format!("# {variable}= (not set)\n"));
+                    continue;
+                }
+                Some(toml::Value::String(text)) => text.clone(),
+                Some(toml::Value::Array(items)) => items
+                    .iter()
+                    .map(|item| item.as_str().map_or_else(|| item.to_string(), str::to_owned))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                Some(other) => other.to_string(),
+            };
+            lines.push_str(&format!("{variable}={}\n", shell_quote(&value)));
+        }
+        lines
+    }
+}
+
+/// `text` as one shell word.
+fn shell_quote(text: &str) -> String {
+    if !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:,@=+[]".contains(c)) {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
     }
 }
 
@@ -718,6 +930,97 @@ mod tests {
         assert_eq!(raised.effective_ws_max_message_size(), (16 << 20) + 1024 + 64);
         let explicit: Config = toml::from_str("max_body = 1048576\nws_max_message_size = 4096").unwrap();
         assert_eq!(explicit.effective_ws_max_message_size(), 4096);
+    }
+
+    #[test]
+    fn every_byte_size_key_accepts_human_sizes() {
+        let config: Config = toml::from_str(
+            "max_body = \"4 MiB\"\nqueue_max_bytes = \"1 GB\"\nmax_outbox_bytes = \"512KiB\"\nws_max_message_size = \"8 MiB\"\nmax_header_line = 4096\n[queues.orders]\nmax_bytes = \"64 MiB\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.max_body, 4 << 20);
+        assert_eq!(config.queue_max_bytes, 1 << 30);
+        assert_eq!(config.max_outbox_bytes, 512 << 10);
+        assert_eq!(config.ws_max_message_size, Some(8 << 20));
+        assert_eq!(config.max_header_line, 4096);
+        assert_eq!(config.queues["orders"].max_bytes, Some(64 << 20));
+        let error = toml::from_str::<Config>("max_body = \"4 parsecs\"").unwrap_err().to_string();
+        assert!(error.contains("max_body") && error.contains("unknown unit"), "{error}");
+    }
+
+    #[test]
+    fn an_unknown_log_level_in_the_file_is_refused_naming_the_levels() {
+        let config: Config = toml::from_str("log_level = \"verbose\"").unwrap();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("log_level") && error.contains("warn (or warning)"), "{error}");
+        let config: Config = toml::from_str("log_level = \"Warning\"").unwrap();
+        assert_eq!(config.log_filter().unwrap(), "warn");
+    }
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("stampede").chain(args.iter().copied())).unwrap()
+    }
+
+    fn variables(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(name, value)| ((*name).to_owned(), (*value).to_owned())).collect()
+    }
+
+    #[test]
+    fn every_key_has_an_environment_variable_below_the_flags() {
+        let environment = variables(&[
+            ("STAMPEDE_QUEUE_MAX_LENGTH", "5"),
+            ("STAMPEDE_MAX_BODY", "1 MiB"),
+            ("STAMPEDE_ALLOW_ANONYMOUS", "yes"),
+            ("STAMPEDE_REQUIRE_TLS", "0"),
+            ("STAMPEDE_VHOSTS", "a, b"),
+            ("STAMPEDE_STOMP_ADDR", "localhost:7000"),
+            ("STAMPEDE_HEARTBEAT_GRACE", "2"),
+            ("STAMPEDE_LOG_LEVEL", "debug"),
+        ]);
+        let config = cli(&["--max-body", "2MiB"]).resolve_with(&environment).unwrap();
+        assert_eq!(config.queue_max_length, 5);
+        assert_eq!(config.max_body, 2 << 20, "the flag wins over the variable");
+        assert!(config.allow_anonymous && !config.require_tls);
+        assert_eq!(config.vhosts, ["a", "b"]);
+        assert_eq!(config.stomp_addr, SocketAddr::from(([127, 0, 0, 1], 7000)));
+        assert!((config.heartbeat_grace - 2.0).abs() < f64::EPSILON);
+        assert_eq!(config.log_level, "debug");
+        assert!(unknown_variables(&environment).is_empty());
+    }
+
+    #[test]
+    fn an_invalid_environment_value_names_the_variable() {
+        let error =
+            cli(&[]).resolve_with(&variables(&[("STAMPEDE_QUEUE_MAX_LENGTH", "lots")])).unwrap_err().to_string();
+        assert!(error.contains("STAMPEDE_QUEUE_MAX_LENGTH") && error.contains("lots"), "{error}");
+        let error =
+            cli(&[]).resolve_with(&variables(&[("STAMPEDE_ALLOW_ANONYMOUS", "maybe")])).unwrap_err().to_string();
+        assert!(error.contains("STAMPEDE_ALLOW_ANONYMOUS") && error.contains("yes/no"), "{error}");
+    }
+
+    #[test]
+    fn unknown_stampede_variables_are_reported_and_others_are_not() {
+        let environment =
+            variables(&[("STAMPEDE_QUEUE_MAX_LENGHT", "5"), ("STAMPEDE_CONFIG", "x.toml"), ("HOME", "/root")]);
+        assert_eq!(unknown_variables(&environment), ["STAMPEDE_QUEUE_MAX_LENGHT"]);
+        assert!(config_keys().contains(&"queue_max_length") && config_keys().contains(&"tls_cert"));
+    }
+
+    #[test]
+    fn flags_are_accepted_after_the_subcommand() {
+        let parsed = cli(&["print-config", "--max-body", "1KiB", "--stomp-addr", "[::1]:61613"]);
+        assert!(matches!(parsed.command, Some(Command::PrintConfig { env: false })));
+        assert_eq!(parsed.max_body, Some(1024));
+        assert_eq!(parsed.stomp_addr.unwrap().to_string(), "[::1]:61613");
+        assert!(Cli::try_parse_from(["stampede", "--log-level", "json"]).is_err());
+    }
+
+    #[test]
+    fn print_config_env_lists_every_key_that_has_a_variable() {
+        let shown = Config::default().as_environment();
+        assert!(shown.contains("STAMPEDE_QUEUE_MAX_LENGTH=1000000\n"), "{shown}");
+        assert!(shown.contains("# STAMPEDE_TLS_CERT= (not set)\n"), "{shown}");
+        assert!(!shown.contains("STAMPEDE_QUEUES"), "{shown}");
     }
 
     #[test]

@@ -138,6 +138,11 @@ pub struct QueueSettings {
     pub max_length: usize,
     /// Most bytes waiting.
     pub max_bytes: usize,
+    /// The configuration key that set `max_length` (`queue_max_length`, or the queue's
+    /// `[queues.<name>]` override), named in the ERROR of a full queue.
+    pub max_length_key: String,
+    /// The configuration key that set `max_bytes`.
+    pub max_bytes_key: String,
     /// What a full queue does.
     pub overflow: OverflowPolicy,
     /// Time to live of messages that do not set one, in ms; 0 = forever.
@@ -149,17 +154,11 @@ pub struct QueueSettings {
 }
 
 impl Default for QueueSettings {
+    /// The settings of the default configuration (one source of defaults: [`Config::default`]).
+    ///
+    /// [`Config::default`]: crate::Config
     fn default() -> Self {
-        QueueSettings {
-            max_deliveries: 10,
-            dead_letter_prefix: "DLQ.".to_owned(),
-            max_length: 1_000_000,
-            max_bytes: 1024 * 1024 * 1024,
-            overflow: OverflowPolicy::Reject,
-            default_ttl_ms: 0,
-            expired: ExpiredPolicy::Drop,
-            durable: true,
-        }
+        crate::Config::default().queue_settings()
     }
 }
 
@@ -633,12 +632,27 @@ impl QueueActor {
                 OverflowPolicy::Reject => {
                     self.shared.dropped.fetch_add(1, Ordering::Relaxed);
                     if let Some(verdict) = verdict {
+                        let settings = &self.settings;
+                        let limit = if self.ready.len() >= settings.max_length {
+                            let plural = if settings.max_length == 1 { "" } else { "s" };
+                            format!(
+                                "its maximum of {} message{plural} ({})",
+                                settings.max_length, settings.max_length_key
+                            )
+                        } else {
+                            format!(
+                                "its maximum of {} waiting; this message is {} ({})",
+                                crate::config::values::human_size(settings.max_bytes),
+                                crate::config::values::human_size(size),
+                                settings.max_bytes_key
+                            )
+                        };
                         let _ = verdict.send(Err(StompError::of_kind(
                             ErrorKind::Limit,
                             format!("queue {} is full", self.shared.name),
                             format!(
-                                "Queue {} holds its maximum of {} messages or {} bytes (configuration keys queue_max_length and queue_max_bytes; overflow policy reject). The message was not accepted.",
-                                self.shared.name, self.settings.max_length, self.settings.max_bytes
+                                "Queue {} holds {limit}, and its overflow policy is reject. The message was not accepted.",
+                                self.shared.name
                             ),
                         )));
                     }

@@ -271,6 +271,7 @@ pub struct QueueOverride {
     /// Most messages waiting.
     pub max_length: Option<usize>,
     /// Most bytes waiting.
+    #[serde(skip_serializing_if = "Option::is_none", with = "crate::config::values::serde_with::optional_size")]
     pub max_bytes: Option<usize>,
     /// `reject` or `drop-oldest`.
     pub overflow: Option<crate::destination::queue::OverflowPolicy>,
@@ -536,8 +537,15 @@ impl Router {
         let mut settings = self.queue_settings.clone();
         settings.durable = durable;
         if let Some(o) = self.queue_overrides.get(name) {
-            settings.max_length = o.max_length.unwrap_or(settings.max_length);
-            settings.max_bytes = o.max_bytes.unwrap_or(settings.max_bytes);
+            let key = |field: &str| format!("[queues.{}] {field}", crate::config::values::toml_key(name));
+            if let Some(max_length) = o.max_length {
+                settings.max_length = max_length;
+                settings.max_length_key = key("max_length");
+            }
+            if let Some(max_bytes) = o.max_bytes {
+                settings.max_bytes = max_bytes;
+                settings.max_bytes_key = key("max_bytes");
+            }
             settings.overflow = o.overflow.unwrap_or(settings.overflow);
             settings.default_ttl_ms = o.default_ttl_ms.unwrap_or(settings.default_ttl_ms);
             settings.max_deliveries = o.max_deliveries.unwrap_or(settings.max_deliveries);

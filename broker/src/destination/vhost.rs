@@ -17,7 +17,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use stampede_storage::{Recovery, Store};
-use tracing::info;
 
 use crate::destination::queue::QueueSettings;
 use crate::destination::router::{IdCounters, NameLimits, QueueOverride, Router};
@@ -27,6 +26,17 @@ use crate::security::auth::Access;
 pub const DEFAULT_VHOST: &str = "/";
 
 /// What every virtual host's router is built from.
+/// What [`VirtualHosts::restore`] restored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    /// Stored messages, in every queue.
+    pub messages: usize,
+    /// Queues, in every virtual host.
+    pub queues: usize,
+    /// Durable topic subscriptions, in every virtual host.
+    pub durable_subscriptions: usize,
+}
+
 #[derive(Debug, Clone)]
 pub struct RouterSettings {
     /// Defaults of every queue.
@@ -111,8 +121,9 @@ impl VirtualHosts {
     }
 
     /// Hands each stored queue and durable subscription to the router of its virtual host.
-    /// Records stored before virtual hosts were kept belong to `/`.
-    pub fn restore(&self, recovery: Recovery) {
+    /// Records stored before virtual hosts were kept belong to `/`. Returns what was restored,
+    /// for the one start-up line about storage.
+    pub fn restore(&self, recovery: Recovery) -> Restored {
         for problem in &recovery.problems {
             tracing::warn!(queue = %problem.queue, position = ?problem.position, kind = ?problem.kind,
                 "damaged record set aside at start-up: {}", problem.detail);
@@ -129,7 +140,7 @@ impl VirtualHosts {
             queues += router.queues().len();
             durables += router.durable_subscription_count();
         }
-        info!(messages, queues, durable_subscriptions = durables, "recovered stored state");
+        Restored { messages, queues, durable_subscriptions: durables }
     }
 
     /// Stops every queue actor of every virtual host, so their last writes reach the store, and

@@ -1,4 +1,6 @@
-//! What happens between accepting a socket and handing it to a connection task: TLS now; the
-//! accept loops and handshakes live in [`crate::server`] for the time being.
+//! What happens between accepting a socket and handing it to a connection task: TLS, and plain
+//! HTTP on the WebSocket port before the upgrade; the accept loops and handshakes live in
+//! [`crate::server`] for the time being.
 
+pub(crate) mod public_http;
 pub mod tls;

@@ -385,7 +385,9 @@ impl Authenticator {
             Some(principal) => Ok(principal),
             None => {
                 let delay = peer.map(|ip| self.failures.record(ip)).unwrap_or_default();
-                tracing::info!(peer = ?peer, login = ?credentials.login, ?delay, "login failed");
+                let peer = peer.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+                let login = credentials.login.as_deref().unwrap_or("(none)");
+                tracing::info!(%peer, login, ?delay, "login failed");
                 tokio::time::sleep(delay).await;
                 Err(StompError::of_kind(
                     ErrorKind::Authentication,

@@ -1,0 +1,209 @@
+//! The public HTTP side of the WebSocket port: every request's head is read here first, then
+//! either answered or handed to tungstenite for the WebSocket upgrade.
+//!
+//! People open the WebSocket URL in a browser, or `curl` it, before they write a client; an
+//! empty reply (ERR_EMPTY_RESPONSE) tells them nothing. So a plain request on the WebSocket path
+//! gets `426 Upgrade Required` naming the STOMP URL, and any other path gets `404` with a hint.
+//! Later pages on this port (an SSE fallback, a demo, a JS shim) are more routes in [`route`].
+//!
+//! The head is read with a size bound and under the caller's handshake deadline; the bytes read
+//! are replayed to tungstenite through [`Replayed`], so the upgrade sees the request unchanged.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+/// Largest request head read (request line and headers); a larger one gets 431.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Most request headers parsed.
+const MAX_HEADERS: usize = 64;
+
+/// Where a request goes.
+pub(crate) enum Routed<S> {
+    /// A WebSocket upgrade on the STOMP path: hand the stream, with the head replayed, to
+    /// tungstenite.
+    Upgrade(Replayed<S>),
+    /// The request was answered (or the client went away) and the connection is done.
+    Answered,
+}
+
+/// What [`route`] needs to know about the listener.
+pub(crate) struct Endpoint<'a> {
+    /// The STOMP over WebSocket path, e.g. `/ws`.
+    pub path: &'a str,
+    /// True for wss.
+    pub secure: bool,
+    /// The listener's address, for URLs when the request has no usable `Host`.
+    pub local: SocketAddr,
+}
+
+/// Reads one request head from `stream` and routes it.
+///
+/// # Errors
+/// When reading or writing the socket fails.
+pub(crate) async fn route<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    endpoint: &Endpoint<'_>,
+) -> io::Result<Routed<S>> {
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let read = stream.read(&mut chunk).await?;
+        if read == 0 {
+            return Ok(Routed::Answered);
+        }
+        head.extend_from_slice(&chunk[..read]);
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(&head) {
+            Ok(httparse::Status::Complete(_)) => {
+                let answer = answer(&request, endpoint);
+                return match answer {
+                    None => Ok(Routed::Upgrade(Replayed { replay: head, replayed: 0, inner: stream })),
+                    Some(response) => {
+                        respond(&mut stream, &response, request.method == Some("HEAD")).await?;
+                        Ok(Routed::Answered)
+                    }
+                };
+            }
+            Ok(httparse::Status::Partial) if head.len() < MAX_HEAD_BYTES => {}
+            Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
+                let response = Response::text(431, "Request Header Fields Too Large", "Request head too large.\n");
+                respond(&mut stream, &response, false).await?;
+                return Ok(Routed::Answered);
+            }
+            Err(_) => {
+                let response = Response::text(400, "Bad Request", "This port speaks HTTP (STOMP over WebSocket).\n");
+                respond(&mut stream, &response, false).await?;
+                return Ok(Routed::Answered);
+            }
+        }
+    }
+}
+
+/// The answer to a complete request head, or `None` to upgrade it.
+fn answer(request: &httparse::Request<'_, '_>, endpoint: &Endpoint<'_>) -> Option<Response> {
+    let target = request.path.unwrap_or("/");
+    let path = target.split(['?', '#']).next().unwrap_or(target);
+    let header = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+    };
+    let scheme = if endpoint.secure { "wss" } else { "ws" };
+    let host =
+        header("host").filter(|host| is_plain_host(host)).map_or_else(|| endpoint.local.to_string(), str::to_owned);
+    let stomp_url = format!("{scheme}://{host}{}", endpoint.path);
+    if path != endpoint.path {
+        return Some(Response::text(
+            404,
+            "Not Found",
+            &format!("Not found. This port serves STOMP over WebSocket at {stomp_url}\n"),
+        ));
+    }
+    let upgrade = header("upgrade")
+        .is_some_and(|value| value.split(',').any(|protocol| protocol.trim().eq_ignore_ascii_case("websocket")));
+    if upgrade {
+        return None;
+    }
+    let mut response = Response::text(
+        426,
+        "Upgrade Required",
+        &format!(
+            "This is a STOMP over WebSocket endpoint, not a web page. Connect a STOMP client (for example @stomp/stompjs) to {stomp_url}\n"
+        ),
+    );
+    response.extra_headers = "Upgrade: websocket\r\nSec-WebSocket-Protocol: v12.stomp, v11.stomp, v10.stomp\r\n";
+    Some(response)
+}
+
+/// A `Host` value safe to echo: a name or address with an optional port.
+fn is_plain_host(host: &str) -> bool {
+    !host.is_empty() && host.len() <= 255 && host.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]_".contains(c))
+}
+
+/// A small plain-text HTTP response; the connection closes after it.
+struct Response {
+    status: u16,
+    reason: &'static str,
+    extra_headers: &'static str,
+    body: String,
+}
+
+impl Response {
+    fn text(status: u16, reason: &'static str, body: &str) -> Response {
+        Response { status, reason, extra_headers: "", body: body.to_owned() }
+    }
+}
+
+async fn respond<S: AsyncWrite + Unpin>(stream: &mut S, response: &Response, head_only: bool) -> io::Result<()> {
+    let mut bytes = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n",
+        response.status,
+        response.reason,
+        response.body.len(),
+        response.extra_headers
+    );
+    if !head_only {
+        bytes.push_str(&response.body);
+    }
+    stream.write_all(bytes.as_bytes()).await?;
+    stream.flush().await?;
+    stream.shutdown().await
+}
+
+/// A stream whose first bytes are the request head already read, replayed before the rest.
+pub(crate) struct Replayed<S> {
+    replay: Vec<u8>,
+    replayed: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Replayed<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.replayed < this.replay.len() {
+            let take = (this.replay.len() - this.replayed).min(buf.remaining());
+            buf.put_slice(&this.replay[this.replayed..this.replayed + take]);
+            this.replayed += take;
+            if this.replayed == this.replay.len() {
+                // Not needed again: give the memory back for the connection's lifetime.
+                this.replay = Vec::new();
+                this.replayed = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Replayed<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
