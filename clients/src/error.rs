@@ -128,9 +128,55 @@ impl fmt::Display for CloseReason {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
+    /// The TCP connection to the server could not be opened.
+    #[error("cannot connect to {address}: {source}")]
+    Connect {
+        /// `host:port` as dialled.
+        address: String,
+        /// Why, e.g. connection refused.
+        source: io::Error,
+    },
+    /// A `ws://` or `wss://` URL names a port whose server does not speak HTTP: most likely the
+    /// STOMP TCP port.
+    #[error(
+        "the server at {address} did not answer the WebSocket handshake in HTTP ({detail}); \
+         if that is a STOMP TCP port, use tcp://{address}"
+    )]
+    NotHttp {
+        /// `host:port` as dialled.
+        address: String,
+        /// What went wrong, as the WebSocket layer saw it.
+        detail: String,
+    },
+    /// A `tcp://` or `tls://` address names a port whose server answered CONNECT in HTTP: most
+    /// likely the WebSocket port.
+    #[error(
+        "the server at {address} answered CONNECT in HTTP ({status_line}); that looks like a \
+         WebSocket port: use ws://{address}/ws (with the server's WebSocket path)"
+    )]
+    HttpNotStomp {
+        /// `host:port` as dialled.
+        address: String,
+        /// The first line of the server's answer, e.g. `HTTP/1.1 400 Bad Request`.
+        status_line: String,
+    },
+    /// The server answered the WebSocket handshake with an HTTP error (a wrong path gets 404).
+    #[error("the server refused the WebSocket handshake at {url} with HTTP {status}{}", body_suffix(body))]
+    WebSocketRefused {
+        /// The URL asked for.
+        url: String,
+        /// The HTTP status code.
+        status: u16,
+        /// The response body, which usually says what is wrong.
+        body: String,
+    },
     /// A socket operation failed.
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
+    /// TLS could not be set up: an unreadable CA file, a failed handshake, a certificate that
+    /// does not verify.
+    #[error("{0}")]
+    Tls(String),
     /// The WebSocket handshake or transport failed.
     #[error("WebSocket error: {0}")]
     WebSocket(Box<tokio_tungstenite::tungstenite::Error>),
@@ -169,6 +215,11 @@ pub enum ClientError {
     Handshake(String),
 }
 
+fn body_suffix(body: &str) -> String {
+    let body = body.trim();
+    if body.is_empty() { String::new() } else { format!(": {}", body.chars().take(300).collect::<String>()) }
+}
+
 impl From<tokio_tungstenite::tungstenite::Error> for ClientError {
     fn from(e: tokio_tungstenite::tungstenite::Error) -> ClientError {
         ClientError::WebSocket(Box::new(e))
@@ -197,7 +248,7 @@ impl ClientError {
     /// The close reason for a connection that failed with this error.
     pub(crate) fn into_close_reason(self) -> CloseReason {
         match self {
-            ClientError::Io(e) => CloseReason::Io(Arc::new(e)),
+            ClientError::Io(e) | ClientError::Connect { source: e, .. } => CloseReason::Io(Arc::new(e)),
             ClientError::WebSocket(e) => CloseReason::WebSocket(Arc::from(e)),
             ClientError::Protocol(e) => CloseReason::Protocol(e),
             ClientError::ServerError(e) => CloseReason::ServerError(e),

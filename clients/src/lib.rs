@@ -33,13 +33,15 @@ mod error;
 mod message;
 mod options;
 pub mod raw;
+mod tls;
 mod transport;
 
 pub use client::{Client, Subscription, Transaction, UnroutedFrames};
-pub use endpoint::{DEFAULT_TCP_PORT, DEFAULT_WS_PORT, Endpoint};
+pub use endpoint::{DEFAULT_TCP_PORT, DEFAULT_TLS_PORT, DEFAULT_WS_PORT, DEFAULT_WSS_PORT, Endpoint};
 pub use error::{ClientError, CloseReason, ServerError};
 pub use message::{Message, ack_frame};
-pub use options::{AckMode, ConnectOptions, DEFAULT_SUBSCRIPTION_CAPACITY, SubscribeOptions};
+pub use options::{AckMode, ConnectOptions, DEFAULT_SUBSCRIPTION_CAPACITY, Reconnect, SubscribeOptions};
+pub use tls::TlsOptions;
 
 pub use stampede_protocol::heartbeat::{HeartBeat, Negotiated};
 pub use stampede_protocol::{ByteString, Command, Frame, Headers, Limits, Version};
