@@ -647,6 +647,11 @@ pub(crate) async fn handshake(options: &ConnectOptions) -> Result<Handshake, Cli
             Some(Item::HeartBeat) => {}
             None => {
                 if reader.read(&mut read_buf).await? == 0 {
+                    // A STOMP server refuses with an ERROR frame; hanging up without a word is
+                    // what an HTTP server does with a request it cannot parse.
+                    if read_buf.is_empty() && !options.endpoint.is_websocket() {
+                        return Err(ClientError::NoAnswer { address: options.endpoint.authority() });
+                    }
                     return Err(ClientError::Closed(CloseReason::ServerClosed));
                 }
             }

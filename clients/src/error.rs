@@ -160,6 +160,16 @@ pub enum ClientError {
         /// The first line of the server's answer, e.g. `HTTP/1.1 400 Bad Request`.
         status_line: String,
     },
+    /// The server closed the connection without a byte of answer to CONNECT, which is what a
+    /// WebSocket (HTTP) port does with a STOMP frame.
+    #[error(
+        "the server at {address} closed the connection without answering CONNECT; if that is a \
+         WebSocket port, use ws://{address}/ws (with the server's WebSocket path)"
+    )]
+    NoAnswer {
+        /// `host:port` as dialled.
+        address: String,
+    },
     /// The server answered the WebSocket handshake with an HTTP error (a wrong path gets 404).
     #[error("the server refused the WebSocket handshake at {url} with HTTP {status}{}", body_suffix(body))]
     WebSocketRefused {
