@@ -188,12 +188,13 @@ impl Client {
         self.shared.version
     }
 
-    /// The CONNECTED frame, for any header not exposed otherwise.
+    /// The CONNECTED frame, for any header not exposed otherwise (of the first connection, when
+    /// the client has reconnected since).
     pub fn connected_frame(&self) -> &Frame {
         &self.shared.connected
     }
 
-    /// The `session` header of CONNECTED.
+    /// The `session` header of the first CONNECTED.
     pub fn session(&self) -> Option<&str> {
         self.shared.connected.header(names::SESSION)
     }
