@@ -314,6 +314,9 @@ impl Client {
                     None => tracing::debug!("dropping a reply nobody waits for (late, or no correlation-id)"),
                 }
             }
+            // The connection has ended: fail the waiting requests now rather than at their
+            // timeouts.
+            dispatch.waiting().clear();
         });
         Ok(replies)
     }

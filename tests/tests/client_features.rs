@@ -205,6 +205,30 @@ async fn request_times_out_with_an_error_naming_the_destination_when_nobody_repl
 }
 
 #[tokio::test]
+async fn a_waiting_request_fails_as_soon_as_the_connection_is_lost_not_at_its_timeout() {
+    let broker = TestBroker::start().await;
+    let relay = Relay::start(broker.broker.stomp_addr).await;
+    let requester = Client::connect_with(options(&format!("tcp://{}", relay.address))).await.unwrap();
+    let pending = {
+        let requester = requester.clone();
+        tokio::spawn(async move {
+            requester.request("/queue/slow-service", "hello?", Headers::new(), Duration::from_secs(600)).await
+        })
+    };
+    // Cut once the request is out (its reply queue subscribed and the SEND written).
+    tokio::time::timeout(WAIT, async {
+        while broker.broker.router().queue("slow-service").is_none() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the request reached the broker");
+    relay.cut();
+    let error = tokio::time::timeout(WAIT, pending).await.expect("failed before its timeout").unwrap().unwrap_err();
+    assert!(matches!(error, ClientError::Closed(_)), "{error:?}");
+}
+
+#[tokio::test]
 async fn reply_to_a_message_without_reply_to_is_a_caller_error() {
     let broker = TestBroker::start().await;
     let client = broker.client().await;
