@@ -58,6 +58,9 @@ struct ConnectionArgs {
     /// Heart-beat offer `send_ms,receive_ms`; `0,0` turns heart-beats off.
     #[arg(long, default_value = "10000,10000", value_parser = parse_heart_beat, global = true)]
     heart_beat: (u32, u32),
+    /// Reconnect (with backoff) and resubscribe when the connection is lost, instead of exiting.
+    #[arg(long, global = true)]
+    reconnect: bool,
     /// Seconds to wait for the connection and for each receipt.
     #[arg(long, default_value_t = 10, global = true)]
     timeout: u64,
@@ -165,6 +168,9 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
     options.passcode = args.passcode.clone();
     options.tls.ca_file = args.ca_file.clone();
     options.tls.insecure_skip_verify = args.insecure;
+    if args.reconnect {
+        options.reconnect = Some(stampede_client::Reconnect::default());
+    }
     if args.insecure {
         eprintln!("stampede-cli: warning: --insecure: the server's TLS certificate is not verified");
     }
@@ -290,6 +296,14 @@ mod tests {
             Cli::try_parse_from(["stampede-cli", "send", "/q", "x", "--ca-file", "ca.pem", "--insecure"]).unwrap();
         assert_eq!(cli.connection.ca_file.as_deref(), Some(std::path::Path::new("ca.pem")));
         assert!(cli.connection.insecure);
+    }
+
+    #[test]
+    fn reconnect_is_off_unless_asked_for() {
+        let cli = Cli::try_parse_from(["stampede-cli", "subscribe", "/topic/t"]).unwrap();
+        assert!(!cli.connection.reconnect);
+        let cli = Cli::try_parse_from(["stampede-cli", "subscribe", "/topic/t", "--reconnect"]).unwrap();
+        assert!(cli.connection.reconnect);
     }
 
     #[test]
