@@ -73,10 +73,10 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- builds --------------------------------------------------------------------------------------
-FLOOR=$ROOT/target/release/examples/forwarding_floor
+FLOOR=$ROOT/target/release/forwarding-floor
 if [ ! -x "$BENCH" ] || [ ! -x "$STAMPEDE" ] || [ ! -x "$FLOOR" ] || [ -n "${REBUILD:-}" ]; then
     log "building stampede-bench, the forwarding floor and stampede (release)"
-    (cd "$ROOT" && cargo build --release -p stampede-clients --bin stampede-bench --example forwarding_floor &&
+    (cd "$ROOT" && cargo build --release -p stampede-bench &&
         cargo build --release -p stampede-broker) >>"$LOG" 2>&1 || { log "build failed, see $LOG"; exit 1; }
 fi
 
@@ -173,7 +173,7 @@ EOF
     TCP_URL=tcp://127.0.0.1:61633 WS_URL= AUTH=()
 }
 
-# Not a broker: the least any broker could add on this machine (clients/examples/forwarding_floor.rs,
+# Not a broker: the least any broker could add on this machine (bench/src/bin/forwarding-floor.rs,
 # one blocking thread per connection, a SEND written straight to the subscribers). Only the
 # latency scenario runs against it; table.py shows it beside the brokers, never as a peer.
 start_floor() {

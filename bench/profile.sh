@@ -3,6 +3,8 @@
 #
 #   bench/profile.sh            # both parts; output in bench/results/profile-*/
 #   PARTS=strace bench/profile.sh
+#   (needs target/release/stampede-bench and target/release/stampede:
+#    cargo build --release -p stampede-bench && cargo build --release -p stampede-broker)
 #
 # 1. Write coalescing: a fresh release broker, a fan-out 1->100 (128 B) run, and
 #    `strace -c -f -e trace=write,writev,sendto` attached for STRACE_S seconds of the measured

@@ -94,7 +94,7 @@ def main(paths):
                 rows[k].setdefault(name, {})[b] = v
                 dirs[(k, name)] = d
     brokers.sort(key=lambda b: b != "stampede")  # Stampede first, the others as met
-    # "floor" is the forwarding floor (clients/examples/forwarding_floor.rs): a reference for
+    # "floor" is the forwarding floor (bench/src/bin/forwarding-floor.rs): a reference for
     # what the machine allows, not a peer to compare against.
     others = [b for b in brokers if b not in ("stampede", "floor")]
     head = ["scenario", "figure"] + brokers

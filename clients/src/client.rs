@@ -6,6 +6,7 @@
 //! when they need an answer, wait on a one-shot channel for the RECEIPT. Nothing here holds a
 //! lock across an `.await`.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,7 +22,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::connection::{Connection, Effect, Request};
 use crate::message::ack_frame;
-use crate::options::{AckMode, ConnectOptions, SubscribeOptions};
+use crate::options::{AckMode, ConnectOptions, DEFAULT_SUBSCRIPTION_CAPACITY, SubscribeOptions};
 use crate::transport;
 use crate::{ClientError, CloseReason, Message, ServerError};
 
@@ -37,11 +38,19 @@ pub(crate) struct Shared {
     /// held to `take()` the option, never across an `.await`.
     unrouted: Mutex<Option<mpsc::Receiver<Frame>>>,
     unrouted_taken: AtomicBool,
+    /// Successful reconnections so far.
+    reconnects: AtomicU64,
+    /// The reply queue of [`Client::request`], set up by the first request.
+    replies: tokio::sync::OnceCell<Arc<Replies>>,
 }
 
 impl Shared {
     pub(crate) fn unrouted_taken(&self) -> bool {
         self.unrouted_taken.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn count_reconnect(&self) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -179,12 +188,13 @@ impl Client {
         self.shared.version
     }
 
-    /// The CONNECTED frame, for any header not exposed otherwise.
+    /// The CONNECTED frame, for any header not exposed otherwise (of the first connection, when
+    /// the client has reconnected since).
     pub fn connected_frame(&self) -> &Frame {
         &self.shared.connected
     }
 
-    /// The `session` header of CONNECTED.
+    /// The `session` header of the first CONNECTED.
     pub fn session(&self) -> Option<&str> {
         self.shared.connected.header(names::SESSION)
     }
@@ -209,6 +219,111 @@ impl Client {
     pub async fn send(&self, destination: &str, body: impl Into<Bytes>, headers: Headers) -> Result<(), ClientError> {
         let frame = send_frame(destination, body.into(), &headers, None);
         self.submit(frame, Effect::None).await
+    }
+
+    /// Publishes `body` to `destination` with no extra headers: [`Client::send`] in one call.
+    ///
+    /// # Errors
+    /// As [`Client::send`].
+    pub async fn publish(&self, destination: &str, body: impl Into<Bytes>) -> Result<(), ClientError> {
+        self.send(destination, body, Headers::new()).await
+    }
+
+    /// Sends a request and waits up to `timeout` for its reply.
+    ///
+    /// The request carries `reply-to: /temp-queue/stampede-replies` and a fresh
+    /// `correlation-id`; the broker rewrites `reply-to` to a queue only this connection reads
+    /// (RabbitMQ and Stampede do), and the replier answers there with the same
+    /// `correlation-id` (see [`Client::reply`]). The first request subscribes to that queue;
+    /// later ones share it.
+    ///
+    /// # Errors
+    /// [`ClientError::Timeout`] when no reply came in time; as [`Client::send_with_receipt`]
+    /// when the reply queue cannot be subscribed; [`ClientError::Closed`] when the connection
+    /// ends first.
+    pub async fn request(
+        &self,
+        destination: &str,
+        body: impl Into<Bytes>,
+        headers: Headers,
+        timeout: Duration,
+    ) -> Result<Message, ClientError> {
+        let replies = self.shared.replies.get_or_try_init(|| self.open_replies()).await?.clone();
+        let correlation_id = format!("req-{}", replies.next.fetch_add(1, Ordering::Relaxed));
+        let (waiter, reply) = oneshot::channel();
+        replies.waiting().insert(correlation_id.clone(), waiter);
+        // Forgets the waiter however this call ends (timeout, error, or the caller giving up).
+        let _forget = ForgetWaiter { replies: &replies, correlation_id: &correlation_id };
+        let mut all = Headers::with_capacity(headers.len() + 2);
+        all.push(names::REPLY_TO, REPLY_QUEUE);
+        all.push(CORRELATION_ID, correlation_id.as_str());
+        extend(&mut all, &headers);
+        self.send(destination, body, all).await?;
+        match tokio::time::timeout(timeout, reply).await {
+            Ok(Ok(message)) => Ok(message),
+            Ok(Err(_)) => Err(self.closed_error()),
+            Err(_) => Err(ClientError::Timeout {
+                waiting_for: format!("a reply to the request {correlation_id} sent to {destination}"),
+                after: timeout,
+            }),
+        }
+    }
+
+    /// Answers a request received from [`Client::request`] (or from any client that sets
+    /// `reply-to`): sends `body` to its `reply-to` with its `correlation-id`.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidRequest`] when `request` has no `reply-to` header; as
+    /// [`Client::send`].
+    pub async fn reply(&self, request: &Message, body: impl Into<Bytes>, headers: Headers) -> Result<(), ClientError> {
+        let reply_to = request.header(names::REPLY_TO).ok_or_else(|| {
+            ClientError::InvalidRequest(format!(
+                "the message {} from {} has no reply-to header, so there is nowhere to reply",
+                request.message_id, request.destination
+            ))
+        })?;
+        let mut all = Headers::with_capacity(headers.len() + 1);
+        if let Some(correlation_id) = request.header(CORRELATION_ID) {
+            all.push(CORRELATION_ID, correlation_id);
+        }
+        extend(&mut all, &headers);
+        self.send(reply_to, body, all).await
+    }
+
+    /// Subscribes to the reply queue and starts the task that hands each reply to its waiter.
+    async fn open_replies(&self) -> Result<Arc<Replies>, ClientError> {
+        // The id is the one the broker would give the queue itself (RabbitMQ style), so the
+        // broker never attaches a second consumer to it.
+        let id = ByteString::from_static(REPLY_QUEUE);
+        let frame = Frame::new(Command::Subscribe)
+            .with_header(names::DESTINATION, id.clone())
+            .with_header(names::ID, id.clone())
+            .with_header(names::ACK, AckMode::Auto.as_str());
+        let (sender, mut messages) = mpsc::channel(DEFAULT_SUBSCRIPTION_CAPACITY);
+        self.request_with_receipt(frame, Effect::Subscribe { id: id.clone(), destination: id, sender }).await?;
+        let replies = Arc::new(Replies::default());
+        let dispatch = replies.clone();
+        // Holds no Client handle, so it does not keep the connection open; it ends with it.
+        tokio::spawn(async move {
+            while let Some(message) = messages.recv().await {
+                let waiter = message.header(CORRELATION_ID).and_then(|id| dispatch.waiting().remove(id));
+                match waiter {
+                    Some(waiter) => {
+                        let _ = waiter.send(message);
+                    }
+                    None => tracing::debug!("dropping a reply nobody waits for (late, or no correlation-id)"),
+                }
+            }
+            // The connection has ended: fail the waiting requests now rather than at their
+            // timeouts.
+            dispatch.waiting().clear();
+        });
+        Ok(replies)
+    }
+
+    /// How many times the connection was re-established (see [`ConnectOptions::reconnect`]).
+    pub fn reconnects(&self) -> u64 {
+        self.shared.reconnects.load(Ordering::Relaxed)
     }
 
     /// Publishes and waits for the server's RECEIPT, which tells that the broker accepted the
@@ -452,6 +567,37 @@ impl Client {
     }
 }
 
+/// Where [`Client::request`] asks for replies.
+const REPLY_QUEUE: &str = "/temp-queue/stampede-replies";
+
+/// The header that pairs a reply with its request (the name RabbitMQ, ActiveMQ and JMS use).
+const CORRELATION_ID: &str = "correlation-id";
+
+/// Requests waiting for their reply, by `correlation-id`.
+#[derive(Default)]
+pub(crate) struct Replies {
+    waiting: Mutex<HashMap<String, oneshot::Sender<Message>>>,
+    next: AtomicU64,
+}
+
+impl Replies {
+    /// The waiters. A `std` mutex: held only to insert or remove, never across an `.await`.
+    fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Message>>> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+struct ForgetWaiter<'a> {
+    replies: &'a Replies,
+    correlation_id: &'a str,
+}
+
+impl Drop for ForgetWaiter<'_> {
+    fn drop(&mut self) {
+        self.replies.waiting().remove(self.correlation_id);
+    }
+}
+
 fn extend(headers: &mut Headers, extra: &Headers) {
     for (name, value) in extra.iter_shared() {
         headers.push(name.clone(), value.clone());
@@ -468,9 +614,25 @@ fn send_frame(destination: &str, body: Bytes, headers: &Headers, transaction: Op
     Frame { command: Command::Send, headers: all, body }
 }
 
-/// Connects the transport, performs the CONNECT/CONNECTED exchange and starts the task.
-async fn establish(options: &ConnectOptions) -> Result<Client, ClientError> {
-    let (mut reader, mut writer, subprotocol) = transport::open(&options.endpoint, &options.limits).await?;
+/// What a successful CONNECT/CONNECTED exchange leaves: the transport, and what was agreed.
+pub(crate) struct Handshake {
+    pub reader: transport::Reader,
+    pub writer: transport::Writer,
+    pub decoder: Decoder,
+    /// Bytes read after CONNECTED, not yet decoded.
+    pub read_buf: BytesMut,
+    pub connected: Frame,
+    pub version: Version,
+    pub heart_beat: Negotiated,
+    /// `heart_beat.expect_every` times the grace factor.
+    pub silence_limit: Option<Duration>,
+}
+
+/// Connects the transport and performs the CONNECT/CONNECTED exchange (no time limit: the
+/// callers apply [`ConnectOptions::connect_timeout`]).
+pub(crate) async fn handshake(options: &ConnectOptions) -> Result<Handshake, ClientError> {
+    let (mut reader, mut writer, subprotocol) =
+        transport::open(&options.endpoint, &options.limits, &options.tls).await?;
     let mut out = BytesMut::new();
     // CONNECT is never escaped, so the version passed here does not matter.
     encode(&options.connect_frame(), Version::V1_2, &mut out);
@@ -479,11 +641,21 @@ async fn establish(options: &ConnectOptions) -> Result<Client, ClientError> {
     let mut decoder = Decoder::new(options.limits);
     let mut read_buf = BytesMut::new();
     let connected = loop {
+        if read_buf.starts_with(b"HTTP/") {
+            let line_end = read_buf.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(read_buf.len());
+            let status_line = String::from_utf8_lossy(&read_buf[..line_end.min(200)]).into_owned();
+            return Err(ClientError::HttpNotStomp { address: options.endpoint.authority(), status_line });
+        }
         match decoder.decode(&mut read_buf)? {
             Some(Item::Frame(frame)) => break frame,
             Some(Item::HeartBeat) => {}
             None => {
                 if reader.read(&mut read_buf).await? == 0 {
+                    // A STOMP server refuses with an ERROR frame; hanging up without a word is
+                    // what an HTTP server does with a request it cannot parse.
+                    if read_buf.is_empty() && !options.endpoint.is_websocket() {
+                        return Err(ClientError::NoAnswer { address: options.endpoint.authority() });
+                    }
                     return Err(ClientError::Closed(CloseReason::ServerClosed));
                 }
             }
@@ -516,32 +688,40 @@ async fn establish(options: &ConnectOptions) -> Result<Client, ClientError> {
         1.0
     };
     let silence_limit = heart_beat.expect_every.map(|every| every.mul_f64(grace));
+    Ok(Handshake { reader, writer, decoder, read_buf, connected, version, heart_beat, silence_limit })
+}
 
+/// Performs the handshake and starts the connection task.
+async fn establish(options: &ConnectOptions) -> Result<Client, ClientError> {
+    let handshake = handshake(options).await?;
     let (requests_tx, requests_rx) = mpsc::channel(options.outgoing_capacity.max(1));
     let (unrouted_tx, unrouted_rx) = mpsc::channel(options.unrouted_capacity.max(1));
     let (closed_tx, closed_rx) = watch::channel(None);
     let shared = Arc::new(Shared {
-        version,
-        connected,
-        heart_beat,
+        version: handshake.version,
+        connected: handshake.connected,
+        heart_beat: handshake.heart_beat,
         receipt_timeout: options.receipt_timeout,
         ids: IdGenerator::default(),
         closed: closed_rx,
         unrouted: Mutex::new(Some(unrouted_rx)),
         unrouted_taken: AtomicBool::new(false),
+        reconnects: AtomicU64::new(0),
+        replies: tokio::sync::OnceCell::new(),
     });
     let connection = Connection {
-        reader,
-        writer,
-        decoder,
-        version,
-        read_buf,
+        reader: handshake.reader,
+        writer: handshake.writer,
+        decoder: handshake.decoder,
+        version: handshake.version,
+        read_buf: handshake.read_buf,
         requests: requests_rx,
         unrouted: unrouted_tx,
         shared: shared.clone(),
-        heart_beat,
-        silence_limit,
+        heart_beat: handshake.heart_beat,
+        silence_limit: handshake.silence_limit,
         closed: closed_tx,
+        reconnect: options.reconnect.clone().map(|plan| (options.clone(), plan)),
     };
     tokio::spawn(connection.run());
     Ok(Client { requests: requests_tx, shared })

@@ -15,6 +15,10 @@
 //!   writing and heart-beating. The broker then sees TCP backpressure (and its prefetch window
 //!   fills), which is exactly what a slow consumer should cause.
 //!
+//! Reconnection (opt-in, [`ConnectOptions::reconnect`]) happens here too: the routes outlive
+//! the socket, so after a new handshake the loop sends SUBSCRIBE again for each of them and the
+//! [`Subscription`](crate::Subscription) streams never notice more than a pause.
+//!
 //! Heart-beats: a single `\n` is written whenever nothing else was written for the negotiated
 //! send interval; the server is declared dead after the negotiated receive interval times the
 //! grace factor without a single byte (reading being parked does not count as silence).
@@ -30,9 +34,9 @@ use stampede_protocol::{Command, Decoder, Frame, Item, Version, encode, names};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::client::Shared;
+use crate::client::{Handshake, Shared, handshake};
 use crate::transport::{Reader, Writer};
-use crate::{ClientError, CloseReason, Message, ServerError};
+use crate::{ClientError, CloseReason, ConnectOptions, Message, Reconnect, ServerError};
 
 /// Bytes waiting to be written above which no more requests are taken.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
@@ -76,6 +80,8 @@ pub(crate) enum Effect {
 struct Route {
     destination: ByteString,
     sender: mpsc::Sender<Message>,
+    /// The SUBSCRIBE as sent (without its `receipt`), to send again after a reconnect.
+    subscribe: Frame,
 }
 
 /// A delivery waiting for room in a full channel; reading is parked while one exists.
@@ -107,6 +113,8 @@ pub(crate) struct Connection {
     /// `heart_beat.expect_every` times the grace factor.
     pub silence_limit: Option<Duration>,
     pub closed: watch::Sender<Option<CloseReason>>,
+    /// How to connect again when the connection is lost; `None` when not asked to.
+    pub reconnect: Option<(ConnectOptions, Reconnect)>,
 }
 
 /// The loop's mutable state.
@@ -137,12 +145,26 @@ impl Connection {
             last_read: now,
             last_write: now,
         };
-        let reason = self.run_loop(&mut state).await;
-        // A DISCONNECT that the server answered by closing, without a RECEIPT, is still a
-        // graceful end.
-        let reason = match reason {
-            CloseReason::ServerClosed if state.disconnect_sent => CloseReason::Disconnected,
-            other => other,
+        let reason = loop {
+            let reason = self.run_loop(&mut state).await;
+            // A DISCONNECT that the server answered by closing, without a RECEIPT, is still a
+            // graceful end.
+            let reason = match reason {
+                CloseReason::ServerClosed if state.disconnect_sent => CloseReason::Disconnected,
+                other => other,
+            };
+            if reason.is_graceful() || state.disconnect_sent || self.reconnect.is_none() {
+                break reason;
+            }
+            tracing::info!(%reason, "STOMP connection lost; reconnecting");
+            // The server may or may not have seen those frames: their callers must decide.
+            for (_, reply) in state.receipts.drain() {
+                let _ = reply.send(Err(ClientError::from_close(&reason)));
+            }
+            match self.reconnect(&mut state, reason).await {
+                Ok(()) => self.shared.count_reconnect(),
+                Err(reason) => break reason,
+            }
         };
         match &reason {
             CloseReason::Disconnected | CloseReason::Dropped => {
@@ -177,6 +199,76 @@ impl Connection {
             if let Ok(Err(e)) = flushed {
                 tracing::debug!(error = %e, "closing the socket failed");
             }
+        }
+    }
+
+    /// Connects again, with backoff, and resubscribes; `Err` with the reason to end with when it
+    /// gives up (or every handle is dropped meanwhile).
+    async fn reconnect(&mut self, state: &mut State, mut reason: CloseReason) -> Result<(), CloseReason> {
+        let Some((options, plan)) = self.reconnect.clone() else { return Err(reason) };
+        // One request taken while waiting, to notice when every handle is gone; the rest wait
+        // in the channel, which is the callers' backpressure.
+        let mut held: Option<Request> = None;
+        let mut attempt = 0;
+        loop {
+            if plan.max_attempts.is_some_and(|max| attempt >= max) {
+                return Err(reason);
+            }
+            let pause = tokio::time::sleep(plan.delay(attempt));
+            tokio::pin!(pause);
+            loop {
+                tokio::select! {
+                    () = &mut pause => break,
+                    request = self.requests.recv(), if held.is_none() => match request {
+                        Some(request) => held = Some(request),
+                        None => return Err(CloseReason::Dropped),
+                    },
+                }
+            }
+            attempt += 1;
+            let outcome = tokio::time::timeout(options.connect_timeout, handshake(&options)).await;
+            let handshake = match outcome {
+                Ok(Ok(handshake)) => handshake,
+                // The server refuses this client: trying again will not change its mind.
+                Ok(Err(ClientError::ServerError(error))) => return Err(CloseReason::ServerError(error)),
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, attempt, "reconnect attempt failed");
+                    reason = error.into_close_reason();
+                    continue;
+                }
+                Err(_) => {
+                    tracing::debug!(attempt, "reconnect attempt timed out");
+                    continue;
+                }
+            };
+            if handshake.version != self.version {
+                let changed = format!(
+                    "the server now speaks STOMP {} instead of {}: reconnecting cannot go on",
+                    handshake.version, self.version
+                );
+                return Err(CloseReason::Io(Arc::new(std::io::Error::other(changed))));
+            }
+            self.resume(state, handshake);
+            if let Some(request) = held {
+                self.on_request(state, request);
+            }
+            return Ok(());
+        }
+    }
+
+    /// Takes over a new transport and queues SUBSCRIBE again for every open route.
+    fn resume(&mut self, state: &mut State, handshake: Handshake) {
+        let Handshake { reader, writer, decoder, read_buf, heart_beat, silence_limit, .. } = handshake;
+        (self.reader, self.writer, self.decoder, self.read_buf) = (reader, writer, decoder, read_buf);
+        (self.heart_beat, self.silence_limit) = (heart_beat, silence_limit);
+        // Bytes meant for the old socket (a half-written frame among them) are dropped; the
+        // broker redelivers whatever was not acknowledged, so a parked delivery is dropped too.
+        state.write_buf.clear();
+        state.parked = None;
+        let now = Instant::now();
+        (state.last_read, state.last_write) = (now, now);
+        for route in state.routes.values() {
+            encode(&route.subscribe, self.version, &mut state.write_buf);
         }
     }
 
@@ -279,7 +371,9 @@ impl Connection {
             Effect::None => {}
             Effect::Subscribe { id, destination, sender } => {
                 state.retired.retain(|retired| retired != &id);
-                state.routes.insert(id, Route { destination, sender });
+                let mut subscribe = frame.clone();
+                subscribe.headers.remove(names::RECEIPT);
+                state.routes.insert(id, Route { destination, sender, subscribe });
             }
             Effect::Unsubscribe { id } => retire(state, &id),
             Effect::Disconnect => {

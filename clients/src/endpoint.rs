@@ -1,9 +1,10 @@
-//! Where to connect: parsing `tcp://host:port`, `host:port` and `ws://host:port/path`.
+//! Where to connect: parsing `tcp://host:port`, `tls://host:port`, `host:port`,
+//! `ws://host:port/path` and `wss://host:port/path`.
 //!
 //! The same string is accepted by the library, the CLI (`--url`, `STAMPEDE_URL`) and the test
-//! helpers, so the rules live in one place: a bare `host:port` means TCP, a missing TCP port is
-//! the STOMP default 61613, a missing WebSocket port is 80, and IPv6 literals are written in
-//! brackets as in URLs (`[::1]:61613`).
+//! helpers, so the rules live in one place: a bare `host:port` means TCP, a missing port is the
+//! conventional one for the scheme (61613 STOMP, 61614 STOMP over TLS, 80 `ws`, 443 `wss`), and
+//! IPv6 literals are written in brackets as in URLs (`[::1]:61613`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -12,18 +13,25 @@ use crate::ClientError;
 
 /// The conventional STOMP port, used when a TCP address names none.
 pub const DEFAULT_TCP_PORT: u16 = 61613;
+/// The conventional STOMP-over-TLS port, used when a `tls://` address names none.
+pub const DEFAULT_TLS_PORT: u16 = 61614;
 /// The HTTP port, used when a `ws://` URL names none.
 pub const DEFAULT_WS_PORT: u16 = 80;
+/// The HTTPS port, used when a `wss://` URL names none.
+pub const DEFAULT_WSS_PORT: u16 = 443;
 
 /// A parsed server address.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Endpoint {
-    /// Plain STOMP over TCP.
+    /// STOMP over TCP, plain or inside TLS.
     Tcp {
-        /// Host name or IP literal (IPv6 without brackets).
+        /// Host name or IP literal (IPv6 without brackets); with TLS also the name the server's
+        /// certificate must carry.
         host: String,
         /// Port.
         port: u16,
+        /// TLS around the TCP connection (`tls://`, `ssl://`, `stomp+ssl://`, `stomps://`).
+        tls: bool,
     },
     /// STOMP over WebSocket (the `v12.stomp`, `v11.stomp`, `v10.stomp` subprotocols).
     WebSocket {
@@ -33,6 +41,8 @@ pub enum Endpoint {
         port: u16,
         /// Path and query, starting with `/`.
         path: String,
+        /// `wss://`: the WebSocket runs inside TLS.
+        tls: bool,
     },
 }
 
@@ -40,12 +50,12 @@ impl Endpoint {
     /// Parses an address.
     ///
     /// Accepted forms: `tcp://host[:port]`, `stomp://host[:port]`, `host[:port]`,
-    /// `ws://host[:port][/path]`.
+    /// `ws://host[:port][/path]`, and with TLS `tls://host[:port]` (also `ssl://`,
+    /// `stomp+ssl://`, `stomps://`) and `wss://host[:port][/path]`.
     ///
     /// # Errors
-    /// [`ClientError::InvalidUrl`] for an unknown scheme, `wss://` (TLS is not built into this
-    /// client; put a TLS-terminating proxy in front or use `ws://`), credentials in the URL, an
-    /// empty host, a bad port, or an unbracketed IPv6 address.
+    /// [`ClientError::InvalidUrl`] for an unknown scheme, credentials in the URL, an empty host,
+    /// a bad port, or an unbracketed IPv6 address.
     pub fn parse(url: &str) -> Result<Endpoint, ClientError> {
         let invalid = |reason: &str| ClientError::InvalidUrl { url: url.to_owned(), reason: reason.to_owned() };
         let trimmed = url.trim();
@@ -53,30 +63,32 @@ impl Endpoint {
             Some((scheme, rest)) => (scheme.to_ascii_lowercase(), rest),
             None => ("tcp".to_owned(), trimmed),
         };
-        match scheme.as_str() {
-            "tcp" | "stomp" => {
-                let authority = rest.strip_suffix('/').unwrap_or(rest);
-                if authority.contains('/') {
-                    return Err(invalid("a TCP address has no path"));
-                }
-                let (host, port) = split_authority(authority, DEFAULT_TCP_PORT).map_err(invalid)?;
-                Ok(Endpoint::Tcp { host, port })
+        let (websocket, tls) = match scheme.as_str() {
+            "tcp" | "stomp" => (false, false),
+            "tls" | "ssl" | "stomp+ssl" | "stomps" => (false, true),
+            "ws" => (true, false),
+            "wss" => (true, true),
+            _ => return Err(invalid("unknown scheme: expected tcp://, tls://, stomp+ssl://, ws:// or wss://")),
+        };
+        if websocket {
+            let split = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(split);
+            let default_port = if tls { DEFAULT_WSS_PORT } else { DEFAULT_WS_PORT };
+            let (host, port) = split_authority(authority, default_port).map_err(invalid)?;
+            let path = match path {
+                "" => "/".to_owned(),
+                p if p.starts_with('/') => p.to_owned(),
+                p => format!("/{p}"),
+            };
+            Ok(Endpoint::WebSocket { host, port, path, tls })
+        } else {
+            let authority = rest.strip_suffix('/').unwrap_or(rest);
+            if authority.contains('/') {
+                return Err(invalid("a TCP address has no path"));
             }
-            "ws" => {
-                let split = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-                let (authority, path) = rest.split_at(split);
-                let (host, port) = split_authority(authority, DEFAULT_WS_PORT).map_err(invalid)?;
-                let path = match path {
-                    "" => "/".to_owned(),
-                    p if p.starts_with('/') => p.to_owned(),
-                    p => format!("/{p}"),
-                };
-                Ok(Endpoint::WebSocket { host, port, path })
-            }
-            "wss" | "ssl" | "tls" | "stomp+ssl" => {
-                Err(invalid("TLS is not built into this client: use tcp:// or ws://, or a TLS-terminating proxy"))
-            }
-            _ => Err(invalid("unknown scheme: expected tcp://, stomp:// or ws://")),
+            let default_port = if tls { DEFAULT_TLS_PORT } else { DEFAULT_TCP_PORT };
+            let (host, port) = split_authority(authority, default_port).map_err(invalid)?;
+            Ok(Endpoint::Tcp { host, port, tls })
         }
     }
 
@@ -92,6 +104,18 @@ impl Endpoint {
         match self {
             Endpoint::Tcp { port, .. } | Endpoint::WebSocket { port, .. } => *port,
         }
+    }
+
+    /// True when the connection runs inside TLS.
+    pub fn is_tls(&self) -> bool {
+        match self {
+            Endpoint::Tcp { tls, .. } | Endpoint::WebSocket { tls, .. } => *tls,
+        }
+    }
+
+    /// True for STOMP over WebSocket.
+    pub fn is_websocket(&self) -> bool {
+        matches!(self, Endpoint::WebSocket { .. })
     }
 
     /// `host:port`, with brackets around an IPv6 literal.
@@ -145,8 +169,10 @@ impl FromStr for Endpoint {
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Endpoint::Tcp { .. } => write!(f, "tcp://{}", self.authority()),
-            Endpoint::WebSocket { path, .. } => write!(f, "ws://{}{path}", self.authority()),
+            Endpoint::Tcp { tls: false, .. } => write!(f, "tcp://{}", self.authority()),
+            Endpoint::Tcp { tls: true, .. } => write!(f, "tls://{}", self.authority()),
+            Endpoint::WebSocket { path, tls: false, .. } => write!(f, "ws://{}{path}", self.authority()),
+            Endpoint::WebSocket { path, tls: true, .. } => write!(f, "wss://{}{path}", self.authority()),
         }
     }
 }
@@ -156,11 +182,11 @@ mod tests {
     use super::*;
 
     fn tcp(host: &str, port: u16) -> Endpoint {
-        Endpoint::Tcp { host: host.into(), port }
+        Endpoint::Tcp { host: host.into(), port, tls: false }
     }
 
     fn ws(host: &str, port: u16, path: &str) -> Endpoint {
-        Endpoint::WebSocket { host: host.into(), port, path: path.into() }
+        Endpoint::WebSocket { host: host.into(), port, path: path.into(), tls: false }
     }
 
     #[test]
@@ -190,9 +216,22 @@ mod tests {
     }
 
     #[test]
+    fn tls_schemes_pick_tls_and_their_default_ports() {
+        let tls = |host: &str, port| Endpoint::Tcp { host: host.into(), port, tls: true };
+        assert_eq!(Endpoint::parse("tls://broker").unwrap(), tls("broker", DEFAULT_TLS_PORT));
+        assert_eq!(Endpoint::parse("stomp+ssl://broker:7").unwrap(), tls("broker", 7));
+        assert_eq!(Endpoint::parse("ssl://broker:7").unwrap(), tls("broker", 7));
+        let wss = Endpoint::parse("wss://example.org/ws").unwrap();
+        assert_eq!(wss, Endpoint::WebSocket { host: "example.org".into(), port: 443, path: "/ws".into(), tls: true });
+        assert!(wss.is_tls() && wss.is_websocket());
+        assert_eq!(wss.to_string(), "wss://example.org:443/ws");
+        assert_eq!(tls("h", 9).to_string(), "tls://h:9");
+        assert!(!Endpoint::parse("tcp://h").unwrap().is_tls());
+    }
+
+    #[test]
     fn rejects_what_cannot_work() {
         for bad in [
-            "wss://h/ws",
             "http://h",
             "tcp://",
             "tcp://h:0",

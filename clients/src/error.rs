@@ -115,7 +115,7 @@ impl fmt::Display for CloseReason {
             CloseReason::ServerError(e) => e.fmt(f),
             CloseReason::ServerClosed => f.write_str("the server closed the connection"),
             CloseReason::HeartBeatTimeout { silent_for } => {
-                write!(f, "no data or heart-beat from the server for {silent_for:?}")
+                write!(f, "no data or heart-beat from the server for {}", human_duration(*silent_for))
             }
             CloseReason::Io(e) => write!(f, "I/O error: {e}"),
             CloseReason::Protocol(e) => write!(f, "protocol error: {e}"),
@@ -125,12 +125,71 @@ impl fmt::Display for CloseReason {
 }
 
 /// What a client call can fail with.
-#[derive(Debug, thiserror::Error)]
+///
+/// Both `Display` and `Debug` print a sentence (`Debug` prefixed with the variant's name), so an
+/// error that reaches `main`'s `Result` or an `unwrap` reads as well as one printed with `{}`.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
+    /// The TCP connection to the server could not be opened.
+    #[error("cannot connect to {address}: {source}")]
+    Connect {
+        /// `host:port` as dialled.
+        address: String,
+        /// Why, e.g. connection refused.
+        source: io::Error,
+    },
+    /// A `ws://` or `wss://` URL names a port whose server does not speak HTTP: most likely the
+    /// STOMP TCP port.
+    #[error(
+        "the server at {address} did not answer the WebSocket handshake in HTTP ({detail}); \
+         if that is a STOMP TCP port, use tcp://{address}"
+    )]
+    NotHttp {
+        /// `host:port` as dialled.
+        address: String,
+        /// What went wrong, as the WebSocket layer saw it.
+        detail: String,
+    },
+    /// A `tcp://` or `tls://` address names a port whose server answered CONNECT in HTTP: most
+    /// likely the WebSocket port.
+    #[error(
+        "the server at {address} answered CONNECT in HTTP ({status_line}); that looks like a \
+         WebSocket port: use ws://{address}/ws (with the server's WebSocket path)"
+    )]
+    HttpNotStomp {
+        /// `host:port` as dialled.
+        address: String,
+        /// The first line of the server's answer, e.g. `HTTP/1.1 400 Bad Request`.
+        status_line: String,
+    },
+    /// The server closed the connection without a byte of answer to CONNECT, which is what a
+    /// WebSocket (HTTP) port does with a STOMP frame.
+    #[error(
+        "the server at {address} closed the connection without answering CONNECT; if that is a \
+         WebSocket port, use ws://{address}/ws (with the server's WebSocket path)"
+    )]
+    NoAnswer {
+        /// `host:port` as dialled.
+        address: String,
+    },
+    /// The server answered the WebSocket handshake with an HTTP error (a wrong path gets 404).
+    #[error("the server refused the WebSocket handshake at {url} with HTTP {status}{}", body_suffix(body))]
+    WebSocketRefused {
+        /// The URL asked for.
+        url: String,
+        /// The HTTP status code.
+        status: u16,
+        /// The response body, which usually says what is wrong.
+        body: String,
+    },
     /// A socket operation failed.
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
+    /// TLS could not be set up: an unreadable CA file, a failed handshake, a certificate that
+    /// does not verify.
+    #[error("{0}")]
+    Tls(String),
     /// The WebSocket handshake or transport failed.
     #[error("WebSocket error: {0}")]
     WebSocket(Box<tokio_tungstenite::tungstenite::Error>),
@@ -141,7 +200,7 @@ pub enum ClientError {
     #[error("{0}")]
     ServerError(#[from] ServerError),
     /// Something did not happen in time.
-    #[error("timed out after {after:?} waiting for {waiting_for}")]
+    #[error("timed out after {} waiting for {waiting_for}", human_duration(*after))]
     Timeout {
         /// What was awaited, e.g. `RECEIPT rcpt-3` or `CONNECTED`.
         waiting_for: String,
@@ -167,6 +226,44 @@ pub enum ClientError {
     /// CONNECTED this client cannot use.
     #[error("handshake failed: {0}")]
     Handshake(String),
+}
+
+impl fmt::Debug for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self {
+            ClientError::Connect { .. } => "Connect",
+            ClientError::NotHttp { .. } => "NotHttp",
+            ClientError::HttpNotStomp { .. } => "HttpNotStomp",
+            ClientError::NoAnswer { .. } => "NoAnswer",
+            ClientError::WebSocketRefused { .. } => "WebSocketRefused",
+            ClientError::Io(_) => "Io",
+            ClientError::Tls(_) => "Tls",
+            ClientError::WebSocket(_) => "WebSocket",
+            ClientError::Protocol(_) => "Protocol",
+            ClientError::ServerError(_) => "ServerError",
+            ClientError::Timeout { .. } => "Timeout",
+            ClientError::Closed(_) => "Closed",
+            ClientError::InvalidUrl { .. } => "InvalidUrl",
+            ClientError::InvalidRequest(_) => "InvalidRequest",
+            ClientError::Handshake(_) => "Handshake",
+        };
+        write!(f, "{kind}: {self}")
+    }
+}
+
+/// A duration as people write it: `250 ms`, `2.5 s`.
+pub(crate) fn human_duration(duration: Duration) -> String {
+    if duration < Duration::from_secs(1) {
+        format!("{} ms", duration.as_millis())
+    } else {
+        let tenths = duration.as_millis() / 100;
+        format!("{}.{} s", tenths / 10, tenths % 10)
+    }
+}
+
+fn body_suffix(body: &str) -> String {
+    let body = body.trim();
+    if body.is_empty() { String::new() } else { format!(": {}", body.chars().take(300).collect::<String>()) }
 }
 
 impl From<tokio_tungstenite::tungstenite::Error> for ClientError {
@@ -197,7 +294,7 @@ impl ClientError {
     /// The close reason for a connection that failed with this error.
     pub(crate) fn into_close_reason(self) -> CloseReason {
         match self {
-            ClientError::Io(e) => CloseReason::Io(Arc::new(e)),
+            ClientError::Io(e) | ClientError::Connect { source: e, .. } => CloseReason::Io(Arc::new(e)),
             ClientError::WebSocket(e) => CloseReason::WebSocket(Arc::from(e)),
             ClientError::Protocol(e) => CloseReason::Protocol(e),
             ClientError::ServerError(e) => CloseReason::ServerError(e),
@@ -224,5 +321,19 @@ mod tests {
         assert_eq!(e.to_string(), "server sent ERROR: access refused (user guest may not write /queue/x)");
         let client_error = ClientError::from_close(&CloseReason::ServerError(e.clone()));
         assert_eq!(client_error.server_error(), Some(&e));
+    }
+
+    #[test]
+    fn errors_print_as_sentences_in_display_and_debug() {
+        let timeout = ClientError::Timeout { waiting_for: "RECEIPT rcpt-0".into(), after: Duration::from_millis(2500) };
+        assert_eq!(timeout.to_string(), "timed out after 2.5 s waiting for RECEIPT rcpt-0");
+        assert_eq!(format!("{timeout:?}"), "Timeout: timed out after 2.5 s waiting for RECEIPT rcpt-0");
+        let refused = ClientError::Connect {
+            address: "127.0.0.1:1".into(),
+            source: io::Error::from(io::ErrorKind::ConnectionRefused),
+        };
+        assert_eq!(format!("{refused:?}"), "Connect: cannot connect to 127.0.0.1:1: connection refused");
+        let silent = CloseReason::HeartBeatTimeout { silent_for: Duration::from_millis(250) };
+        assert_eq!(silent.to_string(), "no data or heart-beat from the server for 250 ms");
     }
 }

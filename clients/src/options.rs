@@ -7,6 +7,7 @@
 //! chained calls read well.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use bytestring::ByteString;
 use stampede_protocol::heartbeat::HeartBeat;
 use stampede_protocol::{Command, Frame, Headers, Limits, Version, names};
 
-use crate::{ClientError, Endpoint};
+use crate::{ClientError, Endpoint, TlsOptions};
 
 /// How to connect. Build with [`ConnectOptions::new`] and the builder methods.
 #[derive(Clone)]
@@ -58,6 +59,48 @@ pub struct ConnectOptions {
     /// [`Client::take_unrouted`](crate::Client::take_unrouted)) kept before the connection stops
     /// reading for the taker to catch up. Default 256.
     pub unrouted_capacity: usize,
+    /// How a `tls://` or `wss://` server's certificate is checked. Default: against the public
+    /// (Mozilla) roots.
+    pub tls: TlsOptions,
+    /// Reconnect after a lost connection, and resubscribe. Default `None`: a lost connection
+    /// stays lost and [`Client::closed`](crate::Client::closed) says why.
+    pub reconnect: Option<Reconnect>,
+}
+
+/// Opt-in reconnection: after the connection is lost (the socket failed or closed, the server
+/// fell silent or sent an ERROR), the client connects again with the same options, waiting
+/// `initial_delay`, then twice as long after each failed attempt up to `max_delay`. Once
+/// connected it subscribes again every subscription still open, with the same ids and headers,
+/// so [`Subscription`](crate::Subscription) streams go on. Calls waiting for a RECEIPT when the
+/// connection was lost fail (the server may or may not have seen their frame); frames sent while
+/// reconnecting wait and go out on the new connection.
+///
+/// Reconnecting stops when the server refuses CONNECT (an ERROR: wrong credentials do not get
+/// better) or after `max_attempts` failed attempts in a row; the connection then ends with the
+/// last reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reconnect {
+    /// Wait before the first attempt. Default 100 ms.
+    pub initial_delay: Duration,
+    /// Longest wait between attempts. Default 10 s.
+    pub max_delay: Duration,
+    /// Failed attempts in a row before giving up; `None` tries forever. Default `None`.
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for Reconnect {
+    fn default() -> Reconnect {
+        Reconnect { initial_delay: Duration::from_millis(100), max_delay: Duration::from_secs(10), max_attempts: None }
+    }
+}
+
+impl Reconnect {
+    /// The wait before attempt `attempt` (0 for the first): doubling from `initial_delay`,
+    /// capped at `max_delay`.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
+        self.initial_delay.saturating_mul(factor).min(self.max_delay)
+    }
 }
 
 impl ConnectOptions {
@@ -86,6 +129,8 @@ impl ConnectOptions {
             limits: Limits::default(),
             outgoing_capacity: 1024,
             unrouted_capacity: 256,
+            tls: TlsOptions::default(),
+            reconnect: None,
         }
     }
 
@@ -162,6 +207,26 @@ impl ConnectOptions {
         self
     }
 
+    /// Trusts the CA certificates in a PEM file, in addition to the public roots, on `tls://` and
+    /// `wss://` connections.
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls.ca_file = Some(path.into());
+        self
+    }
+
+    /// Accepts any server certificate on `tls://` and `wss://` connections. Encrypted but not
+    /// authenticated: for tests only.
+    pub fn insecure_skip_verify(mut self, yes: bool) -> Self {
+        self.tls.insecure_skip_verify = yes;
+        self
+    }
+
+    /// Reconnects (and resubscribes) after a lost connection; see [`Reconnect`].
+    pub fn reconnect(mut self, reconnect: Reconnect) -> Self {
+        self.reconnect = Some(reconnect);
+        self
+    }
+
     /// The CONNECT (or STOMP) frame these options describe.
     pub fn connect_frame(&self) -> Frame {
         let command = if self.use_stomp_command { Command::Stomp } else { Command::Connect };
@@ -202,6 +267,8 @@ impl fmt::Debug for ConnectOptions {
             .field("limits", &self.limits)
             .field("outgoing_capacity", &self.outgoing_capacity)
             .field("unrouted_capacity", &self.unrouted_capacity)
+            .field("tls", &self.tls)
+            .field("reconnect", &self.reconnect)
             .finish()
     }
 }
@@ -355,6 +422,18 @@ mod tests {
     fn debug_never_prints_the_passcode() {
         let options = ConnectOptions::new("h").unwrap().credentials("u", "hunter2");
         assert!(!format!("{options:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn reconnect_delay_doubles_up_to_the_cap() {
+        let reconnect = Reconnect {
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(700),
+            max_attempts: None,
+        };
+        let delays: Vec<u128> = (0..5).map(|attempt| reconnect.delay(attempt).as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 700, 700]);
+        assert_eq!(reconnect.delay(u32::MAX), Duration::from_millis(700));
     }
 
     #[test]

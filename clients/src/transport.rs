@@ -1,5 +1,5 @@
-//! The byte pipe under STOMP: a TCP socket or a WebSocket, split into a read half and a write
-//! half.
+//! The byte pipe under STOMP: a TCP socket or a WebSocket, either of them plain or inside TLS,
+//! split into a read half and a write half.
 //!
 //! WebSocket is only a transport here, as in the broker: each received message (binary or text)
 //! is appended to the decoder's buffer, so a frame split over several messages, or several frames
@@ -10,12 +10,14 @@
 //! the same `select!`; both waits are cancel safe (see [`Reader::read`] and [`Writer::write`]).
 
 use std::future::poll_fn;
-use std::task::{Poll, ready};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_tungstenite::WebSocketStream;
@@ -26,9 +28,11 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
 use stampede_protocol::{Limits, Version};
 
+use crate::tls::{TlsOptions, server_name};
 use crate::{ClientError, Endpoint};
 
-type WsStream = WebSocketStream<TcpStream>;
+type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+type WsStream = WebSocketStream<Stream>;
 
 /// Bytes asked of the socket per read. Large enough that a burst of small MESSAGE frames is
 /// decoded from one read.
@@ -38,15 +42,59 @@ const READ_CHUNK: usize = 16 * 1024;
 /// and flushed, so this only guards against a bug, instead of tungstenite's unbounded default.
 const WS_MAX_WRITE_BUFFER: usize = 64 * 1024 * 1024;
 
+/// A TCP connection, plain or inside TLS: what a WebSocket runs over.
+pub(crate) enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Stream::Tls(tls) => Pin::new(tls).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Stream::Tls(tls) => Pin::new(tls).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Stream::Tls(tls) => Pin::new(tls).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Stream::Tls(tls) => Pin::new(tls).poll_shutdown(cx),
+        }
+    }
+}
+
 /// The read half.
 pub(crate) enum Reader {
     Tcp(OwnedReadHalf),
+    Tls(ReadHalf<TlsStream>),
     Ws(SplitStream<WsStream>),
 }
 
 /// The write half.
 pub(crate) enum Writer {
     Tcp(OwnedWriteHalf),
+    Tls {
+        write: WriteHalf<TlsStream>,
+        /// Bytes were handed to rustls but not yet flushed to the socket.
+        needs_flush: bool,
+    },
     Ws {
         sink: SplitSink<WsStream, WsMessage>,
         /// A message was handed to the sink but not yet flushed to the socket.
@@ -59,18 +107,34 @@ pub(crate) enum Writer {
 pub(crate) async fn open(
     endpoint: &Endpoint,
     limits: &Limits,
+    tls: &TlsOptions,
 ) -> Result<(Reader, Writer, Option<Version>), ClientError> {
-    let tcp = TcpStream::connect((endpoint.host(), endpoint.port())).await?;
+    let tcp = TcpStream::connect((endpoint.host(), endpoint.port()))
+        .await
+        .map_err(|source| ClientError::Connect { address: endpoint.authority(), source })?;
     // Frames are coalesced before each write, so Nagle's delay would only add latency.
     tcp.set_nodelay(true)?;
-    match endpoint {
-        Endpoint::Tcp { .. } => {
+    let stream = if endpoint.is_tls() {
+        let connector = tokio_rustls::TlsConnector::from(tls.client_config()?);
+        let name = server_name(endpoint.host())?;
+        let tls_stream = connector.connect(name, tcp).await.map_err(|e| tls_handshake_error(endpoint, &e))?;
+        Stream::Tls(Box::new(tls_stream))
+    } else {
+        Stream::Plain(tcp)
+    };
+    match (endpoint, stream) {
+        (Endpoint::Tcp { .. }, Stream::Plain(tcp)) => {
             let (read, write) = tcp.into_split();
             Ok((Reader::Tcp(read), Writer::Tcp(write), None))
         }
-        Endpoint::WebSocket { path, .. } => {
-            let url = format!("ws://{}{path}", endpoint.authority());
-            let mut request = url.into_client_request()?;
+        (Endpoint::Tcp { .. }, Stream::Tls(tls_stream)) => {
+            let (read, write) = tokio::io::split(*tls_stream);
+            Ok((Reader::Tls(read), Writer::Tls { write, needs_flush: false }, None))
+        }
+        (Endpoint::WebSocket { path, .. }, stream) => {
+            let scheme = if endpoint.is_tls() { "wss" } else { "ws" };
+            let url = format!("{scheme}://{}{path}", endpoint.authority());
+            let mut request = url.as_str().into_client_request()?;
             let offer = [Version::V1_2, Version::V1_1, Version::V1_0].map(Version::websocket_subprotocol).join(", ");
             request
                 .headers_mut()
@@ -81,7 +145,9 @@ pub(crate) async fn open(
                 .max_message_size(Some(max_frame.saturating_mul(2)))
                 .max_frame_size(Some(max_frame.saturating_mul(2)))
                 .max_write_buffer_size(WS_MAX_WRITE_BUFFER);
-            let (ws, response) = tokio_tungstenite::client_async_with_config(request, tcp, Some(config)).await?;
+            let (ws, response) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
+                .await
+                .map_err(|e| websocket_handshake_error(endpoint, &url, e))?;
             let chosen = response
                 .headers()
                 .get("Sec-WebSocket-Protocol")
@@ -93,6 +159,47 @@ pub(crate) async fn open(
     }
 }
 
+/// A failed TLS handshake, with a hint when the server answered in plain text.
+fn tls_handshake_error(endpoint: &Endpoint, error: &io::Error) -> ClientError {
+    let address = endpoint.authority();
+    let plain = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|inner| matches!(inner, rustls::Error::InvalidMessage(_)));
+    if plain {
+        let scheme = if endpoint.is_websocket() { "ws" } else { "tcp" };
+        ClientError::Tls(format!(
+            "TLS handshake with {address} failed ({error}): the server there does not speak TLS; \
+             if it is a plain port, use {scheme}://{address}"
+        ))
+    } else {
+        ClientError::Tls(format!("TLS handshake with {address} failed: {error}"))
+    }
+}
+
+/// A failed WebSocket upgrade, said in terms of the likely mistake.
+fn websocket_handshake_error(endpoint: &Endpoint, url: &str, error: tungstenite::Error) -> ClientError {
+    match error {
+        tungstenite::Error::Http(response) => ClientError::WebSocketRefused {
+            url: url.to_owned(),
+            status: response.status().as_u16(),
+            body: response.body().as_deref().map(|body| String::from_utf8_lossy(body).into_owned()).unwrap_or_default(),
+        },
+        // The server answered, but not in HTTP, or hung up on the request: a STOMP server does
+        // both (an ERROR frame for the unknown command `GET`, then close).
+        tungstenite::Error::HttpFormat(_)
+        | tungstenite::Error::Protocol(_)
+        | tungstenite::Error::ConnectionClosed
+        | tungstenite::Error::AlreadyClosed => {
+            ClientError::NotHttp { address: endpoint.authority(), detail: error.to_string() }
+        }
+        tungstenite::Error::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            ClientError::NotHttp { address: endpoint.authority(), detail: e.to_string() }
+        }
+        other => other.into(),
+    }
+}
+
 impl Reader {
     /// Appends at least one byte to `buf`, or returns `Ok(0)` when the peer has closed.
     ///
@@ -101,6 +208,10 @@ impl Reader {
     pub(crate) async fn read(&mut self, buf: &mut BytesMut) -> Result<usize, ClientError> {
         match self {
             Reader::Tcp(read) => {
+                buf.reserve(READ_CHUNK);
+                Ok(read.read_buf(buf).await?)
+            }
+            Reader::Tls(read) => {
                 buf.reserve(READ_CHUNK);
                 Ok(read.read_buf(buf).await?)
             }
@@ -132,7 +243,7 @@ impl Reader {
 impl Writer {
     /// True when [`Writer::write`] has something to do.
     pub(crate) fn wants_write(&self, buf: &BytesMut) -> bool {
-        !buf.is_empty() || matches!(self, Writer::Ws { needs_flush: true, .. })
+        !buf.is_empty() || matches!(self, Writer::Ws { needs_flush: true, .. } | Writer::Tls { needs_flush: true, .. })
     }
 
     /// Writes some of `buf` (removing what was written), or flushes a pending WebSocket message.
@@ -143,9 +254,27 @@ impl Writer {
         match self {
             Writer::Tcp(write) => {
                 if write.write_buf(buf).await? == 0 {
-                    return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+                    return Err(io::Error::from(io::ErrorKind::WriteZero).into());
                 }
                 Ok(())
+            }
+            // rustls may hold written bytes in a record until flushed, so a write is not done
+            // until the flush is.
+            Writer::Tls { write, needs_flush } => {
+                poll_fn(|cx| {
+                    if !buf.is_empty() {
+                        let written = ready!(Pin::new(&mut *write).poll_write(cx, buf))?;
+                        if written == 0 {
+                            return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
+                        }
+                        buf.advance(written);
+                        *needs_flush = true;
+                    }
+                    ready!(Pin::new(&mut *write).poll_flush(cx))?;
+                    *needs_flush = false;
+                    Poll::Ready(Ok::<(), ClientError>(()))
+                })
+                .await
             }
             Writer::Ws { sink, needs_flush } => {
                 poll_fn(|cx| {
@@ -175,6 +304,7 @@ impl Writer {
     pub(crate) async fn shutdown(&mut self) -> Result<(), ClientError> {
         match self {
             Writer::Tcp(write) => Ok(write.shutdown().await?),
+            Writer::Tls { write, .. } => Ok(write.shutdown().await?),
             Writer::Ws { sink, .. } => Ok(sink.close().await?),
         }
     }

@@ -14,7 +14,8 @@ use stampede_client::{AckMode, Client, ClientError, ConnectOptions, Headers, Mes
 /// Send and receive messages through a STOMP broker (Stampede, RabbitMQ, ActiveMQ, ...).
 ///
 /// The broker is named by --url (or STAMPEDE_URL): `tcp://host:port`, `host:port`, or
-/// `ws://host:port/path` for STOMP over WebSocket. Credentials come from --login/--passcode or
+/// `ws://host:port/path` for STOMP over WebSocket; `tls://host:port` (or `stomp+ssl://`) and
+/// `wss://host:port/path` run them inside TLS. Credentials come from --login/--passcode or
 /// STAMPEDE_LOGIN/STAMPEDE_PASSCODE.
 #[derive(Debug, Parser)]
 #[command(name = "stampede-cli", version, propagate_version = true)]
@@ -22,7 +23,8 @@ use stampede_client::{AckMode, Client, ClientError, ConnectOptions, Headers, Mes
     stampede-cli send /queue/orders 'order 1' --receipt --persistent\n  \
     echo hello | stampede-cli send /topic/news\n  \
     stampede-cli subscribe /topic/news --count 10 -v\n  \
-    stampede-cli --url ws://localhost:15674/ws subscribe /queue/jobs --ack client")]
+    stampede-cli --url ws://localhost:15674/ws subscribe /queue/jobs --ack client\n  \
+    stampede-cli --url tls://broker.internal:61614 --ca-file ca.pem send /queue/a hi")]
 struct Cli {
     #[command(flatten)]
     connection: ConnectionArgs,
@@ -32,9 +34,18 @@ struct Cli {
 
 #[derive(Debug, Args)]
 struct ConnectionArgs {
-    /// Broker address: tcp://host:port, host:port or ws://host:port/path.
+    /// Broker address: tcp://host:port, host:port, ws://host:port/path, or with TLS
+    /// tls://host:port, stomp+ssl://host:port, wss://host:port/path.
     #[arg(long, env = "STAMPEDE_URL", default_value = "tcp://localhost:61613", global = true)]
     url: String,
+    /// PEM file of CA certificates to trust (besides the public roots) for tls:// and wss://:
+    /// for a broker whose certificate a private CA signed.
+    #[arg(long, env = "STAMPEDE_CA_FILE", global = true)]
+    ca_file: Option<std::path::PathBuf>,
+    /// Accept any TLS certificate, unverified: the connection is encrypted but anyone could be
+    /// at the other end. For testing only.
+    #[arg(long, global = true)]
+    insecure: bool,
     /// Login sent in CONNECT.
     #[arg(long, env = "STAMPEDE_LOGIN", global = true)]
     login: Option<String>,
@@ -47,6 +58,9 @@ struct ConnectionArgs {
     /// Heart-beat offer `send_ms,receive_ms`; `0,0` turns heart-beats off.
     #[arg(long, default_value = "10000,10000", value_parser = parse_heart_beat, global = true)]
     heart_beat: (u32, u32),
+    /// Reconnect (with backoff) and resubscribe when the connection is lost, instead of exiting.
+    #[arg(long, global = true)]
+    reconnect: bool,
     /// Seconds to wait for the connection and for each receipt.
     #[arg(long, default_value_t = 10, global = true)]
     timeout: u64,
@@ -152,6 +166,14 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         .receipt_timeout(timeout);
     options.login = args.login.clone();
     options.passcode = args.passcode.clone();
+    options.tls.ca_file = args.ca_file.clone();
+    options.tls.insecure_skip_verify = args.insecure;
+    if args.reconnect {
+        options.reconnect = Some(stampede_client::Reconnect::default());
+    }
+    if args.insecure {
+        eprintln!("stampede-cli: warning: --insecure: the server's TLS certificate is not verified");
+    }
     let client = Client::connect_with(options).await?;
     match cli.command {
         CliCommand::Send(send) => run_send(&client, send).await?,
@@ -262,9 +284,26 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.connection.url, "ws://h:1/ws");
+        assert!(!cli.connection.insecure && cli.connection.ca_file.is_none());
         let CliCommand::Send(send) = cli.command else { panic!("expected send") };
         assert_eq!(send.headers, vec![("a".into(), "1".into()), ("b".into(), "x:y".into())]);
         assert!(send.persistent && send.receipt);
+    }
+
+    #[test]
+    fn tls_flags_are_global_and_insecure_is_only_set_by_name() {
+        let cli =
+            Cli::try_parse_from(["stampede-cli", "send", "/q", "x", "--ca-file", "ca.pem", "--insecure"]).unwrap();
+        assert_eq!(cli.connection.ca_file.as_deref(), Some(std::path::Path::new("ca.pem")));
+        assert!(cli.connection.insecure);
+    }
+
+    #[test]
+    fn reconnect_is_off_unless_asked_for() {
+        let cli = Cli::try_parse_from(["stampede-cli", "subscribe", "/topic/t"]).unwrap();
+        assert!(!cli.connection.reconnect);
+        let cli = Cli::try_parse_from(["stampede-cli", "subscribe", "/topic/t", "--reconnect"]).unwrap();
+        assert!(cli.connection.reconnect);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! broker: never point a client that matters at it.
 //!
 //! ```sh
-//! cargo run --release -p stampede-clients --example forwarding_floor -- 127.0.0.1:61699
+//! cargo run --release -p stampede-bench --bin forwarding-floor -- 127.0.0.1:61699
 //! target/release/stampede-bench --url tcp://127.0.0.1:61699 latency --rate 1000
 //! ```
 
