@@ -28,7 +28,15 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
 
     raise_file_limit(config.max_connections);
-    let broker = start(&config).await.context("cannot start the broker")?;
+    // A start-up failure is the operator's to fix (a busy port, a read-only data directory): one
+    // line that says what and where, not an error chain with a backtrace.
+    let broker = match start(&config).await {
+        Ok(broker) => broker,
+        Err(error) => {
+            eprintln!("stampede: cannot start the broker: {error}");
+            std::process::exit(1);
+        }
+    };
     tokio::spawn(return_freed_memory());
     wait_for_signal().await;
     tracing::info!("shutting down");
