@@ -34,6 +34,38 @@ pub enum StorageError {
         holder: Option<u32>,
     },
 
+    /// The data directory (or, when it does not exist yet, its parent) does not accept writes:
+    /// read-only file system, permissions, or an immutable directory.
+    #[error(
+        "the data directory {path} is not writable ({source}): the message store creates and \
+         writes its files there; make it writable or choose another data directory"
+    )]
+    ReadOnly {
+        /// The data directory.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: Arc<io::Error>,
+    },
+
+    /// An `fsync`/`fdatasync` of the store's files failed. After a failed sync the kernel may
+    /// have dropped the unwritten data while a later sync reports success, so the failure is
+    /// never retried as if the data were safe: the store refuses every write from then on,
+    /// until the broker is restarted.
+    #[error(
+        "fsync of {file} failed: {source}; the message store in {path} refuses all writes until \
+         the broker is restarted (a retried fsync could report success for data the kernel dropped)"
+    )]
+    SyncFailed {
+        /// The data directory.
+        path: PathBuf,
+        /// The file or directory whose sync failed.
+        file: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: Arc<io::Error>,
+    },
+
     /// Reading from or writing to the data directory failed (disk full, I/O error).
     #[error("storage I/O error while {action} in {path}: {source}")]
     Io {

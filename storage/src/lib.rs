@@ -54,6 +54,7 @@
 #![deny(missing_docs)]
 
 mod codec;
+mod durable;
 mod error;
 mod lock_holder;
 mod memory;

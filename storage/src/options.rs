@@ -10,6 +10,9 @@ use crate::StorageError;
 ///
 /// In every mode, completions run in submission order and only after the group's writes have
 /// been applied to the engine; the modes differ in whether, and when, an fsync precedes them.
+/// "fsync" here is sled's flush followed by an `fdatasync` of the store's files (its log, new
+/// large-value files and their directory) through the store's own descriptors: sled's flush
+/// alone is only `sync_file_range`, which does not survive power loss or an OS crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum FsyncMode {
     /// The writer fsyncs every group it picks up, immediately. Submissions that arrive while an

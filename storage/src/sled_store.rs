@@ -8,6 +8,12 @@
 //! new submissions queue up and are committed together by the next sync: that is the group
 //! commit, and it is why durability does not cost one fsync per message.
 //!
+//! # Durable means fdatasync
+//! sled's own flush only calls `sync_file_range`, which survives a process crash but not power
+//! loss or an OS crash. So in [`FsyncMode::Always`] and [`FsyncMode::Batch`] every group commit
+//! is sled's flush followed by an `fdatasync` of sled's files through descriptors of our own
+//! (the `durable` module); only then do the group's completions run with `Ok`.
+//!
 //! # Failure
 //! sled stops accepting writes after an I/O error. The writer then completes the failed group
 //! with the error, drops its handles, and on a later submission (at most once per
@@ -15,6 +21,12 @@
 //! durable point. So a full disk fails the SENDs that hit it, and writes succeed again once space
 //! is freed. Nothing that was completed with `Ok` is lost by this, because `Ok` is only given after
 //! a successful sync (except in [`FsyncMode::Never`], which promises nothing).
+//!
+//! A failed *sync* (our `fdatasync`, or sled's writeback reporting EIO) is different: the kernel
+//! may have marked the unwritten pages clean, so a reopened sled would read data that is not on
+//! disk and a later sync would succeed without it (PostgreSQL's "fsyncgate"). The group fails,
+//! the engine is dropped and every later write fails with [`StorageError::SyncFailed`] until the
+//! process restarts; an error line in the log says so.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -26,9 +38,10 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 use sled::{Batch, Db, IVec, Tree};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::codec::{self, QueueKey};
+use crate::durable::{self, DurableFiles, SyncFailure, SyncFaults};
 use crate::{
     Completion, FsyncMode, Op, ProblemKind, QueueRecord, RecordPosition, RecoveredQueue, Recovery, RecoveryProblem,
     StorageError, Store, StoreMetrics, StoreOptions,
@@ -66,6 +79,8 @@ struct Shared {
     /// Fault injection: the next this-many group commits fail as if the disk had failed.
     #[cfg(any(test, feature = "failpoints"))]
     inject_failures: AtomicU64,
+    /// Fault injection for the syncs that follow sled's flush.
+    sync_faults: SyncFaults,
 }
 
 enum Command {
@@ -98,7 +113,7 @@ impl SledStore {
     /// variants for engine failures.
     pub fn open(dir: &Path, options: StoreOptions) -> Result<SledStore, StorageError> {
         let path = dir.to_path_buf();
-        std::fs::create_dir_all(&path).map_err(|e| StorageError::Open { path: path.clone(), source: Arc::new(e) })?;
+        prepare_directory(&path)?;
         let engine = Engine::open(&path, &options)?;
         let shared = Arc::new(Shared::default());
         shared.disk_usage.store(engine.db.size_on_disk().unwrap_or(0), Relaxed);
@@ -110,6 +125,7 @@ impl SledStore {
             rx,
             engine: Some(engine),
             failure: None,
+            refused: None,
             shared: Arc::clone(&shared),
             usage_refreshed: Instant::now(),
         };
@@ -131,6 +147,13 @@ impl SledStore {
     #[cfg(any(test, feature = "failpoints"))]
     pub fn inject_failures(&self, count: u64) {
         self.shared.inject_failures.store(count, Relaxed);
+    }
+
+    /// Makes the next `count` syncs after sled's flush fail as if `fdatasync` had returned EIO.
+    /// For tests of the failed-sync path.
+    #[cfg(any(test, feature = "failpoints"))]
+    pub fn inject_sync_failures(&self, count: u64) {
+        self.shared.sync_faults.inject(count);
     }
 
     fn request<T>(&self, make: impl FnOnce(SyncSender<Result<T, StorageError>>) -> Command) -> Result<T, StorageError> {
@@ -199,6 +222,8 @@ impl Drop for SledStore {
 /// The open database and the trees the writer uses.
 struct Engine {
     db: Db,
+    /// Our descriptors of sled's files, for the `fdatasync` after each flush.
+    files: DurableFiles,
     meta: Tree,
     quarantine: Tree,
     /// Open queue trees by queue name, so each write does not look the tree up by name.
@@ -238,7 +263,29 @@ impl Engine {
         let meta = db.open_tree(codec::META_TREE).map_err(|e| StorageError::from_engine(path, "opening", e))?;
         let quarantine =
             db.open_tree(codec::QUARANTINE_TREE).map_err(|e| StorageError::from_engine(path, "opening", e))?;
-        Ok(Engine { db, meta, quarantine, queues: HashMap::new() })
+        // Opening may have created the trees: make that, and the files sled created, durable.
+        db.flush().map_err(|e| StorageError::from_engine(path, "opening", e))?;
+        let files = DurableFiles::open(path).map_err(|failure| StorageError::Io {
+            path: path.to_path_buf(),
+            action: "syncing the store's files after opening",
+            source: Arc::new(failure.source),
+        })?;
+        Ok(Engine { db, files, meta, quarantine, queues: HashMap::new() })
+    }
+
+    /// sled's flush, then an `fdatasync` of its files: what makes a group durable.
+    fn sync(&mut self, path: &Path, faults: &SyncFaults) -> Result<(), StorageError> {
+        self.db.flush().map_err(|e| match e {
+            sled::Error::Io(source) if source.raw_os_error() == Some(EIO) => {
+                StorageError::SyncFailed { path: path.to_path_buf(), file: path.join("db"), source: Arc::new(source) }
+            }
+            other => StorageError::from_engine(path, "syncing to disk", other),
+        })?;
+        self.files.sync(faults).map_err(|SyncFailure { file, source }| StorageError::SyncFailed {
+            path: path.to_path_buf(),
+            file,
+            source: Arc::new(source),
+        })
     }
 
     fn queue(&mut self, name: &str) -> sled::Result<&Tree> {
@@ -259,6 +306,8 @@ struct Writer {
     engine: Option<Engine>,
     /// When and why the engine was last lost (or last failed to reopen).
     failure: Option<(Instant, StorageError)>,
+    /// Set by a failed sync: every later write fails with it, and the engine stays closed.
+    refused: Option<StorageError>,
     shared: Arc<Shared>,
     usage_refreshed: Instant,
 }
@@ -367,22 +416,37 @@ impl Writer {
         match self.options.fsync {
             FsyncMode::Always | FsyncMode::Batch => {
                 self.shared.fsyncs.fetch_add(1, Relaxed);
-                engine.db.flush().map_err(|e| StorageError::from_engine(&path, "syncing to disk", e))?;
+                engine.sync(&path, &self.shared.sync_faults)?;
             }
             FsyncMode::Never => {}
         }
         Ok(())
     }
 
-    /// Drops the engine after a failure so that a later write reopens it; returns `error`.
+    /// Drops the engine after a failure; returns `error`. After a failed sync the store refuses
+    /// every later write; after any other failure a later write reopens it.
     fn lose_engine(&mut self, error: StorageError) -> StorageError {
         self.engine = None;
-        self.failure = Some((Instant::now(), error.clone()));
+        if matches!(error, StorageError::SyncFailed { .. }) {
+            if self.refused.is_none() {
+                error!(path = %self.path.display(), error = %error,
+                    "fsync of the message store failed: its data may not be on disk whatever a retry reports, \
+                     so the store is closed and refuses every persistent write (publishers get an ERROR) \
+                     until the broker is restarted; check the disk and the kernel log first");
+            }
+            self.refused = Some(error.clone());
+        } else {
+            self.failure = Some((Instant::now(), error.clone()));
+        }
         error
     }
 
-    /// Reopens the engine after a failure, at most once per `reopen_backoff`.
+    /// Reopens the engine after a failure, at most once per `reopen_backoff`; never after a
+    /// failed sync.
     fn ensure_open(&mut self) -> Result<(), StorageError> {
+        if let Some(refused) = &self.refused {
+            return Err(refused.clone());
+        }
         if self.engine.is_some() {
             return Ok(());
         }
@@ -406,10 +470,9 @@ impl Writer {
 
     fn sync_all(&mut self) -> Result<(), StorageError> {
         self.ensure_open()?;
-        let engine = self.engine.as_ref().ok_or(StorageError::Closed)?;
+        let engine = self.engine.as_mut().ok_or(StorageError::Closed)?;
         self.shared.fsyncs.fetch_add(1, Relaxed);
-        let result =
-            engine.db.flush().map(drop).map_err(|e| StorageError::from_engine(&self.path, "syncing to disk", e));
+        let result = engine.sync(&self.path, &self.shared.sync_faults);
         self.refresh_disk_usage(true);
         result.map_err(|e| self.lose_engine(e))
     }
@@ -586,6 +649,30 @@ fn apply_pending(engine: &mut Engine, meta: &mut Option<Batch>, queues: &mut Vec
         engine.queue(name)?.apply_batch(batch)?;
     }
     Ok(())
+}
+
+/// The errno of a failed writeback (`EIO`, 5 on Linux and the other Unixes).
+const EIO: i32 = 5;
+
+/// Creates the data directory if needed (syncing its parent so the new name is durable) and
+/// checks that it accepts new files, so that a read-only directory is one clear error rather
+/// than whichever of sled's files fails first.
+fn prepare_directory(path: &Path) -> Result<(), StorageError> {
+    let not_writable = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+            StorageError::ReadOnly { path: path.to_path_buf(), source: Arc::new(e) }
+        }
+        _ => StorageError::Open { path: path.to_path_buf(), source: Arc::new(e) },
+    };
+    if !path.is_dir() {
+        std::fs::create_dir_all(path).map_err(not_writable)?;
+        if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+            durable::sync_path(parent).map_err(|failure| not_writable(failure.source))?;
+        }
+    }
+    let probe = path.join(".stampede-write-probe");
+    std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&probe).map_err(not_writable)?;
+    std::fs::remove_file(&probe).map_err(not_writable)
 }
 
 /// How long opening waits for a directory lock that is being released.
@@ -845,6 +932,129 @@ mod tests {
         let err = write(&store, vec![append(2)]).unwrap_err();
         assert!(matches!(err, StorageError::Unavailable { .. }), "{err:?}");
         assert!(err.to_string().contains("injected failure"), "{err}");
+    }
+
+    /// Parks the writer thread inside a completion; returns the sender that releases it.
+    fn park_writer(store: &SledStore) -> mpsc::Sender<()> {
+        let (parked_tx, parked_rx) = mpsc::channel::<()>();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        store.submit(
+            vec![Op::DefineQueue(QueueRecord::queue("a"))],
+            Some(Box::new(move |_| {
+                parked_tx.send(()).unwrap_or(());
+                release_rx.recv().unwrap_or(());
+            })),
+        );
+        parked_rx.recv().unwrap();
+        release_tx
+    }
+
+    #[test]
+    fn a_failed_sync_fails_its_whole_group_and_is_not_retried_as_success() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions { reopen_backoff: Duration::ZERO, ..StoreOptions::default() };
+        let store = SledStore::open(dir.path(), options).unwrap();
+        let release = park_writer(&store);
+        // Three submissions queue up behind the parked writer and form one group.
+        let (tx, rx) = mpsc::channel();
+        for seq in 1..=3 {
+            let tx = tx.clone();
+            store.submit(vec![append(seq)], Some(Box::new(move |r| tx.send((seq, r)).unwrap_or(()))));
+        }
+        store.inject_sync_failures(1);
+        let batches = store.metrics().batches;
+        release.send(()).unwrap();
+        for _ in 1..=3 {
+            let (seq, result) = rx.recv_timeout(Duration::from_secs(30)).expect("completion never ran");
+            let err = result.expect_err("a submission of the failed group reported success");
+            assert!(matches!(err, StorageError::SyncFailed { .. }), "{seq}: {err:?}");
+            assert!(err.to_string().contains("injected fdatasync failure"), "{err}");
+            assert!(err.to_string().contains(&*dir.path().join("db").to_string_lossy()), "{err}");
+        }
+        assert_eq!(store.metrics().batches - batches, 1, "the three submissions were not one group");
+
+        // The injected fault is spent: a retried sync would now succeed, and must not be tried.
+        let later = write(&store, vec![append(4)]).unwrap_err();
+        assert!(matches!(later, StorageError::SyncFailed { .. }), "{later:?}");
+        assert!(later.to_string().contains("refuses all writes until the broker is restarted"), "{later}");
+        assert!(store.flush().is_err(), "a flush after a failed sync reported success");
+        let metrics = store.metrics();
+        assert_eq!((metrics.reopens, metrics.failed_submissions), (0, 4), "{metrics:?}");
+    }
+
+    #[test]
+    fn after_a_failed_sync_a_restart_recovers_what_was_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), StoreOptions::default()).unwrap();
+        write(&store, vec![Op::DefineQueue(QueueRecord::queue("a")), append(1)]).unwrap();
+        store.inject_sync_failures(1);
+        write(&store, vec![append(2)]).unwrap_err();
+        drop(store);
+        let store = SledStore::open(dir.path(), StoreOptions::default()).unwrap();
+        let seqs: Vec<_> = store.recover().unwrap().queues[0].messages.iter().map(|m| m.seq).collect();
+        assert!(seqs.starts_with(&[1]), "the acknowledged message is gone: {seqs:?}");
+        write(&store, vec![append(3)]).unwrap();
+    }
+
+    #[test]
+    fn a_large_value_in_a_blob_file_is_acknowledged_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), StoreOptions::default()).unwrap();
+        let mut large = append(1);
+        if let Op::Append { message, .. } = &mut large {
+            message.body = Bytes::from(vec![b'x'; 1 << 20]);
+        }
+        write(&store, vec![Op::DefineQueue(QueueRecord::queue("a")), large]).unwrap();
+        let blobs: Vec<_> =
+            std::fs::read_dir(dir.path().join("blobs")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(!blobs.is_empty(), "sled kept a 1 MiB value inline; this test no longer covers blob files");
+        drop(store);
+        let store = SledStore::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(store.recover().unwrap().queues[0].messages[0].body.len(), 1 << 20);
+    }
+
+    #[test]
+    fn a_read_only_data_directory_is_a_one_line_error() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("data");
+        std::fs::create_dir(&dir).unwrap();
+        let Some(_guard) = ReadOnly::make(&dir) else { return };
+        let err = SledStore::open(&dir, StoreOptions::default()).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, StorageError::ReadOnly { .. }), "{err:?}");
+        assert!(!text.contains('\n'), "not one line: {text}");
+        assert!(text.contains(&*dir.to_string_lossy()) && text.contains("not writable"), "{text}");
+    }
+
+    /// Makes a directory refuse new files for the life of the guard: `chmod 0555` for a normal
+    /// user; for root, who ignores permission bits, `chattr +i`.
+    struct ReadOnly(PathBuf, bool);
+
+    impl ReadOnly {
+        fn make(dir: &Path) -> Option<ReadOnly> {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+            if std::fs::File::create(dir.join("probe")).is_err() {
+                return Some(ReadOnly(dir.to_path_buf(), false));
+            }
+            std::fs::remove_file(dir.join("probe")).unwrap();
+            let chattr = std::process::Command::new("chattr").arg("+i").arg(dir).status();
+            if chattr.is_ok_and(|status| status.success()) {
+                return Some(ReadOnly(dir.to_path_buf(), true));
+            }
+            println!("SKIPPED: running as root and `chattr +i` is not available, so no read-only directory");
+            None
+        }
+    }
+
+    impl Drop for ReadOnly {
+        fn drop(&mut self) {
+            use std::os::unix::fs::PermissionsExt;
+            if self.1 {
+                let _ = std::process::Command::new("chattr").arg("-i").arg(&self.0).status();
+            }
+            let _ = std::fs::set_permissions(&self.0, std::fs::Permissions::from_mode(0o755));
+        }
     }
 
     #[test]

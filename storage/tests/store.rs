@@ -350,8 +350,8 @@ fn opening_a_directory_in_use_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let _first = open(dir.path());
     let err = SledStore::open(dir.path(), StoreOptions::default()).unwrap_err();
-    assert!(matches!(err, StorageError::Open { .. }), "{err:?}");
-    assert!(err.to_string().contains("no other stampede process"), "{err}");
+    assert!(matches!(err, StorageError::Locked { .. }), "{err:?}");
+    assert!(err.to_string().contains("is using the data directory"), "{err}");
 }
 
 #[test]
