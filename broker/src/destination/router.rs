@@ -11,7 +11,7 @@
 //! `/reply-queue/<generated>` is what a `reply-to: /temp-queue/..` is rewritten to.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use stampede_protocol::MessageTemplate;
@@ -228,6 +228,8 @@ pub struct Router {
     limits: NameLimits,
     store: Option<Arc<dyn Store>>,
     ids: Arc<IdCounters>,
+    /// Topic subscriptions (exact and wildcard) registered now, for metrics.
+    topic_subscriptions: AtomicUsize,
     this: Weak<Router>,
 }
 
@@ -257,8 +259,12 @@ impl Router {
     /// An in-memory router of virtual host `/` whose queues use `queue_settings` (benchmarks
     /// and unit tests).
     pub fn new(queue_settings: QueueSettings) -> Arc<Router> {
-        let settings =
-            RouterSettings { queue_settings, queue_overrides: HashMap::new(), limits: NameLimits::default() };
+        let settings = RouterSettings {
+            queue_settings,
+            queue_overrides: HashMap::new(),
+            limits: NameLimits::default(),
+            metrics: Arc::default(),
+        };
         Router::for_vhost(DEFAULT_VHOST, settings, None, Arc::new(IdCounters::new()))
     }
 
@@ -278,11 +284,12 @@ impl Router {
             durables: Mutex::new(HashMap::new()),
             creators: Mutex::new(Creators::default()),
             client_ids: Mutex::new(HashSet::new()),
-            queue_settings: settings.queue_settings,
+            queue_settings: QueueSettings { metrics: settings.metrics, ..settings.queue_settings },
             queue_overrides: settings.queue_overrides,
             limits: settings.limits,
             store,
             ids,
+            topic_subscriptions: AtomicUsize::new(0),
             this: this.clone(),
         })
     }
@@ -367,6 +374,7 @@ impl Router {
     pub fn subscribe_topic(&self, name: &str, subscriber: Arc<TopicSubscriber>) -> TopicRegistration {
         let id = subscriber.id;
         let mut table = self.topics.write().unwrap_or_else(|p| p.into_inner());
+        self.topic_subscriptions.fetch_add(1, Ordering::Relaxed);
         match TopicPattern::parse(name) {
             Some(pattern) => {
                 for topic in table.topics.values() {
@@ -387,6 +395,7 @@ impl Router {
     /// Removes a topic subscription.
     pub fn unsubscribe_topic(&self, registration: &TopicRegistration) {
         let mut table = self.topics.write().unwrap_or_else(|p| p.into_inner());
+        let _ = self.topic_subscriptions.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         if registration.wildcard {
             table.wildcards.retain(|(_, s)| s.id != registration.subscriber);
             let names: Vec<Arc<str>> = table.topics.keys().cloned().collect();
@@ -396,6 +405,21 @@ impl Router {
         } else {
             table.remove_from(&registration.name, registration.subscriber);
         }
+    }
+
+    /// Topic subscriptions registered now (a wildcard subscription counts once).
+    pub fn topic_subscriber_total(&self) -> usize {
+        self.topic_subscriptions.load(Ordering::Relaxed)
+    }
+
+    /// Every topic that exists now with its subscriber count (wildcard subscribers included
+    /// in each topic they match). The table's lock is held only to copy the names.
+    pub fn topic_subscriber_counts(&self) -> Vec<(Arc<str>, usize)> {
+        let topics: Vec<(Arc<str>, Arc<Topic>)> = {
+            let table = self.topics.read().unwrap_or_else(|p| p.into_inner());
+            table.topics.iter().map(|(name, topic)| (Arc::clone(name), Arc::clone(topic))).collect()
+        };
+        topics.into_iter().map(|(name, topic)| (name, topic.subscriber_count())).collect()
     }
 
     /// Subscribers of topic `name` right now (0 when it does not exist).
@@ -576,11 +600,12 @@ impl Router {
     pub async fn delete_queue(&self, name: &str, forget: bool) {
         let removed = self.queues.write().unwrap_or_else(|p| p.into_inner()).remove(name);
         if let Some(queue) = removed {
-            let mut creators = self.creators.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(user) = creators.queue_creator.remove(name) {
-                Creators::count(&mut creators.queues_per_user, &user, -1);
+            {
+                let mut creators = self.creators.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(user) = creators.queue_creator.remove(name) {
+                    Creators::count(&mut creators.queues_per_user, &user, -1);
+                }
             }
-            drop(creators);
             queue.shutdown(forget).await;
         }
     }
@@ -811,13 +836,22 @@ impl Router {
     /// last writes reach the store before it is flushed. Messages stay stored for the next
     /// start.
     pub async fn stop_queues(&self) {
+        for queue in self.every_queue() {
+            queue.shutdown(false).await;
+        }
+    }
+
+    /// Every queue: named ones, durable subscriptions' and temporary ones (metrics, shutdown).
+    /// Each table's lock is held only to copy its handles, one table at a time.
+    pub fn every_queue(&self) -> Vec<QueueHandle> {
         let durable: Vec<QueueHandle> =
             self.durables.lock().unwrap_or_else(|p| p.into_inner()).values().map(|d| d.queue.clone()).collect();
         let temporary: Vec<QueueHandle> =
             self.temporary.read().unwrap_or_else(|p| p.into_inner()).values().map(|t| t.queue.clone()).collect();
-        for queue in self.queues().into_iter().chain(durable).chain(temporary) {
-            queue.shutdown(false).await;
-        }
+        let mut all = self.queues();
+        all.extend(durable);
+        all.extend(temporary);
+        all
     }
 
     /// Every queue, for shutdown and management.

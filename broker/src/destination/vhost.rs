@@ -21,6 +21,7 @@ use tracing::info;
 
 use crate::destination::queue::QueueSettings;
 use crate::destination::router::{IdCounters, NameLimits, QueueOverride, Router};
+use crate::http::metrics::Metrics;
 use crate::security::auth::Access;
 
 /// The virtual host of clients that name none.
@@ -35,6 +36,8 @@ pub struct RouterSettings {
     pub queue_overrides: HashMap<String, QueueOverride>,
     /// Limits on the names clients create.
     pub limits: NameLimits,
+    /// The broker's counters, moved by queue actors.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The broker's virtual hosts.
@@ -70,8 +73,12 @@ impl VirtualHosts {
 
     /// In-memory virtual hosts with default limits (benchmarks, fuzzing, unit tests).
     pub fn in_memory(queue_settings: QueueSettings) -> Arc<VirtualHosts> {
-        let settings =
-            RouterSettings { queue_settings, queue_overrides: HashMap::new(), limits: NameLimits::default() };
+        let settings = RouterSettings {
+            queue_settings,
+            queue_overrides: HashMap::new(),
+            limits: NameLimits::default(),
+            metrics: Arc::default(),
+        };
         VirtualHosts::new(BTreeSet::new(), settings, None)
     }
 

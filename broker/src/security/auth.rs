@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -124,6 +125,9 @@ pub struct Principal {
     pub access: Arc<Access>,
     /// When its token expires, in seconds since the epoch.
     pub expires_at: Option<u64>,
+    /// May use the management API and dashboard (`admin = true` in `[users.<name>]`, a token
+    /// with the `stampede.admin` scope, or anyone on a broker without users).
+    pub admin: bool,
 }
 
 impl Principal {
@@ -132,7 +136,7 @@ impl Principal {
         // One shared value: every connection of an open broker holds the same rules.
         static UNRESTRICTED: std::sync::LazyLock<Arc<Access>> =
             std::sync::LazyLock::new(|| Arc::new(Access::unrestricted()));
-        Principal { name, access: Arc::clone(&UNRESTRICTED), expires_at: None }
+        Principal { name, access: Arc::clone(&UNRESTRICTED), expires_at: None, admin: true }
     }
 
     /// Checks that the principal's token, if it came with one, has not expired since CONNECT.
@@ -271,6 +275,7 @@ impl Credentials {
 struct User {
     hash: String,
     access: Arc<Access>,
+    admin: bool,
 }
 
 impl fmt::Debug for User {
@@ -287,6 +292,8 @@ pub struct Authenticator {
     dummy_hash: Option<String>,
     jwt: Option<JwtVerifier>,
     failures: FailureTracker,
+    /// Failed logins since start (STOMP and HTTP), for metrics.
+    failed: AtomicU64,
 }
 
 /// The configuration cannot be used for authentication.
@@ -313,6 +320,7 @@ impl Authenticator {
             dummy_hash: None,
             jwt: None,
             failures: FailureTracker::new(Duration::ZERO, Duration::ZERO, 0),
+            failed: AtomicU64::new(0),
         }
     }
 
@@ -332,7 +340,7 @@ impl Authenticator {
             first_params.get_or_insert(params);
             users.insert(
                 name.clone(),
-                User { hash: user.password_hash.clone(), access: Arc::new(Access::from_user(user)) },
+                User { hash: user.password_hash.clone(), access: Arc::new(Access::from_user(user)), admin: user.admin },
             );
         }
         let dummy_hash = match first_params {
@@ -354,6 +362,7 @@ impl Authenticator {
                 Duration::from_millis(config.auth_failure_max_delay_ms),
                 config.auth_failure_tracked_addresses,
             ),
+            failed: AtomicU64::new(0),
         })
     }
 
@@ -384,6 +393,7 @@ impl Authenticator {
         match self.verify(credentials).await {
             Some(principal) => Ok(principal),
             None => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
                 let delay = peer.map(|ip| self.failures.record(ip)).unwrap_or_default();
                 tracing::info!(peer = ?peer, login = ?credentials.login, ?delay, "login failed");
                 tokio::time::sleep(delay).await;
@@ -417,11 +427,19 @@ impl Authenticator {
         .await
         .unwrap_or(false);
         match user {
-            Some(user) if matched => {
-                Some(Principal { name: Some(login), access: Arc::clone(&user.access), expires_at: None })
-            }
+            Some(user) if matched => Some(Principal {
+                name: Some(login),
+                access: Arc::clone(&user.access),
+                expires_at: None,
+                admin: user.admin,
+            }),
             _ => None,
         }
+    }
+
+    /// Failed logins since start.
+    pub fn failure_count(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
     }
 
     /// Recent failures from `ip` (for tests).
@@ -577,6 +595,7 @@ impl JwtVerifier {
         let claims = data.claims;
         let mut read = Vec::new();
         let mut write = Vec::new();
+        let mut admin = false;
         let scopes: Vec<String> = match claims.scope {
             Some(Scope::Text(text)) => text.split_whitespace().map(str::to_owned).collect(),
             Some(Scope::List(list)) => list,
@@ -587,6 +606,8 @@ impl JwtVerifier {
                 read.push(pattern.to_owned());
             } else if let Some(pattern) = scope.strip_prefix("stampede.write:") {
                 write.push(pattern.to_owned());
+            } else if scope == "stampede.admin" {
+                admin = true;
             }
         }
         let claim = claims.stampede.unwrap_or_default();
@@ -606,6 +627,7 @@ impl JwtVerifier {
             name,
             access: Arc::new(access),
             expires_at: Some(claims.exp.saturating_add(self.leeway_secs)),
+            admin,
         })
     }
 }
