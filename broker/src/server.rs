@@ -534,10 +534,11 @@ fn handle(
                 .map(|(transport, credentials)| serve(transport, credentials, peer, id, &shared)),
         };
         if let Some(connection) = connection {
-            let transport = kind.transport();
-            shared.metrics.connection_opened(transport);
+            // The transport is read from `kind` on both sides rather than kept in a local, so
+            // counting holds nothing extra across the connection's lifetime.
+            shared.metrics.connection_opened(kind.transport());
             let reason = connection.await;
-            shared.metrics.connection_closed(transport, &reason);
+            shared.metrics.connection_closed(kind.transport(), &reason);
         }
         // The connection counts against the limits until here.
         drop(permits);

@@ -467,3 +467,48 @@ async fn the_management_listener_serves_https_when_the_broker_has_a_certificate(
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("\"status\":\"ok\""), "{answer}");
 }
+
+#[tokio::test]
+async fn metrics_count_queue_overflow_drops_and_expiries_exactly() {
+    let mut config = public_config();
+    config.queue_max_length = 2;
+    config.queue_overflow = stampede_broker::destination::queue::OverflowPolicy::DropOldest;
+    let broker = TestBroker::start_with(config).await;
+    let before = scrape(&broker).await;
+    let mut producer = connected(&broker).await;
+    for i in 0..5 {
+        let send = Frame::new(Command::Send)
+            .with_header("destination", "/queue/full")
+            .with_header("receipt", format!("r{i}"))
+            .with_body("x");
+        producer.send_frame(&send).await.unwrap();
+        assert_eq!(next_frame(&mut producer).await.command, Command::Receipt);
+    }
+    // One message that expires 1 ms after it is sent, before anyone consumes it.
+    let send = Frame::new(Command::Send)
+        .with_header("destination", "/queue/short")
+        .with_header("expiration", "1")
+        .with_header("receipt", "short")
+        .with_body("x");
+    producer.send_frame(&send).await.unwrap();
+    assert_eq!(next_frame(&mut producer).await.command, Command::Receipt);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut consumer = connected(&broker).await;
+    let subscribe = Frame::new(Command::Subscribe).with_header("destination", "/queue/short").with_header("id", "s");
+    consumer.send_frame(&subscribe.with_header("receipt", "subscribed")).await.unwrap();
+    assert_eq!(next_frame(&mut consumer).await.command, Command::Receipt);
+    let expired = "stampede_messages_expired_total";
+    let deadline = Instant::now() + WAIT;
+    let after = loop {
+        let text = scrape(&broker).await;
+        if value(&text, expired) > value(&before, expired) || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let delta = |series: &str| value(&after, series) - value(&before, series);
+    assert_eq!(delta("stampede_messages_dropped_total{reason=\"queue-overflow\"}"), 3.0);
+    assert_eq!(delta(expired), 1.0);
+    assert_eq!(delta("stampede_messages_delivered_total"), 0.0);
+    assert_eq!(value(&after, "stampede_queue_messages_ready"), 2.0);
+}

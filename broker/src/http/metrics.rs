@@ -106,7 +106,9 @@ impl DeadLetterReason {
 /// Why the broker threw a message away (label `reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
-    /// A topic message dropped for a slow subscriber (`slow_consumer_policy = drop-oldest`).
+    /// A topic message dropped for a slow subscriber (`slow_consumer_policy = drop-oldest`),
+    /// counted when the subscriber's connection ends: the outbox keeps the count, and
+    /// reporting it sooner would cost every connection a field.
     SlowConsumer,
     /// A queue's oldest message dropped to make room (`queue_overflow = drop-oldest`).
     QueueOverflow,
@@ -362,7 +364,11 @@ impl Metrics {
             "Queue messages whose time to live passed",
             self.expired.clone(),
         );
-        registry.register("stampede_messages_dropped", "Messages thrown away", f.dropped.clone());
+        registry.register(
+            "stampede_messages_dropped",
+            "Messages thrown away (a slow consumer's drops are added when its connection ends)",
+            f.dropped.clone(),
+        );
         registry.register("stampede_errors_sent", "ERROR frames sent, by kind", f.errors_sent.clone());
     }
 }
