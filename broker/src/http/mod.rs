@@ -324,7 +324,7 @@ impl FromRequestParts<SharedState> for Admin {
 
     async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, Self::Rejection> {
         let principal = authenticate(parts, state).await?;
-        if !principal.admin {
+        if !principal.is_admin() {
             return Err(ApiError::forbidden(format!(
                 "user {} is not an administrator (admin = true in [users.<name>], or a token with the stampede.admin scope)",
                 principal.name.as_deref().unwrap_or("(unnamed)")

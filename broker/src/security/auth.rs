@@ -88,12 +88,16 @@ pub struct Access {
     pub vhosts: HashMap<String, Rules>,
     /// True when every operation is allowed everywhere (skips matching).
     pub unrestricted: bool,
+    /// May use the management API and dashboard (`admin = true` in `[users.<name>]`, a token
+    /// with the `stampede.admin` scope, or anyone on a broker without users). Kept here, shared
+    /// per user, rather than in [`Principal`], which every connection holds.
+    pub admin: bool,
 }
 
 impl Access {
     /// Everything, everywhere.
     pub fn unrestricted() -> Access {
-        Access { default: Some(Rules::everything()), vhosts: HashMap::new(), unrestricted: true }
+        Access { default: Some(Rules::everything()), vhosts: HashMap::new(), unrestricted: true, admin: true }
     }
 
     /// The rules that apply on `vhost`, or `None` when the principal may not use it.
@@ -108,6 +112,7 @@ impl Access {
             default: user.vhosts.is_empty().then(|| Rules::from_lists(&user.read, &user.write)),
             vhosts: user.vhosts.iter().map(|(name, r)| (name.clone(), rules(r))).collect(),
             unrestricted,
+            admin: user.admin,
         }
     }
 }
@@ -125,9 +130,6 @@ pub struct Principal {
     pub access: Arc<Access>,
     /// When its token expires, in seconds since the epoch.
     pub expires_at: Option<u64>,
-    /// May use the management API and dashboard (`admin = true` in `[users.<name>]`, a token
-    /// with the `stampede.admin` scope, or anyone on a broker without users).
-    pub admin: bool,
 }
 
 impl Principal {
@@ -136,7 +138,12 @@ impl Principal {
         // One shared value: every connection of an open broker holds the same rules.
         static UNRESTRICTED: std::sync::LazyLock<Arc<Access>> =
             std::sync::LazyLock::new(|| Arc::new(Access::unrestricted()));
-        Principal { name, access: Arc::clone(&UNRESTRICTED), expires_at: None, admin: true }
+        Principal { name, access: Arc::clone(&UNRESTRICTED), expires_at: None }
+    }
+
+    /// May use the management API and dashboard.
+    pub fn is_admin(&self) -> bool {
+        self.access.admin
     }
 
     /// Checks that the principal's token, if it came with one, has not expired since CONNECT.
@@ -275,7 +282,6 @@ impl Credentials {
 struct User {
     hash: String,
     access: Arc<Access>,
-    admin: bool,
 }
 
 impl fmt::Debug for User {
@@ -340,7 +346,7 @@ impl Authenticator {
             first_params.get_or_insert(params);
             users.insert(
                 name.clone(),
-                User { hash: user.password_hash.clone(), access: Arc::new(Access::from_user(user)), admin: user.admin },
+                User { hash: user.password_hash.clone(), access: Arc::new(Access::from_user(user)) },
             );
         }
         let dummy_hash = match first_params {
@@ -427,12 +433,9 @@ impl Authenticator {
         .await
         .unwrap_or(false);
         match user {
-            Some(user) if matched => Some(Principal {
-                name: Some(login),
-                access: Arc::clone(&user.access),
-                expires_at: None,
-                admin: user.admin,
-            }),
+            Some(user) if matched => {
+                Some(Principal { name: Some(login), access: Arc::clone(&user.access), expires_at: None })
+            }
             _ => None,
         }
     }
@@ -619,15 +622,15 @@ impl JwtVerifier {
                 default: None,
                 vhosts: vhosts.into_iter().map(|v| (v, rules.clone())).collect(),
                 unrestricted: false,
+                admin,
             },
-            None => Access { default: Some(rules), vhosts: HashMap::new(), unrestricted: false },
+            None => Access { default: Some(rules), vhosts: HashMap::new(), unrestricted: false, admin },
         };
         let name = claims.sub.or_else(|| login.filter(|l| !l.is_empty()).map(str::to_owned));
         Some(Principal {
             name,
             access: Arc::new(access),
             expires_at: Some(claims.exp.saturating_add(self.leeway_secs)),
-            admin,
         })
     }
 }
