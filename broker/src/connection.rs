@@ -41,6 +41,7 @@ use crate::destination::outbox::{Delivery, Outbox};
 use crate::destination::queue::Outcome;
 use crate::destination::vhost::VirtualHosts;
 use crate::error::{ErrorKind, StompError};
+use crate::http::metrics::{DropReason, Metrics};
 use crate::session::{AutoAck, Flow, Reply, Session, SessionConfig};
 
 /// Settings every connection task reads.
@@ -59,6 +60,9 @@ pub struct ConnectionSettings {
     /// Send a WebSocket ping after this much outbound silence (keeps proxies from cutting idle
     /// sockets even when the client asked for no heart-beats); `None` = never.
     pub ws_ping_interval: Option<Duration>,
+    /// The broker's counters. Here rather than in the connection's own state, so counting
+    /// adds nothing to an idle connection.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Default for ConnectionSettings {
@@ -70,6 +74,7 @@ impl Default for ConnectionSettings {
             max_outbox_bytes: 8 * 1024 * 1024,
             write_timeout: Duration::from_secs(30),
             ws_ping_interval: Some(Duration::from_secs(30)),
+            metrics: Arc::default(),
         }
     }
 }
@@ -183,7 +188,8 @@ impl Output {
         self.bytes.is_empty()
     }
 
-    fn frame(&mut self, frame: &Frame, version: stampede_protocol::Version) {
+    fn frame(&mut self, frame: &Frame, version: stampede_protocol::Version, metrics: &Metrics) {
+        metrics.frame_sent(frame.command);
         encode(frame, version, &mut self.bytes);
         let text = std::str::from_utf8(&frame.body).is_ok();
         self.frames.push((self.bytes.len(), text));
@@ -399,7 +405,7 @@ where
                     Ok(ReadOutcome::Data) => {
                         last_read = Instant::now();
                         let was_connected = session.is_connected();
-                        ending = Box::pin(process_input(&mut session, &mut decoder, &mut input, &mut replies)).await;
+                        ending = Box::pin(process_input(&mut session, &mut decoder, &mut input, &mut replies, &settings.metrics)).await;
                         pending.extend(replies.drain(..));
                         if !was_connected && session.is_connected() {
                             token_expiry = session.principal().and_then(|principal| principal.expires_at).map(deadline_at_unix_secs);
@@ -428,6 +434,8 @@ where
                             }
                             if output.bytes.len() != before {
                                 output.mark(text);
+                                settings.metrics.frame_sent(stampede_protocol::Command::Message);
+                                settings.metrics.message_delivered();
                             }
                         }
                     }
@@ -476,20 +484,27 @@ where
                 },
             }
 
-            if let Some(refused) = write_decided(&mut pending, &mut output, session.version()) {
+            if let Some(refused) = write_decided(&mut pending, &mut output, session.version(), &settings.metrics) {
                 ending.get_or_insert(refused);
             }
             if matches!(ending, Some((CloseReason::ClientDisconnect, _))) {
                 // The DISCONNECT's RECEIPT promises that everything before it was processed, so it
                 // waits for the verdicts ahead of it.
-                if let Some(refused) =
-                    Box::pin(settle_all(&mut pending, &mut output, session.version(), settings.write_timeout)).await
+                if let Some(refused) = Box::pin(settle_all(
+                    &mut pending,
+                    &mut output,
+                    session.version(),
+                    settings.write_timeout,
+                    &settings.metrics,
+                ))
+                .await
                 {
                     ending = Some(refused);
                 }
             }
             if let Some((_, Some(error))) = &ending {
-                output.frame(&error.to_frame(), session.version());
+                settings.metrics.error_sent(error.kind);
+                output.frame(&error.to_frame(), session.version(), &settings.metrics);
             }
             let peer_closed = matches!(ending, Some((CloseReason::PeerClosed, _)));
             if peer_closed && websocket {
@@ -544,6 +559,7 @@ where
         Box::pin(session.close()).await;
         // The drop-oldest slow-consumer policy loses messages on purpose; say how many.
         let dropped = outbox.dropped();
+        settings.metrics.messages_dropped(DropReason::SlowConsumer, dropped);
         if dropped > 0 {
             warn!(%peer, session = %session_id, dropped, "topic messages dropped for this slow consumer (slow_consumer_policy = drop-oldest)");
         }
@@ -673,11 +689,12 @@ fn write_decided(
     pending: &mut VecDeque<Reply>,
     output: &mut Output,
     version: stampede_protocol::Version,
+    metrics: &Metrics,
 ) -> Option<Ending> {
     while let Some(front) = pending.front_mut() {
         match front {
             Reply::Frame(frame) => {
-                output.frame(frame, version);
+                output.frame(frame, version, metrics);
                 pending.pop_front();
             }
             Reply::After { verdict, receipt_id } => match verdict.try_recv() {
@@ -701,9 +718,10 @@ async fn settle_all(
     output: &mut Output,
     version: stampede_protocol::Version,
     limit: Duration,
+    metrics: &Metrics,
 ) -> Option<Ending> {
     while !pending.is_empty() {
-        if let Some(refused) = write_decided(pending, output, version) {
+        if let Some(refused) = write_decided(pending, output, version, metrics) {
             return Some(refused);
         }
         if pending.is_empty() {
@@ -733,12 +751,14 @@ async fn process_input(
     decoder: &mut Decoder,
     input: &mut BytesMut,
     replies: &mut Vec<Reply>,
+    metrics: &Metrics,
 ) -> Option<Ending> {
     loop {
         match decoder.decode(input) {
             Ok(None) => return None,
             Ok(Some(Item::HeartBeat)) => {}
             Ok(Some(Item::Frame(frame))) => {
+                metrics.frame_received(frame.command);
                 let was_connected = session.is_connected();
                 match session.handle(frame, replies).await {
                     Ok(Flow::Continue) => {

@@ -35,6 +35,36 @@ pub enum ErrorKind {
     Shutdown,
 }
 
+impl ErrorKind {
+    /// Every kind, in declaration order (metrics index their label tables by it).
+    pub const ALL: [ErrorKind; 9] = [
+        ErrorKind::Protocol,
+        ErrorKind::Request,
+        ErrorKind::Authentication,
+        ErrorKind::Authorization,
+        ErrorKind::Limit,
+        ErrorKind::TooLarge,
+        ErrorKind::Timeout,
+        ErrorKind::Internal,
+        ErrorKind::Shutdown,
+    ];
+
+    /// The kind's name in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::Request => "request",
+            ErrorKind::Authentication => "authentication",
+            ErrorKind::Authorization => "authorization",
+            ErrorKind::Limit => "limit",
+            ErrorKind::TooLarge => "too-large",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Internal => "internal",
+            ErrorKind::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// A protocol-level failure that ends the session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StompError {

@@ -18,8 +18,10 @@
 //! - [`config`]: defaults, TOML file, environment and flags; [`config::values`]: sizes,
 //!   addresses, booleans and log levels as people write them.
 //!
-//! The management HTTP surface (`http/`), backend bridges (`bridge/`) and cluster mode
-//! (`cluster/`) join these as folders of their own.
+//! - [`http`]: the management listener: JSON API, Prometheus metrics, health probes.
+//!
+//! Backend bridges (`bridge/`) and cluster mode (`cluster/`) join these as folders of their
+//! own.
 //!
 //! # Lock order
 //! No lock is held across an `.await`. Where locks nest, they are always taken in this order,
@@ -35,6 +37,7 @@ pub mod config;
 pub mod connection;
 pub mod destination;
 pub mod error;
+pub mod http;
 pub mod listener;
 pub mod security;
 pub mod server;

@@ -28,10 +28,13 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, StorageKind};
-use crate::connection::{self, ConnectionContext, Transport};
+use crate::connection::{self, ConnectionContext, ConnectionSettings, Transport};
 use crate::destination::router::Router;
 use crate::destination::vhost::{RouterSettings, VirtualHosts};
 use crate::error::StompError;
+use crate::http::health::Readiness;
+use crate::http::metrics::{Exporter, Metrics, Sources, TransportKind};
+use crate::http::{HttpState, ListenerInfo};
 use crate::listener::public_http::{self, Replayed, Routed};
 use crate::security::auth::{Authenticator, Credentials};
 use crate::security::{AddressPermit, PerAddress};
@@ -53,6 +56,12 @@ pub struct RunningBroker {
     /// False when `require_tls` kept the plain listeners closed (then `stomp_addr` and
     /// `ws_addr` are the TLS listeners' addresses).
     pub plain_listeners: bool,
+    /// Where the management HTTP listener listens (`None` with `http_addr = none`).
+    pub http_addr: Option<SocketAddr>,
+    /// Where the management HTTPS listener listens, when TLS is on.
+    pub https_addr: Option<SocketAddr>,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
     auth: Arc<Authenticator>,
     per_address: Arc<PerAddress>,
     vhosts: Arc<VirtualHosts>,
@@ -83,6 +92,22 @@ impl RunningBroker {
         &self.auth
     }
 
+    /// This broker's counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// What `/readyz` reports; other parts set its flags.
+    pub fn readiness(&self) -> &Arc<Readiness> {
+        &self.readiness
+    }
+
+    /// Marks the broker as draining: `/readyz` answers 503 from now on, so load balancers move
+    /// new clients elsewhere while existing connections go on.
+    pub fn start_draining(&self) {
+        self.readiness.start_draining();
+    }
+
     /// Open connections from `ip`, as counted for `max_connections_per_ip`.
     pub fn connections_from(&self, ip: std::net::IpAddr) -> usize {
         self.per_address.count(ip)
@@ -93,6 +118,7 @@ impl RunningBroker {
     /// store: all within one `deadline`.
     pub async fn shutdown(self, deadline: Duration) {
         let deadline = tokio::time::Instant::now() + deadline;
+        self.start_draining();
         self.shutdown.cancel();
         self.tasks.close();
         if tokio::time::timeout_at(deadline, self.tasks.wait()).await.is_err() {
@@ -200,14 +226,17 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
     let (auth, tls) = prepare(config)?;
     let auth = Arc::new(auth);
     let store = open_store(config).await?;
+    let metrics = Arc::new(Metrics::new());
+    let readiness = Arc::new(Readiness::default());
     let settings = RouterSettings {
         queue_settings: config.queue_settings(),
         queue_overrides: config.queues.clone(),
         limits: config.name_limits(),
         tasks: TaskTracker::new(),
+        metrics: Arc::clone(&metrics),
     };
     let vhosts = VirtualHosts::new(config.declared_vhosts(), settings, Some(Arc::clone(&store)));
-    let started = std::time::Instant::now();
+    let started = Instant::now().into_std();
     let recovery = {
         let store = Arc::clone(&store);
         tokio::task::spawn_blocking(move || store.recover())
@@ -232,8 +261,9 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
     let tasks = TaskTracker::new();
     let mut session = config.session_config();
     session.auth = Arc::clone(&auth);
+    session.metrics = Arc::clone(&metrics);
     let context = ConnectionContext {
-        settings: Arc::new(config.connection_settings()),
+        settings: Arc::new(ConnectionSettings { metrics: Arc::clone(&metrics), ..config.connection_settings() }),
         session: Arc::new(session),
         vhosts: Arc::clone(&vhosts),
         shutdown: shutdown.clone(),
@@ -254,6 +284,7 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
             allowed_origins: config.ws_allowed_origins.iter().map(|o| normalize_origin(o)).collect(),
         },
         handshake_timeout: Duration::from_millis(config.connect_timeout_ms),
+        metrics: Arc::clone(&metrics),
     });
 
     let plain_listeners = !config.require_tls;
@@ -289,10 +320,61 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
             }
         }
     }
+    let http = match config.http_addr {
+        Some(addr) => Some(bind(addr, "management HTTP").await?),
+        None => None,
+    };
+    let https = match (config.effective_https_addr(), &tls) {
+        (Some(addr), Some(_)) => Some(bind(addr, "management HTTPS").await?),
+        _ => None,
+    };
+    let local_addr = |listener: &TcpListener| listener.local_addr().map_err(|e| StartError::Internal(e.to_string()));
+    let http_addr = http.as_ref().map(local_addr).transpose()?;
+    let https_addr = https.as_ref().map(local_addr).transpose()?;
+    let listeners: Vec<ListenerInfo> = [
+        ("stomp", addrs.stomp),
+        ("stomp-tls", addrs.stomp_tls),
+        ("ws", addrs.ws),
+        ("wss", addrs.wss),
+        ("http", http_addr),
+        ("https", https_addr),
+    ]
+    .into_iter()
+    .filter_map(|(protocol, address)| address.map(|address| ListenerInfo { protocol, address }))
+    .collect();
+    if http.is_some() || https.is_some() {
+        let state = Arc::new(HttpState {
+            auth: Arc::clone(&auth),
+            vhosts: Arc::clone(&vhosts),
+            metrics: Arc::clone(&metrics),
+            exporter: Exporter::new(Sources {
+                metrics: Arc::clone(&metrics),
+                vhosts: Arc::clone(&vhosts),
+                store: Arc::clone(&store),
+                auth: Arc::clone(&auth),
+                per_destination: config.metrics_per_destination,
+            }),
+            readiness: Arc::clone(&readiness),
+            store: Arc::clone(&store),
+            started,
+            listeners,
+            metrics_public: config.metrics_public,
+        });
+        let app = crate::http::app(state);
+        if let (Some(listener), Some(addr)) = (http, http_addr) {
+            info!("management HTTP listening on http://{addr}");
+            crate::http::serve(listener, None, app.clone(), shutdown.clone(), &tasks);
+        }
+        if let (Some(listener), Some(addr), Some((_, wss))) = (https, https_addr, &tls) {
+            info!("management HTTPS listening on https://{addr}");
+            crate::http::serve(listener, Some(wss.clone()), app, shutdown.clone(), &tasks);
+        }
+    }
     log_posture(config, &auth);
     for (listener, kind) in bound {
         tasks.spawn(accept_loop(listener, kind, Arc::clone(&shared)));
     }
+    readiness.set_listening();
     let missing = || StartError::Config("no listener".to_owned());
     Ok(RunningBroker {
         stomp_addr: addrs.stomp.or(addrs.stomp_tls).ok_or_else(missing)?,
@@ -300,6 +382,10 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
         stomp_tls_addr: addrs.stomp_tls,
         wss_addr: addrs.wss,
         plain_listeners,
+        http_addr,
+        https_addr,
+        metrics,
+        readiness,
         auth,
         per_address,
         vhosts,
@@ -376,6 +462,17 @@ enum Listener {
     Wss(TlsAcceptor),
 }
 
+impl Listener {
+    fn transport(&self) -> TransportKind {
+        match self {
+            Listener::Stomp => TransportKind::Tcp,
+            Listener::WebSocket => TransportKind::Ws,
+            Listener::StompTls(_) => TransportKind::Tls,
+            Listener::Wss(_) => TransportKind::Wss,
+        }
+    }
+}
+
 struct WsSettings {
     path: String,
     config: WebSocketConfig,
@@ -394,6 +491,7 @@ struct Shared {
     tasks: TaskTracker,
     ws: WsSettings,
     handshake_timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 /// Session ids: 128 bits from the operating system's random source each. Temporary queue names
@@ -494,7 +592,11 @@ fn handle(
                 .map(|(transport, credentials)| serve(transport, credentials, peer, id, &shared)),
         };
         if let Some(connection) = connection {
-            connection.await;
+            // The transport is read from `kind` on both sides rather than kept in a local, so
+            // counting holds nothing extra across the connection's lifetime.
+            shared.metrics.connection_opened(kind.transport());
+            let reason = connection.await;
+            shared.metrics.connection_closed(kind.transport(), &reason);
         }
         // The connection counts against the limits until here.
         drop(permits);
@@ -616,6 +718,8 @@ fn refuse(stream: TcpStream, peer: SocketAddr, kind: Listener, shared: &Arc<Shar
         drop(stream);
         return;
     };
+    shared.metrics.error_sent(error.kind);
+    shared.metrics.frame_sent(stampede_protocol::Command::Error);
     let shared_for_task = Arc::clone(shared);
     shared.tasks.spawn(async move {
         let _permit = permit;

@@ -66,8 +66,8 @@ mod store;
 pub use error::StorageError;
 pub use memory::MemoryStore;
 pub use model::{
-    AckMode, Completion, Op, OwnerRecord, ProblemKind, QueueKind, QueueRecord, RecordPosition, RecoveredQueue,
-    Recovery, RecoveryProblem, StoreMetrics, StoredMessage,
+    AckMode, COMMIT_SECONDS_BUCKETS, CommitTimes, Completion, Op, OwnerRecord, ProblemKind, QueueKind, QueueRecord,
+    RecordPosition, RecoveredQueue, Recovery, RecoveryProblem, StoreMetrics, StoredMessage,
 };
 pub use options::{FsyncMode, StoreOptions};
 pub use sled_store::SledStore;

@@ -294,4 +294,25 @@ pub struct StoreMetrics {
     pub rejected_submissions: u64,
     /// Times the engine files were reopened after a failure.
     pub reopens: u64,
+    /// How long group commits took.
+    pub commit_seconds: CommitTimes,
+    /// The latest group commit failed (it is not durable; the store may be unwritable).
+    pub last_commit_failed: bool,
+}
+
+/// Upper bounds, in seconds, of the buckets of [`CommitTimes`] (a last bucket holds the rest).
+pub const COMMIT_SECONDS_BUCKETS: [f64; 12] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+
+/// A histogram of group commit durations (applying a group and its fsync), since the store
+/// opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitTimes {
+    /// Commits measured.
+    pub count: u64,
+    /// Their total duration, in nanoseconds.
+    pub sum_nanos: u64,
+    /// Commits per bucket (not cumulative): index `i` counts those of at most
+    /// `COMMIT_SECONDS_BUCKETS[i]` seconds and more than the bound before; the last, longer ones.
+    pub buckets: [u64; COMMIT_SECONDS_BUCKETS.len() + 1],
 }

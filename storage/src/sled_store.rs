@@ -31,7 +31,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -42,6 +42,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::codec::{self, QueueKey};
 use crate::durable::{self, DurableFiles, SyncFailure, SyncFaults};
+use crate::model::{COMMIT_SECONDS_BUCKETS, CommitTimes};
 use crate::{
     Completion, FsyncMode, Op, ProblemKind, QueueRecord, RecordPosition, RecoveredQueue, Recovery, RecoveryProblem,
     StorageError, Store, StoreMetrics, StoreOptions,
@@ -76,11 +77,40 @@ struct Shared {
     rejected_submissions: AtomicU64,
     reopens: AtomicU64,
     disk_usage: AtomicU64,
+    commit_times: CommitClock,
+    last_commit_failed: AtomicBool,
     /// Fault injection: the next this-many group commits fail as if the disk had failed.
     #[cfg(any(test, feature = "failpoints"))]
     inject_failures: AtomicU64,
     /// Fault injection for the syncs that follow sled's flush.
     sync_faults: SyncFaults,
+}
+
+/// [`CommitTimes`] as atomics, moved by the writer and read by `metrics`.
+#[derive(Debug, Default)]
+struct CommitClock {
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+    buckets: [AtomicU64; COMMIT_SECONDS_BUCKETS.len() + 1],
+}
+
+impl CommitClock {
+    fn record(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        let bucket =
+            COMMIT_SECONDS_BUCKETS.iter().position(|&bound| seconds <= bound).unwrap_or(COMMIT_SECONDS_BUCKETS.len());
+        self.buckets[bucket].fetch_add(1, Relaxed);
+        self.sum_nanos.fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    fn read(&self) -> CommitTimes {
+        CommitTimes {
+            count: self.count.load(Relaxed),
+            sum_nanos: self.sum_nanos.load(Relaxed),
+            buckets: std::array::from_fn(|i| self.buckets[i].load(Relaxed)),
+        }
+    }
 }
 
 enum Command {
@@ -205,6 +235,8 @@ impl Store for SledStore {
             failed_submissions: s.failed_submissions.load(Relaxed),
             rejected_submissions: s.rejected_submissions.load(Relaxed),
             reopens: s.reopens.load(Relaxed),
+            commit_seconds: s.commit_times.read(),
+            last_commit_failed: s.last_commit_failed.load(Relaxed),
         }
     }
 }
@@ -378,7 +410,10 @@ impl Writer {
         let s = Arc::clone(&self.shared);
         s.batches.fetch_add(1, Relaxed);
         s.submissions.fetch_add(group.len() as u64, Relaxed);
+        let started = Instant::now();
         let outcome = self.apply_and_sync(&group);
+        s.commit_times.record(started.elapsed());
+        s.last_commit_failed.store(outcome.is_err(), Relaxed);
         if let Err(e) = &outcome {
             s.failed_submissions.fetch_add(group.len() as u64, Relaxed);
             warn!(path = %self.path.display(), error = %e, submissions = group.len(), "group commit failed");

@@ -28,6 +28,8 @@ pub struct TestBroker {
     pub tcp_url: String,
     /// `ws://127.0.0.1:<port>/ws`.
     pub ws_url: String,
+    /// `http://127.0.0.1:<port>`, the management listener (`None` with `http_addr = none`).
+    pub http_url: Option<String>,
     /// Keeps a sled data directory alive for the broker's lifetime (when one is used).
     pub data_dir: Option<tempfile::TempDir>,
 }
@@ -44,6 +46,7 @@ impl TestBroker {
         TestBroker {
             tcp_url: format!("tcp://{}", broker.stomp_addr),
             ws_url: format!("ws://{}{}", broker.ws_addr, config.ws_path),
+            http_url: broker.http_addr.map(|addr| format!("http://{addr}")),
             broker,
             data_dir: None,
         }

@@ -194,6 +194,7 @@ async fn a_failed_login_closes_the_websocket_with_1008() {
         read: vec!["**".into()],
         write: vec!["**".into()],
         vhosts: Default::default(),
+        admin: false,
     };
     config.users.insert("alice".into(), user);
     let broker = TestBroker::start_with(config).await;

@@ -68,7 +68,17 @@ impl BrokerProcess {
     async fn start(data_dir: &Path) -> BrokerProcess {
         let began = Instant::now();
         let mut child = tokio::process::Command::new(stampede_tests::broker_binary())
-            .args(["--stomp-addr", "127.0.0.1:0", "--ws-addr", "127.0.0.1:0", "--log-level", "info", "--data-dir"])
+            .args([
+                "--stomp-addr",
+                "127.0.0.1:0",
+                "--ws-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "none",
+                "--log-level",
+                "info",
+                "--data-dir",
+            ])
             .arg(data_dir)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

@@ -40,7 +40,7 @@ impl Broker {
         let mut file = std::fs::File::create(&config).unwrap();
         write!(
             file,
-            "stomp_addr = \"127.0.0.1:0\"\nws_addr = \"127.0.0.1:0\"\ndata_dir = {:?}\nconnect_timeout_ms = 1000\nmax_connections_per_ip = 10000\nlog_level = \"warn,stampede=info\"\n{extra}\n",
+            "stomp_addr = \"127.0.0.1:0\"\nws_addr = \"127.0.0.1:0\"\nhttp_addr = \"none\"\ndata_dir = {:?}\nconnect_timeout_ms = 1000\nmax_connections_per_ip = 10000\nlog_level = \"warn,stampede=info\"\n{extra}\n",
             dir.path().join("data")
         )
         .unwrap();
@@ -380,7 +380,7 @@ fn stampede_passwd_prints_an_argon2_hash_of_the_password_on_stdin() {
 fn the_binary_refuses_a_non_loopback_listener_without_users_or_allow_anonymous() {
     let dir = tempfile::tempdir().unwrap();
     let output = Process::new(stampede_tests::broker_binary())
-        .args(["--stomp-addr", "0.0.0.0:0", "--ws-addr", "127.0.0.1:0", "--data-dir"])
+        .args(["--stomp-addr", "0.0.0.0:0", "--ws-addr", "127.0.0.1:0", "--http-addr", "none", "--data-dir"])
         .arg(dir.path())
         .env("RUST_BACKTRACE", "0")
         .output()

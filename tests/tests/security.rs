@@ -35,6 +35,7 @@ fn user(password: &str, read: &[&str], write: &[&str]) -> UserConfig {
         read: read.iter().map(|s| s.to_string()).collect(),
         write: write.iter().map(|s| s.to_string()).collect(),
         vhosts: Default::default(),
+        admin: false,
     }
 }
 

@@ -124,6 +124,7 @@ fn world() -> &'static World {
                 read: vec!["/queue/a".to_owned(), "/topic/t.*".to_owned(), "/temp-queue/**".to_owned()],
                 write: vec!["/queue/*".to_owned(), "/topic/**".to_owned()],
                 vhosts: Default::default(),
+                admin: false,
             },
         );
         let mut restricted = config.session_config();

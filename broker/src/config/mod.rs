@@ -11,6 +11,7 @@ pub mod values;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -207,6 +208,21 @@ pub struct Config {
     /// `https://app.example`); empty = every origin. Requests without an `Origin` header
     /// (non-browser clients) are always allowed.
     pub ws_allowed_origins: Vec<String>,
+
+    /// Address of the management HTTP listener (API, `/metrics`, `/healthz`, `/readyz`), or
+    /// `none` to keep it closed.
+    #[serde(with = "optional_addr")]
+    pub http_addr: Option<SocketAddr>,
+    /// Address of the management HTTPS listener, opened when TLS is on [default: the HTTP
+    /// address's IP, port 15671; none when `http_addr` is `none`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub https_addr: Option<SocketAddr>,
+    /// `/metrics`, `/healthz` and `/readyz` answer without credentials (the API still needs an
+    /// admin).
+    pub metrics_public: bool,
+    /// `/metrics` also carries one series per queue and per topic (labels `vhost`, `queue` or
+    /// `topic`); off by default because thousands of destinations make thousands of series.
+    pub metrics_per_destination: bool,
 }
 
 /// One user of the `users` table.
@@ -224,6 +240,9 @@ pub struct UserConfig {
     /// Per-virtual-host rules; when present, the user may use only these virtual hosts.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub vhosts: BTreeMap<String, RuleConfig>,
+    /// May use the management API and dashboard.
+    #[serde(default)]
+    pub admin: bool,
 }
 
 /// Read and write patterns for one virtual host of a user.
@@ -271,6 +290,45 @@ pub enum StorageKind {
     Sled,
     /// In memory.
     Memory,
+}
+
+/// An address that may be `none` (a listener kept closed).
+mod optional_addr {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(addr: &Option<SocketAddr>, serializer: S) -> Result<S::Ok, S::Error> {
+        match addr {
+            Some(addr) => serializer.collect_str(addr),
+            None => serializer.serialize_str("none"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        super::OptionalAddr::parse(&text).map(|addr| addr.0).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A listener address given as `IP:PORT`, or `none` for a listener kept closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalAddr(pub Option<SocketAddr>);
+
+impl OptionalAddr {
+    /// Parses `none` or `IP:PORT`.
+    ///
+    /// # Errors
+    /// When the text is neither.
+    pub fn parse(text: &str) -> Result<OptionalAddr, String> {
+        if text.trim().eq_ignore_ascii_case("none") {
+            return Ok(OptionalAddr(None));
+        }
+        text.trim()
+            .parse()
+            .map(|addr| OptionalAddr(Some(addr)))
+            .map_err(|e| format!("{text:?} is not an address (IP:PORT) or `none`: {e}"))
+    }
 }
 
 mod fsync_mode {
@@ -350,6 +408,10 @@ impl Default for Config {
             wss_addr: None,
             require_tls: false,
             ws_allowed_origins: Vec::new(),
+            http_addr: Some(SocketAddr::from(([127, 0, 0, 1], 15672))),
+            https_addr: None,
+            metrics_public: false,
+            metrics_per_destination: false,
         }
     }
 }
@@ -399,11 +461,12 @@ impl Config {
         toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source: Box::new(source) })
     }
 
-    /// A configuration for tests: both listeners on loopback port 0, storage in memory.
+    /// A configuration for tests: every listener on loopback port 0, storage in memory.
     pub fn ephemeral() -> Config {
         Config {
             stomp_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             ws_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             storage: StorageKind::Memory,
             ..Config::default()
         }
@@ -425,7 +488,18 @@ impl Config {
         )
     }
 
-    /// The addresses the broker will listen on.
+    /// Where the management HTTPS listener listens when TLS is on: `https_addr`, or the HTTP
+    /// listener's IP with port 15671 (port 0 stays 0). `None` when TLS is off or neither
+    /// address is set.
+    pub fn effective_https_addr(&self) -> Option<SocketAddr> {
+        if !self.tls_enabled() {
+            return None;
+        }
+        self.https_addr
+            .or_else(|| self.http_addr.map(|http| SocketAddr::new(http.ip(), if http.port() == 0 { 0 } else { 15671 })))
+    }
+
+    /// The addresses the broker will listen on, the management listeners included.
     pub fn listen_ips(&self) -> Vec<IpAddr> {
         let mut ips = Vec::new();
         if !(self.require_tls && self.tls_enabled()) {
@@ -437,6 +511,7 @@ impl Config {
             ips.push(stomp.ip());
             ips.push(wss.ip());
         }
+        ips.extend(self.http_addr.iter().chain(self.effective_https_addr().iter()).map(SocketAddr::ip));
         ips
     }
 
@@ -490,6 +565,7 @@ impl Config {
             max_outbox_bytes: self.max_outbox_bytes,
             write_timeout: Duration::from_millis(self.write_timeout_ms),
             ws_ping_interval: (self.ws_ping_interval_ms > 0).then(|| Duration::from_millis(self.ws_ping_interval_ms)),
+            ..ConnectionSettings::default()
         }
     }
 
@@ -545,6 +621,7 @@ impl Config {
             default_ttl_ms: self.queue_default_ttl_ms,
             expired: self.expired_messages,
             durable: true,
+            metrics: Arc::default(),
         }
     }
 
@@ -673,6 +750,15 @@ pub struct Cli {
     /// Most simultaneous connections from one address [default: 1000].
     #[arg(long, global = true, value_name = "N")]
     pub max_connections_per_ip: Option<usize>,
+    /// Management HTTP address (API, metrics, health), or `none` [default: 127.0.0.1:15672].
+    #[arg(long, env = "STAMPEDE_HTTP_ADDR", value_name = "ADDR|none", value_parser = OptionalAddr::parse)]
+    pub http_addr: Option<OptionalAddr>,
+    /// Management HTTPS address when TLS is on [default: the HTTP IP, port 15671].
+    #[arg(long, env = "STAMPEDE_HTTPS_ADDR", value_name = "ADDR")]
+    pub https_addr: Option<SocketAddr>,
+    /// `/metrics`, `/healthz` and `/readyz` answer without credentials.
+    #[arg(long, env = "STAMPEDE_METRICS_PUBLIC")]
+    pub metrics_public: bool,
     /// Subcommand; none runs the broker.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -778,6 +864,15 @@ impl Cli {
         }
         if let Some(v) = self.max_connections_per_ip {
             config.max_connections_per_ip = v;
+        }
+        if let Some(OptionalAddr(v)) = self.http_addr {
+            config.http_addr = v;
+        }
+        if let Some(v) = self.https_addr {
+            config.https_addr = Some(v);
+        }
+        if self.metrics_public {
+            config.metrics_public = true;
         }
         if let Some(v) = &self.fsync {
             config.fsync =
@@ -1031,6 +1126,7 @@ mod tests {
             read: everything(),
             write: everything(),
             vhosts: BTreeMap::new(),
+            admin: false,
         };
         config.users.insert("alice".to_owned(), user.clone());
         config.users.insert("bob".to_owned(), user);

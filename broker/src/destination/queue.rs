@@ -37,6 +37,7 @@ use tracing::{debug, error, warn};
 
 use crate::destination::outbox::{Delivery, Outbox, QueueDelivery};
 use crate::error::{ErrorKind, StompError};
+use crate::http::metrics::{DeadLetterReason, DropReason, Metrics};
 
 /// Mailbox size of every queue actor.
 const MAILBOX: usize = 1024;
@@ -151,6 +152,8 @@ pub struct QueueSettings {
     pub expired: ExpiredPolicy,
     /// Whether persistent messages go to storage (false for temporary queues).
     pub durable: bool,
+    /// The broker's counters (acks, redeliveries, dead letters, expiries, drops).
+    pub metrics: Arc<Metrics>,
 }
 
 impl Default for QueueSettings {
@@ -222,6 +225,7 @@ type Settlement = (u64, Vec<u64>, Outcome);
 struct Shared {
     name: Arc<str>,
     depth: AtomicUsize,
+    unacked: AtomicUsize,
     consumers: AtomicUsize,
     dropped: AtomicU64,
     /// The outboxes of the consumers attached now, so that if the actor panics (and its state
@@ -342,6 +346,7 @@ impl QueueHandle {
         let shared = Arc::new(Shared {
             name: Arc::clone(&name),
             depth: AtomicUsize::new(recovered.len()),
+            unacked: AtomicUsize::new(0),
             consumers: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
             consumer_outboxes: Mutex::new(Vec::new()),
@@ -407,6 +412,11 @@ impl QueueHandle {
     /// Consumers attached now.
     pub fn consumer_count(&self) -> usize {
         self.shared.consumers.load(Ordering::Relaxed)
+    }
+
+    /// Messages delivered and not yet settled (as of the actor's last batch).
+    pub fn unacked(&self) -> usize {
+        self.shared.unacked.load(Ordering::Relaxed)
     }
 
     /// Messages dropped so far (overflow or expiry).
@@ -554,6 +564,7 @@ impl QueueActor {
 
     fn publish_stats(&self) {
         self.shared.depth.store(self.ready.len(), Ordering::Relaxed);
+        self.shared.unacked.store(self.unacked.len(), Ordering::Relaxed);
     }
 
     /// Submits the storage work of this batch as one submission; verdicts of persistent
@@ -663,6 +674,7 @@ impl QueueActor {
                         let Some(old) = self.ready.pop_front() else { break };
                         self.ready_bytes -= old.size();
                         self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                        self.settings.metrics.messages_dropped(DropReason::QueueOverflow, 1);
                         self.forget(&old);
                     }
                 }
@@ -725,15 +737,22 @@ impl QueueActor {
             state.unacked_bytes = state.unacked_bytes.saturating_sub(size);
         }
         match outcome {
-            Outcome::Ack => self.forget(&message),
-            Outcome::Requeue | Outcome::Reject => self.requeue_or_dead_letter(message, outcome),
+            Outcome::Ack => {
+                self.settings.metrics.message_acked();
+                self.forget(&message);
+            }
+            Outcome::Requeue | Outcome::Reject => {
+                self.settings.metrics.message_nacked();
+                self.requeue_or_dead_letter(message, outcome);
+            }
         }
     }
 
     fn requeue_or_dead_letter(&mut self, message: QueuedMessage, outcome: Outcome) {
         let limit_reached = self.settings.max_deliveries > 0 && message.delivery_count >= self.settings.max_deliveries;
         if outcome == Outcome::Reject || limit_reached {
-            let reason = if outcome == Outcome::Reject { "rejected" } else { "delivery-limit" };
+            let reason =
+                if outcome == Outcome::Reject { DeadLetterReason::Rejected } else { DeadLetterReason::DeliveryLimit };
             if self.dead_letter(&message, reason) {
                 return;
             }
@@ -749,7 +768,7 @@ impl QueueActor {
     /// Moves a message to `DLQ.<name>`. A dead-letter queue does not dead-letter its own
     /// messages (they are redelivered instead), so nothing loops. Returns false when the message
     /// stays here.
-    fn dead_letter(&mut self, message: &QueuedMessage, reason: &'static str) -> bool {
+    fn dead_letter(&mut self, message: &QueuedMessage, reason: DeadLetterReason) -> bool {
         if self.is_dead_letter_queue() {
             return false;
         }
@@ -764,7 +783,8 @@ impl QueueActor {
                 headers.push(name.clone(), value.clone());
             }
         }
-        headers.push("x-dead-letter-reason", reason);
+        headers.push("x-dead-letter-reason", reason.as_str());
+        self.settings.metrics.message_dead_lettered(reason);
         let moved = QueuedMessage {
             id: message.id,
             template: Arc::new(MessageTemplate::new(headers, message.template.body().clone())),
@@ -776,7 +796,7 @@ impl QueueActor {
             enqueued_at_ms: now_ms(),
         };
         let Some(queue) = owner.dead_letter_queue(&target) else { return false };
-        debug!(queue = %self.shared.name, %target, reason, "dead-lettering message {}", message.id);
+        debug!(queue = %self.shared.name, %target, reason = reason.as_str(), "dead-lettering message {}", message.id);
         // The move is stored by the dead-letter queue before this queue forgets the message:
         // at worst a crash in between leaves it in both (at least once, never lost).
         let writes_removal = self.persistence.as_ref().filter(|_| message.persistent).map(|persistence| {
@@ -820,7 +840,8 @@ impl QueueActor {
 
     fn expire(&mut self, message: QueuedMessage) {
         self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-        if self.settings.expired == ExpiredPolicy::DeadLetter && self.dead_letter(&message, "expired") {
+        self.settings.metrics.message_expired();
+        if self.settings.expired == ExpiredPolicy::DeadLetter && self.dead_letter(&message, DeadLetterReason::Expired) {
             return;
         }
         self.forget(&message);
@@ -871,6 +892,9 @@ impl QueueActor {
             }
             state.unacked += 1;
             state.unacked_bytes += size;
+            if redelivered {
+                self.settings.metrics.message_redelivered();
+            }
             if message.persistent
                 && let Some(persistence) = &self.persistence
             {

@@ -11,7 +11,7 @@
 //! `/reply-queue/<generated>` is what a `reply-to: /temp-queue/..` is rewritten to.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use stampede_protocol::MessageTemplate;
@@ -261,6 +261,8 @@ pub struct Router {
     ids: Arc<IdCounters>,
     /// Handed to every queue actor this router starts.
     environment: QueueEnvironment,
+    /// Topic subscriptions (exact and wildcard) registered now, for metrics.
+    topic_subscriptions: AtomicUsize,
     this: Weak<Router>,
 }
 
@@ -296,6 +298,7 @@ impl Router {
             queue_overrides: HashMap::new(),
             limits: NameLimits::default(),
             tasks: tokio_util::task::TaskTracker::new(),
+            metrics: Arc::default(),
         };
         Router::for_vhost(DEFAULT_VHOST, settings, None, Arc::new(IdCounters::new()))
     }
@@ -316,12 +319,13 @@ impl Router {
             durables: Mutex::new(HashMap::new()),
             creators: Mutex::new(Creators::default()),
             client_ids: Mutex::new(HashSet::new()),
-            queue_settings: settings.queue_settings,
+            queue_settings: QueueSettings { metrics: settings.metrics, ..settings.queue_settings },
             queue_overrides: settings.queue_overrides,
             limits: settings.limits,
             store,
             ids,
             environment: QueueEnvironment { owner: this.clone(), tasks: settings.tasks },
+            topic_subscriptions: AtomicUsize::new(0),
             this: this.clone(),
         })
     }
@@ -406,6 +410,7 @@ impl Router {
     pub fn subscribe_topic(&self, name: &str, subscriber: Arc<TopicSubscriber>) -> TopicRegistration {
         let id = subscriber.id;
         let mut table = self.topics.write().unwrap_or_else(|p| p.into_inner());
+        self.topic_subscriptions.fetch_add(1, Ordering::Relaxed);
         match TopicPattern::parse(name) {
             Some(pattern) => {
                 for topic in table.topics.values() {
@@ -426,6 +431,7 @@ impl Router {
     /// Removes a topic subscription.
     pub fn unsubscribe_topic(&self, registration: &TopicRegistration) {
         let mut table = self.topics.write().unwrap_or_else(|p| p.into_inner());
+        let _ = self.topic_subscriptions.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         if registration.wildcard {
             table.wildcards.retain(|(_, s)| s.id != registration.subscriber);
             let names: Vec<Arc<str>> = table.topics.keys().cloned().collect();
@@ -435,6 +441,21 @@ impl Router {
         } else {
             table.remove_from(&registration.name, registration.subscriber);
         }
+    }
+
+    /// Topic subscriptions registered now (a wildcard subscription counts once).
+    pub fn topic_subscriber_total(&self) -> usize {
+        self.topic_subscriptions.load(Ordering::Relaxed)
+    }
+
+    /// Every topic that exists now with its subscriber count (wildcard subscribers included
+    /// in each topic they match). The table's lock is held only to copy the names.
+    pub fn topic_subscriber_counts(&self) -> Vec<(Arc<str>, usize)> {
+        let topics: Vec<(Arc<str>, Arc<Topic>)> = {
+            let table = self.topics.read().unwrap_or_else(|p| p.into_inner());
+            table.topics.iter().map(|(name, topic)| (Arc::clone(name), Arc::clone(topic))).collect()
+        };
+        topics.into_iter().map(|(name, topic)| (name, topic.subscriber_count())).collect()
     }
 
     /// Subscribers of topic `name` right now (0 when it does not exist).
@@ -862,13 +883,22 @@ impl Router {
     /// last writes reach the store before it is flushed. Messages stay stored for the next
     /// start.
     pub async fn stop_queues(&self) {
+        for queue in self.every_queue() {
+            queue.shutdown(false).await;
+        }
+    }
+
+    /// Every queue: named ones, durable subscriptions' and temporary ones (metrics, shutdown).
+    /// Each table's lock is held only to copy its handles, one table at a time.
+    pub fn every_queue(&self) -> Vec<QueueHandle> {
         let durable: Vec<QueueHandle> =
             self.durables.lock().unwrap_or_else(|p| p.into_inner()).values().map(|d| d.queue.clone()).collect();
         let temporary: Vec<QueueHandle> =
             self.temporary.read().unwrap_or_else(|p| p.into_inner()).values().map(|t| t.queue.clone()).collect();
-        for queue in self.queues().into_iter().chain(durable).chain(temporary) {
-            queue.shutdown(false).await;
-        }
+        let mut all = self.queues();
+        all.extend(durable);
+        all.extend(temporary);
+        all
     }
 
     /// Every queue, for shutdown and management.
@@ -1026,6 +1056,7 @@ mod tests {
             queue_overrides: HashMap::new(),
             limits: NameLimits::default(),
             tasks: tokio_util::task::TaskTracker::new(),
+            metrics: Arc::default(),
         };
         let router = Router::for_vhost(DEFAULT_VHOST, settings, Some(store), Arc::new(IdCounters::new()));
         let queue = router.client_queue("orders", None).unwrap();

@@ -20,6 +20,7 @@ use stampede_storage::{Recovery, Store};
 
 use crate::destination::queue::QueueSettings;
 use crate::destination::router::{IdCounters, NameLimits, QueueOverride, Router};
+use crate::http::metrics::Metrics;
 use crate::security::auth::Access;
 
 /// The virtual host of clients that name none.
@@ -48,6 +49,8 @@ pub struct RouterSettings {
     /// Where queue actors and their dead-letter moves are started, so shutdown can wait for
     /// exactly what runs.
     pub tasks: tokio_util::task::TaskTracker,
+    /// The broker's counters, moved by queue actors.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The broker's virtual hosts.
@@ -88,6 +91,7 @@ impl VirtualHosts {
             queue_overrides: HashMap::new(),
             limits: NameLimits::default(),
             tasks: tokio_util::task::TaskTracker::new(),
+            metrics: Arc::default(),
         };
         VirtualHosts::new(BTreeSet::new(), settings, None)
     }

@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -87,12 +88,16 @@ pub struct Access {
     pub vhosts: HashMap<String, Rules>,
     /// True when every operation is allowed everywhere (skips matching).
     pub unrestricted: bool,
+    /// May use the management API and dashboard (`admin = true` in `[users.<name>]`, a token
+    /// with the `stampede.admin` scope, or anyone on a broker without users). Kept here, shared
+    /// per user, rather than in [`Principal`], which every connection holds.
+    pub admin: bool,
 }
 
 impl Access {
     /// Everything, everywhere.
     pub fn unrestricted() -> Access {
-        Access { default: Some(Rules::everything()), vhosts: HashMap::new(), unrestricted: true }
+        Access { default: Some(Rules::everything()), vhosts: HashMap::new(), unrestricted: true, admin: true }
     }
 
     /// The rules that apply on `vhost`, or `None` when the principal may not use it.
@@ -107,6 +112,7 @@ impl Access {
             default: user.vhosts.is_empty().then(|| Rules::from_lists(&user.read, &user.write)),
             vhosts: user.vhosts.iter().map(|(name, r)| (name.clone(), rules(r))).collect(),
             unrestricted,
+            admin: user.admin,
         }
     }
 }
@@ -133,6 +139,11 @@ impl Principal {
         static UNRESTRICTED: std::sync::LazyLock<Arc<Access>> =
             std::sync::LazyLock::new(|| Arc::new(Access::unrestricted()));
         Principal { name, access: Arc::clone(&UNRESTRICTED), expires_at: None }
+    }
+
+    /// May use the management API and dashboard.
+    pub fn is_admin(&self) -> bool {
+        self.access.admin
     }
 
     /// Checks that the principal's token, if it came with one, has not expired since CONNECT.
@@ -287,6 +298,8 @@ pub struct Authenticator {
     dummy_hash: Option<String>,
     jwt: Option<JwtVerifier>,
     failures: FailureTracker,
+    /// Failed logins since start (STOMP and HTTP), for metrics.
+    failed: AtomicU64,
 }
 
 /// The configuration cannot be used for authentication.
@@ -313,6 +326,7 @@ impl Authenticator {
             dummy_hash: None,
             jwt: None,
             failures: FailureTracker::new(Duration::ZERO, Duration::ZERO, 0),
+            failed: AtomicU64::new(0),
         }
     }
 
@@ -354,6 +368,7 @@ impl Authenticator {
                 Duration::from_millis(config.auth_failure_max_delay_ms),
                 config.auth_failure_tracked_addresses,
             ),
+            failed: AtomicU64::new(0),
         })
     }
 
@@ -384,6 +399,7 @@ impl Authenticator {
         match self.verify(credentials).await {
             Some(principal) => Ok(principal),
             None => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
                 let delay = peer.map(|ip| self.failures.record(ip)).unwrap_or_default();
                 let peer = peer.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
                 let login = credentials.login.as_deref().unwrap_or("(none)");
@@ -424,6 +440,11 @@ impl Authenticator {
             }
             _ => None,
         }
+    }
+
+    /// Failed logins since start.
+    pub fn failure_count(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
     }
 
     /// Recent failures from `ip` (for tests).
@@ -579,6 +600,7 @@ impl JwtVerifier {
         let claims = data.claims;
         let mut read = Vec::new();
         let mut write = Vec::new();
+        let mut admin = false;
         let scopes: Vec<String> = match claims.scope {
             Some(Scope::Text(text)) => text.split_whitespace().map(str::to_owned).collect(),
             Some(Scope::List(list)) => list,
@@ -589,6 +611,8 @@ impl JwtVerifier {
                 read.push(pattern.to_owned());
             } else if let Some(pattern) = scope.strip_prefix("stampede.write:") {
                 write.push(pattern.to_owned());
+            } else if scope == "stampede.admin" {
+                admin = true;
             }
         }
         let claim = claims.stampede.unwrap_or_default();
@@ -600,8 +624,9 @@ impl JwtVerifier {
                 default: None,
                 vhosts: vhosts.into_iter().map(|v| (v, rules.clone())).collect(),
                 unrestricted: false,
+                admin,
             },
-            None => Access { default: Some(rules), vhosts: HashMap::new(), unrestricted: false },
+            None => Access { default: Some(rules), vhosts: HashMap::new(), unrestricted: false, admin },
         };
         let name = claims.sub.or_else(|| login.filter(|l| !l.is_empty()).map(str::to_owned));
         Some(Principal {

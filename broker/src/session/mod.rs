@@ -31,6 +31,7 @@ use crate::destination::router::{Destination, DurableError, Router, TopicMessage
 use crate::destination::topic::{Sink, TopicSubscriber};
 use crate::destination::vhost::VirtualHosts;
 use crate::error::{ErrorKind, StompError};
+use crate::http::metrics::{Metrics, PublishKind};
 use crate::security::Redacted;
 use crate::security::auth::{Authenticator, Credentials, Operation, Principal};
 
@@ -72,6 +73,8 @@ pub struct SessionConfig {
     pub slow_consumer_policy: SlowConsumerPolicy,
     /// Who may connect and what they may do (open = everyone, everything).
     pub auth: Arc<Authenticator>,
+    /// The broker's counters.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Default for SessionConfig {
@@ -91,6 +94,7 @@ impl Default for SessionConfig {
             max_transaction_bytes_per_connection: 64 * 1024 * 1024,
             slow_consumer_policy: SlowConsumerPolicy::Disconnect,
             auth: Arc::new(Authenticator::open()),
+            metrics: Arc::default(),
         }
     }
 }
@@ -546,6 +550,7 @@ impl Session {
                         "Wildcards (*, #, >) select topics when subscribing; a SEND names one topic.",
                     ));
                 }
+                self.config.metrics.message_published(PublishKind::Topic);
                 for verdict in self.router.publish_topic(&name, &template, message).await {
                     replies.push(Reply::After { verdict, receipt_id: receipt_id.clone() });
                 }
@@ -572,6 +577,7 @@ impl Session {
                 enqueued_at_ms: message.enqueued_at_ms,
             })
             .await?;
+        self.config.metrics.message_published(PublishKind::Queue);
         replies.push(Reply::After { verdict, receipt_id });
         Ok(())
     }

@@ -95,6 +95,7 @@ class Broker {
       const args = [
         '--stomp-addr', `127.0.0.1:${this.stompPort}`,
         '--ws-addr', `127.0.0.1:${this.wsPort}`,
+        '--http-addr', 'none',
         '--data-dir', data,
         '--log-level', 'warn',
       ];

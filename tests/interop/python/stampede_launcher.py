@@ -108,6 +108,7 @@ class Broker:
                 str(self.binary),
                 "--stomp-addr", f"127.0.0.1:{self.stomp_port}",
                 "--ws-addr", f"127.0.0.1:{self.ws_port}",
+                "--http-addr", "none",
                 "--data-dir", data,
                 "--log-level", "warn",
             ]

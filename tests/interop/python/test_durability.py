@@ -49,6 +49,7 @@ class RestartableBroker(Broker):
                 str(self.binary),
                 "--stomp-addr", f"127.0.0.1:{self.stomp_port}",
                 "--ws-addr", f"127.0.0.1:{self.ws_port}",
+                "--http-addr", "none",
                 "--data-dir", self.data_dir,
                 "--log-level", "info",
             ]
