@@ -47,9 +47,12 @@ async fn run() -> anyhow::Result<()> {
         );
     }
     fit_file_limit(&mut config);
+    // Registered before the listeners open: a SIGTERM that arrives while the broker is still
+    // starting must shut it down in order, not kill it.
+    let signals = ShutdownSignals::register();
     let broker = start(&config).await?;
     tokio::spawn(return_freed_memory());
-    wait_for_signal().await;
+    signals.wait().await;
     tracing::info!("shutting down");
     broker.shutdown(Duration::from_secs(10)).await;
     tracing::info!("stopped");
@@ -105,23 +108,52 @@ fn passwd(password: Option<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT (Ctrl-C), listened to from the moment they are registered.
+struct ShutdownSignals {
     #[cfg(unix)]
-    {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(_) => {
+    terminate: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignals {
+    fn register() -> ShutdownSignals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            ShutdownSignals {
+                terminate: signal(SignalKind::terminate()).ok(),
+                interrupt: signal(SignalKind::interrupt()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        ShutdownSignals {}
+    }
+
+    /// Waits for the first of them.
+    async fn wait(mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            if self.terminate.is_none() && self.interrupt.is_none() {
                 let _ = tokio::signal::ctrl_c().await;
                 return;
             }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
+            tokio::select! {
+                () = next(&mut self.terminate) => {}
+                () = next(&mut self.interrupt) => {}
+            }
         }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
     }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// Fits `max_connections` to the open-file limit, since every connection is a file descriptor.

@@ -28,7 +28,7 @@ fn stampede(args: &[&str]) -> Command {
 }
 
 fn listening_args(data_dir: &Path) -> Vec<String> {
-    ["--stomp-addr", "127.0.0.1:0", "--ws-addr", "127.0.0.1:0", "--data-dir"]
+    ["--stomp-addr", "127.0.0.1:0", "--ws-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--data-dir"]
         .iter()
         .map(|s| (*s).to_owned())
         .chain([data_dir.display().to_string()])

@@ -67,7 +67,17 @@ async fn start_traced(data_dir: &Path, trace: &Path) -> (Traced, SocketAddr) {
         .arg(trace)
         .args(["--", "sh", "-c", "echo $$; exec \"$0\" \"$@\""])
         .arg(stampede_tests::broker_binary())
-        .args(["--stomp-addr", "127.0.0.1:0", "--ws-addr", "127.0.0.1:0", "--log-level", "info", "--data-dir"])
+        .args([
+            "--stomp-addr",
+            "127.0.0.1:0",
+            "--ws-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "none",
+            "--log-level",
+            "info",
+            "--data-dir",
+        ])
         .arg(data_dir)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
@@ -223,7 +233,17 @@ async fn a_read_only_data_directory_is_a_one_line_error() {
     std::fs::create_dir(&data_dir).expect("data dir");
     let Some(_read_only) = ReadOnly::make(&data_dir) else { return };
     let run = tokio::process::Command::new(stampede_tests::broker_binary())
-        .args(["--stomp-addr", "127.0.0.1:0", "--ws-addr", "127.0.0.1:0", "--log-level", "warn", "--data-dir"])
+        .args([
+            "--stomp-addr",
+            "127.0.0.1:0",
+            "--ws-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "none",
+            "--log-level",
+            "warn",
+            "--data-dir",
+        ])
         .arg(&data_dir)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
