@@ -1016,6 +1016,66 @@ fn shell_quote(text: &str) -> String {
 mod tests {
     use super::*;
 
+    /// The rows of every README table whose second column is headed `default`:
+    /// (the keys the first column names in backticks, the defaults the second gives in backticks).
+    fn readme_rows() -> Vec<(Vec<String>, Vec<String>)> {
+        let ticked = |cell: &str| -> Vec<String> {
+            cell.split('`').skip(1).step_by(2).map(str::to_owned).collect()
+        };
+        let cells = |line: &str| -> Vec<String> {
+            line.trim().trim_matches('|').split('|').map(|c| c.trim().to_owned()).collect()
+        };
+        let mut rows = Vec::new();
+        let mut in_defaults_table = false;
+        let lines: Vec<&str> = include_str!("../../../README.md").lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if !line.starts_with('|') {
+                in_defaults_table = false;
+                continue;
+            }
+            if lines.get(i + 1).is_some_and(|next| next.starts_with("| ---")) {
+                in_defaults_table = cells(line).get(1).is_some_and(|header| header == "default");
+                continue;
+            }
+            if in_defaults_table && line.starts_with("| `") {
+                let row = cells(line);
+                let keys = ticked(&row[0]).into_iter().filter(|k| !k.starts_with("--")).collect();
+                rows.push((keys, row.get(1).map(|c| ticked(c)).unwrap_or_default()));
+            }
+        }
+        rows
+    }
+
+    #[test]
+    fn every_key_is_documented_in_the_readme_and_every_documented_default_is_the_real_one() {
+        let readme = include_str!("../../../README.md");
+        let undocumented: Vec<&str> =
+            config_keys().iter().copied().filter(|key| !readme.contains(&format!("`{key}`"))).collect();
+        assert!(undocumented.is_empty(), "keys the README never names: {undocumented:?}");
+
+        let defaults = toml::Table::try_from(Config::default()).expect("the defaults render as TOML");
+        let mut checked = 0;
+        for (keys, written) in readme_rows() {
+            // A row documents defaults only when it gives one per key.
+            if keys.len() != written.len() || !keys.iter().all(|k| config_keys().contains(&k.as_str())) {
+                continue;
+            }
+            for (key, written) in keys.iter().zip(&written) {
+                let Some(actual) = defaults.get(key) else { continue };
+                let agrees = match actual {
+                    toml::Value::Integer(n) => values::parse_size(written).is_ok_and(|w| w as i64 == *n),
+                    toml::Value::Float(f) => written.parse::<f64>().is_ok_and(|w| w == *f),
+                    toml::Value::Boolean(b) => written.parse::<bool>().is_ok_and(|w| w == *b),
+                    toml::Value::String(text) => text == written,
+                    _ => true,
+                };
+                assert!(agrees, "README says {key} defaults to {written:?}, the code says {actual}");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 20, "only {checked} documented defaults were found in the README's tables");
+    }
+
     #[test]
     fn ws_max_message_size_follows_the_configured_max_body() {
         let from_file: Config = toml::from_str("max_body = 1048576").unwrap();
