@@ -207,3 +207,33 @@ async fn the_cli_speaks_tls_with_a_ca_file_and_skips_verification_only_with_inse
     assert!(ok, "{stderr}");
     assert_eq!(stdout, "trusted\ninsecure\n");
 }
+
+#[tokio::test]
+async fn the_readme_rust_quick_start_is_the_quickstart_example() {
+    let readme = include_str!("../../README.md");
+    let example = include_str!("../../clients/examples/quickstart.rs");
+    let between = |text: &'static str, begin: &str, end: &str| -> &'static str {
+        let start = text.find(begin).map(|i| i + begin.len()).expect("begin marker");
+        &text[start..start + text[start..].find(end).expect("end marker")]
+    };
+    let in_readme = between(readme, "<!-- quickstart-rust -->\n```rust\n", "```");
+    let in_example = between(example, "// quickstart-rust-begin\n", "// quickstart-rust-end");
+    assert_eq!(in_readme, in_example, "the README's Rust quick start and clients/examples/quickstart.rs differ");
+}
+
+#[tokio::test]
+async fn the_quickstart_example_gets_an_answer_from_a_worker() {
+    // Built first: the worker's wait below is for the example, not for cargo.
+    tokio::task::spawn_blocking(examples_dir).await.unwrap();
+    let broker = TestBroker::start().await;
+    let worker = broker.client().await;
+    let mut jobs = worker.subscribe("/queue/jobs", stampede_client::SubscribeOptions::new()).await.unwrap();
+    let answering = tokio::spawn(async move {
+        let job = jobs.recv_timeout(Duration::from_secs(30)).await.unwrap();
+        let body = format!("done: {}", job.body_str().unwrap_or_default());
+        worker.reply(&job, body, stampede_client::Headers::new()).await.unwrap();
+    });
+    let output = run_example("quickstart", &broker.tcp_url).await;
+    assert!(output.contains("answer: done: resize photo.jpg"), "{output}");
+    answering.await.unwrap();
+}

@@ -1019,9 +1019,7 @@ mod tests {
     /// The rows of every README table whose second column is headed `default`:
     /// (the keys the first column names in backticks, the defaults the second gives in backticks).
     fn readme_rows() -> Vec<(Vec<String>, Vec<String>)> {
-        let ticked = |cell: &str| -> Vec<String> {
-            cell.split('`').skip(1).step_by(2).map(str::to_owned).collect()
-        };
+        let ticked = |cell: &str| -> Vec<String> { cell.split('`').skip(1).step_by(2).map(str::to_owned).collect() };
         let cells = |line: &str| -> Vec<String> {
             line.trim().trim_matches('|').split('|').map(|c| c.trim().to_owned()).collect()
         };
