@@ -87,3 +87,55 @@ async fn send(raw: &mut RawConnection, destination: &str, body: &str) -> Result<
         }
     }
 }
+
+#[tokio::test]
+async fn an_ack_pipelined_before_a_refused_send_is_still_applied() {
+    use stampede_broker::config::UserConfig;
+    let mut config = Config::ephemeral();
+    config.auth_failure_delay_ms = 1;
+    let worker = UserConfig {
+        password_hash: stampede_broker::security::auth::hash_password_with("w", 64, 1).unwrap(),
+        read: vec!["/queue/jobs".into()],
+        write: vec!["/queue/jobs".into()],
+        vhosts: Default::default(),
+        admin: false,
+    };
+    config.users.insert("worker".into(), worker);
+    let broker = TestBroker::start_with(config).await;
+    let mut raw = broker.raw().await;
+    raw.handshake(&[("login", "worker"), ("passcode", "w")], WAIT).await.unwrap();
+    let subscribe = Frame::new(Command::Subscribe)
+        .with_header("destination", "/queue/jobs")
+        .with_header("id", "jobs")
+        .with_header("ack", "client-individual");
+    raw.send_frame(&subscribe).await.unwrap();
+    raw.send_frame(&Frame::new(Command::Send).with_header("destination", "/queue/jobs").with_body("job"))
+        .await
+        .unwrap();
+    let job = loop {
+        let frame = raw.read_frame(WAIT).await.unwrap().expect("the job");
+        if frame.command == Command::Message {
+            break frame;
+        }
+    };
+    // The ACK and a SEND the worker may not do, in one write: the SEND ends the session.
+    let mut bytes = stampede_protocol::encode_to_bytes(
+        &Frame::new(Command::Ack).with_header("id", job.header("ack").unwrap().to_owned()),
+        stampede_protocol::Version::V1_2,
+    )
+    .to_vec();
+    let forbidden = Frame::new(Command::Send).with_header("destination", "/queue/elsewhere").with_body("x");
+    bytes.extend_from_slice(&stampede_protocol::encode_to_bytes(&forbidden, stampede_protocol::Version::V1_2));
+    raw.send_bytes(&bytes).await.unwrap();
+    let closing = raw.expect_closed(WAIT).await.unwrap();
+    assert!(closing.iter().any(|f| f.command == Command::Error), "{closing:?}");
+    // Acknowledged, so never redelivered to the next consumer.
+    let mut next = broker.raw().await;
+    next.handshake(&[("login", "worker"), ("passcode", "w")], WAIT).await.unwrap();
+    next.send_frame(&subscribe.with_header("receipt", "r")).await.unwrap();
+    let mut seen = Vec::new();
+    while let Ok(Some(frame)) = next.read_frame(stampede_tests::QUIET).await {
+        seen.push(frame.command);
+    }
+    assert_eq!(seen, [Command::Receipt], "the acknowledged job came back");
+}
