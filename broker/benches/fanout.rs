@@ -35,7 +35,7 @@ fn publish(c: &mut Criterion) {
                 outbox: Arc::clone(outbox),
                 policy: SlowConsumerPolicy::Disconnect,
             };
-            router.subscribe_topic("bench", Arc::new(TopicSubscriber { id: router.next_id(), sink }));
+            router.subscribe_topic("bench", Arc::new(TopicSubscriber { id: router.next_id(), sink, selector: None }));
         }
         let message = template(128);
         let mut drained = VecDeque::new();

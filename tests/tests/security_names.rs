@@ -305,6 +305,18 @@ async fn a_second_connection_with_a_client_id_in_use_is_refused() {
 }
 
 #[tokio::test]
+async fn a_client_id_is_free_again_as_soon_as_its_disconnect_is_receipted() {
+    let broker = TestBroker::start_with(config()).await;
+    for round in 0..20 {
+        let mut peer = login(&broker, "alice", &[("client-id", "app-1")]).await;
+        with_receipt(&mut peer, Frame::new(Command::Disconnect))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: DISCONNECT receipted: {e}"));
+        // No wait: the next CONNECT follows the RECEIPT at once, as a reconnecting client does.
+    }
+}
+
+#[tokio::test]
 async fn durable_subscriptions_and_queues_keep_owner_and_vhost_across_restart() {
     let mut config = config();
     config.vhosts = vec!["dev".into()];

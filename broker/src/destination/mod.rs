@@ -8,5 +8,6 @@
 pub mod outbox;
 pub mod queue;
 pub mod router;
+pub mod selector;
 pub mod topic;
 pub mod vhost;

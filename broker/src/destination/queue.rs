@@ -16,6 +16,25 @@
 //! sends it to the dead-letter queue `DLQ.<name>`, and so does reaching `max_deliveries`. A
 //! message whose consumer goes away unacknowledged is redelivered to another consumer.
 //!
+//! Choosing a consumer: among the consumers with credit whose selector (if any) matches, the
+//! highest priority wins, round-robin among equals. While an exclusive consumer is attached,
+//! only one exclusive consumer (the active one) receives: the earliest attached of the highest
+//! priority; the others stand by, and when the active one leaves, its unacknowledged messages
+//! and the rest of the queue go to the next one chosen the same way. A newcomer never preempts
+//! the active consumer.
+//!
+//! Selectors: a message no consumer's selector matches stays in the queue without holding up
+//! later messages that do match. Dispatch looks at most [`SELECTOR_LOOKAHEAD`] messages past
+//! the head for one, so its cost stays bounded however many unmatched messages wait: matching
+//! messages behind more than that many unmatched ones wait until the head moves (it is consumed,
+//! expires, or is dropped by the queue's limits). A consumer that wants a message but lacks the
+//! credit for it takes nothing further in that pass, so each consumer still sees the queue's
+//! order.
+//!
+//! Browsing: a browser gets a copy of the waiting messages (matching its selector, if any) as they
+//! stand when its request reaches the actor, without taking them, then the end marker the
+//! session chose (Apollo's empty MESSAGE with `browser:end`).
+//!
 //! Durability: persistent messages of a durable queue are appended to the [`Store`] before the
 //! publisher is told they were accepted. The actor gathers everything one batch of commands
 //! produced (appends, removals after acks, delivery counts) into a single submission, and the
@@ -36,6 +55,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, warn};
 
 use crate::destination::outbox::{Delivery, Outbox, QueueDelivery};
+use crate::destination::selector::Selector;
 use crate::error::{ErrorKind, StompError};
 use crate::http::metrics::{DeadLetterReason, DropReason, Metrics};
 
@@ -43,6 +63,10 @@ use crate::http::metrics::{DeadLetterReason, DropReason, Metrics};
 const MAILBOX: usize = 1024;
 /// Commands a queue handles before it dispatches (amortises dispatch and storage over bursts).
 const COMMAND_BATCH: usize = 256;
+/// How many messages past the head dispatch looks at for one that a consumer's selector
+/// matches (see the module documentation). Only queues with a selective consumer look past the
+/// head at all.
+pub const SELECTOR_LOOKAHEAD: usize = 1000;
 
 /// A message held by a queue.
 #[derive(Debug, Clone)]
@@ -178,6 +202,20 @@ pub struct Consumer {
     pub prefetch: u32,
     /// Most unacknowledged bytes at once (a single larger message is still delivered).
     pub window_bytes: usize,
+    /// Higher goes first while it has credit (`x-priority`, `activemq.priority`); 0 by default.
+    pub priority: i32,
+    /// One active exclusive consumer per queue; the others stand by (`x-exclusive`,
+    /// `activemq.exclusive`).
+    pub exclusive: bool,
+    /// Only messages this selects are delivered to this consumer (`selector`).
+    pub selector: Option<Arc<Selector>>,
+}
+
+impl Consumer {
+    /// A consumer without priority, exclusivity or selector.
+    pub fn new(id: u64, subscription: u64, outbox: Arc<Outbox>, prefetch: u32, window_bytes: usize) -> Consumer {
+        Consumer { id, subscription, outbox, prefetch, window_bytes, priority: 0, exclusive: false, selector: None }
+    }
 }
 
 struct ConsumerState {
@@ -191,6 +229,25 @@ impl ConsumerState {
         self.unacked < self.consumer.prefetch
             && (self.unacked == 0 || self.unacked_bytes + size <= self.consumer.window_bytes)
     }
+
+    fn wants(&self, message: &QueuedMessage) -> bool {
+        self.consumer.selector.as_ref().is_none_or(|selector| selector.matches(message.template.headers()))
+    }
+}
+
+/// A request to browse a queue: copies of its waiting messages, then `end`.
+#[derive(Debug)]
+pub struct Browse {
+    /// Session-local subscription key stamped on the copies.
+    pub subscription: u64,
+    /// Where the copies go.
+    pub outbox: Arc<Outbox>,
+    /// Only messages this selects are copied.
+    pub selector: Option<Arc<Selector>>,
+    /// The frame that ends the browse, pushed after the copies.
+    pub end: Arc<MessageTemplate>,
+    /// The `message-id` of the end frame.
+    pub end_id: u64,
 }
 
 /// The queue's verdict on a published message, sent once it is accepted (and, if persistent,
@@ -204,6 +261,7 @@ enum Command {
         verdict: Option<VerdictSender>,
     },
     AddConsumer(Consumer),
+    Browse(Browse),
     RemoveConsumer {
         consumer: u64,
     },
@@ -365,6 +423,7 @@ impl QueueHandle {
             unacked: FxHashMap::default(),
             consumers: Vec::new(),
             next_consumer: 0,
+            active_exclusive: None,
             own_mailbox: mailbox.downgrade(),
             writes: Vec::new(),
             waiting_for_disk: Vec::new(),
@@ -442,6 +501,11 @@ impl QueueHandle {
         self.command(Command::AddConsumer(consumer)).await
     }
 
+    /// Sends copies of the waiting messages, then the end frame (see [`Browse`]).
+    pub async fn browse(&self, browse: Browse) -> Result<(), QueueGone> {
+        self.command(Command::Browse(browse)).await
+    }
+
     /// Detaches a consumer; its unacknowledged messages are redelivered to others.
     pub async fn remove_consumer(&self, consumer: u64) -> Result<(), QueueGone> {
         self.command(Command::RemoveConsumer { consumer }).await
@@ -489,8 +553,11 @@ struct QueueActor {
     /// Delivered, not yet settled: message id to (consumer, message). Touched on every
     /// delivery and ack, keyed by broker-chosen ids, hence FxHash.
     unacked: FxHashMap<u64, (u64, QueuedMessage)>,
+    /// In the order they were attached (exclusive take-over goes by it).
     consumers: Vec<ConsumerState>,
     next_consumer: usize,
+    /// The id of the exclusive consumer that receives, while exclusive consumers are attached.
+    active_exclusive: Option<u64>,
     /// The actor's own mailbox, to stamp on deliveries so acknowledgements find their way back.
     /// Weak, so the actor ends when every handle to it is gone instead of keeping itself (and
     /// the store) alive.
@@ -611,6 +678,7 @@ impl QueueActor {
                 self.consumers.push(ConsumerState { consumer, unacked: 0, unacked_bytes: 0 });
                 self.shared.consumers.store(self.consumers.len(), Ordering::Relaxed);
             }
+            Command::Browse(browse) => self.browse(browse),
             Command::RemoveConsumer { consumer } => self.remove_consumer(consumer),
             Command::SetDefaultTtl(ttl) => {
                 if ttl != self.settings.default_ttl_ms
@@ -847,63 +915,178 @@ impl QueueActor {
         self.forget(&message);
     }
 
+    fn browse(&mut self, browse: Browse) {
+        let now = now_ms();
+        for message in &self.ready {
+            if Self::is_expired(message, now)
+                || browse.selector.as_ref().is_some_and(|selector| !selector.matches(message.template.headers()))
+            {
+                continue;
+            }
+            let copy = Delivery {
+                subscription: browse.subscription,
+                template: Arc::clone(&message.template),
+                message_id: message.id,
+                from_queue: None,
+                redelivered: false,
+            };
+            if browse.outbox.push_queue(copy).is_err() {
+                return;
+            }
+        }
+        let end = Delivery {
+            subscription: browse.subscription,
+            template: browse.end,
+            message_id: browse.end_id,
+            from_queue: None,
+            redelivered: false,
+        };
+        let _ = browse.outbox.push_queue(end);
+    }
+
+    /// The position of the exclusive consumer that receives, choosing one if the last has left:
+    /// the highest priority, the earliest attached among equals. `None` without exclusive
+    /// consumers.
+    fn exclusive_consumer(&mut self) -> Option<usize> {
+        if let Some(active) = self.active_exclusive
+            && let Some(position) = self.consumers.iter().position(|c| c.consumer.id == active)
+        {
+            return Some(position);
+        }
+        let mut chosen: Option<usize> = None;
+        for (position, state) in self.consumers.iter().enumerate() {
+            if state.consumer.exclusive
+                && chosen.is_none_or(|c| state.consumer.priority > self.consumers[c].consumer.priority)
+            {
+                chosen = Some(position);
+            }
+        }
+        let next = chosen.map(|position| self.consumers[position].consumer.id);
+        if next != self.active_exclusive {
+            debug!(queue = %self.shared.name, consumer = ?next, "active exclusive consumer");
+        }
+        self.active_exclusive = next;
+        chosen
+    }
+
+    /// The consumer `message` goes to: of those with credit that want it, the highest priority,
+    /// the next in round-robin order among equals; only `exclusive` when it is given. A consumer
+    /// that wants it but lacks credit is marked in `blocked` (when the pass tracks that) and
+    /// passed over for the rest of the pass. The search stops at the first consumer of the `top`
+    /// priority present, so without priorities it costs what plain round-robin does.
+    fn choose(
+        &self,
+        message: &QueuedMessage,
+        exclusive: Option<usize>,
+        top: i32,
+        blocked: &mut [bool],
+    ) -> Option<usize> {
+        let size = message.size();
+        let count = self.consumers.len();
+        let mut chosen: Option<(i32, usize)> = None;
+        let candidates: &mut dyn Iterator<Item = usize> = match exclusive {
+            Some(position) => &mut std::iter::once(position),
+            None => &mut (0..count).map(|offset| (self.next_consumer + offset) % count),
+        };
+        for position in candidates {
+            let state = &self.consumers[position];
+            if chosen.is_some_and(|(priority, _)| state.consumer.priority <= priority)
+                || blocked.get(position) == Some(&true)
+                || !state.wants(message)
+            {
+                continue;
+            }
+            if !state.has_credit_for(size) {
+                if let Some(mark) = blocked.get_mut(position) {
+                    *mark = true;
+                }
+                continue;
+            }
+            chosen = Some((state.consumer.priority, position));
+            if state.consumer.priority == top {
+                break;
+            }
+        }
+        chosen.map(|(_, position)| position)
+    }
+
     fn dispatch(&mut self) {
         let Some(mailbox) = self.own_mailbox.upgrade() else { return };
         let handle = QueueHandle { shared: Arc::clone(&self.shared), mailbox };
         let now = now_ms();
-        while let Some(front) = self.ready.front() {
-            if Self::is_expired(front, now) {
-                if let Some(expired) = self.ready.pop_front() {
+        'pass: loop {
+            let selective = self.consumers.iter().any(|c| c.consumer.selector.is_some());
+            let window = if selective { SELECTOR_LOOKAHEAD } else { 1 };
+            let mut blocked = if selective { vec![false; self.consumers.len()] } else { Vec::new() };
+            let exclusive = self.exclusive_consumer();
+            let top = self.consumers.iter().map(|c| c.consumer.priority).max().unwrap_or(0);
+            // Messages skipped so far: those before `index`, which no consumer takes this pass.
+            let mut index = 0;
+            while index < window {
+                if index == 0
+                    && self.ready.front().is_some_and(|front| Self::is_expired(front, now))
+                    && let Some(expired) = self.ready.pop_front()
+                {
                     self.ready_bytes -= expired.size();
                     self.expire(expired);
+                    continue;
                 }
-                continue;
+                let Some(candidate) = self.ready.get(index) else { return };
+                // Expired messages past the head are left to the expiry tick.
+                let chosen = if Self::is_expired(candidate, now) {
+                    None
+                } else {
+                    self.choose(candidate, exclusive, top, &mut blocked)
+                };
+                let Some(chosen) = chosen else {
+                    index += 1;
+                    continue;
+                };
+                let count = self.consumers.len();
+                self.next_consumer = (chosen + 1) % count.max(1);
+                let Some(mut message) = self.ready.remove(index) else { return };
+                let size = message.size();
+                self.ready_bytes -= size;
+                let state = &mut self.consumers[chosen];
+                let redelivered = message.delivery_count > 0;
+                message.delivery_count += 1;
+                let delivery = Delivery {
+                    subscription: state.consumer.subscription,
+                    template: Arc::clone(&message.template),
+                    message_id: message.id,
+                    from_queue: Some(QueueDelivery { queue: handle.clone(), consumer: state.consumer.id }),
+                    redelivered,
+                };
+                if state.consumer.outbox.push_queue(delivery).is_err() {
+                    // The connection is closing; its RemoveConsumer is on the way. Keep the message.
+                    message.delivery_count -= 1;
+                    self.ready_bytes += size;
+                    self.ready.insert(index, message);
+                    let dead = state.consumer.id;
+                    self.consumers.retain(|c| c.consumer.id != dead);
+                    self.shared.consumers.store(self.consumers.len(), Ordering::Relaxed);
+                    continue 'pass;
+                }
+                state.unacked += 1;
+                state.unacked_bytes += size;
+                if redelivered {
+                    self.settings.metrics.message_redelivered();
+                }
+                if message.persistent
+                    && let Some(persistence) = &self.persistence
+                {
+                    // So a restart knows it was delivered: redelivered:true, and the dead-letter
+                    // count goes on.
+                    let key = persistence.key.clone();
+                    self.writes.push(Op::SetDeliveryCount {
+                        queue: key,
+                        seq: message.id,
+                        count: message.delivery_count,
+                    });
+                }
+                self.unacked.insert(message.id, (state.consumer.id, message));
             }
-            let size = front.size();
-            let count = self.consumers.len();
-            let Some(chosen) = (0..count)
-                .map(|offset| (self.next_consumer + offset) % count)
-                .find(|&i| self.consumers[i].has_credit_for(size))
-            else {
-                return;
-            };
-            self.next_consumer = (chosen + 1) % count.max(1);
-            let Some(mut message) = self.ready.pop_front() else { return };
-            self.ready_bytes -= size;
-            let state = &mut self.consumers[chosen];
-            let redelivered = message.delivery_count > 0;
-            message.delivery_count += 1;
-            let delivery = Delivery {
-                subscription: state.consumer.subscription,
-                template: Arc::clone(&message.template),
-                message_id: message.id,
-                from_queue: Some(QueueDelivery { queue: handle.clone(), consumer: state.consumer.id }),
-                redelivered,
-            };
-            if state.consumer.outbox.push_queue(delivery).is_err() {
-                // The connection is closing; its RemoveConsumer is on the way. Keep the message.
-                message.delivery_count -= 1;
-                self.ready_bytes += size;
-                self.ready.push_front(message);
-                let dead = state.consumer.id;
-                self.consumers.retain(|c| c.consumer.id != dead);
-                self.shared.consumers.store(self.consumers.len(), Ordering::Relaxed);
-                continue;
-            }
-            state.unacked += 1;
-            state.unacked_bytes += size;
-            if redelivered {
-                self.settings.metrics.message_redelivered();
-            }
-            if message.persistent
-                && let Some(persistence) = &self.persistence
-            {
-                // So a restart knows it was delivered: redelivered:true, and the dead-letter
-                // count goes on.
-                let key = persistence.key.clone();
-                self.writes.push(Op::SetDeliveryCount { queue: key, seq: message.id, count: message.delivery_count });
-            }
-            self.unacked.insert(message.id, (state.consumer.id, message));
+            return;
         }
     }
 }
@@ -928,6 +1111,60 @@ mod tests {
         }
     }
 
+    fn message(id: u64, region: &str) -> QueuedMessage {
+        let headers: Headers = [("destination", "/queue/jobs"), ("region", region)].into_iter().collect();
+        QueuedMessage {
+            id,
+            template: Arc::new(MessageTemplate::new(headers, bytes::Bytes::new())),
+            delivery_count: 0,
+            persistent: false,
+            expires_at_ms: None,
+            enqueued_at_ms: now_ms(),
+        }
+    }
+
+    /// Two round trips through the mailbox: every earlier command was handled, and the
+    /// dispatch that followed it has run.
+    async fn settle_down(queue: &QueueHandle, next_id: &mut u64) {
+        for _ in 0..2 {
+            *next_id += 1;
+            queue.publish(message(*next_id, "none")).await.unwrap().await.unwrap().unwrap();
+        }
+    }
+
+    fn taken(outbox: &Outbox) -> Vec<u64> {
+        let mut deliveries = VecDeque::new();
+        outbox.take_all(&mut deliveries);
+        deliveries.into_iter().map(|d| d.message_id).collect()
+    }
+
+    #[tokio::test]
+    async fn a_matching_message_behind_more_unmatched_ones_than_the_look_ahead_waits_until_the_head_moves() {
+        let owner = Arc::new(RecordingOwner::default());
+        let weak: Weak<dyn QueueOwner> = Arc::downgrade(&owner) as Weak<dyn QueueOwner>;
+        let environment = QueueEnvironment { owner: weak, tasks: TaskTracker::new() };
+        let queue = QueueHandle::spawn(Arc::from("jobs"), QueueSettings::default(), &environment, None, Vec::new());
+        let matching = SELECTOR_LOOKAHEAD as u64;
+        for id in 0..matching {
+            queue.publish(message(id, "us")).await.unwrap();
+        }
+        queue.publish(message(matching, "eu")).await.unwrap();
+        let mut next_id = matching;
+        let selective = Outbox::new(1 << 20);
+        let selector = Arc::new(Selector::parse("region = 'eu'").unwrap());
+        let consumer =
+            Consumer { selector: Some(selector), ..Consumer::new(1, 1, Arc::clone(&selective), 10, 1 << 20) };
+        queue.add_consumer(consumer).await.unwrap();
+        settle_down(&queue, &mut next_id).await;
+        assert_eq!(taken(&selective), Vec::<u64>::new(), "the matching message is past the look-ahead");
+        // Another consumer takes the head: the matching message comes within reach.
+        let other = Outbox::new(1 << 20);
+        queue.add_consumer(Consumer::new(2, 2, Arc::clone(&other), 1, 1 << 20)).await.unwrap();
+        settle_down(&queue, &mut next_id).await;
+        assert_eq!(taken(&other), [0]);
+        assert_eq!(taken(&selective), [matching]);
+    }
+
     #[tokio::test]
     async fn a_panicking_queue_actor_ends_its_consumers_connections_and_tells_its_owner() {
         let owner = Arc::new(RecordingOwner::default());
@@ -935,19 +1172,13 @@ mod tests {
         let environment = QueueEnvironment { owner: weak, tasks: TaskTracker::new() };
         let queue = QueueHandle::spawn(Arc::from("jobs"), QueueSettings::default(), &environment, None, Vec::new());
         let outbox = Outbox::new(1 << 20);
-        let consumer =
-            Consumer { id: 7, subscription: 1, outbox: Arc::clone(&outbox), prefetch: 10, window_bytes: 1 << 20 };
+        let consumer = Consumer::new(7, 1, Arc::clone(&outbox), 10, 1 << 20);
         queue.add_consumer(consumer).await.unwrap();
         queue.panic_for_test().await;
         environment.tasks.close();
         tokio::time::timeout(Duration::from_secs(5), environment.tasks.wait()).await.expect("the supervisor ends");
         assert!(outbox.has_failed(), "the consumer's connection must be told");
         assert_eq!(*owner.failed.lock().unwrap(), [(queue.id(), None)]);
-        assert!(
-            queue
-                .add_consumer(Consumer { id: 8, subscription: 2, outbox, prefetch: 1, window_bytes: 1 })
-                .await
-                .is_err()
-        );
+        assert!(queue.add_consumer(Consumer::new(8, 2, outbox, 1, 1)).await.is_err());
     }
 }

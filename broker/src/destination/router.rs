@@ -778,7 +778,7 @@ impl Router {
     }
 
     fn bind(&self, topic: &str, queue: QueueHandle) -> TopicRegistration {
-        let subscriber = Arc::new(TopicSubscriber { id: self.next_id(), sink: Sink::Queue(queue) });
+        let subscriber = Arc::new(TopicSubscriber { id: self.next_id(), sink: Sink::Queue(queue), selector: None });
         self.subscribe_topic(topic, subscriber)
     }
 

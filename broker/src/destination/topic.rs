@@ -7,6 +7,9 @@
 //! order. Subscribing appends and unsubscribing swap-removes through an id-to-position map, both
 //! O(1), so a topic with 100,000 browser subscribers is built and torn down in linear time (a
 //! copy-on-write list would copy the whole list on every subscribe).
+//!
+//! A subscriber with a selector is skipped, at publish time, for messages its selector does not
+//! match: they cost it one evaluation and never reach its outbox.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -15,6 +18,7 @@ use stampede_protocol::MessageTemplate;
 
 use crate::destination::outbox::{Admitted, Delivery, Outbox, SlowConsumerPolicy};
 use crate::destination::queue::QueueHandle;
+use crate::destination::selector::Selector;
 
 /// One subscription to a topic (exact, or a wildcard pattern shared by many topics).
 #[derive(Debug)]
@@ -23,6 +27,8 @@ pub struct TopicSubscriber {
     pub id: u64,
     /// Where its messages go.
     pub sink: Sink,
+    /// Only messages this selects are delivered (`selector` on SUBSCRIBE).
+    pub selector: Option<Arc<Selector>>,
 }
 
 /// Where a topic subscriber's messages go.
@@ -80,6 +86,9 @@ impl Topic {
         let subscribers = self.subscribers.read().unwrap_or_else(|p| p.into_inner());
         let mut delivered = 0;
         for subscriber in &subscribers.list {
+            if subscriber.selector.as_ref().is_some_and(|selector| !selector.matches(template.headers())) {
+                continue;
+            }
             match &subscriber.sink {
                 Sink::Connection { subscription, outbox, policy } => {
                     let delivery = Delivery {

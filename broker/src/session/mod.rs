@@ -14,6 +14,8 @@
 //! one named. An ACK for a message that is no longer pending (acknowledged twice, or already
 //! redelivered elsewhere) is ignored, as nothing is lost by doing so.
 
+mod features;
+
 use std::collections::{HashMap, VecDeque};
 
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -26,7 +28,7 @@ use stampede_protocol::{ByteString, Command, Frame, Headers, MessageTemplate, Ve
 use tracing::{debug, trace};
 
 use crate::destination::outbox::{Delivery, Outbox, QueueDelivery, SlowConsumerPolicy};
-use crate::destination::queue::{Consumer, Outcome, QueueHandle, QueuedMessage, Verdict, now_ms};
+use crate::destination::queue::{Browse, Consumer, Outcome, QueueHandle, QueuedMessage, Verdict, now_ms};
 use crate::destination::router::{Destination, DurableError, Router, TopicMessage, TopicRegistration};
 use crate::destination::topic::{Sink, TopicSubscriber};
 use crate::destination::vhost::VirtualHosts;
@@ -34,6 +36,7 @@ use crate::error::{ErrorKind, StompError};
 use crate::http::metrics::{Metrics, PublishKind};
 use crate::security::Redacted;
 use crate::security::auth::{Authenticator, Credentials, Operation, Principal};
+use features::SubscribeFeatures;
 
 /// Headers of a MESSAGE that [`Session::render`] writes for each delivery. A SEND's own
 /// entries with these names are never forwarded, so each appears exactly once, as the broker set
@@ -156,7 +159,15 @@ impl AckMode {
 #[derive(Debug)]
 enum Target {
     Topic(TopicRegistration),
-    Queue { queue: QueueHandle, consumer: u64 },
+    Queue {
+        queue: QueueHandle,
+        consumer: u64,
+    },
+    /// A queue browser (`browser:true`): copies of the waiting messages, then `end`, after
+    /// which the subscription is gone.
+    Browse {
+        end: Arc<MessageTemplate>,
+    },
 }
 
 #[derive(Debug)]
@@ -233,7 +244,13 @@ pub struct Session {
     peer: Option<IpAddr>,
     upgrade_credentials: Option<Credentials>,
     principal: Option<Principal>,
+    /// Ids of the latest browsers that ended by themselves, so that a client that still sends
+    /// UNSUBSCRIBE for one is not refused.
+    ended_browsers: VecDeque<ByteString>,
 }
+
+/// How many ended browsers' ids a session remembers.
+const ENDED_BROWSERS_REMEMBERED: usize = 64;
 
 impl Session {
     /// A session that waits for CONNECT.
@@ -264,6 +281,7 @@ impl Session {
             peer: None,
             upgrade_credentials: None,
             principal: None,
+            ended_browsers: VecDeque::new(),
         }
     }
 
@@ -350,6 +368,9 @@ impl Session {
             Command::Commit => self.commit(frame, replies).await?,
             Command::Abort => self.abort(frame)?,
             Command::Disconnect => {
+                // The client-id is free before the RECEIPT leaves: a client that reconnects as
+                // soon as its DISCONNECT is receipted must not find its own id still held.
+                self.release_client_id();
                 self.receipt(frame, replies);
                 return Ok(Flow::Disconnect);
             }
@@ -623,7 +644,7 @@ impl Session {
         let id = ByteString::from(format!("/temp-queue/{name}"));
         if !self.by_id.contains_key(&id) {
             let credit = (self.config.default_prefetch_auto, self.config.consumer_window_bytes);
-            self.attach_queue(id, AckMode::Auto, queue.clone(), credit, None).await?;
+            self.attach_queue(id, AckMode::Auto, queue.clone(), credit, None, SubscribeFeatures::default()).await?;
         }
         Ok(queue)
     }
@@ -688,17 +709,34 @@ impl Session {
         let ack = AckMode::parse(frame.header(names::ACK))?;
         let destination = Destination::parse(destination_value).map_err(destination_error)?;
         self.authorize(Operation::Read, destination_value)?;
+        let features = SubscribeFeatures::read(frame)?;
+        if features.browser && matches!(destination, Destination::Topic(_)) {
+            return Err(StompError::new(
+                "invalid browser header: topics cannot be browsed",
+                format!(
+                    "browser:true browses a queue's waiting messages; {destination_value} is a topic, which keeps none."
+                ),
+            ));
+        }
         let queue = match destination {
             Destination::Topic(name) => match self.durable_name(frame, &id) {
                 Some(durable) => {
                     refuse_control_characters("durable subscription name", &durable)?;
+                    if features.selector.is_some() {
+                        // Its queue would keep every unmatched message until it filled up: the
+                        // selector belongs with the stored subscription, which does not keep one.
+                        return Err(StompError::new(
+                            "invalid selector header: not supported on a durable subscription",
+                            "A durable topic subscription cannot have a selector yet; subscribe without one, or use a non-durable subscription or a queue.",
+                        ));
+                    }
                     let queue = self
                         .router
                         .durable_subscription(&durable, &name, self.user())
                         .await
                         .map_err(|e| durable_error(e, &durable))?;
                     let credit = (self.prefetch(frame, ack)?, self.window_bytes(frame)?);
-                    return self.attach_queue(id, ack, queue, credit, Some(durable)).await;
+                    return self.attach_queue(id, ack, queue, credit, Some(durable), features).await;
                 }
                 None => {
                     let key = self.next_subscription_key();
@@ -707,7 +745,8 @@ impl Session {
                         outbox: Arc::clone(&self.outbox),
                         policy: self.config.slow_consumer_policy,
                     };
-                    let subscriber = Arc::new(TopicSubscriber { id: self.router.next_id(), sink });
+                    let selector = features.selector;
+                    let subscriber = Arc::new(TopicSubscriber { id: self.router.next_id(), sink, selector });
                     let registration = self.router.subscribe_topic(&name, subscriber);
                     self.insert_subscription(key, id, ack, Target::Topic(registration), None);
                     return Ok(());
@@ -730,8 +769,31 @@ impl Session {
         if let Some(ttl) = frame.header("x-message-ttl") {
             queue.set_default_ttl(milliseconds("x-message-ttl", ttl)?).await?;
         }
+        if features.browser {
+            return self.browse(id, ack, queue, destination_value, features.selector).await;
+        }
         let credit = (self.prefetch(frame, ack)?, self.window_bytes(frame)?);
-        self.attach_queue(id, ack, queue, credit, None).await
+        self.attach_queue(id, ack, queue, credit, None, features).await
+    }
+
+    /// A queue browser: the queue sends copies of its waiting messages, then Apollo's end
+    /// marker, an empty MESSAGE with `browser:end`; rendering that ends the subscription.
+    async fn browse(
+        &mut self,
+        id: ByteString,
+        ack: AckMode,
+        queue: QueueHandle,
+        destination: &str,
+        selector: Option<Arc<crate::destination::selector::Selector>>,
+    ) -> Result<(), StompError> {
+        let key = self.next_subscription_key();
+        let headers: Headers = [(names::DESTINATION, destination), ("browser", "end")].into_iter().collect();
+        let end = Arc::new(MessageTemplate::new(headers, bytes::Bytes::new()));
+        self.insert_subscription(key, id, ack, Target::Browse { end: Arc::clone(&end) }, None);
+        let outbox = Arc::clone(&self.outbox);
+        let end_id = self.router.next_message_id();
+        queue.browse(Browse { subscription: key, outbox, selector, end, end_id }).await?;
+        Ok(())
     }
 
     /// The name of the durable subscription a SUBSCRIBE to a topic asks for, if it asks for one.
@@ -811,12 +873,16 @@ impl Session {
         queue: QueueHandle,
         credit: (u32, usize),
         durable: Option<String>,
+        features: SubscribeFeatures,
     ) -> Result<(), StompError> {
         let key = self.next_subscription_key();
         let consumer = self.router.next_id();
         let (prefetch, window_bytes) = credit;
         let outbox = Arc::clone(&self.outbox);
-        queue.add_consumer(Consumer { id: consumer, subscription: key, outbox, prefetch, window_bytes }).await?;
+        let SubscribeFeatures { selector, priority, exclusive, .. } = features;
+        let attached =
+            Consumer { priority, exclusive, selector, ..Consumer::new(consumer, key, outbox, prefetch, window_bytes) };
+        queue.add_consumer(attached).await?;
         self.insert_subscription(key, id, ack, Target::Queue { queue, consumer }, durable);
         Ok(())
     }
@@ -849,6 +915,12 @@ impl Session {
         };
         let delete = frame.header("durable") == Some("true") || frame.header(names::PERSISTENT) == Some("true");
         let Some(key) = key else {
+            if let Some(id) = frame.headers.get_shared(names::ID)
+                && let Some(position) = self.ended_browsers.iter().position(|ended| ended == id)
+            {
+                self.ended_browsers.remove(position);
+                return Ok(());
+            }
             if let Some(name) = self.named_durable(frame) {
                 self.delete_durable(&name).await?;
                 return Ok(());
@@ -900,6 +972,7 @@ impl Session {
                 // Unacknowledged messages go back to the queue for other consumers.
                 let _ = queue.remove_consumer(consumer).await;
             }
+            Target::Browse { .. } => {}
         }
     }
 
@@ -1024,6 +1097,8 @@ impl Session {
     /// queue subscriptions. Deliveries for subscriptions that no longer exist are skipped.
     pub fn render(&mut self, delivery: Delivery, dst: &mut BytesMut) -> Option<AutoAck> {
         let subscription = self.subscriptions.get_mut(&delivery.subscription)?;
+        let ends_browse =
+            matches!(&subscription.target, Target::Browse { end } if Arc::ptr_eq(end, &delivery.template));
         let mut message_id = itoa::Buffer::new();
         let message_id_text = message_id.format(delivery.message_id);
         let mut ack_text = itoa::Buffer::new();
@@ -1049,6 +1124,13 @@ impl Session {
             count += 1;
         }
         delivery.template.write_to(self.version, &per_delivery[..count], dst);
+        if ends_browse && let Some(ended) = self.subscriptions.remove(&delivery.subscription) {
+            self.by_id.remove(&ended.id);
+            if self.ended_browsers.len() >= ENDED_BROWSERS_REMEMBERED {
+                self.ended_browsers.pop_front();
+            }
+            self.ended_browsers.push_back(ended.id);
+        }
         auto_ack
     }
 
@@ -1064,6 +1146,10 @@ impl Session {
         for (_, queue) in self.temp_queues.drain() {
             self.router.delete_temporary_queue(queue.name(), &self.id).await;
         }
+        self.release_client_id();
+    }
+
+    fn release_client_id(&mut self) {
         if let Some(client_id) = self.claimed_client_id.take() {
             self.router.release_client_id(&client_id);
         }

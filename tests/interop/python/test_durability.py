@@ -247,6 +247,8 @@ def test_activemq_durable_subscription_survives_reconnect_and_crash(durable_brok
     other.frame("UNSUBSCRIBE", {"id": "1", "activemq.subscriptionName": name, "receipt": rid})
     other.wait_receipt(rid, "for UNSUBSCRIBE activemq.subscriptionName")
     assert not other.rec.errors, other.rec.errors
+    # A client-id is held by one live connection per virtual host (as ActiveMQ does).
+    other.disconnect()
     pub = connect()
     pub.send(topic, "after-delete", persistent="true")
     subscriber = connect(**{"client-id": client_id})
