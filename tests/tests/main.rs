@@ -1,0 +1,23 @@
+//! Every integration test in one binary: one link of the broker instead of one per file, which
+//! was most of the test build time and target size. Each file below is one area of behaviour;
+//! run one with `cargo nextest run -p stampede-tests -E 'test(/^security_names::/)'`.
+
+mod backpressure;
+mod cli;
+mod client_examples;
+mod client_features;
+mod connection_faults;
+mod crash;
+mod durability;
+mod features;
+mod first_hour;
+mod fsync;
+mod hostile;
+mod messaging;
+mod operations;
+mod security;
+mod security_auth;
+mod security_frames;
+mod security_names;
+mod sessions;
+mod websocket;
