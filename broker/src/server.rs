@@ -35,6 +35,7 @@ use crate::error::StompError;
 use crate::http::health::Readiness;
 use crate::http::metrics::{Exporter, Metrics, Sources, TransportKind};
 use crate::http::{HttpState, ListenerInfo};
+use crate::listener::fallback::{self, FallbackRequest, FallbackSessions};
 use crate::listener::public_http::{self, Replayed, Routed};
 use crate::security::auth::{Authenticator, Credentials};
 use crate::security::{AddressPermit, PerAddress};
@@ -285,6 +286,12 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
         },
         handshake_timeout: Duration::from_millis(config.connect_timeout_ms),
         metrics: Arc::clone(&metrics),
+        fallback: Arc::new(FallbackSessions::new(
+            config.max_body.saturating_add(config.max_header_bytes).saturating_add(1024),
+            config.ws_allowed_origins.iter().map(|o| normalize_origin(o)).collect(),
+            tasks.clone(),
+            shutdown.clone(),
+        )),
     });
 
     let plain_listeners = !config.require_tls;
@@ -492,6 +499,8 @@ struct Shared {
     ws: WsSettings,
     handshake_timeout: Duration,
     metrics: Arc<Metrics>,
+    /// Sessions of the HTTP fallback (SSE and POST) on the WebSocket port.
+    fallback: Arc<FallbackSessions>,
 }
 
 /// Session ids: 128 bits from the operating system's random source each. Temporary queue names
@@ -581,15 +590,17 @@ fn handle(
         let deadline = Instant::now() + shared.handshake_timeout;
         let connection: Option<Connection> = match &kind {
             Listener::Stomp => Some(serve(Transport::Stream(stream), None, peer, id, &shared)),
-            Listener::WebSocket => Box::pin(plain_websocket(stream, peer, &shared.ws, deadline))
-                .await
-                .map(|(transport, credentials)| serve(transport, credentials, peer, id, &shared)),
+            Listener::WebSocket => {
+                let handshaken = Box::pin(plain_websocket(stream, peer, &shared.ws, deadline)).await;
+                after_http(handshaken, peer, id, &shared).await
+            }
             Listener::StompTls(acceptor) => Box::pin(tls_handshake(acceptor, stream, peer, deadline))
                 .await
                 .map(|tls| serve(Transport::Stream(tls), None, peer, id, &shared)),
-            Listener::Wss(acceptor) => Box::pin(secure_websocket(acceptor, stream, peer, &shared.ws, deadline))
-                .await
-                .map(|(transport, credentials)| serve(transport, credentials, peer, id, &shared)),
+            Listener::Wss(acceptor) => {
+                let handshaken = Box::pin(secure_websocket(acceptor, stream, peer, &shared.ws, deadline)).await;
+                after_http(handshaken, peer, id, &shared).await
+            }
         };
         if let Some(connection) = connection {
             // The transport is read from `kind` on both sides rather than kept in a local, so
@@ -601,6 +612,56 @@ fn handle(
         // The connection counts against the limits until here.
         drop(permits);
     }
+}
+
+/// What the HTTP side of the WebSocket port hands over.
+enum Handshaken<S> {
+    /// A WebSocket, with the credentials of the upgrade request if it had any.
+    WebSocket(Transport<Replayed<S>>, Option<Credentials>),
+    /// A request of the HTTP fallback.
+    Fallback(FallbackRequest, Replayed<S>),
+}
+
+/// The connection future of a WebSocket; a fallback request is served here and needs none (its
+/// STOMP session, if it opens one, is a task of its own, see [`open_fallback_session`]).
+async fn after_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    handshaken: Option<Handshaken<S>>,
+    peer: SocketAddr,
+    id: Arc<str>,
+    shared: &Arc<Shared>,
+) -> Option<Connection> {
+    match handshaken? {
+        Handshaken::WebSocket(transport, credentials) => Some(serve(transport, credentials, peer, id, shared)),
+        Handshaken::Fallback(request, stream) => {
+            let open = |peer: SocketAddr| open_fallback_session(shared, peer);
+            if let Err(error) = Box::pin(shared.fallback.serve(request, stream, peer, &open)).await {
+                debug!(%peer, "fallback request failed: {error}");
+            }
+            None
+        }
+    }
+}
+
+/// Starts the STOMP connection of a fallback session on one end of a pipe and returns the other.
+/// The session counts against the connection limits like any connection.
+fn open_fallback_session(shared: &Arc<Shared>, peer: SocketAddr) -> Result<tokio::io::DuplexStream, (u16, String)> {
+    let Ok(permit) = Arc::clone(&shared.limit).try_acquire_owned() else {
+        return Err((503, format!("max_connections ({}) reached", shared.max_connections)));
+    };
+    let Some(address_permit) = shared.per_address.acquire(peer.ip()) else {
+        return Err((503, format!("max_connections_per_ip ({}) reached", shared.per_address.limit())));
+    };
+    let (theirs, ours) = fallback::pipe();
+    let id = shared.ids.next();
+    let connection = serve(Transport::Stream(theirs), None, peer, id, shared);
+    let metrics = Arc::clone(&shared.metrics);
+    shared.tasks.spawn(async move {
+        metrics.connection_opened(TransportKind::Sse);
+        let reason = connection.await;
+        metrics.connection_closed(TransportKind::Sse, &reason);
+        drop((permit, address_permit));
+    });
+    Ok(ours)
 }
 
 /// A connection's future, boxed: its size differs per transport, and the task holds a pointer.
@@ -643,7 +704,7 @@ async fn plain_websocket(
     peer: SocketAddr,
     ws: &WsSettings,
     deadline: Instant,
-) -> Option<(Transport<Replayed<TcpStream>>, Option<Credentials>)> {
+) -> Option<Handshaken<TcpStream>> {
     let local = stream.local_addr().unwrap_or(peer);
     websocket(stream, peer, local, false, ws, deadline).await
 }
@@ -655,7 +716,7 @@ async fn secure_websocket(
     peer: SocketAddr,
     ws: &WsSettings,
     deadline: Instant,
-) -> Option<(Transport<Replayed<tokio_rustls::server::TlsStream<TcpStream>>>, Option<Credentials>)> {
+) -> Option<Handshaken<tokio_rustls::server::TlsStream<TcpStream>>> {
     let local = stream.local_addr().unwrap_or(peer);
     let tls = tls_handshake(acceptor, stream, peer, deadline).await?;
     websocket(tls, peer, local, true, ws, deadline).await
@@ -670,10 +731,11 @@ async fn websocket<S: AsyncRead + AsyncWrite + Unpin>(
     secure: bool,
     ws: &WsSettings,
     deadline: Instant,
-) -> Option<(Transport<Replayed<S>>, Option<Credentials>)> {
+) -> Option<Handshaken<S>> {
     let endpoint = public_http::Endpoint { path: &ws.path, secure, local };
     let stream = match timeout_at(deadline, public_http::route(stream, &endpoint)).await {
         Ok(Ok(Routed::Upgrade(stream))) => stream,
+        Ok(Ok(Routed::Fallback(request, stream))) => return Some(Handshaken::Fallback(request, stream)),
         Ok(Ok(Routed::Answered)) => return None,
         Ok(Err(error)) => {
             debug!(%peer, "HTTP request failed: {error}");
@@ -699,7 +761,7 @@ async fn websocket<S: AsyncRead + AsyncWrite + Unpin>(
     };
     match timeout_at(deadline, tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws.config))).await
     {
-        Ok(Ok(socket)) => Some((Transport::WebSocket(Box::new(socket)), credentials)),
+        Ok(Ok(socket)) => Some(Handshaken::WebSocket(Transport::WebSocket(Box::new(socket)), credentials)),
         Ok(Err(error)) => {
             debug!(%peer, "WebSocket handshake failed: {error}");
             None
@@ -729,7 +791,9 @@ fn refuse(stream: TcpStream, peer: SocketAddr, kind: Listener, shared: &Arc<Shar
         match kind {
             Listener::Stomp => connection::send_and_close(Transport::Stream(stream), bytes).await,
             Listener::WebSocket => {
-                if let Some((transport, _)) = plain_websocket(stream, peer, &shared.ws, deadline).await {
+                if let Some(Handshaken::WebSocket(transport, _)) =
+                    plain_websocket(stream, peer, &shared.ws, deadline).await
+                {
                     connection::send_and_close(transport, bytes).await;
                 }
             }
@@ -739,7 +803,9 @@ fn refuse(stream: TcpStream, peer: SocketAddr, kind: Listener, shared: &Arc<Shar
                 }
             }
             Listener::Wss(acceptor) => {
-                if let Some((transport, _)) = secure_websocket(&acceptor, stream, peer, &shared.ws, deadline).await {
+                if let Some(Handshaken::WebSocket(transport, _)) =
+                    secure_websocket(&acceptor, stream, peer, &shared.ws, deadline).await
+                {
                     connection::send_and_close(transport, bytes).await;
                 }
             }

@@ -9,6 +9,7 @@ mod client_features;
 mod connection_faults;
 mod crash;
 mod durability;
+mod fallback;
 mod features;
 mod first_hour;
 mod fsync;

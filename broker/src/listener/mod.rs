@@ -2,5 +2,6 @@
 //! HTTP on the WebSocket port before the upgrade; the accept loops and handshakes live in
 //! [`crate::server`] for the time being.
 
+pub(crate) mod fallback;
 pub(crate) mod public_http;
 pub mod tls;

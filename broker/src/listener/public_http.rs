@@ -4,7 +4,8 @@
 //! People open the WebSocket URL in a browser, or `curl` it, before they write a client; an
 //! empty reply (ERR_EMPTY_RESPONSE) tells them nothing. So a plain request on the WebSocket path
 //! gets `426 Upgrade Required` naming the STOMP URL, and any other path gets `404` with a hint.
-//! Later pages on this port (an SSE fallback, a demo, a JS shim) are more routes in [`route`].
+//! The HTTP fallback for clients without WebSocket ([`super::fallback`]) and its JavaScript shim
+//! are routed here too.
 //!
 //! The head is read with a size bound and under the caller's handshake deadline; the bytes read
 //! are replayed to tungstenite through [`Replayed`], so the upgrade sees the request unchanged.
@@ -16,6 +17,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use super::fallback;
+
 /// Largest request head read (request line and headers); a larger one gets 431.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Most request headers parsed.
@@ -26,6 +29,9 @@ pub(crate) enum Routed<S> {
     /// A WebSocket upgrade on the STOMP path: hand the stream, with the head replayed, to
     /// tungstenite.
     Upgrade(Replayed<S>),
+    /// A request for the HTTP fallback (SSE and POST), to be served outside the handshake
+    /// deadline (an event stream lasts as long as its session).
+    Fallback(fallback::FallbackRequest, Replayed<S>),
     /// The request was answered (or the client went away) and the connection is done.
     Answered,
 }
@@ -59,7 +65,35 @@ pub(crate) async fn route<S: AsyncRead + AsyncWrite + Unpin>(
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut request = httparse::Request::new(&mut headers);
         match request.parse(&head) {
-            Ok(httparse::Status::Complete(_)) => {
+            Ok(httparse::Status::Complete(head_len)) => {
+                let target = request.path.unwrap_or("/");
+                let (path, query) = target.split_once('?').unwrap_or((target, ""));
+                let method = request.method.unwrap_or("GET");
+                if path == fallback::SHIM_PATH && (method == "GET" || method == "HEAD") {
+                    fallback::serve_shim(&mut stream, method == "HEAD").await?;
+                    return Ok(Routed::Answered);
+                }
+                if let Some(below) = path.strip_prefix(fallback::PREFIX).filter(|below| below.starts_with('/')) {
+                    let header = |name: &str| {
+                        request
+                            .headers
+                            .iter()
+                            .find(|h| h.name.eq_ignore_ascii_case(name))
+                            .and_then(|h| std::str::from_utf8(h.value).ok())
+                            .map(str::to_owned)
+                    };
+                    let fallback_request = fallback::FallbackRequest {
+                        method: method.to_owned(),
+                        path: below.to_owned(),
+                        query: query.to_owned(),
+                        origin: header("origin"),
+                        last_event_id: header("last-event-id"),
+                        content_length: header("content-length").and_then(|v| v.trim().parse().ok()),
+                    };
+                    // The body bytes read with the head come first when the body is read.
+                    let stream = Replayed { replay: head, replayed: head_len, inner: stream };
+                    return Ok(Routed::Fallback(fallback_request, stream));
+                }
                 let answer = answer(&request, endpoint);
                 return match answer {
                     None => Ok(Routed::Upgrade(Replayed { replay: head, replayed: 0, inner: stream })),
