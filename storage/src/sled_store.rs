@@ -43,6 +43,7 @@ use tracing::{debug, error, info, warn};
 use crate::codec::{self, QueueKey};
 use crate::durable::{self, DurableFiles, SyncFailure, SyncFaults};
 use crate::model::{COMMIT_SECONDS_BUCKETS, CommitTimes};
+use crate::watermark::{self, DiskWatermark, FreeSpaceLimit};
 use crate::{
     Completion, FsyncMode, Op, ProblemKind, QueueRecord, RecordPosition, RecoveredQueue, Recovery, RecoveryProblem,
     StorageError, Store, StoreMetrics, StoreOptions,
@@ -84,6 +85,8 @@ struct Shared {
     inject_failures: AtomicU64,
     /// Fault injection for the syncs that follow sled's flush.
     sync_faults: SyncFaults,
+    /// The disk alarm, measured again after every group commit.
+    watermark: Option<Arc<DiskWatermark>>,
 }
 
 /// [`CommitTimes`] as atomics, moved by the writer and read by `metrics`.
@@ -144,8 +147,17 @@ impl SledStore {
     pub fn open(dir: &Path, options: StoreOptions) -> Result<SledStore, StorageError> {
         let path = dir.to_path_buf();
         prepare_directory(&path)?;
-        let engine = Engine::open(&path, &options)?;
-        let shared = Arc::new(Shared::default());
+        // The reserve exists for this moment: a store restarted on a full disk needs room to
+        // replay its log and to record ACKs. The broker's timer writes it back later.
+        match watermark::release_reserve(&path) {
+            Ok(0) => {}
+            Ok(bytes) => debug!(path = %path.display(), bytes, "reserve file released for opening the store"),
+            Err(e) => warn!(path = %path.display(), error = %e, "could not release the reserve file"),
+        }
+        let engine = Engine::open(&path, &options).map_err(|e| disk_full(&path, e, options.disk_free_limit))?;
+        let watermark = DiskWatermark::new(&path, options.disk_free_limit)
+            .map_err(|e| StorageError::Open { path: path.clone(), source: Arc::new(e) })?;
+        let shared = Arc::new(Shared { watermark: Some(Arc::new(watermark)), ..Shared::default() });
         shared.disk_usage.store(engine.db.size_on_disk().unwrap_or(0), Relaxed);
         let (commands, rx) = mpsc::sync_channel(options.max_pending.max(1));
         let max_pending = options.max_pending;
@@ -222,6 +234,10 @@ impl Store for SledStore {
 
     fn disk_usage_bytes(&self) -> u64 {
         self.shared.disk_usage.load(Relaxed)
+    }
+
+    fn disk_watermark(&self) -> Option<Arc<DiskWatermark>> {
+        self.shared.watermark.clone()
     }
 
     fn metrics(&self) -> StoreMetrics {
@@ -419,6 +435,11 @@ impl Writer {
             warn!(path = %self.path.display(), error = %e, submissions = group.len(), "group commit failed");
         }
         self.refresh_disk_usage(false);
+        if let Some(watermark) = &s.watermark
+            && let Err(e) = watermark.check()
+        {
+            debug!(path = %self.path.display(), error = %e, "could not measure free space");
+        }
         for submission in group {
             submission.complete(outcome.clone());
         }
@@ -688,10 +709,30 @@ fn apply_pending(engine: &mut Engine, meta: &mut Option<Batch>, queues: &mut Vec
 
 /// The errno of a failed writeback (`EIO`, 5 on Linux and the other Unixes).
 const EIO: i32 = 5;
+/// `ENOSPC` on Linux: no space left on the device.
+const ENOSPC: i32 = 28;
 
 /// Creates the data directory if needed (syncing its parent so the new name is durable) and
 /// checks that it accepts new files, so that a read-only directory is one clear error rather
 /// than whichever of sled's files fails first.
+/// An opening failure from a full file system becomes [`StorageError::DiskFull`], which says how
+/// much to free; anything else is returned as it is.
+fn disk_full(path: &Path, error: StorageError, limit: FreeSpaceLimit) -> StorageError {
+    let io = match &error {
+        StorageError::Open { source, .. } | StorageError::Io { source, .. } => source,
+        _ => return error,
+    };
+    if io.raw_os_error() != Some(ENOSPC) {
+        return error;
+    }
+    let Ok(stats) = fs2::statvfs(path) else { return error };
+    let (free, total) = (stats.available_space(), stats.total_space());
+    let limit = limit.resolve(total);
+    let resume_at = limit.saturating_add(watermark::margin(limit));
+    let needed = watermark::reserve_size(total).max(resume_at.saturating_sub(free));
+    StorageError::DiskFull { path: path.to_path_buf(), free, needed }
+}
+
 fn prepare_directory(path: &Path) -> Result<(), StorageError> {
     let not_writable = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
