@@ -103,6 +103,16 @@ fn size(bytes: u64) -> String {
     human_size(usize::try_from(bytes).unwrap_or(usize::MAX))
 }
 
+/// Free space, with two decimals, so that a figure just below the limit does not read as the
+/// limit itself (`3.98 MiB`, not `4.0 MiB`).
+fn free(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    UNITS
+        .iter()
+        .find(|(_, unit)| bytes >= *unit)
+        .map_or_else(|| size(bytes), |(name, unit)| format!("{:.2} {name}", bytes as f64 / *unit as f64))
+}
+
 /// The ERROR for a persistent message refused under the alarm: names the limit, the free space
 /// and what ends it.
 pub fn refusal(destination: &str, status: DiskStatus) -> StompError {
@@ -110,7 +120,7 @@ pub fn refusal(destination: &str, status: DiskStatus) -> StompError {
         ErrorKind::Limit,
         format!(
             "persistent message refused: {} free on the data directory's disk, below disk_free_limit {}",
-            size(status.free),
+            free(status.free),
             size(status.limit)
         ),
         format!(
@@ -118,7 +128,7 @@ pub fn refusal(destination: &str, status: DiskStatus) -> StompError {
              {} free of {}, below disk_free_limit ({}); persistent messages are refused until {} is free again, and \
              then accepted without a restart. Transient messages, consumption and ACKs keep working: let consumers \
              drain, free space on that file system, or lower disk_free_limit.",
-            size(status.free),
+            free(status.free),
             size(status.total),
             size(status.limit),
             size(status.resume_at),
@@ -132,12 +142,12 @@ pub fn describe(status: DiskStatus) -> String {
         format!(
             "disk alarm: {} free, below disk_free_limit {}; persistent messages are refused until {} is free \
              (consumers and ACKs are served)",
-            size(status.free),
+            free(status.free),
             size(status.limit),
             size(status.resume_at)
         )
     } else {
-        format!("{} free, above disk_free_limit {}", size(status.free), size(status.limit))
+        format!("{} free, above disk_free_limit {}", free(status.free), size(status.limit))
     }
 }
 
@@ -193,7 +203,7 @@ mod tests {
         let status = DiskStatus { alarm: true, free: 3 << 20, total: 100 << 20, limit: 4 << 20, resume_at: 5 << 20 };
         let error = refusal("/queue/a", status);
         assert!(
-            error.message.contains("3 MiB free") && error.message.contains("disk_free_limit 4 MiB"),
+            error.message.contains("3.00 MiB free") && error.message.contains("disk_free_limit 4 MiB"),
             "{}",
             error.message
         );

@@ -170,6 +170,7 @@ impl SledStore {
             refused: None,
             shared: Arc::clone(&shared),
             usage_refreshed: Instant::now(),
+            retry_removals: Vec::new(),
         };
         let writer = std::thread::Builder::new()
             .name("stampede-storage".into())
@@ -358,11 +359,34 @@ struct Writer {
     refused: Option<StorageError>,
     shared: Arc<Shared>,
     usage_refreshed: Instant,
+    /// Removals (ACKs, drops) of groups that failed, applied again ahead of the next group.
+    retry_removals: Vec<Op>,
 }
+
+/// Most removals kept for retrying; beyond it the oldest are given up (their messages come
+/// back after a restart, as storage is at-least-once).
+const MAX_RETRIED_REMOVALS: usize = 1 << 20;
 
 impl Writer {
     fn run(mut self) {
-        while let Ok(command) = self.rx.recv() {
+        loop {
+            let command = if self.retry_removals.is_empty() {
+                match self.rx.recv() {
+                    Ok(command) => command,
+                    Err(_) => break,
+                }
+            } else {
+                // Failed removals wait for the next group, or for the backoff to pass when
+                // nothing else comes (the disk may have room again).
+                match self.rx.recv_timeout(self.options.reopen_backoff) {
+                    Ok(command) => command,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.commit(Vec::new());
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            };
             match command {
                 Command::Submit(first) => {
                     let (group, interrupted_by) = self.gather(first);
@@ -422,7 +446,15 @@ impl Writer {
         }
     }
 
-    fn commit(&mut self, group: Vec<Submission>) {
+    /// Applies one group and completes its submissions. Removals that an earlier failed group
+    /// carried go first: an ACK the broker has applied in memory must reach the disk once the
+    /// disk takes writes again (after a full disk), or the message would come back after a
+    /// restart. Replaying a removal is harmless: sequence numbers are never reused, and removing
+    /// an absent message does nothing.
+    fn commit(&mut self, mut group: Vec<Submission>) {
+        if !self.retry_removals.is_empty() {
+            group.insert(0, Submission { ops: std::mem::take(&mut self.retry_removals), done: None });
+        }
         let s = Arc::clone(&self.shared);
         s.batches.fetch_add(1, Relaxed);
         s.submissions.fetch_add(group.len() as u64, Relaxed);
@@ -433,6 +465,12 @@ impl Writer {
         if let Err(e) = &outcome {
             s.failed_submissions.fetch_add(group.len() as u64, Relaxed);
             warn!(path = %self.path.display(), error = %e, submissions = group.len(), "group commit failed");
+            self.retry_removals
+                .extend(group.iter().flat_map(|s| &s.ops).filter(|op| matches!(op, Op::Remove { .. })).cloned());
+            if self.retry_removals.len() > MAX_RETRIED_REMOVALS {
+                let excess = self.retry_removals.len() - MAX_RETRIED_REMOVALS;
+                self.retry_removals.drain(..excess);
+            }
         }
         self.refresh_disk_usage(false);
         if let Some(watermark) = &s.watermark
@@ -977,6 +1015,27 @@ mod tests {
         let recovery = store.recover().unwrap();
         let seqs: Vec<_> = recovery.queues[0].messages.iter().map(|m| m.seq).collect();
         assert_eq!(seqs, [2]);
+    }
+
+    #[test]
+    fn a_removal_in_a_failed_group_is_applied_again_when_the_disk_takes_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions { reopen_backoff: Duration::from_millis(50), ..StoreOptions::default() };
+        let store = SledStore::open(dir.path(), options).unwrap();
+        write(&store, vec![Op::DefineQueue(QueueRecord::queue("a")), append(1), append(2)]).unwrap();
+
+        store.inject_failures(1);
+        write(&store, vec![remove(1)]).unwrap_err();
+        // No other write comes: the writer retries by itself after the backoff.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.metrics().reopens == 0 {
+            assert!(Instant::now() < deadline, "the failed removal was never retried");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(store);
+        let store = SledStore::open(dir.path(), StoreOptions::default()).unwrap();
+        let seqs: Vec<_> = store.recover().unwrap().queues[0].messages.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, [2], "the ACK of message 1 was lost with its failed group");
     }
 
     #[test]
