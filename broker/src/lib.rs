@@ -36,6 +36,7 @@
 pub mod config;
 pub mod connection;
 pub mod destination;
+pub mod disk;
 pub mod error;
 pub mod http;
 pub mod listener;

@@ -263,6 +263,10 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
     let mut session = config.session_config();
     session.auth = Arc::clone(&auth);
     session.metrics = Arc::clone(&metrics);
+    session.disk = store.disk_watermark();
+    if let Some(disk) = store.disk_watermark() {
+        crate::disk::spawn_monitor(disk, &tasks, shutdown.clone());
+    }
     let context = ConnectionContext {
         settings: Arc::new(ConnectionSettings { metrics: Arc::clone(&metrics), ..config.connection_settings() }),
         session: Arc::new(session),

@@ -25,6 +25,22 @@ pub enum StorageError {
         source: Arc<io::Error>,
     },
 
+    /// The file system holding the data directory is too full for the store to open (sled
+    /// needs room to replay its log).
+    #[error(
+        "cannot open the message store in {path}: its file system is full ({free} bytes free); \
+         free at least {needed} bytes on it (delete or move other files there, or grow it) and start \
+         again: the stored messages are intact and come back once it opens"
+    )]
+    DiskFull {
+        /// The data directory.
+        path: PathBuf,
+        /// Bytes free when opening failed.
+        free: u64,
+        /// Bytes to free.
+        needed: u64,
+    },
+
     /// Another process holds the data directory's lock (another broker uses it).
     #[error("{}", locked_message(path, *holder))]
     Locked {

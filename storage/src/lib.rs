@@ -14,6 +14,9 @@
 //! - [`MemoryStore`]: the same contract in memory, for tests of the broker.
 //! - [`StoreOptions`] and [`FsyncMode`]: the durability/latency trade-off (`always`, `batch`,
 //!   `never`), each mode defined precisely on [`FsyncMode`].
+//! - [`DiskWatermark`] and [`FreeSpaceLimit`]: the disk alarm that stops persistent writes
+//!   before the file system is full, and the reserve file that lets the store open on a full
+//!   disk (the `watermark` module says why).
 //! - [`Recovery`]: what comes back at start-up — definitions, messages in sequence order with
 //!   their delivery counts, and [`RecoveryProblem`]s for records that failed their checksum and
 //!   were set aside rather than crash the broker or vanish unreported.
@@ -62,6 +65,7 @@ mod model;
 mod options;
 mod sled_store;
 mod store;
+mod watermark;
 
 pub use error::StorageError;
 pub use memory::MemoryStore;
@@ -72,3 +76,7 @@ pub use model::{
 pub use options::{FsyncMode, StoreOptions};
 pub use sled_store::SledStore;
 pub use store::Store;
+pub use watermark::{
+    DEFAULT_FREE_BYTES, DEFAULT_FREE_HUNDREDTHS_OF_PERCENT, DiskStatus, DiskWatermark, FreeSpaceLimit, RESERVE_FILE,
+    margin, release_reserve, reserve_size,
+};

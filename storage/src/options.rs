@@ -4,7 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::StorageError;
+use crate::{FreeSpaceLimit, StorageError};
 
 /// When the writer thread makes a group of writes durable (fsync) before completing it.
 ///
@@ -92,6 +92,9 @@ pub struct StoreOptions {
     /// default 1 s. Writes submitted in between fail at once with
     /// [`StorageError::Unavailable`].
     pub reopen_backoff: Duration,
+    /// Free space the file system must keep for writes that add messages to be accepted
+    /// (the disk alarm); default [`FreeSpaceLimit::Auto`].
+    pub disk_free_limit: FreeSpaceLimit,
 }
 
 impl Default for StoreOptions {
@@ -104,6 +107,7 @@ impl Default for StoreOptions {
             background_flush: Duration::from_millis(500),
             cache_capacity_bytes: 128 * 1024 * 1024,
             reopen_backoff: Duration::from_secs(1),
+            disk_free_limit: FreeSpaceLimit::Auto,
         }
     }
 }

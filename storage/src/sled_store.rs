@@ -43,6 +43,7 @@ use tracing::{debug, error, info, warn};
 use crate::codec::{self, QueueKey};
 use crate::durable::{self, DurableFiles, SyncFailure, SyncFaults};
 use crate::model::{COMMIT_SECONDS_BUCKETS, CommitTimes};
+use crate::watermark::{self, DiskWatermark, FreeSpaceLimit};
 use crate::{
     Completion, FsyncMode, Op, ProblemKind, QueueRecord, RecordPosition, RecoveredQueue, Recovery, RecoveryProblem,
     StorageError, Store, StoreMetrics, StoreOptions,
@@ -84,6 +85,8 @@ struct Shared {
     inject_failures: AtomicU64,
     /// Fault injection for the syncs that follow sled's flush.
     sync_faults: SyncFaults,
+    /// The disk alarm, measured again after every group commit.
+    watermark: Option<Arc<DiskWatermark>>,
 }
 
 /// [`CommitTimes`] as atomics, moved by the writer and read by `metrics`.
@@ -144,8 +147,17 @@ impl SledStore {
     pub fn open(dir: &Path, options: StoreOptions) -> Result<SledStore, StorageError> {
         let path = dir.to_path_buf();
         prepare_directory(&path)?;
-        let engine = Engine::open(&path, &options)?;
-        let shared = Arc::new(Shared::default());
+        // The reserve exists for this moment: a store restarted on a full disk needs room to
+        // replay its log and to record ACKs. The broker's timer writes it back later.
+        match watermark::release_reserve(&path) {
+            Ok(0) => {}
+            Ok(bytes) => debug!(path = %path.display(), bytes, "reserve file released for opening the store"),
+            Err(e) => warn!(path = %path.display(), error = %e, "could not release the reserve file"),
+        }
+        let engine = Engine::open(&path, &options).map_err(|e| disk_full(&path, e, options.disk_free_limit))?;
+        let watermark = DiskWatermark::new(&path, options.disk_free_limit)
+            .map_err(|e| StorageError::Open { path: path.clone(), source: Arc::new(e) })?;
+        let shared = Arc::new(Shared { watermark: Some(Arc::new(watermark)), ..Shared::default() });
         shared.disk_usage.store(engine.db.size_on_disk().unwrap_or(0), Relaxed);
         let (commands, rx) = mpsc::sync_channel(options.max_pending.max(1));
         let max_pending = options.max_pending;
@@ -158,6 +170,7 @@ impl SledStore {
             refused: None,
             shared: Arc::clone(&shared),
             usage_refreshed: Instant::now(),
+            retry_removals: Vec::new(),
         };
         let writer = std::thread::Builder::new()
             .name("stampede-storage".into())
@@ -222,6 +235,10 @@ impl Store for SledStore {
 
     fn disk_usage_bytes(&self) -> u64 {
         self.shared.disk_usage.load(Relaxed)
+    }
+
+    fn disk_watermark(&self) -> Option<Arc<DiskWatermark>> {
+        self.shared.watermark.clone()
     }
 
     fn metrics(&self) -> StoreMetrics {
@@ -342,11 +359,34 @@ struct Writer {
     refused: Option<StorageError>,
     shared: Arc<Shared>,
     usage_refreshed: Instant,
+    /// Removals (ACKs, drops) of groups that failed, applied again ahead of the next group.
+    retry_removals: Vec<Op>,
 }
+
+/// Most removals kept for retrying; beyond it the oldest are given up (their messages come
+/// back after a restart, as storage is at-least-once).
+const MAX_RETRIED_REMOVALS: usize = 1 << 20;
 
 impl Writer {
     fn run(mut self) {
-        while let Ok(command) = self.rx.recv() {
+        loop {
+            let command = if self.retry_removals.is_empty() {
+                match self.rx.recv() {
+                    Ok(command) => command,
+                    Err(_) => break,
+                }
+            } else {
+                // Failed removals wait for the next group, or for the backoff to pass when
+                // nothing else comes (the disk may have room again).
+                match self.rx.recv_timeout(self.options.reopen_backoff) {
+                    Ok(command) => command,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.commit(Vec::new());
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            };
             match command {
                 Command::Submit(first) => {
                     let (group, interrupted_by) = self.gather(first);
@@ -406,7 +446,15 @@ impl Writer {
         }
     }
 
-    fn commit(&mut self, group: Vec<Submission>) {
+    /// Applies one group and completes its submissions. Removals that an earlier failed group
+    /// carried go first: an ACK the broker has applied in memory must reach the disk once the
+    /// disk takes writes again (after a full disk), or the message would come back after a
+    /// restart. Replaying a removal is harmless: sequence numbers are never reused, and removing
+    /// an absent message does nothing.
+    fn commit(&mut self, mut group: Vec<Submission>) {
+        if !self.retry_removals.is_empty() {
+            group.insert(0, Submission { ops: std::mem::take(&mut self.retry_removals), done: None });
+        }
         let s = Arc::clone(&self.shared);
         s.batches.fetch_add(1, Relaxed);
         s.submissions.fetch_add(group.len() as u64, Relaxed);
@@ -417,8 +465,19 @@ impl Writer {
         if let Err(e) = &outcome {
             s.failed_submissions.fetch_add(group.len() as u64, Relaxed);
             warn!(path = %self.path.display(), error = %e, submissions = group.len(), "group commit failed");
+            self.retry_removals
+                .extend(group.iter().flat_map(|s| &s.ops).filter(|op| matches!(op, Op::Remove { .. })).cloned());
+            if self.retry_removals.len() > MAX_RETRIED_REMOVALS {
+                let excess = self.retry_removals.len() - MAX_RETRIED_REMOVALS;
+                self.retry_removals.drain(..excess);
+            }
         }
         self.refresh_disk_usage(false);
+        if let Some(watermark) = &s.watermark
+            && let Err(e) = watermark.check()
+        {
+            debug!(path = %self.path.display(), error = %e, "could not measure free space");
+        }
         for submission in group {
             submission.complete(outcome.clone());
         }
@@ -688,10 +747,30 @@ fn apply_pending(engine: &mut Engine, meta: &mut Option<Batch>, queues: &mut Vec
 
 /// The errno of a failed writeback (`EIO`, 5 on Linux and the other Unixes).
 const EIO: i32 = 5;
+/// `ENOSPC` on Linux: no space left on the device.
+const ENOSPC: i32 = 28;
 
 /// Creates the data directory if needed (syncing its parent so the new name is durable) and
 /// checks that it accepts new files, so that a read-only directory is one clear error rather
 /// than whichever of sled's files fails first.
+/// An opening failure from a full file system becomes [`StorageError::DiskFull`], which says how
+/// much to free; anything else is returned as it is.
+fn disk_full(path: &Path, error: StorageError, limit: FreeSpaceLimit) -> StorageError {
+    let io = match &error {
+        StorageError::Open { source, .. } | StorageError::Io { source, .. } => source,
+        _ => return error,
+    };
+    if io.raw_os_error() != Some(ENOSPC) {
+        return error;
+    }
+    let Ok(stats) = fs2::statvfs(path) else { return error };
+    let (free, total) = (stats.available_space(), stats.total_space());
+    let limit = limit.resolve(total);
+    let resume_at = limit.saturating_add(watermark::margin(limit));
+    let needed = watermark::reserve_size(total).max(resume_at.saturating_sub(free));
+    StorageError::DiskFull { path: path.to_path_buf(), free, needed }
+}
+
 fn prepare_directory(path: &Path) -> Result<(), StorageError> {
     let not_writable = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
@@ -936,6 +1015,27 @@ mod tests {
         let recovery = store.recover().unwrap();
         let seqs: Vec<_> = recovery.queues[0].messages.iter().map(|m| m.seq).collect();
         assert_eq!(seqs, [2]);
+    }
+
+    #[test]
+    fn a_removal_in_a_failed_group_is_applied_again_when_the_disk_takes_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions { reopen_backoff: Duration::from_millis(50), ..StoreOptions::default() };
+        let store = SledStore::open(dir.path(), options).unwrap();
+        write(&store, vec![Op::DefineQueue(QueueRecord::queue("a")), append(1), append(2)]).unwrap();
+
+        store.inject_failures(1);
+        write(&store, vec![remove(1)]).unwrap_err();
+        // No other write comes: the writer retries by itself after the backoff.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.metrics().reopens == 0 {
+            assert!(Instant::now() < deadline, "the failed removal was never retried");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(store);
+        let store = SledStore::open(dir.path(), StoreOptions::default()).unwrap();
+        let seqs: Vec<_> = store.recover().unwrap().queues[0].messages.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, [2], "the ACK of message 1 was lost with its failed group");
     }
 
     #[test]

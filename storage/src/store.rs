@@ -1,6 +1,8 @@
 //! The interface the broker programs against.
 
-use crate::{Completion, Op, Recovery, StorageError, StoreMetrics};
+use std::sync::Arc;
+
+use crate::{Completion, DiskWatermark, Op, Recovery, StorageError, StoreMetrics};
 
 /// A durable home for queue definitions, durable subscriptions and persistent messages.
 ///
@@ -54,4 +56,9 @@ pub trait Store: Send + Sync {
 
     /// Counters of the write path.
     fn metrics(&self) -> StoreMetrics;
+
+    /// The free-space watermark of the store's file system, for stores on disk.
+    fn disk_watermark(&self) -> Option<Arc<DiskWatermark>> {
+        None
+    }
 }

@@ -164,6 +164,16 @@ pub struct Config {
     /// `sled` (on disk under `data_dir`) or `memory` (nothing survives a restart; for tests
     /// and throwaway brokers).
     pub storage: StorageKind,
+    /// Free space the data directory's file system must keep for persistent messages to be
+    /// accepted: `auto` (the larger of 256 MiB and 2% of the file system), a size, or a
+    /// percentage of the file system (`5%`); 0 turns the disk alarm off.
+    #[serde(with = "crate::disk::free_limit_serde")]
+    pub disk_free_limit: stampede_storage::FreeSpaceLimit,
+    /// Under the disk alarm, `refuse` persistent messages at once or `block` them up to
+    /// `disk_full_block_ms` first.
+    pub disk_full_policy: crate::disk::DiskFullPolicy,
+    /// With `disk_full_policy = "block"`, how long a persistent SEND is held, in ms.
+    pub disk_full_block_ms: u64,
 
     /// Most simultaneous connections from one source address (IPv6: one /64); 0 = no limit.
     pub max_connections_per_ip: usize,
@@ -394,6 +404,9 @@ impl Default for Config {
             expired_messages: ExpiredPolicy::Drop,
             queues: HashMap::new(),
             storage: StorageKind::Sled,
+            disk_free_limit: stampede_storage::FreeSpaceLimit::Auto,
+            disk_full_policy: crate::disk::DiskFullPolicy::Refuse,
+            disk_full_block_ms: 5000,
             max_connections_per_ip: 1000,
             max_connections_per_ip_loopback: false,
             allow_anonymous: false,
@@ -583,6 +596,8 @@ impl Config {
             max_transactions: self.max_transactions_per_connection,
             max_transaction_bytes_per_connection: self.max_transaction_bytes_per_connection,
             slow_consumer_policy: self.slow_consumer_policy,
+            disk_full_policy: self.disk_full_policy,
+            disk_full_block: Duration::from_millis(self.disk_full_block_ms),
             ..SessionConfig::default()
         }
     }
@@ -631,6 +646,7 @@ impl Config {
             fsync: self.fsync,
             commit_interval: Duration::from_millis(self.commit_interval_ms),
             max_batch: self.commit_max_batch,
+            disk_free_limit: self.disk_free_limit,
             ..StoreOptions::default()
         }
     }

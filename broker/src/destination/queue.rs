@@ -350,6 +350,8 @@ pub struct Persistence {
     /// The queue's stored definition (owner, virtual host, kind), rewritten with the queue's
     /// settings when they change.
     pub record: QueueRecord,
+    /// The store's disk alarm: while it is raised, persistent messages are refused.
+    pub disk: Option<Arc<stampede_storage::DiskWatermark>>,
 }
 
 impl std::fmt::Debug for Persistence {
@@ -747,6 +749,16 @@ impl QueueActor {
                     }
                 }
             }
+        }
+        if message.persistent
+            && let Some(disk) = self.persistence.as_ref().and_then(|p| p.disk.as_ref())
+            && disk.is_raised()
+        {
+            disk.note_refusal();
+            if let Some(verdict) = verdict {
+                let _ = verdict.send(Err(crate::disk::refusal(&self.shared.name, disk.status())));
+            }
+            return;
         }
         if message.persistent && self.persistence.is_some() {
             let key = self.persistence.as_ref().map(|p| p.key.clone()).unwrap_or_default();

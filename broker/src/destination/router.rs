@@ -588,7 +588,12 @@ impl Router {
     }
 
     fn persistence(&self, record: QueueRecord) -> Option<Persistence> {
-        self.store.as_ref().map(|store| Persistence { store: Arc::clone(store), key: record.name.clone(), record })
+        self.store.as_ref().map(|store| Persistence {
+            store: Arc::clone(store),
+            key: record.name.clone(),
+            record,
+            disk: store.disk_watermark(),
+        })
     }
 
     fn queue_or_create_with(&self, name: &str, creator: Option<&str>, recovered: Vec<QueuedMessage>) -> QueueHandle {

@@ -10,6 +10,7 @@
 //! server when its listeners are bound and when it starts draining, the store's owner when it
 //! fails, and later the disk alarm and the cluster engine.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -17,6 +18,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use stampede_storage::DiskStatus;
 
 use crate::http::{Observer, SharedState};
 
@@ -34,7 +36,7 @@ pub struct Check {
     /// True when it passes.
     pub ok: bool,
     /// What it found.
-    pub detail: &'static str,
+    pub detail: Cow<'static, str>,
 }
 
 /// What `/readyz` and `/healthz` answer.
@@ -85,20 +87,30 @@ impl Readiness {
         self.store_failed.store(failed, Ordering::Release);
     }
 
-    /// The readiness checks now; `last_commit_failed` is the store's own report.
-    pub fn report(&self, last_commit_failed: bool) -> HealthReport {
+    /// The readiness checks now; `last_commit_failed` is the store's own report, `disk` its
+    /// disk alarm (stores on disk only).
+    ///
+    /// The disk alarm is reported but passes: under it the broker still serves consumers and
+    /// their ACKs, which is what frees the space, so traffic must keep reaching it.
+    pub fn report(&self, last_commit_failed: bool, disk: Option<DiskStatus>) -> HealthReport {
         let mut checks = BTreeMap::new();
         let listening = self.listening.load(Ordering::Acquire);
-        checks.insert("listeners", Check { ok: listening, detail: if listening { "bound" } else { "not yet bound" } });
+        checks.insert(
+            "listeners",
+            Check { ok: listening, detail: if listening { "bound" } else { "not yet bound" }.into() },
+        );
         let store_ok = !self.store_failed.load(Ordering::Acquire) && !last_commit_failed;
         checks.insert(
             "store",
-            Check { ok: store_ok, detail: if store_ok { "open and writable" } else { "the last write failed" } },
+            Check { ok: store_ok, detail: if store_ok { "open and writable" } else { "the last write failed" }.into() },
         );
+        if let Some(status) = disk {
+            checks.insert("disk", Check { ok: true, detail: crate::disk::describe(status).into() });
+        }
         let draining = self.is_draining();
         checks.insert(
             "draining",
-            Check { ok: !draining, detail: if draining { "the broker is draining" } else { "serving" } },
+            Check { ok: !draining, detail: if draining { "the broker is draining" } else { "serving" }.into() },
         );
         HealthReport::of(checks)
     }
@@ -107,11 +119,13 @@ impl Readiness {
 /// `GET /healthz`: the process serves HTTP.
 pub async fn liveness(_: Observer) -> HealthReport {
     let mut checks = BTreeMap::new();
-    checks.insert("http", Check { ok: true, detail: "serving" });
+    checks.insert("http", Check { ok: true, detail: "serving".into() });
     HealthReport::of(checks)
 }
 
 /// `GET /readyz`: 200 when every readiness check passes, else 503 naming the failing one.
 pub async fn readiness(_: Observer, State(state): State<SharedState>) -> HealthReport {
-    state.readiness.report(state.store.metrics().last_commit_failed)
+    state
+        .readiness
+        .report(state.store.metrics().last_commit_failed, state.store.disk_watermark().map(|disk| disk.status()))
 }

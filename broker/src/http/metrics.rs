@@ -510,6 +510,28 @@ impl Collector for BrokerState {
         let store = sources.store.metrics();
         counter(e, "stampede_store_fsyncs", "fsyncs issued by the store", store.fsyncs)?;
         gauge(e, "stampede_store_bytes", "Size of the store on disk", signed(sources.store.disk_usage_bytes()))?;
+        if let Some(disk) = sources.store.disk_watermark() {
+            let status = disk.status();
+            gauge(
+                e,
+                "stampede_disk_alarm",
+                "1 while free disk space is below disk_free_limit and persistent messages are refused",
+                i64::from(status.alarm),
+            )?;
+            gauge(
+                e,
+                "stampede_disk_free_bytes",
+                "Free space on the data directory's file system",
+                signed(status.free),
+            )?;
+            gauge(e, "stampede_disk_free_limit_bytes", "disk_free_limit in bytes", signed(status.limit))?;
+            counter(
+                e,
+                "stampede_disk_alarm_refusals",
+                "Persistent messages refused under the disk alarm",
+                disk.refusals(),
+            )?;
+        }
         let mut cumulative = 0;
         let buckets: Vec<(f64, u64)> = COMMIT_SECONDS_BUCKETS
             .iter()

@@ -21,6 +21,7 @@ use std::collections::{HashMap, VecDeque};
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use stampede_protocol::heartbeat::{self, HeartBeat, Negotiated};
@@ -78,6 +79,12 @@ pub struct SessionConfig {
     pub auth: Arc<Authenticator>,
     /// The broker's counters.
     pub metrics: Arc<Metrics>,
+    /// The disk alarm (stores on disk only), and what a persistent SEND does under it.
+    pub disk: Option<Arc<stampede_storage::DiskWatermark>>,
+    /// `disk_full_policy`.
+    pub disk_full_policy: crate::disk::DiskFullPolicy,
+    /// `disk_full_block_ms`, as a duration.
+    pub disk_full_block: Duration,
 }
 
 impl Default for SessionConfig {
@@ -98,6 +105,9 @@ impl Default for SessionConfig {
             slow_consumer_policy: SlowConsumerPolicy::Disconnect,
             auth: Arc::new(Authenticator::open()),
             metrics: Arc::default(),
+            disk: None,
+            disk_full_policy: crate::disk::DiskFullPolicy::Refuse,
+            disk_full_block: Duration::from_millis(5000),
         }
     }
 }
@@ -559,6 +569,12 @@ impl Session {
         if message.expires_at_ms.is_some_and(|at| at <= now) {
             // Already expired: never delivered (and never stored).
             return Ok(());
+        }
+        if message.persistent
+            && self.config.disk_full_policy == crate::disk::DiskFullPolicy::Block
+            && let Some(disk) = self.config.disk.as_ref().filter(|disk| disk.is_raised())
+        {
+            crate::disk::hold_while_raised(disk, self.config.disk_full_block).await;
         }
         let headers = self.message_headers(frame).await?;
         let template = Arc::new(MessageTemplate::new(headers, frame.body.clone()));
