@@ -9,11 +9,14 @@ use stampede_client::Headers;
 use stampede_tests::{TestBroker, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// The requests a test backend received: (headers lower-cased, body).
+type Seen = Arc<Mutex<Vec<(Vec<(String, String)>, Vec<u8>)>>>;
+
 /// Each request's (headers lower-cased, body); answers `statuses` in turn, then 200.
-async fn backend(statuses: Vec<u16>) -> (String, Arc<Mutex<Vec<(Vec<(String, String)>, Vec<u8>)>>>) {
+async fn backend(statuses: Vec<u16>) -> (String, Seen) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen: Seen = Arc::new(Mutex::new(Vec::new()));
     let log = Arc::clone(&seen);
     tokio::spawn(async move {
         let statuses = Arc::new(Mutex::new(statuses.into_iter()));
@@ -68,7 +71,7 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
     headers.iter().find(|(k, _)| k == name).map_or("", |(_, v)| v.as_str())
 }
 
-async fn wait_for(seen: &Arc<Mutex<Vec<(Vec<(String, String)>, Vec<u8>)>>>, count: usize) {
+async fn wait_for(seen: &Seen, count: usize) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while seen.lock().unwrap().len() < count {
         assert!(tokio::time::Instant::now() < deadline, "only {} requests arrived", seen.lock().unwrap().len());
