@@ -19,9 +19,10 @@
 //!   addresses, booleans and log levels as people write them.
 //!
 //! - [`http`]: the management listener: JSON API, Prometheus metrics, health probes.
+//! - [`bridge`]: webhooks (queues delivered to HTTP backends) and STOMP bridges to other
+//!   brokers, both consumers inside the broker.
 //!
-//! Backend bridges (`bridge/`) and cluster mode (`cluster/`) join these as folders of their
-//! own.
+//! Cluster mode (`cluster/`) joins these as a folder of its own.
 //!
 //! # Lock order
 //! No lock is held across an `.await`. Where locks nest, they are always taken in this order,
@@ -33,6 +34,7 @@
 //! 4. one connection's outbox (`Outbox::state`).
 #![forbid(unsafe_code)]
 
+pub mod bridge;
 pub mod config;
 pub mod connection;
 pub mod destination;

@@ -382,6 +382,15 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
         }
     }
     log_posture(config, &auth);
+    crate::bridge::start(
+        &config.webhooks,
+        &config.bridges,
+        vhosts.default_router(),
+        &metrics.bridges,
+        &tasks,
+        &shutdown,
+    )
+    .map_err(StartError::Config)?;
     for (listener, kind) in bound {
         tasks.spawn(accept_loop(listener, kind, Arc::clone(&shared)));
     }

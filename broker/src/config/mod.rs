@@ -233,6 +233,13 @@ pub struct Config {
     /// `/metrics` also carries one series per queue and per topic (labels `vhost`, `queue` or
     /// `topic`); off by default because thousands of destinations make thousands of series.
     pub metrics_per_destination: bool,
+
+    /// Webhooks, `[[webhooks]]` tables: a queue or topic pattern POSTed to an HTTP backend.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<crate::bridge::WebhookConfig>,
+    /// STOMP bridges to other brokers, `[[bridges]]` tables.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bridges: Vec<crate::bridge::BridgeConfig>,
 }
 
 /// One user of the `users` table.
@@ -425,6 +432,8 @@ impl Default for Config {
             https_addr: None,
             metrics_public: false,
             metrics_per_destination: false,
+            webhooks: Vec::new(),
+            bridges: Vec::new(),
         }
     }
 }
@@ -540,6 +549,7 @@ impl Config {
         if self.require_tls && !self.tls_enabled() {
             return Err(ConfigError::Invalid("require_tls needs tls_cert and tls_key".to_owned()));
         }
+        crate::bridge::validate(&self.webhooks, &self.bridges).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if self.users.is_empty()
             && self.jwt.is_none()
             && !self.allow_anonymous
@@ -685,6 +695,16 @@ impl Config {
         if let Some(secret) = shown.jwt.as_mut().and_then(|jwt| jwt.hs256_secret.as_mut()) {
             *secret = REDACTED.to_owned();
         }
+        for webhook in &mut shown.webhooks {
+            if let Some(secret) = webhook.secret.as_mut() {
+                *secret = REDACTED.to_owned();
+            }
+        }
+        for bridge in &mut shown.bridges {
+            if let Some(passcode) = bridge.passcode.as_mut() {
+                *passcode = REDACTED.to_owned();
+            }
+        }
         shown.ws_max_message_size = Some(self.effective_ws_max_message_size());
         shown
     }
@@ -695,9 +715,9 @@ pub const ENV_PREFIX: &str = "STAMPEDE_";
 /// The one `STAMPEDE_*` variable that is not a configuration key: the file to read.
 const CONFIG_VARIABLE: &str = "STAMPEDE_CONFIG";
 /// Keys holding tables of named entries; they can only be set in the file.
-const TABLE_KEYS: [&str; 3] = ["queues", "users", "jwt"];
+const TABLE_KEYS: [&str; 5] = ["queues", "users", "jwt", "webhooks", "bridges"];
 
-const ENV_HELP: &str = "Every configuration key can also be set with an environment variable named STAMPEDE_ and the key in capitals (STAMPEDE_QUEUE_MAX_LENGTH=5); `stampede print-config --env` lists them with their effective values. Only the [queues.<name>], [users.<name>] and [jwt] tables need the file. Sizes may have units (max_body = \"4 MiB\"), booleans may be true/false, yes/no, on/off or 1/0, and addresses may be IP:PORT, [IPv6]:PORT or localhost:PORT.";
+const ENV_HELP: &str = "Every configuration key can also be set with an environment variable named STAMPEDE_ and the key in capitals (STAMPEDE_QUEUE_MAX_LENGTH=5); `stampede print-config --env` lists them with their effective values. Only the [queues.<name>], [users.<name>], [jwt], [[webhooks]] and [[bridges]] tables need the file. Sizes may have units (max_body = \"4 MiB\"), booleans may be true/false, yes/no, on/off or 1/0, and addresses may be IP:PORT, [IPv6]:PORT or localhost:PORT.";
 
 /// Command line of the `stampede` binary. The flags are global: they may come before or after
 /// a subcommand (`stampede print-config --config FILE`).

@@ -51,6 +51,8 @@ pub struct QueueDelivery {
     pub queue: QueueHandle,
     /// The queue's consumer id for this subscription.
     pub consumer: u64,
+    /// How many times the message has been handed to a consumer, this delivery included.
+    pub delivery_count: u32,
 }
 
 impl Delivery {

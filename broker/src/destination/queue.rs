@@ -128,6 +128,9 @@ pub enum Outcome {
     Requeue,
     /// Not consumed and not to be retried: dead-letter it.
     Reject,
+    /// Not consumed, and the consumer's own delivery limit is reached (a webhook's
+    /// `max_deliveries`): dead-letter it as `delivery-limit`, as the queue's own limit would.
+    GiveUp,
 }
 
 /// What a full queue does with a new message.
@@ -821,7 +824,7 @@ impl QueueActor {
                 self.settings.metrics.message_acked();
                 self.forget(&message);
             }
-            Outcome::Requeue | Outcome::Reject => {
+            Outcome::Requeue | Outcome::Reject | Outcome::GiveUp => {
                 self.settings.metrics.message_nacked();
                 self.requeue_or_dead_letter(message, outcome);
             }
@@ -830,7 +833,7 @@ impl QueueActor {
 
     fn requeue_or_dead_letter(&mut self, message: QueuedMessage, outcome: Outcome) {
         let limit_reached = self.settings.max_deliveries > 0 && message.delivery_count >= self.settings.max_deliveries;
-        if outcome == Outcome::Reject || limit_reached {
+        if outcome != Outcome::Requeue || limit_reached {
             let reason =
                 if outcome == Outcome::Reject { DeadLetterReason::Rejected } else { DeadLetterReason::DeliveryLimit };
             if self.dead_letter(&message, reason) {
@@ -1066,7 +1069,11 @@ impl QueueActor {
                     subscription: state.consumer.subscription,
                     template: Arc::clone(&message.template),
                     message_id: message.id,
-                    from_queue: Some(QueueDelivery { queue: handle.clone(), consumer: state.consumer.id }),
+                    from_queue: Some(QueueDelivery {
+                        queue: handle.clone(),
+                        consumer: state.consumer.id,
+                        delivery_count: message.delivery_count,
+                    }),
                     redelivered,
                 };
                 if state.consumer.outbox.push_queue(delivery).is_err() {

@@ -179,6 +179,8 @@ pub struct Metrics {
     dropped: [Counter; DropReason::ALL.len()],
     errors_sent: [Counter; ErrorKind::ALL.len()],
     families: Families,
+    /// Webhook and STOMP bridge series.
+    pub bridges: crate::bridge::BridgeMetrics,
 }
 
 /// The labelled families behind the handles, for registration.
@@ -265,6 +267,7 @@ impl Metrics {
             dropped: resolve(&families.dropped, "reason", DropReason::ALL.map(DropReason::as_str)),
             errors_sent: resolve(&families.errors_sent, "kind", kinds),
             families,
+            bridges: crate::bridge::BridgeMetrics::default(),
         }
     }
 
@@ -370,6 +373,7 @@ impl Metrics {
             f.dropped.clone(),
         );
         registry.register("stampede_errors_sent", "ERROR frames sent, by kind", f.errors_sent.clone());
+        self.bridges.register(registry);
     }
 }
 

@@ -1,0 +1,151 @@
+//! Webhooks against a test HTTP server on port 0 that checks signatures.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use stampede_broker::Config;
+use stampede_broker::bridge::WebhookConfig;
+use stampede_client::Headers;
+use stampede_tests::{TestBroker, WAIT};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The requests a test backend received: (headers lower-cased, body).
+type Seen = Arc<Mutex<Vec<(Vec<(String, String)>, Vec<u8>)>>>;
+
+/// Each request's (headers lower-cased, body); answers `statuses` in turn, then 200.
+async fn backend(statuses: Vec<u16>) -> (String, Seen) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let seen: Seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        let statuses = Arc::new(Mutex::new(statuses.into_iter()));
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let log = Arc::clone(&log);
+            let statuses = Arc::clone(&statuses);
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                loop {
+                    let mut chunk = [0u8; 4096];
+                    let end = loop {
+                        if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break at;
+                        }
+                        let n = socket.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buffer.extend_from_slice(&chunk[..n]);
+                    };
+                    let head = String::from_utf8_lossy(&buffer[..end]).to_string();
+                    let headers: Vec<(String, String)> = head
+                        .lines()
+                        .skip(1)
+                        .filter_map(|l| l.split_once(':'))
+                        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                        .collect();
+                    let length: usize =
+                        headers.iter().find(|(k, _)| k == "content-length").map_or(0, |(_, v)| v.parse().unwrap());
+                    while buffer.len() < end + 4 + length {
+                        let n = socket.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buffer.extend_from_slice(&chunk[..n]);
+                    }
+                    let body = buffer[end + 4..end + 4 + length].to_vec();
+                    buffer.drain(..end + 4 + length);
+                    log.lock().unwrap().push((headers, body));
+                    let status = statuses.lock().unwrap().next().unwrap_or(200);
+                    let reply = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
+                    let _ = socket.write_all(reply.as_bytes()).await;
+                }
+            });
+        }
+    });
+    (url, seen)
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
+    headers.iter().find(|(k, _)| k == name).map_or("", |(_, v)| v.as_str())
+}
+
+async fn wait_for(seen: &Seen, count: usize) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while seen.lock().unwrap().len() < count {
+        assert!(tokio::time::Instant::now() < deadline, "only {} requests arrived", seen.lock().unwrap().len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_webhook_answered_500_then_200_delivers_twice_signed_then_acks() {
+    let (url, seen) = backend(vec![500]).await;
+    let mut config = Config::ephemeral();
+    config.webhooks.push(WebhookConfig {
+        name: "orders".into(),
+        source: "/queue/orders".into(),
+        url,
+        secret: Some("s3cret".into()),
+        retry_initial_ms: 50,
+        retry_max_ms: 100,
+        ..WebhookConfig::default()
+    });
+    let broker = TestBroker::start_with(config).await;
+    let client = broker.client().await;
+    client.send_with_receipt("/queue/orders", "order 1", Headers::new()).await.unwrap();
+    wait_for(&seen, 2).await;
+    let requests = seen.lock().unwrap().clone();
+    for (attempt, (headers, body)) in requests.iter().enumerate() {
+        assert_eq!(body, b"order 1");
+        let timestamp: u64 = header(headers, "x-stampede-timestamp").parse().unwrap();
+        let expected = stampede_broker::bridge::webhook::signature(b"s3cret", timestamp, body);
+        assert_eq!(header(headers, "x-stampede-signature"), expected);
+        assert_eq!(header(headers, "x-stampede-delivery"), (attempt + 1).to_string());
+        assert_eq!(header(headers, "x-stampede-message-id"), header(&requests[0].0, "x-stampede-message-id"));
+    }
+    let queue = broker.broker.router().queue("orders").unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while queue.unacked() + queue.depth() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the message was not acked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(seen.lock().unwrap().len(), 2, "acked after the 200: no third request");
+}
+
+#[tokio::test]
+async fn a_webhook_whose_backend_always_fails_dead_letters_at_max_deliveries() {
+    let (url, seen) = backend(vec![500; 100]).await;
+    let mut config = Config::ephemeral();
+    config.webhooks.push(WebhookConfig {
+        name: "dead".into(),
+        source: "/queue/jobs".into(),
+        url,
+        max_deliveries: 3,
+        retry_initial_ms: 20,
+        retry_max_ms: 40,
+        ..WebhookConfig::default()
+    });
+    let broker = TestBroker::start_with(config).await;
+    let client = broker.client().await;
+    client.send_with_receipt("/queue/jobs", "job", Headers::new()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if broker.broker.router().queue("DLQ.jobs").is_some_and(|q| q.depth() == 1) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not dead-lettered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen.lock().unwrap().len(), 3);
+}
+
+#[test]
+fn a_bad_webhook_config_names_the_webhook_and_the_field() {
+    let config: Config =
+        toml::from_str("[[webhooks]]\nname = \"w\"\nsource = \"/queue/a\"\nurl = \"ftp://x/\"\n").unwrap();
+    let error = config.validate().unwrap_err().to_string();
+    assert!(error.contains("webhook \"w\": url"), "{error}");
+}
