@@ -178,3 +178,16 @@ fn build_broker() {
     };
     assert!(status.success(), "cargo build -p stampede-broker --bin stampede failed: {status}");
 }
+
+/// Installs ring as the process's rustls provider. The broker's webhooks build reqwest without a
+/// provider of its own (ring is the project's one), and Cargo unifies that feature into every
+/// reqwest of the workspace, so a `reqwest::Client` built before this would panic.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// An HTTP client for tests (see [`install_crypto_provider`]).
+pub fn http_client() -> reqwest::Client {
+    install_crypto_provider();
+    reqwest::Client::new()
+}

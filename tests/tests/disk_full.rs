@@ -156,7 +156,7 @@ impl BrokerProcess {
 
     async fn get(&self, path: &str) -> String {
         let url = format!("http://{}{path}", self.http);
-        reqwest::get(&url).await.expect("HTTP answers").text().await.expect("HTTP body")
+        stampede_tests::http_client().get(&url).send().await.expect("HTTP answers").text().await.expect("HTTP body")
     }
 
     async fn kill9(mut self) {
@@ -324,8 +324,9 @@ async fn a_full_disk_refuses_persistent_messages_starts_after_kill_9_serves_and_
         client.send_frame_with_receipt(persistent(queue, 1_000_000)).await.is_ok()
     })
     .await;
-    assert!(broker.logged("disk alarm ended"), "no log line at the end of the alarm");
-    assert!(broker.get("/metrics").await.contains("stampede_disk_alarm 0"));
+    // The log line and the gauge follow the state change that let the SEND in.
+    wait_for("the log line at the end of the alarm", async || broker.logged("disk alarm ended")).await;
+    wait_for("the alarm gauge to drop", async || broker.get("/metrics").await.contains("stampede_disk_alarm 0")).await;
 
     // The ACKs were applied: after another kill -9 only the new message is there.
     for line in broker.log_text().lines().filter(|l| l.contains("WARN") || l.contains("ERROR")) {

@@ -141,7 +141,11 @@ impl BrokerProcess {
     }
 
     async fn readiness(&self) -> (u16, String) {
-        let response = reqwest::get(format!("http://{}/readyz", self.http)).await.expect("HTTP answers");
+        let response = stampede_tests::http_client()
+            .get(format!("http://{}/readyz", self.http))
+            .send()
+            .await
+            .expect("HTTP answers");
         (response.status().as_u16(), response.text().await.expect("body"))
     }
 

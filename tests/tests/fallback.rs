@@ -26,7 +26,7 @@ struct FallbackClient {
 
 impl FallbackClient {
     async fn open(broker: &TestBroker) -> FallbackClient {
-        let http = reqwest::Client::new();
+        let http = stampede_tests::http_client();
         let base = base(broker);
         let response = http.post(format!("{base}{PREFIX}/sessions")).send().await.expect("open a session");
         assert_eq!(response.status(), 201, "{:?}", response.text().await);
@@ -202,7 +202,7 @@ async fn a_stomp_error_on_the_fallback_reaches_the_client_and_ends_the_stream() 
 #[tokio::test]
 async fn fallback_requests_with_bad_input_get_a_json_error_with_the_right_status() {
     let broker = TestBroker::start().await;
-    let http = reqwest::Client::new();
+    let http = stampede_tests::http_client();
     let base = base(&broker);
     let unknown = http.post(format!("{base}{PREFIX}/sessions/0123/frames")).body("x").send().await.unwrap();
     assert_eq!(unknown.status(), 404);
@@ -234,7 +234,7 @@ async fn fallback_requests_with_bad_input_get_a_json_error_with_the_right_status
 async fn the_fallback_follows_the_websocket_origin_rules() {
     let config = Config { ws_allowed_origins: vec!["https://app.example".into()], ..Config::default() };
     let broker = TestBroker::start_with(config).await;
-    let http = reqwest::Client::new();
+    let http = stampede_tests::http_client();
     let url = format!("{}{PREFIX}/sessions", base(&broker));
     let refused = http.post(&url).header("Origin", "https://evil.example").send().await.unwrap();
     assert_eq!(refused.status(), 403);
@@ -249,7 +249,7 @@ async fn a_fallback_session_counts_against_max_connections() {
     // first session and the second request fill two.
     let config = Config { max_connections: 2, ..Config::default() };
     let broker = TestBroker::start_with(config).await;
-    let http = reqwest::Client::new();
+    let http = stampede_tests::http_client();
     let url = format!("{}{PREFIX}/sessions", base(&broker));
     let first = http.post(&url).send().await.unwrap();
     assert_eq!(first.status(), 201);
@@ -263,7 +263,8 @@ async fn a_fallback_session_counts_against_max_connections() {
 #[tokio::test]
 async fn the_fallback_shim_for_stompjs_is_served_on_the_websocket_port() {
     let broker = TestBroker::start().await;
-    let response = reqwest::get(format!("{}/stampede-fallback.js", base(&broker))).await.unwrap();
+    let response =
+        stampede_tests::http_client().get(format!("{}/stampede-fallback.js", base(&broker))).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/javascript"));
     let body = response.text().await.unwrap();

@@ -3,12 +3,15 @@
 //! run one with `cargo nextest run -p stampede-tests -E 'test(/^security_names::/)'`.
 
 mod backpressure;
+mod bridges;
 mod cli;
 mod client_examples;
 mod client_features;
 mod connection_faults;
 mod crash;
+mod disk_full;
 mod durability;
+mod failing_writes;
 mod fallback;
 mod features;
 mod first_hour;

@@ -39,6 +39,7 @@ fn public_config() -> Config {
 }
 
 fn http() -> reqwest::Client {
+    stampede_tests::install_crypto_provider();
     reqwest::Client::builder().timeout(WAIT).build().expect("http client")
 }
 
