@@ -42,15 +42,15 @@ def main():
     broker = subprocess.Popen(
         [BIN, "--stomp-addr", "127.0.0.1:0", "--ws-addr", "127.0.0.1:0", "--http-addr", "none",
          "--data-dir", data],
-        stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     port = None
-    for line in broker.stderr:
+    for line in broker.stdout:
         m = re.search(r"WebSocket listening on ws://127.0.0.1:(\d+)", line)
         if m:
             port = int(m.group(1))
             break
     # Keep reading the log so the broker never blocks on a full pipe.
-    threading.Thread(target=lambda: [None for _ in broker.stderr], daemon=True).start()
+    threading.Thread(target=lambda: [None for _ in broker.stdout], daemon=True).start()
     time.sleep(0.5)
     before = rss(broker.pid)
     streams = []

@@ -29,7 +29,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::FutureExt as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -50,7 +51,7 @@ pub const SESSION_BUDGET_BYTES: usize = 256 * 1024;
 pub const GRACE: Duration = Duration::from_secs(30);
 /// A comment line on an idle stream this often keeps proxies from closing it.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
-/// Largest read from the pipe: one SSE event at most.
+/// Most bytes in one SSE event.
 const CHUNK_BYTES: usize = 16 * 1024;
 /// Capacity of the pipe between the HTTP side and the connection task, each way.
 const PIPE_BYTES: usize = 64 * 1024;
@@ -251,12 +252,14 @@ impl FallbackSessions {
 
     /// Reads the connection's bytes into held chunks until it ends or the session is closed.
     async fn pump(self: Arc<Self>, session: Arc<Session>, mut output: ReadHalf<DuplexStream>) {
-        let mut buffer = vec![0u8; CHUNK_BYTES];
+        // An idle session waits on a one-byte read; the chunk's buffer exists only once bytes
+        // are there (a buffer kept for the session's life was most of what an idle one cost).
+        let mut first = [0u8; 1];
         loop {
             let room = { session.held.lock().expect("held").unwritten_bytes() < SESSION_BUDGET_BYTES };
             let written = session.changed.notified();
             let read = tokio::select! {
-                read = output.read(&mut buffer), if room => Some(read),
+                read = output.read(&mut first), if room => Some(read),
                 // A stream wrote chunks: there may be room again.
                 () = written, if !room => continue,
                 () = tokio::time::sleep(Duration::from_secs(1)) => None,
@@ -265,12 +268,23 @@ impl FallbackSessions {
             };
             match read {
                 Some(Ok(0) | Err(_)) => break,
-                Some(Ok(n)) => {
+                Some(Ok(_)) => {
+                    let mut chunk = BytesMut::with_capacity(CHUNK_BYTES);
+                    chunk.put_u8(first[0]);
+                    // What else is already in the pipe joins this chunk, without waiting.
+                    while chunk.len() < CHUNK_BYTES {
+                        match output.read_buf(&mut chunk).now_or_never() {
+                            Some(Ok(read)) if read > 0 => {}
+                            _ => break,
+                        }
+                    }
+                    // Held chunks keep their allocation: an exact copy, not the 16 KiB buffer.
+                    let chunk = Bytes::copy_from_slice(&chunk);
                     let mut held = session.held.lock().expect("held");
                     let id = held.next_id;
                     held.next_id += 1;
-                    held.bytes += n;
-                    held.chunks.push_back((id, Bytes::copy_from_slice(&buffer[..n])));
+                    held.bytes += chunk.len();
+                    held.chunks.push_back((id, chunk));
                     held.trim();
                     drop(held);
                     session.changed.notify_waiters();
