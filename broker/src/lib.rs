@@ -19,6 +19,7 @@
 //!   addresses, booleans and log levels as people write them.
 //!
 //! - [`http`]: the management listener: JSON API, Prometheus metrics, health probes.
+//! - [`registry`]: the open connections, for the API and the drain.
 //!
 //! Backend bridges (`bridge/`) and cluster mode (`cluster/`) join these as folders of their
 //! own.
@@ -39,6 +40,7 @@ pub mod destination;
 pub mod error;
 pub mod http;
 pub mod listener;
+pub mod registry;
 pub mod security;
 pub mod server;
 pub mod session;

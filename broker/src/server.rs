@@ -36,6 +36,7 @@ use crate::http::health::Readiness;
 use crate::http::metrics::{Exporter, Metrics, Sources, TransportKind};
 use crate::http::{HttpState, ListenerInfo};
 use crate::listener::public_http::{self, Replayed, Routed};
+use crate::registry::ConnectionRegistry;
 use crate::security::auth::{Authenticator, Credentials};
 use crate::security::{AddressPermit, PerAddress};
 use stampede_storage::{MemoryStore, SledStore, Store};
@@ -65,6 +66,7 @@ pub struct RunningBroker {
     auth: Arc<Authenticator>,
     per_address: Arc<PerAddress>,
     vhosts: Arc<VirtualHosts>,
+    registry: Arc<ConnectionRegistry>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     store: Arc<dyn Store>,
@@ -106,6 +108,11 @@ impl RunningBroker {
     /// new clients elsewhere while existing connections go on.
     pub fn start_draining(&self) {
         self.readiness.start_draining();
+    }
+
+    /// The open client connections.
+    pub fn connections(&self) -> &Arc<ConnectionRegistry> {
+        &self.registry
     }
 
     /// Open connections from `ip`, as counted for `max_connections_per_ip`.
@@ -259,6 +266,7 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
     }
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let registry = ConnectionRegistry::new();
     let mut session = config.session_config();
     session.auth = Arc::clone(&auth);
     session.metrics = Arc::clone(&metrics);
@@ -268,6 +276,8 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
         vhosts: Arc::clone(&vhosts),
         shutdown: shutdown.clone(),
         upgrade_credentials: None,
+        registry: Arc::clone(&registry),
+        transport: TransportKind::Tcp,
     };
     let per_address = PerAddress::new(config.max_connections_per_ip, config.max_connections_per_ip_loopback);
     let shared = Arc::new(Shared {
@@ -359,6 +369,7 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
             started,
             listeners,
             metrics_public: config.metrics_public,
+            registry: Arc::clone(&registry),
         });
         let app = crate::http::app(state);
         if let (Some(listener), Some(addr)) = (http, http_addr) {
@@ -389,6 +400,7 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
         auth,
         per_address,
         vhosts,
+        registry,
         shutdown,
         tasks,
         store,
@@ -580,16 +592,16 @@ fn handle(
     async move {
         let deadline = Instant::now() + shared.handshake_timeout;
         let connection: Option<Connection> = match &kind {
-            Listener::Stomp => Some(serve(Transport::Stream(stream), None, peer, id, &shared)),
+            Listener::Stomp => Some(serve(Transport::Stream(stream), None, peer, id, kind.transport(), &shared)),
             Listener::WebSocket => Box::pin(plain_websocket(stream, peer, &shared.ws, deadline))
                 .await
-                .map(|(transport, credentials)| serve(transport, credentials, peer, id, &shared)),
+                .map(|(transport, credentials)| serve(transport, credentials, peer, id, kind.transport(), &shared)),
             Listener::StompTls(acceptor) => Box::pin(tls_handshake(acceptor, stream, peer, deadline))
                 .await
-                .map(|tls| serve(Transport::Stream(tls), None, peer, id, &shared)),
+                .map(|tls| serve(Transport::Stream(tls), None, peer, id, kind.transport(), &shared)),
             Listener::Wss(acceptor) => Box::pin(secure_websocket(acceptor, stream, peer, &shared.ws, deadline))
                 .await
-                .map(|(transport, credentials)| serve(transport, credentials, peer, id, &shared)),
+                .map(|(transport, credentials)| serve(transport, credentials, peer, id, kind.transport(), &shared)),
         };
         if let Some(connection) = connection {
             // The transport is read from `kind` on both sides rather than kept in a local, so
@@ -612,9 +624,10 @@ fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     credentials: Option<Credentials>,
     peer: SocketAddr,
     id: Arc<str>,
+    kind: TransportKind,
     shared: &Shared,
 ) -> Connection {
-    let context = ConnectionContext { upgrade_credentials: credentials, ..shared.context.clone() };
+    let context = ConnectionContext { upgrade_credentials: credentials, transport: kind, ..shared.context.clone() };
     Box::pin(connection::serve(transport, peer, id, context))
 }
 

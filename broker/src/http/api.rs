@@ -13,7 +13,7 @@ use crate::http::{Admin, ApiJson, ListenerInfo, SharedState};
 
 /// The routes of `/api/v1/`.
 pub fn routes() -> Router<SharedState> {
-    Router::new().route("/overview", get(overview))
+    Router::new().route("/overview", get(overview)).merge(crate::http::manage::routes())
 }
 
 /// `GET /api/v1/overview`.

@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod health;
+pub mod manage;
 pub mod metrics;
 
 use std::net::SocketAddr;
@@ -67,6 +68,8 @@ pub struct HttpState {
     pub listeners: Vec<ListenerInfo>,
     /// `/metrics`, `/healthz` and `/readyz` need no credentials.
     pub metrics_public: bool,
+    /// The open client connections.
+    pub registry: Arc<crate::registry::ConnectionRegistry>,
 }
 
 impl std::fmt::Debug for HttpState {
@@ -242,6 +245,7 @@ impl ApiError {
             StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
             StatusCode::CONFLICT => "conflict",
             StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
             StatusCode::SERVICE_UNAVAILABLE => "service_unavailable",
             status if status.is_client_error() => "client_error",

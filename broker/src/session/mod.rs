@@ -336,6 +336,11 @@ impl Session {
         self.subscriptions.len()
     }
 
+    /// Deliveries the client has not yet acknowledged.
+    pub fn pending_ack_count(&self) -> usize {
+        self.ack_owner.len()
+    }
+
     /// Handles one client frame.
     ///
     /// # Errors

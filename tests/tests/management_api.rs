@@ -1,0 +1,523 @@
+//! The management API of `/api/v1/`: connections, queues, topics and durable subscriptions,
+//! with good and bad input (no credentials, a user who is not an administrator, unknown names,
+//! bad page sizes, refused conditions).
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use stampede_broker::Config;
+use stampede_broker::config::UserConfig;
+use stampede_broker::security::auth::hash_password_with;
+use stampede_client::raw::RawConnection;
+use stampede_client::{Command, Frame};
+use stampede_tests::{TestBroker, WAIT};
+
+const ADMIN: (&str, &str) = ("alice", "wonderland");
+const USER: (&str, &str) = ("bob", "builder");
+
+fn user(password: &str, admin: bool) -> UserConfig {
+    UserConfig {
+        password_hash: hash_password_with(password, 64, 1).expect("hash"),
+        read: vec!["**".to_owned()],
+        write: vec!["**".to_owned()],
+        vhosts: Default::default(),
+        admin,
+    }
+}
+
+/// Users alice (admin) and bob (not an admin), short failure delays.
+fn users_config() -> Config {
+    let mut config = Config::ephemeral();
+    config.auth_failure_delay_ms = 1;
+    config.auth_failure_max_delay_ms = 2;
+    config.users.insert(ADMIN.0.into(), user(ADMIN.1, true));
+    config.users.insert(USER.0.into(), user(USER.1, false));
+    config
+}
+
+async fn broker() -> TestBroker {
+    TestBroker::start_with(users_config()).await
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(WAIT).build().expect("http client")
+}
+
+async fn call(broker: &TestBroker, method: Method, path: &str, login: Option<(&str, &str)>) -> reqwest::Response {
+    let url = format!("{}{path}", broker.http_url.as_deref().expect("management listener open"));
+    let mut request = http().request(method, url);
+    if let Some((user, password)) = login {
+        request = request.basic_auth(user, Some(password));
+    }
+    request.send().await.expect("request answered")
+}
+
+async fn admin_get(broker: &TestBroker, path: &str) -> (StatusCode, Value) {
+    let response = call(broker, Method::GET, path, Some(ADMIN)).await;
+    let status = response.status();
+    (status, response.json().await.expect("a JSON body"))
+}
+
+async fn admin_send(broker: &TestBroker, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let url = format!("{}{path}", broker.http_url.as_deref().expect("management listener open"));
+    let mut request = http().request(method, url).basic_auth(ADMIN.0, Some(ADMIN.1));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("request answered");
+    let status = response.status();
+    let text = response.text().await.expect("body");
+    (status, if text.is_empty() { Value::Null } else { serde_json::from_str(&text).expect("JSON") })
+}
+
+async fn connected_as(broker: &TestBroker, (login, passcode): (&str, &str)) -> (RawConnection, String) {
+    let mut raw = broker.raw().await;
+    let frame = raw
+        .handshake(&[("accept-version", "1.2"), ("host", "/"), ("login", login), ("passcode", passcode)], WAIT)
+        .await
+        .expect("CONNECTED");
+    assert_eq!(frame.command, Command::Connected);
+    let session = frame.header("session").expect("session header").to_owned();
+    (raw, session)
+}
+
+async fn next_frame(raw: &mut RawConnection) -> Frame {
+    raw.read_frame(WAIT).await.expect("read").expect("a frame")
+}
+
+async fn send_receipted(raw: &mut RawConnection, destination: &str, body: &str, extra: &[(&str, &str)]) {
+    let mut send = Frame::new(Command::Send)
+        .with_header("destination", destination)
+        .with_header("receipt", "r")
+        .with_body(body.to_owned());
+    for (name, value) in extra {
+        send = send.with_header(*name, *value);
+    }
+    raw.send_frame(&send).await.unwrap();
+    let reply = next_frame(raw).await;
+    assert_eq!(reply.command, Command::Receipt, "{reply:?}");
+}
+
+async fn subscribe(raw: &mut RawConnection, destination: &str, id: &str, ack: &str) {
+    let subscribe = Frame::new(Command::Subscribe)
+        .with_header("destination", destination)
+        .with_header("id", id)
+        .with_header("ack", ack)
+        .with_header("receipt", "sub");
+    raw.send_frame(&subscribe).await.unwrap();
+    assert_eq!(next_frame(raw).await.command, Command::Receipt);
+}
+
+/// Polls `path` until `done` holds for its JSON (bounded by [`WAIT`]).
+async fn eventually(broker: &TestBroker, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, body) = admin_get(broker, path).await;
+        if status == StatusCode::OK && done(&body) || Instant::now() > deadline {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn assert_error(body: &Value, error: &str) {
+    assert_eq!(body["error"], error, "{body}");
+    assert!(body["reason"].as_str().is_some_and(|r| !r.is_empty()), "{body}");
+}
+
+#[tokio::test]
+async fn every_management_endpoint_needs_credentials_and_an_administrator() {
+    let broker = broker().await;
+    let endpoints = [
+        (Method::GET, "/api/v1/connections"),
+        (Method::GET, "/api/v1/connections/session-x"),
+        (Method::DELETE, "/api/v1/connections/session-x"),
+        (Method::GET, "/api/v1/queues"),
+        (Method::GET, "/api/v1/queues/%2F/q"),
+        (Method::DELETE, "/api/v1/queues/%2F/q"),
+        (Method::DELETE, "/api/v1/queues/%2F/q/contents"),
+        (Method::POST, "/api/v1/queues/%2F/q/peek"),
+        (Method::POST, "/api/v1/queues/%2F/DLQ.q/move"),
+        (Method::GET, "/api/v1/topics"),
+        (Method::GET, "/api/v1/subscriptions/durable"),
+        (Method::DELETE, "/api/v1/subscriptions/durable/%2F/d"),
+    ];
+    for (method, path) in endpoints {
+        let anonymous = call(&broker, method.clone(), path, None).await;
+        assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
+        assert_error(&anonymous.json().await.unwrap(), "unauthorized");
+        let wrong = call(&broker, method.clone(), path, Some(("alice", "not-her-password"))).await;
+        assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
+        let not_admin = call(&broker, method.clone(), path, Some(USER)).await;
+        assert_eq!(not_admin.status(), StatusCode::FORBIDDEN, "{method} {path}");
+        assert_error(&not_admin.json().await.unwrap(), "forbidden");
+    }
+}
+
+#[tokio::test]
+async fn connections_are_listed_with_their_user_transport_and_counters() {
+    let broker = broker().await;
+    let (mut bob, bob_session) = connected_as(&broker, USER).await;
+    let (_alice, alice_session) = connected_as(&broker, ADMIN).await;
+    subscribe(&mut bob, "/queue/listed", "s1", "client").await;
+    let page = eventually(&broker, "/api/v1/connections", |page| {
+        page["items"].as_array().is_some_and(|items| items.iter().any(|c| c["subscriptions"] == 1))
+    })
+    .await;
+    assert_eq!(page["total_count"], 2, "{page}");
+    assert_eq!(page["page"], 1);
+    let items = page["items"].as_array().unwrap();
+    let bob_view = items.iter().find(|c| c["id"] == bob_session.as_str()).expect("bob listed");
+    assert_eq!(bob_view["user"], "bob");
+    assert_eq!(bob_view["vhost"], "/");
+    assert_eq!(bob_view["transport"], "tcp");
+    assert_eq!(bob_view["stomp_version"], "1.2");
+    assert_eq!(bob_view["subscriptions"], 1);
+    assert!(bob_view["frames_in"].as_u64().unwrap() >= 2, "{bob_view}");
+    assert!(bob_view["bytes_in"].as_u64().unwrap() > 0);
+    assert!(bob_view["bytes_out"].as_u64().unwrap() > 0);
+    assert!(bob_view["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+
+    let (status, filtered) = admin_get(&broker, "/api/v1/connections?name=BOB").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(filtered["filtered_count"], 1, "{filtered}");
+    assert_eq!(filtered["items"][0]["id"], bob_session.as_str());
+
+    let (_, sorted) = admin_get(&broker, "/api/v1/connections?sort=user&sort_reverse=true").await;
+    assert_eq!(sorted["items"][0]["user"], "bob", "{sorted}");
+    assert_eq!(sorted["items"][1]["id"], alice_session.as_str());
+
+    let (status, one) = admin_get(&broker, &format!("/api/v1/connections/{bob_session}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(one["id"], bob_session.as_str());
+    assert_eq!(one["user"], "bob");
+}
+
+#[tokio::test]
+async fn an_unknown_connection_is_404() {
+    let broker = broker().await;
+    let (status, body) = admin_get(&broker, "/api/v1/connections/session-nobody").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_error(&body, "not_found");
+    let (status, body) = admin_send(&broker, Method::DELETE, "/api/v1/connections/session-nobody", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_error(&body, "not_found");
+}
+
+#[tokio::test]
+async fn closing_a_connection_sends_its_client_an_error_with_the_x_reason() {
+    let broker = broker().await;
+    let (mut bob, session) = connected_as(&broker, USER).await;
+    let url = format!("{}/api/v1/connections/{session}", broker.http_url.as_deref().unwrap());
+    let response = http()
+        .delete(url)
+        .basic_auth(ADMIN.0, Some(ADMIN.1))
+        .header("X-Reason", "maintenance of rack 4")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let frames = bob.expect_closed(WAIT).await.expect("closed");
+    let error = frames.iter().find(|f| f.command == Command::Error).expect("an ERROR before the close");
+    let message = error.header("message").unwrap();
+    assert!(message.contains("maintenance of rack 4"), "{message}");
+    assert!(message.contains("administrator"), "{message}");
+    let listed = eventually(&broker, "/api/v1/connections", |page| page["total_count"] == 0).await;
+    assert_eq!(listed["total_count"], 0, "a closed connection leaves the registry: {listed}");
+}
+
+#[tokio::test]
+async fn page_sizes_outside_1_to_500_and_bad_paging_are_400_naming_the_field() {
+    let broker = broker().await;
+    for path in ["/api/v1/connections", "/api/v1/queues", "/api/v1/topics", "/api/v1/subscriptions/durable"] {
+        for query in ["page_size=0", "page_size=501", "page_size=lots", "page=0", "page=-2"] {
+            let (status, body) = admin_get(&broker, &format!("{path}?{query}")).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{path}?{query}");
+            assert_error(&body, "bad_request");
+            let field = query.split('=').next().unwrap();
+            assert!(body["reason"].as_str().unwrap().contains(field), "{body}");
+        }
+        let (status, body) = admin_get(&broker, &format!("{path}?sort=colour")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
+        assert!(body["reason"].as_str().unwrap().contains("colour"), "{body}");
+        let (status, _) = admin_get(&broker, &format!("{path}?page_size=500&page=7")).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn queues_are_listed_in_pages_sorted_and_filtered() {
+    let broker = broker().await;
+    let (mut producer, _) = connected_as(&broker, USER).await;
+    for (name, count) in [("alpha", 1), ("bravo", 3), ("charlie", 2), ("delta", 0), ("echo", 5)] {
+        if count == 0 {
+            subscribe(&mut producer, &format!("/queue/{name}"), name, "auto").await;
+        }
+        for i in 0..count {
+            send_receipted(&mut producer, &format!("/queue/{name}"), &format!("m{i}"), &[]).await;
+        }
+    }
+    let (status, page) = admin_get(&broker, "/api/v1/queues?page_size=2").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["total_count"], 5, "{page}");
+    assert_eq!(page["page_count"], 3);
+    assert_eq!(page["item_count"], 2);
+    let names = |page: &Value| page["items"].as_array().unwrap().iter().map(|q| q["name"].clone()).collect::<Vec<_>>();
+    assert_eq!(names(&page), ["alpha", "bravo"]);
+    let (_, third) = admin_get(&broker, "/api/v1/queues?page_size=2&page=3").await;
+    assert_eq!(names(&third), ["echo"]);
+    let (_, deepest) = admin_get(&broker, "/api/v1/queues?sort=messages_ready&sort_reverse=true&page_size=3").await;
+    assert_eq!(names(&deepest), ["echo", "bravo", "charlie"]);
+    let echo = &deepest["items"][0];
+    assert_eq!(echo["vhost"], "/");
+    assert_eq!(echo["messages_ready"], 5);
+    assert_eq!(echo["messages_unacked"], 0);
+    assert_eq!(echo["consumers"], 0);
+    assert_eq!(echo["durable"], true);
+    assert_eq!(echo["dlq"], "DLQ.echo");
+    assert_eq!(echo["idle"], false);
+    let (_, filtered) = admin_get(&broker, "/api/v1/queues?name=LT").await;
+    assert_eq!(names(&filtered), ["delta"]);
+    assert_eq!(filtered["items"][0]["consumers"], 1);
+    let (_, other_vhost) = admin_get(&broker, "/api/v1/queues?vhost=elsewhere").await;
+    assert_eq!(other_vhost["total_count"], 0);
+}
+
+#[tokio::test]
+async fn a_queue_is_shown_by_percent_encoded_vhost_and_name_and_unknown_ones_are_404() {
+    let broker = broker().await;
+    let (mut producer, _) = connected_as(&broker, USER).await;
+    send_receipted(&mut producer, "/queue/orders/eu", "one", &[]).await;
+    let (status, queue) = admin_get(&broker, "/api/v1/queues/%2F/orders%2Feu").await;
+    assert_eq!(status, StatusCode::OK, "{queue}");
+    assert_eq!(queue["name"], "orders/eu");
+    assert_eq!(queue["messages_ready"], 1);
+    for path in ["/api/v1/queues/%2F/nothing-here", "/api/v1/queues/no-such-vhost/orders%2Feu"] {
+        let (status, body) = admin_get(&broker, path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert_error(&body, "not_found");
+    }
+    for (method, path) in [
+        (Method::DELETE, "/api/v1/queues/%2F/nothing-here"),
+        (Method::DELETE, "/api/v1/queues/%2F/nothing-here/contents"),
+        (Method::POST, "/api/v1/queues/%2F/nothing-here/peek"),
+        (Method::POST, "/api/v1/queues/%2F/DLQ.nothing-here/move"),
+        (Method::DELETE, "/api/v1/subscriptions/durable/%2F/nothing-here"),
+    ] {
+        let (status, body) = admin_send(&broker, method.clone(), path, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}");
+        assert_error(&body, "not_found");
+    }
+}
+
+#[tokio::test]
+async fn deleting_a_queue_with_if_empty_or_if_unused_is_409_while_it_has_messages_or_consumers() {
+    let broker = broker().await;
+    let (mut producer, _) = connected_as(&broker, USER).await;
+    send_receipted(&mut producer, "/queue/doomed", "still here", &[]).await;
+    let (status, body) = admin_send(&broker, Method::DELETE, "/api/v1/queues/%2F/doomed?if-empty=true", None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_error(&body, "conflict");
+    let (status, body) = admin_send(&broker, Method::DELETE, "/api/v1/queues/%2F/doomed?if-empty=maybe", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["reason"].as_str().unwrap().contains("if-empty"));
+
+    let (mut consumer, _) = connected_as(&broker, USER).await;
+    subscribe(&mut consumer, "/queue/used", "s", "auto").await;
+    let (status, body) = admin_send(&broker, Method::DELETE, "/api/v1/queues/%2F/used?if-unused=true", None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+
+    let (status, _) = admin_send(&broker, Method::DELETE, "/api/v1/queues/%2F/doomed", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = admin_get(&broker, "/api/v1/queues/%2F/doomed").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn purging_removes_waiting_messages_only_and_unacknowledged_ones_stay() {
+    let broker = broker().await;
+    let (mut producer, _) = connected_as(&broker, USER).await;
+    for i in 0..4 {
+        send_receipted(&mut producer, "/queue/purged", &format!("m{i}"), &[]).await;
+    }
+    let (mut consumer, _) = connected_as(&broker, USER).await;
+    let subscribe = Frame::new(Command::Subscribe)
+        .with_header("destination", "/queue/purged")
+        .with_header("id", "s")
+        .with_header("ack", "client-individual")
+        .with_header("prefetch-count", "1");
+    consumer.send_frame(&subscribe).await.unwrap();
+    let held = next_frame(&mut consumer).await;
+    assert_eq!(held.command, Command::Message);
+    eventually(&broker, "/api/v1/queues/%2F/purged", |q| q["messages_unacked"] == 1).await;
+    let (status, purged) = admin_send(&broker, Method::DELETE, "/api/v1/queues/%2F/purged/contents", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(purged["purged"], 3, "{purged}");
+    let (_, queue) = admin_get(&broker, "/api/v1/queues/%2F/purged").await;
+    assert_eq!(queue["messages_ready"], 0);
+    assert_eq!(queue["messages_unacked"], 1, "the delivered message is not purged: {queue}");
+    let ack = Frame::new(Command::Ack).with_header("id", held.header("ack").unwrap()).with_header("receipt", "a");
+    consumer.send_frame(&ack).await.unwrap();
+    assert_eq!(next_frame(&mut consumer).await.command, Command::Receipt);
+}
+
+#[tokio::test]
+async fn peeking_shows_headers_and_body_excerpts_and_consumes_nothing() {
+    let broker = broker().await;
+    let (mut producer, _) = connected_as(&broker, USER).await;
+    send_receipted(&mut producer, "/queue/peeked", "first body, rather long", &[("colour", "red")]).await;
+    send_receipted(&mut producer, "/queue/peeked", "second", &[("persistent", "true")]).await;
+    send_receipted(&mut producer, "/queue/peeked", "third", &[]).await;
+    let (status, peeked) = admin_send(
+        &broker,
+        Method::POST,
+        "/api/v1/queues/%2F/peeked/peek",
+        Some(json!({"count": 2, "excerpt_bytes": 5})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{peeked}");
+    assert_eq!(peeked["count"], 2);
+    assert_eq!(peeked["messages_ready"], 3);
+    let first = &peeked["messages"][0];
+    assert_eq!(first["body_excerpt"], "first");
+    assert_eq!(first["body_encoding"], "utf8");
+    assert_eq!(first["truncated"], true);
+    assert_eq!(first["body_bytes"], 23);
+    assert_eq!(first["headers"]["colour"], "red");
+    assert_eq!(first["headers"]["destination"], "/queue/peeked");
+    assert_eq!(peeked["messages"][1]["persistent"], true);
+    // An empty body is the default request; a bad count is refused.
+    let (status, all) = admin_send(&broker, Method::POST, "/api/v1/queues/%2F/peeked/peek", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(all["count"], 3);
+    for bad in [json!({"count": 0}), json!({"count": 501}), json!({"excerpt_bytes": 1_000_000}), json!({"cuont": 1})] {
+        let (status, body) = admin_send(&broker, Method::POST, "/api/v1/queues/%2F/peeked/peek", Some(bad)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    }
+    // Nothing was consumed or counted as a delivery: a consumer gets all three, first time.
+    let (mut consumer, _) = connected_as(&broker, USER).await;
+    subscribe(&mut consumer, "/queue/peeked", "s", "auto").await;
+    for expected in ["first body, rather long", "second", "third"] {
+        let message = next_frame(&mut consumer).await;
+        assert_eq!(message.command, Command::Message);
+        assert_eq!(String::from_utf8_lossy(&message.body), expected);
+        assert_eq!(message.header("redelivered"), None, "peeking is not a delivery");
+    }
+}
+
+#[tokio::test]
+async fn moving_dead_letters_puts_them_back_on_their_original_queue() {
+    let broker = broker().await;
+    let (mut producer, _) = connected_as(&broker, USER).await;
+    for i in 0..3 {
+        send_receipted(&mut producer, "/queue/jobs", &format!("job {i}"), &[("job", &i.to_string())]).await;
+    }
+    let (mut consumer, _) = connected_as(&broker, USER).await;
+    subscribe(&mut consumer, "/queue/jobs", "s", "client-individual").await;
+    for _ in 0..3 {
+        let message = next_frame(&mut consumer).await;
+        let nack =
+            Frame::new(Command::Nack).with_header("id", message.header("ack").unwrap()).with_header("requeue", "false");
+        consumer.send_frame(&nack).await.unwrap();
+    }
+    let unsubscribe = Frame::new(Command::Unsubscribe).with_header("id", "s").with_header("receipt", "u");
+    consumer.send_frame(&unsubscribe).await.unwrap();
+    assert_eq!(next_frame(&mut consumer).await.command, Command::Receipt);
+    let dlq = eventually(&broker, "/api/v1/queues/%2F/DLQ.jobs", |q| q["messages_ready"] == 3).await;
+    assert_eq!(dlq["messages_ready"], 3, "{dlq}");
+    assert_eq!(dlq["is_dlq"], true);
+    assert_eq!(dlq["dlq"], Value::Null);
+
+    let (status, body) = admin_send(&broker, Method::POST, "/api/v1/queues/%2F/jobs/move", None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "only a dead-letter queue can be moved back: {body}");
+
+    let (status, moved) = admin_send(&broker, Method::POST, "/api/v1/queues/%2F/DLQ.jobs/move", None).await;
+    assert_eq!(status, StatusCode::OK, "{moved}");
+    assert_eq!(moved["moved"], 3, "{moved}");
+    assert_eq!(moved["skipped"], 0);
+    let (_, dlq) = admin_get(&broker, "/api/v1/queues/%2F/DLQ.jobs").await;
+    assert_eq!(dlq["messages_ready"], 0, "{dlq}");
+    let (_, jobs) = admin_get(&broker, "/api/v1/queues/%2F/jobs").await;
+    assert_eq!(jobs["messages_ready"], 3, "{jobs}");
+    subscribe(&mut consumer, "/queue/jobs", "again", "auto").await;
+    for i in 0..3 {
+        let message = next_frame(&mut consumer).await;
+        assert_eq!(message.header("destination"), Some("/queue/jobs"));
+        assert_eq!(message.header("job"), Some(i.to_string().as_str()), "in their original order");
+        assert_eq!(message.header("x-dead-letter-reason"), None);
+    }
+}
+
+#[tokio::test]
+async fn topics_with_subscribers_are_listed_with_their_counts() {
+    let broker = broker().await;
+    let (mut one, _) = connected_as(&broker, USER).await;
+    let (mut two, _) = connected_as(&broker, USER).await;
+    subscribe(&mut one, "/topic/news", "a", "auto").await;
+    subscribe(&mut two, "/topic/news", "b", "auto").await;
+    subscribe(&mut two, "/topic/weather", "c", "auto").await;
+    let (status, page) = admin_get(&broker, "/api/v1/topics?sort=subscribers&sort_reverse=true").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["items"][0]["name"], "news", "{page}");
+    assert_eq!(page["items"][0]["subscribers"], 2);
+    assert_eq!(page["items"][0]["vhost"], "/");
+    let (_, filtered) = admin_get(&broker, "/api/v1/topics?name=weath").await;
+    assert_eq!(filtered["filtered_count"], 1);
+    assert_eq!(filtered["items"][0]["subscribers"], 1);
+}
+
+#[tokio::test]
+async fn durable_subscriptions_are_listed_and_an_administrator_can_delete_one() {
+    let broker = broker().await;
+    let mut raw = broker.raw().await;
+    raw.handshake(
+        &[("accept-version", "1.2"), ("host", "/"), ("login", USER.0), ("passcode", USER.1), ("client-id", "c1")],
+        WAIT,
+    )
+    .await
+    .expect("CONNECTED");
+    let subscribe = Frame::new(Command::Subscribe)
+        .with_header("destination", "/topic/prices")
+        .with_header("id", "d")
+        .with_header("ack", "client")
+        .with_header("activemq.subscriptionName", "price-watch")
+        .with_header("receipt", "s");
+    raw.send_frame(&subscribe).await.unwrap();
+    assert_eq!(next_frame(&mut raw).await.command, Command::Receipt);
+    let (status, page) = admin_get(&broker, "/api/v1/subscriptions/durable").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["total_count"], 1, "{page}");
+    let durable = &page["items"][0];
+    assert_eq!(durable["topic"], "prices");
+    assert_eq!(durable["owner"], "bob");
+    assert_eq!(durable["active"], true);
+    let name = durable["name"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/subscriptions/durable/%2F/{}", name.replace('/', "%2F"));
+    let (status, _) = admin_send(&broker, Method::DELETE, &path, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, after) = admin_get(&broker, "/api/v1/subscriptions/durable").await;
+    assert_eq!(after["total_count"], 0, "{after}");
+    let (status, _) = admin_send(&broker, Method::DELETE, &path, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn page_one_of_ten_thousand_queues_answers_quickly() {
+    let broker = TestBroker::start_with(Config { max_queues: 20_000, ..users_config() }).await;
+    let router = broker.broker.router();
+    for i in 0..10_000 {
+        router.queue_or_create(&format!("bulk-{i:05}"));
+    }
+    // Warm the connection, then time page 1 (the bound is loose: debug build, shared machine).
+    let (status, _) = admin_get(&broker, "/api/v1/queues?page_size=1").await;
+    assert_eq!(status, StatusCode::OK);
+    let started = Instant::now();
+    let (status, page) = admin_get(&broker, "/api/v1/queues?page=1&page_size=100").await;
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["total_count"], 10_000);
+    assert_eq!(page["items"][0]["name"], "bulk-00000");
+    eprintln!("page 1 of 10,000 queues: {took:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+}
