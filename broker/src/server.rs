@@ -370,6 +370,8 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
             listeners,
             metrics_public: config.metrics_public,
             registry: Arc::clone(&registry),
+            session: Arc::clone(&shared.context.session),
+            max_body: config.max_body,
         });
         let app = crate::http::app(state);
         if let (Some(listener), Some(addr)) = (http, http_addr) {

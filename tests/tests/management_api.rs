@@ -521,3 +521,152 @@ async fn page_one_of_ten_thousand_queues_answers_quickly() {
     eprintln!("page 1 of 10,000 queues: {took:?}");
     assert!(took < Duration::from_secs(2), "{took:?}");
 }
+
+// ------------------------------------------------------------------------------ HTTP publish
+
+async fn publish(
+    broker: &TestBroker,
+    path: &str,
+    login: Option<(&str, &str)>,
+    build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    let url = format!("{}{path}", broker.http_url.as_deref().expect("management listener open"));
+    let mut request = http().post(url);
+    if let Some((user, password)) = login {
+        request = request.basic_auth(user, Some(password));
+    }
+    let response = build(request).send().await.expect("request answered");
+    let status = response.status();
+    let headers = response.headers().clone();
+    (status, headers, response.json().await.expect("a JSON body"))
+}
+
+#[tokio::test]
+async fn any_user_publishes_a_raw_body_and_gets_202_with_its_message_id() {
+    let broker = broker().await;
+    let (mut consumer, _) = connected_as(&broker, ADMIN).await;
+    subscribe(&mut consumer, "/queue/http-in", "s", "auto").await;
+    let (status, _, answer) = publish(&broker, "/api/v1/publish/queue/http-in", Some(USER), |r| {
+        r.header("content-type", "text/plain").body("hello over HTTP")
+    })
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let id = answer["messages"][0]["message_id"].as_str().expect("an id").to_owned();
+    assert_eq!(answer["messages"][0]["destination"], "/queue/http-in");
+    let message = next_frame(&mut consumer).await;
+    assert_eq!(message.command, Command::Message);
+    assert_eq!(&message.body[..], b"hello over HTTP");
+    assert_eq!(message.header("content-type"), Some("text/plain"));
+    assert_eq!(message.header("message-id"), Some(id.as_str()));
+    // Percent-encoded in one segment works too.
+    let (status, _, _) = publish(&broker, "/api/v1/publish/%2Fqueue%2Fhttp-in", Some(USER), |r| r.body("second")).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(&next_frame(&mut consumer).await.body[..], b"second");
+}
+
+#[tokio::test]
+async fn a_json_batch_is_published_in_order_to_topics_and_queues() {
+    let broker = broker().await;
+    let (mut consumer, _) = connected_as(&broker, USER).await;
+    subscribe(&mut consumer, "/topic/batch", "t", "auto").await;
+    let batch = json!([
+        {"destination": "/topic/batch", "body": "one", "headers": {"n": "1"}},
+        {"destination": "/topic/batch", "body_base64": "AAEC/w==", "headers": {"n": "2"}},
+        {"destination": "/topic/batch", "body": "three", "headers": {"n": "3"}},
+    ]);
+    let (status, _, answer) = publish(&broker, "/api/v1/publish", Some(USER), |r| r.json(&batch)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(answer["messages"].as_array().unwrap().len(), 3);
+    for (n, body) in [("1", &b"one"[..]), ("2", &[0, 1, 2, 255][..]), ("3", &b"three"[..])] {
+        let message = next_frame(&mut consumer).await;
+        assert_eq!(message.header("n"), Some(n));
+        assert_eq!(&message.body[..], body);
+    }
+}
+
+#[tokio::test]
+async fn a_persistent_http_publish_is_201_once_stored_and_survives_a_restart() {
+    let broker = TestBroker::start_durable(users_config()).await;
+    let one = json!({"destination": "/queue/kept", "body": "stored", "persistent": true});
+    let (status, _, answer) = publish(&broker, "/api/v1/publish", Some(USER), |r| r.json(&one)).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    assert_eq!(answer["messages"][0]["persistent"], true);
+    let broker = broker.restart(users_config()).await;
+    let (mut consumer, _) = connected_as(&broker, USER).await;
+    subscribe(&mut consumer, "/queue/kept", "s", "auto").await;
+    let message = next_frame(&mut consumer).await;
+    assert_eq!(&message.body[..], b"stored");
+    assert_eq!(message.header("persistent"), Some("true"));
+}
+
+#[tokio::test]
+async fn http_publish_is_checked_against_the_users_write_permission() {
+    let mut config = users_config();
+    let mut carol = user("carol-pw", false);
+    carol.write = vec!["/queue/allowed".to_owned()];
+    config.users.insert("carol".into(), carol);
+    let broker = TestBroker::start_with(config).await;
+    let (status, _, body) = publish(&broker, "/api/v1/publish/queue/allowed", None, |r| r.body("x")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_error(&body, "unauthorized");
+    let (status, _, body) =
+        publish(&broker, "/api/v1/publish/queue/allowed", Some(("carol", "wrong")), |r| r.body("x")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, _, body) =
+        publish(&broker, "/api/v1/publish/queue/other", Some(("carol", "carol-pw")), |r| r.body("x")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_error(&body, "forbidden");
+    let (status, _, body) =
+        publish(&broker, "/api/v1/publish/queue/allowed", Some(("carol", "carol-pw")), |r| r.body("x")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+}
+
+#[tokio::test]
+async fn bad_publish_requests_are_400_naming_the_field() {
+    let broker = broker().await;
+    let cases = [
+        (json!({"destination": "/queue/q", "bdy": "typo"}), "bdy"),
+        (json!({"body": "nowhere"}), "destination"),
+        (json!({"destination": "/queue/q", "body": "a", "body_base64": "YQ=="}), "body_base64"),
+        (json!({"destination": "/queue/q", "body_base64": "not base64!"}), "body_base64"),
+        (json!({"destination": "/queue/q", "headers": {"receipt": "r"}}), "receipt"),
+        (json!({"destination": "/queue/q", "headers": {"n": 1}}), "headers"),
+        (json!({"destination": "/queue/q", "persistent": "yes"}), "persistent"),
+        (json!([{"destination": "/queue/q"}, {"destination": "/queue/q", "oops": 1}]), "message 1"),
+        (json!({"destination": "/nowhere/q", "body": "x"}), "/nowhere/q"),
+        (json!({"destination": "/topic/a.*", "body": "x"}), "wildcard"),
+    ];
+    for (request, named) in cases {
+        let (status, _, body) = publish(&broker, "/api/v1/publish", Some(USER), |r| r.json(&request)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{request} -> {body}");
+        assert_error(&body, "bad_request");
+        assert!(body["reason"].as_str().unwrap().contains(named), "{request}: {body}");
+    }
+    let (status, _, body) = publish(&broker, "/api/v1/publish", Some(USER), |r| r.body("raw, but where to?")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["reason"].as_str().unwrap().contains("destination"), "{body}");
+}
+
+#[tokio::test]
+async fn a_body_over_max_body_is_413_and_a_full_queue_is_429_with_retry_after() {
+    let mut config = users_config();
+    config.max_body = 1024;
+    config.queue_max_length = 1;
+    let broker = TestBroker::start_with(config).await;
+    let big = "x".repeat(1025);
+    let (status, _, body) = publish(&broker, "/api/v1/publish/queue/small", Some(USER), |r| r.body(big.clone())).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert!(body["reason"].as_str().unwrap().contains("max_body"), "{body}");
+    let as_json = json!({"destination": "/queue/small", "body": big});
+    let (status, _, _) = publish(&broker, "/api/v1/publish", Some(USER), |r| r.json(&as_json)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    let (status, _, _) = publish(&broker, "/api/v1/publish/queue/small", Some(USER), |r| r.body("fits")).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, headers, body) =
+        publish(&broker, "/api/v1/publish/queue/small", Some(USER), |r| r.body("no room")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_error(&body, "too_many_requests");
+    assert!(body["reason"].as_str().unwrap().contains("full"), "{body}");
+    assert_eq!(headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+}

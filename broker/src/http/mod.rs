@@ -18,6 +18,7 @@ pub mod api;
 pub mod health;
 pub mod manage;
 pub mod metrics;
+pub mod publish;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -70,6 +71,10 @@ pub struct HttpState {
     pub metrics_public: bool,
     /// The open client connections.
     pub registry: Arc<crate::registry::ConnectionRegistry>,
+    /// What the sessions of HTTP publishes are built with (those of STOMP clients).
+    pub session: Arc<crate::session::SessionConfig>,
+    /// Largest body one published message may have (`max_body`).
+    pub max_body: usize,
 }
 
 impl std::fmt::Debug for HttpState {
@@ -258,6 +263,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody { error: self.error_code(), reason: &self.reason };
         let mut response = (self.status, axum::Json(body)).into_response();
+        if matches!(self.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
+            // The refusals that end by themselves (a queue drains, storage recovers).
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
