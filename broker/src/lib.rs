@@ -20,6 +20,7 @@
 //!
 //! - [`http`]: the management listener: JSON API, Prometheus metrics, health probes.
 //! - [`registry`]: the open connections, for the API and the drain.
+//! - [`ctl`]: `stampede ctl`, the admin command line over the management API.
 //!
 //! Backend bridges (`bridge/`) and cluster mode (`cluster/`) join these as folders of their
 //! own.
@@ -36,6 +37,7 @@
 
 pub mod config;
 pub mod connection;
+pub mod ctl;
 pub mod destination;
 pub mod error;
 pub mod http;

@@ -14,7 +14,11 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run().await {
+    let cli = Cli::parse();
+    if let Some(Command::Ctl(args)) = &cli.command {
+        return ctl(&cli, args).await;
+    }
+    match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("stampede: {}", describe(&error));
@@ -23,8 +27,21 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// `stampede ctl`: the management address comes from the same configuration the broker reads,
+/// unless `--url` names one.
+async fn ctl(cli: &Cli, args: &stampede_broker::ctl::CtlArgs) -> ExitCode {
+    let http_addr = match cli.resolve_with(&config::environment()) {
+        Ok(config) => config.http_addr,
+        Err(_) if args.url.is_some() => None,
+        Err(error) => {
+            eprintln!("stampede ctl: {error} (or give --url)");
+            return ExitCode::from(stampede_broker::ctl::Exit::Usage as u8);
+        }
+    };
+    stampede_broker::ctl::main(args, http_addr).await
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(Command::Passwd { password }) = &cli.command {
         return passwd(password.clone());
     }

@@ -670,3 +670,135 @@ async fn a_body_over_max_body_is_413_and_a_full_queue_is_429_with_retry_after() 
     assert!(body["reason"].as_str().unwrap().contains("full"), "{body}");
     assert_eq!(headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
 }
+
+// ------------------------------------------------------------------------------ stampede ctl
+
+/// Runs the real `stampede ctl` binary against `broker` (as alice unless `login` says
+/// otherwise); returns its exit code, standard output and standard error.
+async fn ctl(broker: &TestBroker, login: Option<(&str, &str)>, args: &[&str]) -> (i32, String, String) {
+    let mut command = tokio::process::Command::new(stampede_tests::broker_binary());
+    command.arg("ctl").arg("--url").arg(broker.http_url.as_deref().expect("management listener"));
+    if let Some((user, password)) = login {
+        command.args(["--user", user]).env("STAMPEDE_CTL_PASSWORD", password);
+    } else {
+        command.env_remove("STAMPEDE_CTL_PASSWORD");
+    }
+    command.env_remove("STAMPEDE_CTL_USER").env_remove("STAMPEDE_CTL_URL").env_remove("STAMPEDE_CONFIG");
+    command.args(args).kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(60), command.output())
+        .await
+        .expect("stampede ctl finishes")
+        .expect("stampede ctl runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn ctl_lists_queues_as_a_table_and_as_json_and_shows_one() {
+    let broker = broker().await;
+    let (mut producer, _) = connected_as(&broker, USER).await;
+    send_receipted(&mut producer, "/queue/ctl-orders", "a", &[]).await;
+    send_receipted(&mut producer, "/queue/ctl-orders", "b", &[]).await;
+    send_receipted(&mut producer, "/queue/ctl-other", "c", &[]).await;
+    let (code, out, err) = ctl(&broker, Some(ADMIN), &["queues"]).await;
+    assert_eq!(code, 0, "{err}");
+    let header = out.lines().next().unwrap();
+    assert!(header.starts_with("NAME") && header.contains("READY") && header.contains("CONSUMERS"), "{out}");
+    let row = out.lines().find(|l| l.starts_with("ctl-orders")).expect("a row for the queue");
+    assert_eq!(row.split_whitespace().nth(2), Some("2"), "{out}");
+    assert!(out.contains("2 of 2 queues"), "{out}");
+    let (code, out, _) = ctl(&broker, Some(ADMIN), &["--json", "queues", "--name", "orders"]).await;
+    assert_eq!(code, 0);
+    let page: Value = serde_json::from_str(&out).expect("--json prints JSON");
+    assert_eq!(page["filtered_count"], 1);
+    assert_eq!(page["items"][0]["messages_ready"], 2);
+    let (code, out, _) = ctl(&broker, Some(ADMIN), &["queue", "ctl-orders"]).await;
+    assert_eq!(code, 0);
+    assert!(out.lines().any(|l| l.starts_with("messages_ready") && l.ends_with('2')), "{out}");
+    let (code, out, _) = ctl(&broker, Some(ADMIN), &["status"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("readiness: ok") && out.contains("queues 2"), "{out}");
+}
+
+#[tokio::test]
+async fn ctl_peeks_purges_moves_dead_letters_and_deletes() {
+    let broker = broker().await;
+    let (mut producer, _) = connected_as(&broker, USER).await;
+    send_receipted(&mut producer, "/queue/work", "job one", &[("kind", "pdf")]).await;
+    send_receipted(&mut producer, "/queue/work", "job two", &[]).await;
+    let (code, out, err) = ctl(&broker, Some(ADMIN), &["peek", "work", "-n", "1"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("1 of 2 waiting messages") && out.contains("kind: pdf") && out.contains("job one"), "{out}");
+    let (code, out, _) = ctl(&broker, Some(ADMIN), &["purge", "work"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("purged 2 waiting messages from work"), "{out}");
+
+    send_receipted(&mut producer, "/queue/work", "bad job", &[]).await;
+    let (mut consumer, _) = connected_as(&broker, USER).await;
+    subscribe(&mut consumer, "/queue/work", "s", "client-individual").await;
+    let message = next_frame(&mut consumer).await;
+    let nack =
+        Frame::new(Command::Nack).with_header("id", message.header("ack").unwrap()).with_header("requeue", "false");
+    consumer.send_frame(&nack).await.unwrap();
+    let unsubscribe = Frame::new(Command::Unsubscribe).with_header("id", "s").with_header("receipt", "u");
+    consumer.send_frame(&unsubscribe).await.unwrap();
+    assert_eq!(next_frame(&mut consumer).await.command, Command::Receipt);
+    eventually(&broker, "/api/v1/queues/%2F/DLQ.work", |q| q["messages_ready"] == 1).await;
+    let (code, out, err) = ctl(&broker, Some(ADMIN), &["move-dlq", "DLQ.work"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("moved 1 messages from DLQ.work"), "{out}");
+
+    let (code, _, err) = ctl(&broker, Some(ADMIN), &["delete-queue", "work", "--if-empty"]).await;
+    assert_eq!(code, 5, "a conflict is exit 5: {err}");
+    assert!(err.contains("not empty"), "{err}");
+    let (code, out, _) = ctl(&broker, Some(ADMIN), &["delete-queue", "work"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("deleted queue work"), "{out}");
+    let (code, _, err) = ctl(&broker, Some(ADMIN), &["queue", "work"]).await;
+    assert_eq!(code, 3, "not found is exit 3: {err}");
+}
+
+#[tokio::test]
+async fn ctl_closes_a_connection_with_a_reason_and_lists_connections_and_durables() {
+    let broker = broker().await;
+    let (mut bob, session) = connected_as(&broker, USER).await;
+    let (code, out, _) = ctl(&broker, Some(ADMIN), &["connections"]).await;
+    assert_eq!(code, 0);
+    assert!(out.lines().any(|l| l.starts_with(&session) && l.contains("bob")), "{out}");
+    let (code, out, _) = ctl(&broker, Some(ADMIN), &["durable-subscriptions"]).await;
+    assert_eq!(code, 0);
+    assert!(out.starts_with("NAME") && out.contains("0 of 0 durable subscriptions"), "{out}");
+    let (code, out, err) =
+        ctl(&broker, Some(ADMIN), &["close-connection", &session, "--reason", "moving to rack 5"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("closed connection"), "{out}");
+    let frames = bob.expect_closed(WAIT).await.expect("closed");
+    let error = frames.iter().find(|f| f.command == Command::Error).expect("ERROR");
+    assert!(error.header("message").unwrap().contains("moving to rack 5"));
+}
+
+#[tokio::test]
+async fn ctl_exit_codes_say_usage_not_allowed_and_unreachable() {
+    let broker = broker().await;
+    let (code, _, err) = ctl(&broker, None, &["queues"]).await;
+    assert_eq!(code, 4, "no credentials: {err}");
+    let (code, _, err) = ctl(&broker, Some(USER), &["queues"]).await;
+    assert_eq!(code, 4, "not an administrator: {err}");
+    assert!(err.contains("not an administrator"), "{err}");
+    let (code, _, err) = ctl(&broker, Some(ADMIN), &["peek", "x", "-n", "lots"]).await;
+    assert_eq!(code, 2, "usage: {err}");
+    let (code, _, err) = ctl(&broker, Some(ADMIN), &["queues", "--page-size", "9999"]).await;
+    assert_eq!(code, 1, "the broker refused: {err}");
+    assert!(err.contains("page_size"), "{err}");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let output = tokio::process::Command::new(stampede_tests::broker_binary())
+        .args(["ctl", "--url", &format!("http://{closed}"), "status"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(6), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot reach"));
+}

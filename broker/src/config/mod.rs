@@ -773,6 +773,8 @@ pub enum Command {
         #[arg(long)]
         env: bool,
     },
+    /// Manage a running broker over its management API (`stampede ctl --help`).
+    Ctl(crate::ctl::CtlArgs),
     /// Print an argon2 hash of a password for the `users` table. The password is read from
     /// standard input (prompted for without echo on a terminal).
     Passwd {
@@ -896,6 +898,8 @@ pub fn unknown_variables(environment: &[(String, String)]) -> Vec<String> {
     environment
         .iter()
         .filter(|(name, _)| name.starts_with(ENV_PREFIX) && name != CONFIG_VARIABLE)
+        // `stampede ctl`'s own variables (URL and credentials), not configuration keys.
+        .filter(|(name, _)| !name.starts_with(crate::ctl::ENV_PREFIX))
         .filter(|(name, _)| !keys.contains(&name[ENV_PREFIX.len()..].to_ascii_lowercase().as_str()))
         .map(|(name, _)| name.clone())
         .collect()
