@@ -66,12 +66,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     fit_file_limit(&mut config);
     // Registered before the listeners open: a SIGTERM that arrives while the broker is still
     // starting must shut it down in order, not kill it.
-    let signals = ShutdownSignals::register();
+    let mut signals = ShutdownSignals::register();
     let broker = start(&config).await?;
     tokio::spawn(return_freed_memory());
-    signals.wait().await;
-    tracing::info!("shutting down");
-    broker.shutdown(Duration::from_secs(10)).await;
+    signals.next().await;
+    // The drain and everything after it fit in shutdown_timeout_ms (validated: the drain is
+    // shorter); a second signal cuts both short, the store flush excepted.
+    let began = std::time::Instant::now();
+    let timeout = Duration::from_millis(config.shutdown_timeout_ms);
+    let spread = Duration::from_millis(config.shutdown_drain_ms);
+    tracing::info!("shutting down (a second SIGTERM or Ctrl-C stops at once)");
+    let hurried = tokio::select! {
+        () = broker.drain(spread) => false,
+        () = signals.next() => true,
+    };
+    if hurried {
+        tracing::warn!("second signal: stopping now (the store is still flushed)");
+        broker.shutdown(stampede_broker::server::HURRIED_STOP).await;
+    } else {
+        broker.shutdown_unless(timeout.saturating_sub(began.elapsed()), signals.next()).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -147,8 +161,8 @@ impl ShutdownSignals {
         ShutdownSignals {}
     }
 
-    /// Waits for the first of them.
-    async fn wait(mut self) {
+    /// Waits for the next of them.
+    async fn next(&mut self) {
         #[cfg(unix)]
         {
             async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {

@@ -31,18 +31,22 @@ use crate::config::{Config, StorageKind};
 use crate::connection::{self, ConnectionContext, ConnectionSettings, Transport};
 use crate::destination::router::Router;
 use crate::destination::vhost::{RouterSettings, VirtualHosts};
+use crate::error::ErrorKind;
 use crate::error::StompError;
 use crate::http::health::Readiness;
 use crate::http::metrics::{Exporter, Metrics, Sources, TransportKind};
 use crate::http::{HttpState, ListenerInfo};
 use crate::listener::public_http::{self, Replayed, Routed};
-use crate::registry::ConnectionRegistry;
+use crate::registry::{CloseRequest, ConnectionRegistry};
 use crate::security::auth::{Authenticator, Credentials};
 use crate::security::{AddressPermit, PerAddress};
 use stampede_storage::{MemoryStore, SledStore, Store};
 
 /// Most refusals (ERROR frames to connections over a limit) being written at once.
 pub const MAX_REFUSALS: usize = 256;
+
+/// How long queues get to stop when a shutdown is hurried by a second signal.
+pub const HURRIED_STOP: Duration = Duration::from_millis(500);
 
 /// A broker that is accepting connections.
 pub struct RunningBroker {
@@ -68,6 +72,8 @@ pub struct RunningBroker {
     vhosts: Arc<VirtualHosts>,
     registry: Arc<ConnectionRegistry>,
     shutdown: CancellationToken,
+    /// Cancelled when the listeners stop accepting (a drain), before `shutdown`.
+    accepting: CancellationToken,
     tasks: TaskTracker,
     store: Arc<dyn Store>,
 }
@@ -120,16 +126,57 @@ impl RunningBroker {
         self.per_address.count(ip)
     }
 
+    /// Drains the broker (lame duck): `/readyz` answers 503 at once, the STOMP and WebSocket
+    /// listeners stop accepting (the management listener stays up, so the 503 can be seen),
+    /// and every open connection is closed with an ERROR `server shutting down` (WebSocket
+    /// close 1012, service restart), the closes spread evenly over `spread` so that clients do
+    /// not all reconnect at the same instant (NATS's lame-duck mode). Returns once every
+    /// connection open at the start was asked to close; [`RunningBroker::shutdown`] follows.
+    pub async fn drain(&self, spread: Duration) {
+        self.start_draining();
+        self.accepting.cancel();
+        let connections = self.registry.snapshot();
+        let count = connections.len();
+        info!(connections = count, "draining: listeners closed, closing connections over {spread:?}");
+        let started = Instant::now();
+        for (index, entry) in connections.iter().enumerate() {
+            // Connection `index` is due at its share of the spread; those already due go in
+            // one batch, so many connections need not one timer each.
+            let due = started + spread.mul_f64(index as f64 / count as f64);
+            if due > Instant::now() {
+                tokio::time::sleep_until(due).await;
+            }
+            entry.request_close(CloseRequest { kind: ErrorKind::Shutdown, message: "server shutting down".to_owned() });
+        }
+    }
+
     /// Stops accepting, tells every client, waits for the connections to end, stops every queue
     /// (their last writes reach the store), waits for every task they started, and flushes the
     /// store: all within one `deadline`.
     pub async fn shutdown(self, deadline: Duration) {
-        let deadline = tokio::time::Instant::now() + deadline;
+        self.shutdown_unless(deadline, std::future::pending()).await;
+    }
+
+    /// [`RunningBroker::shutdown`], cut short when `hurry` completes (a second signal): then
+    /// the broker stops waiting for connections, gives its queues [`HURRIED_STOP`] to hand
+    /// their last writes to the store, and flushes it. Receipted persistent messages were
+    /// stored before their receipts, so hurrying loses none of them.
+    pub async fn shutdown_unless(self, deadline: Duration, hurry: impl std::future::Future<Output = ()>) {
+        let mut deadline = tokio::time::Instant::now() + deadline;
         self.start_draining();
         self.shutdown.cancel();
         self.tasks.close();
-        if tokio::time::timeout_at(deadline, self.tasks.wait()).await.is_err() {
-            warn!(open = self.tasks.len(), "shutdown deadline passed with connections still open");
+        tokio::pin!(hurry);
+        tokio::select! {
+            waited = tokio::time::timeout_at(deadline, self.tasks.wait()) => {
+                if waited.is_err() {
+                    warn!(open = self.tasks.len(), "shutdown deadline passed with connections still open");
+                }
+            }
+            () = &mut hurry => {
+                warn!(open = self.tasks.len(), "second signal: stopping now (the store is still flushed)");
+                deadline = deadline.min(tokio::time::Instant::now() + HURRIED_STOP);
+            }
         }
         self.vhosts.stop_queues(deadline).await;
         drop(self.vhosts);
@@ -267,6 +314,7 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let registry = ConnectionRegistry::new();
+    let accepting = shutdown.child_token();
     let mut session = config.session_config();
     session.auth = Arc::clone(&auth);
     session.metrics = Arc::clone(&metrics);
@@ -295,6 +343,7 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
         },
         handshake_timeout: Duration::from_millis(config.connect_timeout_ms),
         metrics: Arc::clone(&metrics),
+        accepting: accepting.clone(),
     });
 
     let plain_listeners = !config.require_tls;
@@ -404,6 +453,7 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
         vhosts,
         registry,
         shutdown,
+        accepting,
         tasks,
         store,
     })
@@ -506,6 +556,8 @@ struct Shared {
     ws: WsSettings,
     handshake_timeout: Duration,
     metrics: Arc<Metrics>,
+    /// Cancelled when the accept loops must stop (a drain, or shutdown).
+    accepting: CancellationToken,
 }
 
 /// Session ids: 128 bits from the operating system's random source each. Temporary queue names
@@ -541,7 +593,7 @@ async fn accept_loop(listener: TcpListener, kind: Listener, shared: Arc<Shared>)
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = shared.context.shutdown.cancelled() => return,
+            () = shared.accepting.cancelled() => return,
         };
         let (stream, peer) = match accepted {
             Ok(pair) => {

@@ -802,3 +802,192 @@ async fn ctl_exit_codes_say_usage_not_allowed_and_unreachable() {
     assert_eq!(output.status.code(), Some(6), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot reach"));
 }
+
+// ------------------------------------------------------------------ drain on SIGTERM (binary)
+
+/// The broker binary as a child process with its listeners on port 0; killed when dropped.
+struct BrokerProcess {
+    child: tokio::process::Child,
+    stomp: std::net::SocketAddr,
+    ws: String,
+    http: String,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl BrokerProcess {
+    async fn start(data_dir: &std::path::Path, drain_ms: u64, timeout_ms: u64) -> BrokerProcess {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(stampede_tests::broker_binary())
+            .args(["--stomp-addr", "127.0.0.1:0", "--ws-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("NO_COLOR", "1")
+            .env("STAMPEDE_SHUTDOWN_DRAIN_MS", drain_ms.to_string())
+            .env("STAMPEDE_SHUTDOWN_TIMEOUT_MS", timeout_ms.to_string())
+            .env_remove("STAMPEDE_CONFIG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the broker binary runs");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (found, mut addresses) = tokio::sync::mpsc::unbounded_channel::<(&'static str, String)>();
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        for reader in [Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Unpin + Send>, Box::new(stderr)] {
+            let (log, found) = (std::sync::Arc::clone(&log), found.clone());
+            tokio::spawn(async move {
+                let mut lines = tokio::io::BufReader::new(reader).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    for (marker, what) in [
+                        ("STOMP over TCP listening on ", "stomp"),
+                        ("STOMP over WebSocket listening on ", "ws"),
+                        ("management HTTP listening on ", "http"),
+                    ] {
+                        if let Some(rest) = line.split(marker).nth(1) {
+                            let _ = found.send((what, rest.trim().to_owned()));
+                        }
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        drop(found);
+        let (mut stomp, mut ws, mut http) = (None, None, None);
+        while stomp.is_none() || ws.is_none() || http.is_none() {
+            let (what, value) = tokio::time::timeout(Duration::from_secs(30), addresses.recv())
+                .await
+                .expect("the broker reports its listeners")
+                .unwrap_or_else(|| panic!("the broker exited:\n{}", log.lock().unwrap().join("\n")));
+            match what {
+                "stomp" => stomp = Some(value.parse().expect("an address")),
+                "ws" => ws = Some(value),
+                _ => http = Some(value),
+            }
+        }
+        BrokerProcess { child, stomp: stomp.unwrap(), ws: ws.unwrap(), http: http.unwrap(), log }
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill").args([&format!("-{name}"), &pid]).status().expect("kill runs");
+        assert!(status.success());
+    }
+
+    async fn exits_within(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let log = std::sync::Arc::clone(&self.log);
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("the broker did not exit within {limit:?}:\n{}", log.lock().unwrap().join("\n")))
+            .expect("wait")
+    }
+}
+
+async fn raw_to(addr: std::net::SocketAddr) -> RawConnection {
+    let mut raw = RawConnection::connect(addr).await.expect("connects");
+    raw.handshake(&[("accept-version", "1.2"), ("host", "/")], WAIT).await.expect("CONNECTED");
+    raw
+}
+
+/// A WebSocket STOMP client: returns the text of every message and the close code.
+async fn websocket_until_closed(
+    mut socket: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    limit: Duration,
+) -> (Vec<String>, Option<u16>) {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut texts = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    while let Ok(Some(message)) = tokio::time::timeout_at(deadline, socket.next()).await {
+        match message {
+            Ok(Message::Text(text)) => texts.push(text.to_string()),
+            Ok(Message::Binary(data)) => texts.push(String::from_utf8_lossy(&data).into_owned()),
+            Ok(Message::Close(frame)) => return (texts, frame.map(|f| u16::from(f.code))),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    (texts, None)
+}
+
+#[tokio::test]
+async fn sigterm_drains_clients_get_the_shutdown_error_and_1012_and_no_receipted_message_is_lost() {
+    use futures_util::SinkExt;
+    let data = tempfile::tempdir().unwrap();
+    let mut broker = BrokerProcess::start(data.path(), 1_000, 8_000).await;
+    let mut producer = raw_to(broker.stomp).await;
+    for i in 0..50 {
+        send_receipted(&mut producer, "/queue/kept", &format!("m{i}"), &[("persistent", "true")]).await;
+    }
+    let mut idle = raw_to(broker.stomp).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(broker.ws.as_str()).await.expect("WebSocket connects");
+    ws.send(tokio_tungstenite::tungstenite::Message::text("CONNECT\naccept-version:1.2\nhost:/\n\n\0")).await.unwrap();
+    let ws_task = tokio::spawn(websocket_until_closed(ws, Duration::from_secs(10)));
+    let readyz = format!("{}/readyz", broker.http);
+    assert_eq!(http().get(&readyz).send().await.unwrap().status(), StatusCode::OK);
+
+    let signalled = Instant::now();
+    broker.signal("TERM");
+    // Readiness turns 503 at once, while connections are still being drained.
+    let deadline = Instant::now() + WAIT;
+    let report = loop {
+        let response = http().get(&readyz).send().await.expect("the management listener answers during the drain");
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            break response.json::<Value>().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "readiness never turned 503");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!(signalled.elapsed() < Duration::from_millis(900), "readiness 503 before the drain ends");
+    assert_eq!(report["checks"]["draining"]["ok"], false, "{report}");
+    // The STOMP listener no longer accepts.
+    let deadline = Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(broker.stomp).await.is_ok() {
+        assert!(Instant::now() < deadline, "the STOMP listener still accepts");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for raw in [&mut idle, &mut producer] {
+        let frames = raw.expect_closed(Duration::from_secs(5)).await.expect("closed");
+        let error = frames.iter().find(|f| f.command == Command::Error).expect("an ERROR before the close");
+        assert_eq!(error.header("message"), Some("server shutting down"));
+    }
+    let (texts, code) = ws_task.await.unwrap();
+    assert!(texts.iter().any(|t| t.starts_with("ERROR") && t.contains("message:server shutting down")), "{texts:?}");
+    assert_eq!(code, Some(1012), "WebSocket clients get 1012 (service restart)");
+    let status = broker.exits_within(Duration::from_secs(8)).await;
+    assert!(status.success(), "{status}");
+    let took = signalled.elapsed();
+    eprintln!("drain of 3 connections over 1 s, then exit: {took:?}");
+    assert!(took < Duration::from_secs(8), "exits within shutdown_timeout_ms: {took:?}");
+
+    // Every receipted persistent message is there after the restart.
+    let broker = BrokerProcess::start(data.path(), 1_000, 8_000).await;
+    let mut consumer = raw_to(broker.stomp).await;
+    subscribe(&mut consumer, "/queue/kept", "s", "auto").await;
+    for i in 0..50 {
+        let message = next_frame(&mut consumer).await;
+        assert_eq!(String::from_utf8_lossy(&message.body), format!("m{i}"));
+    }
+}
+
+#[tokio::test]
+async fn a_second_sigterm_during_the_drain_exits_at_once_after_the_store_flush() {
+    let data = tempfile::tempdir().unwrap();
+    let mut broker = BrokerProcess::start(data.path(), 30_000, 60_000).await;
+    let mut producer = raw_to(broker.stomp).await;
+    send_receipted(&mut producer, "/queue/kept", "before the signals", &[("persistent", "true")]).await;
+    let _others: Vec<RawConnection> = futures_util::future::join_all((0..4).map(|_| raw_to(broker.stomp))).await;
+    broker.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = Instant::now();
+    broker.signal("TERM");
+    let status = broker.exits_within(Duration::from_secs(5)).await;
+    assert!(status.success(), "{status}");
+    eprintln!("exit after the second SIGTERM: {:?}", second.elapsed());
+    assert!(second.elapsed() < Duration::from_secs(3), "{:?}", second.elapsed());
+    let broker = BrokerProcess::start(data.path(), 1_000, 8_000).await;
+    let mut consumer = raw_to(broker.stomp).await;
+    subscribe(&mut consumer, "/queue/kept", "s", "auto").await;
+    assert_eq!(&next_frame(&mut consumer).await.body[..], b"before the signals");
+}

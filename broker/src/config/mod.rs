@@ -73,6 +73,13 @@ pub struct Config {
     pub connect_timeout_ms: u64,
     /// Longest one socket write may take, in ms.
     pub write_timeout_ms: u64,
+    /// On SIGTERM, the connections are closed (ERROR `server shutting down`, WebSocket close
+    /// 1012) spread over this many ms, so a rolling restart does not make every client
+    /// reconnect at the same instant; 0 closes them all at once.
+    pub shutdown_drain_ms: u64,
+    /// Longest a shutdown takes in all, in ms: the drain, then waiting for connections and
+    /// queues, then the store flush.
+    pub shutdown_timeout_ms: u64,
 
     /// Longest header line, in bytes.
     #[serde(with = "crate::config::values::serde_with::size")]
@@ -359,6 +366,8 @@ impl Default for Config {
             heartbeat_grace: 3.0,
             ws_ping_interval_ms: 30_000,
             connect_timeout_ms: 10_000,
+            shutdown_drain_ms: 5_000,
+            shutdown_timeout_ms: 10_000,
             write_timeout_ms: 30_000,
             max_header_line: limits.max_header_line,
             max_headers: limits.max_headers,
@@ -523,6 +532,12 @@ impl Config {
         self.log_filter()?;
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::Invalid("tls_cert and tls_key must be given together".to_owned()));
+        }
+        if self.shutdown_drain_ms >= self.shutdown_timeout_ms {
+            return Err(ConfigError::Invalid(format!(
+                "shutdown_drain_ms ({}) must be below shutdown_timeout_ms ({}): the drain is part of the shutdown, which also waits for connections and flushes the store",
+                self.shutdown_drain_ms, self.shutdown_timeout_ms
+            )));
         }
         if self.require_tls && !self.tls_enabled() {
             return Err(ConfigError::Invalid("require_tls needs tls_cert and tls_key".to_owned()));
