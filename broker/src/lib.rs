@@ -33,6 +33,9 @@
 //!    table (`Router::topics`), never two of these at once except `queues` then `creators`,
 //! 3. one topic's subscribers (`Topic::subscribers`),
 //! 4. one connection's outbox (`Outbox::state`).
+//!
+//! The connection registry (`ConnectionRegistry::entries`) and the authenticator's user table
+//! (`Authenticator::table`) are leaves: nothing else is taken while either is held.
 #![forbid(unsafe_code)]
 
 pub mod config;

@@ -67,9 +67,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // Registered before the listeners open: a SIGTERM that arrives while the broker is still
     // starting must shut it down in order, not kill it.
     let mut signals = ShutdownSignals::register();
+    let mut hangups = Hangups::register();
     let broker = start(&config).await?;
     tokio::spawn(return_freed_memory());
-    signals.next().await;
+    loop {
+        tokio::select! {
+            () = signals.next() => break,
+            () = hangups.next() => reload(&cli, &broker),
+        }
+    }
     // The drain and everything after it fit in shutdown_timeout_ms (validated: the drain is
     // shorter); a second signal cuts both short, the store flush excepted.
     let began = std::time::Instant::now();
@@ -88,6 +94,49 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGHUP: reads the configuration again (file, environment, flags) and applies its users and
+/// permissions; a bad file is refused with a log line and the old settings stay.
+fn reload(cli: &Cli, broker: &stampede_broker::RunningBroker) {
+    let file = cli.config.as_ref().map_or_else(|| "(no file)".to_owned(), |path| path.display().to_string());
+    let config = match cli.resolve_with(&config::environment()) {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::warn!("configuration reload refused, the old settings stay: {error}");
+            return;
+        }
+    };
+    match broker.reload(&config) {
+        Ok(users) => tracing::info!(users, %file, "configuration reloaded: users and permissions"),
+        Err(error) => tracing::warn!("configuration reload refused, the old settings stay: {error}"),
+    }
+}
+
+/// SIGHUP, listened to from the moment it is registered (never, where there is none).
+struct Hangups {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangups {
+    fn register() -> Hangups {
+        #[cfg(unix)]
+        {
+            Hangups { signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok() }
+        }
+        #[cfg(not(unix))]
+        Hangups {}
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(signal) = &mut self.signal {
+            signal.recv().await;
+            return;
+        }
+        std::future::pending::<()>().await
+    }
 }
 
 /// The error and those of its causes that its message does not already contain.

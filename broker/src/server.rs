@@ -126,6 +126,18 @@ impl RunningBroker {
         self.per_address.count(ip)
     }
 
+    /// Reloads the users and their permissions from `config` (SIGHUP), without dropping any
+    /// connection. Everything is checked first: on an error nothing changes. Returns the number
+    /// of users now.
+    ///
+    /// # Errors
+    /// The configuration is invalid, a password hash is unusable, or the change would turn
+    /// authentication on or off (that needs a restart).
+    pub fn reload(&self, config: &Config) -> Result<usize, StartError> {
+        config.validate().map_err(|e| StartError::Config(e.to_string()))?;
+        self.auth.reload(config).map_err(|e| StartError::Config(e.to_string()))
+    }
+
     /// Drains the broker (lame duck): `/readyz` answers 503 at once, the STOMP and WebSocket
     /// listeners stop accepting (the management listener stays up, so the 503 can be seen),
     /// and every open connection is closed with an ERROR `server shutting down` (WebSocket

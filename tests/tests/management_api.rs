@@ -816,8 +816,21 @@ struct BrokerProcess {
 
 impl BrokerProcess {
     async fn start(data_dir: &std::path::Path, drain_ms: u64, timeout_ms: u64) -> BrokerProcess {
+        BrokerProcess::start_with(data_dir, drain_ms, timeout_ms, None).await
+    }
+
+    async fn start_with(
+        data_dir: &std::path::Path,
+        drain_ms: u64,
+        timeout_ms: u64,
+        config: Option<&std::path::Path>,
+    ) -> BrokerProcess {
         use tokio::io::AsyncBufReadExt;
-        let mut child = tokio::process::Command::new(stampede_tests::broker_binary())
+        let mut command = tokio::process::Command::new(stampede_tests::broker_binary());
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        let mut child = command
             .args(["--stomp-addr", "127.0.0.1:0", "--ws-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data_dir)
@@ -867,6 +880,22 @@ impl BrokerProcess {
             }
         }
         BrokerProcess { child, stomp: stomp.unwrap(), ws: ws.unwrap(), http: http.unwrap(), log }
+    }
+
+    /// Waits (bounded) for a log line containing `text` after the first `skip` lines.
+    async fn log_line(&self, text: &str, skip: usize) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(line) = self.log.lock().unwrap().iter().skip(skip).find(|l| l.contains(text)) {
+                return line.clone();
+            }
+            assert!(Instant::now() < deadline, "no log line {text:?}:\n{}", self.log.lock().unwrap().join("\n"));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn log_len(&self) -> usize {
+        self.log.lock().unwrap().len()
     }
 
     fn signal(&self, name: &str) {
@@ -990,4 +1019,62 @@ async fn a_second_sigterm_during_the_drain_exits_at_once_after_the_store_flush()
     let mut consumer = raw_to(broker.stomp).await;
     subscribe(&mut consumer, "/queue/kept", "s", "auto").await;
     assert_eq!(&next_frame(&mut consumer).await.body[..], b"before the signals");
+}
+
+// ------------------------------------------------------------------------ SIGHUP reload (binary)
+
+fn users_file(bob_writes: &str) -> String {
+    let hash = hash_password_with(USER.1, 64, 1).expect("hash");
+    format!(
+        "auth_failure_delay_ms = 1\nauth_failure_max_delay_ms = 2\n\n[users.bob]\npassword_hash = \"{hash}\"\nread = [\"**\"]\nwrite = [\"{bob_writes}\"]\n"
+    )
+}
+
+async fn bob_at(addr: std::net::SocketAddr) -> RawConnection {
+    let mut raw = RawConnection::connect(addr).await.expect("connects");
+    let frame = raw
+        .handshake(&[("accept-version", "1.2"), ("host", "/"), ("login", USER.0), ("passcode", USER.1)], WAIT)
+        .await
+        .expect("CONNECTED");
+    assert_eq!(frame.command, Command::Connected, "{frame:?}");
+    raw
+}
+
+#[tokio::test]
+async fn sighup_reloads_permissions_live_and_a_bad_file_is_refused_keeping_the_old_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("stampede.toml");
+    std::fs::write(&config, users_file("/queue/a")).unwrap();
+    let data = dir.path().join("data");
+    let broker = BrokerProcess::start_with(&data, 100, 5_000, Some(&config)).await;
+    let mut session = bob_at(broker.stomp).await;
+    send_receipted(&mut session, "/queue/a", "allowed before", &[]).await;
+
+    std::fs::write(&config, users_file("/queue/b")).unwrap();
+    let before = broker.log_len();
+    broker.signal("HUP");
+    let line = broker.log_line("configuration reloaded", before).await;
+    assert!(line.contains("users=1"), "{line}");
+    // A new session has the new rules; the old session loses /queue/a at its next SEND.
+    let mut fresh = bob_at(broker.stomp).await;
+    send_receipted(&mut fresh, "/queue/b", "allowed after", &[]).await;
+    let send =
+        Frame::new(Command::Send).with_header("destination", "/queue/a").with_header("receipt", "r").with_body("x");
+    session.send_frame(&send).await.unwrap();
+    let refused = next_frame(&mut session).await;
+    assert_eq!(refused.command, Command::Error, "{refused:?}");
+    assert!(refused.header("message").unwrap().contains("access denied"), "{refused:?}");
+
+    // A file that does not parse, and one with a bad hash: refused, the old settings stay.
+    for bad in ["[users.bob\nthis is not toml", "[users.bob]\npassword_hash = \"not-argon2\"\n"] {
+        std::fs::write(&config, bad).unwrap();
+        let before = broker.log_len();
+        broker.signal("HUP");
+        let line = broker.log_line("reload refused", before).await;
+        assert!(line.contains("old settings stay"), "{line}");
+        let mut still = bob_at(broker.stomp).await;
+        send_receipted(&mut still, "/queue/b", "still allowed", &[]).await;
+    }
+    // Connections were never dropped by a reload.
+    send_receipted(&mut fresh, "/queue/b", "same connection", &[]).await;
 }

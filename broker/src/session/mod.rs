@@ -433,7 +433,7 @@ impl Session {
         }
         let auth = Arc::clone(&self.config.auth);
         let principal = auth.authenticate(&credentials, self.peer).await?;
-        let virtual_host = self.vhosts.resolve(&virtual_host, &principal.access).to_owned();
+        let virtual_host = self.vhosts.resolve(&virtual_host, principal.access.current()).to_owned();
         principal.may_use_vhost(&virtual_host)?;
         let router = self.vhosts.router(&virtual_host);
         let client_id = frame.header("client-id").map(str::to_owned);
@@ -553,7 +553,7 @@ impl Session {
     /// # Errors
     /// The principal may not use that virtual host.
     pub fn connect_as(&mut self, principal: Principal, host: &str) -> Result<(), StompError> {
-        let virtual_host = self.vhosts.resolve(host, &principal.access).to_owned();
+        let virtual_host = self.vhosts.resolve(host, principal.access.current()).to_owned();
         principal.may_use_vhost(&virtual_host)?;
         self.router = self.vhosts.router(&virtual_host);
         self.virtual_host = virtual_host;
