@@ -147,7 +147,8 @@ impl std::fmt::Display for MessageTooLarge {
 impl std::error::Error for MessageTooLarge {}
 
 enum ReadOutcome {
-    Data,
+    /// This many bytes were appended to the buffer (0 for a ping or pong).
+    Data(usize),
     Closed,
 }
 
@@ -215,7 +216,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport<S> {
                     0 => Ok(ReadOutcome::Closed),
                     n => {
                         read_size.observe(n, room);
-                        Ok(ReadOutcome::Data)
+                        Ok(ReadOutcome::Data(n))
                     }
                 }
             }
@@ -227,15 +228,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport<S> {
                 Some(Err(error)) => Err(io::Error::other(error)),
                 Some(Ok(Message::Text(text))) => {
                     buffer.extend_from_slice(text.as_bytes());
-                    Ok(ReadOutcome::Data)
+                    Ok(ReadOutcome::Data(text.len()))
                 }
                 Some(Ok(Message::Binary(data))) => {
                     buffer.extend_from_slice(&data);
-                    Ok(ReadOutcome::Data)
+                    Ok(ReadOutcome::Data(data.len()))
                 }
                 // Pings are answered by tungstenite on the next write or flush; any inbound
                 // traffic counts as life.
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(ReadOutcome::Data),
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(ReadOutcome::Data(0)),
                 Some(Ok(Message::Close(_))) => Ok(ReadOutcome::Closed),
             },
         }
@@ -409,9 +410,9 @@ where
                         }
                         None => (CloseReason::Io(error.to_string()), None),
                     }),
-                    Ok(ReadOutcome::Data) => {
+                    Ok(ReadOutcome::Data(read)) => {
                         last_read = Instant::now();
-                        entry.count_traffic(input.len(), 0, 0);
+                        entry.count_traffic(read, 0, 0);
                         let was_connected = session.is_connected();
                         ending = Box::pin(process_input(&mut session, &mut decoder, &mut input, &mut replies, entry, &settings.metrics)).await;
                         pending.extend(replies.drain(..));
