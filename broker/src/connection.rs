@@ -818,11 +818,11 @@ async fn process_input(
 /// The session's identity once it has connected, for the registry.
 fn identity_of(session: &Session) -> SessionIdentity {
     let beat = session.heart_beat();
-    let ms = |every: Option<Duration>| every.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let ms = |every: Option<Duration>| every.map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX));
     SessionIdentity {
-        user: session.principal().and_then(|p| p.name.clone()).or_else(|| session.login().map(str::to_owned)),
-        vhost: session.virtual_host().to_owned(),
-        version: session.version().as_str(),
+        user: session.principal().and_then(|p| p.name.as_deref()).or_else(|| session.login()).map(Box::from),
+        vhost: Arc::clone(session.router().vhost_name()),
+        version: session.version(),
         heartbeat_send_ms: ms(beat.send_every),
         heartbeat_receive_ms: ms(beat.expect_every),
     }

@@ -15,28 +15,28 @@
 //! task already waits on: the task then sends the client an ERROR carrying the reason and
 //! closes, exactly as for its own errors. No extra wait point is added to the connection.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::destination::outbox::Outbox;
 use crate::error::ErrorKind;
 use crate::http::metrics::TransportKind;
 
-/// Who a connection is, learnt at CONNECT.
+/// Who a connection is, learnt at CONNECT. Kept small, since every connection has one: the
+/// virtual host's name is the router's own `Arc`.
 #[derive(Debug, Clone)]
 pub struct SessionIdentity {
     /// The user (`None`: anonymous).
-    pub user: Option<String>,
+    pub user: Option<Box<str>>,
     /// The virtual host.
-    pub vhost: String,
-    /// The negotiated STOMP version (`1.2`).
-    pub version: &'static str,
+    pub vhost: Arc<str>,
+    /// The negotiated STOMP version.
+    pub version: stampede_protocol::Version,
     /// Heart-beat the broker sends, in ms (0 = none).
-    pub heartbeat_send_ms: u64,
+    pub heartbeat_send_ms: u32,
     /// Heart-beat the broker expects, in ms (0 = none).
-    pub heartbeat_receive_ms: u64,
+    pub heartbeat_receive_ms: u32,
 }
 
 /// Why a connection is being closed from outside, and the ERROR its client gets.
@@ -61,7 +61,10 @@ pub struct ConnectionEntry {
     pub connected_at_ms: u64,
     outbox: Arc<Outbox>,
     identity: OnceLock<SessionIdentity>,
-    close: OnceLock<CloseRequest>,
+    /// Boxed: rare, and inline it would enlarge every entry.
+    close: OnceLock<Box<CloseRequest>>,
+    /// Where it is in the registry's list (kept up to date under the registry's lock).
+    slot: AtomicUsize,
     /// Bytes read from the socket (WebSocket payloads for WebSocket).
     pub bytes_in: AtomicU64,
     /// Bytes written to the socket (before WebSocket framing).
@@ -95,7 +98,7 @@ impl ConnectionEntry {
     /// Asks the connection to close with an ERROR saying `request.message`. Returns false when a
     /// close was already asked for (the first reason stands).
     pub fn request_close(&self, request: CloseRequest) -> bool {
-        let first = self.close.set(request).is_ok();
+        let first = self.close.set(Box::new(request)).is_ok();
         if first {
             self.outbox.wake();
         }
@@ -104,7 +107,7 @@ impl ConnectionEntry {
 
     /// The close asked for from outside, if any.
     pub fn close_requested(&self) -> Option<&CloseRequest> {
-        self.close.get()
+        self.close.get().map(|request| &**request)
     }
 
     /// Adds one loop turn's traffic.
@@ -119,10 +122,11 @@ impl ConnectionEntry {
     }
 }
 
-/// Every open client connection of the broker.
+/// Every open client connection of the broker: a list rather than a map, since every
+/// connection pays for its slot and only the rare lookup by id (an API request) needs a search.
 #[derive(Debug, Default)]
 pub struct ConnectionRegistry {
-    entries: Mutex<HashMap<Arc<str>, Arc<ConnectionEntry>>>,
+    entries: Mutex<Vec<Arc<ConnectionEntry>>>,
 }
 
 /// Removes its entry from the registry when dropped (the connection task holds it).
@@ -135,7 +139,14 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.registry.lock().remove(&self.entry.id);
+        let mut entries = self.registry.lock();
+        let slot = self.entry.slot.load(Ordering::Relaxed);
+        if entries.get(slot).is_some_and(|entry| Arc::ptr_eq(entry, &self.entry)) {
+            entries.swap_remove(slot);
+            if let Some(moved) = entries.get(slot) {
+                moved.slot.store(slot, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -145,7 +156,7 @@ impl ConnectionRegistry {
         Arc::new(ConnectionRegistry::default())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<ConnectionEntry>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<ConnectionEntry>>> {
         // Every critical section is one insert, remove or copy: poisoning leaves nothing torn.
         self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -166,6 +177,7 @@ impl ConnectionRegistry {
             outbox,
             identity: OnceLock::new(),
             close: OnceLock::new(),
+            slot: AtomicUsize::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             frames_in: AtomicU64::new(0),
@@ -173,18 +185,21 @@ impl ConnectionRegistry {
             subscriptions: AtomicU32::new(0),
             pending_acks: AtomicU32::new(0),
         });
-        self.lock().insert(id, Arc::clone(&entry));
+        let mut entries = self.lock();
+        entry.slot.store(entries.len(), Ordering::Relaxed);
+        entries.push(Arc::clone(&entry));
+        drop(entries);
         Registration { registry: Arc::clone(self), entry }
     }
 
     /// The connection `id`, if it is open.
     pub fn get(&self, id: &str) -> Option<Arc<ConnectionEntry>> {
-        self.lock().get(id).cloned()
+        self.lock().iter().find(|entry| &*entry.id == id).cloned()
     }
 
     /// Every open connection now (the lock is held only to copy the handles).
     pub fn snapshot(&self) -> Vec<Arc<ConnectionEntry>> {
-        self.lock().values().cloned().collect()
+        self.lock().clone()
     }
 
     /// Open connections now.
@@ -212,6 +227,22 @@ mod tests {
         drop(registration);
         assert!(registry.is_empty());
         assert!(registry.get("a").is_none());
+    }
+
+    #[test]
+    fn removing_one_keeps_every_other_findable() {
+        let registry = ConnectionRegistry::new();
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let mut held: Vec<Option<Registration>> = (0..5)
+            .map(|i| Some(registry.register(Arc::from(format!("c{i}")), peer, TransportKind::Tcp, Outbox::new(1))))
+            .collect();
+        held[1] = None;
+        held[0] = None;
+        held[4] = None;
+        assert_eq!(registry.len(), 2);
+        assert!(registry.get("c2").is_some() && registry.get("c3").is_some());
+        held.clear();
+        assert!(registry.is_empty());
     }
 
     #[test]

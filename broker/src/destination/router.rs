@@ -331,6 +331,11 @@ impl Router {
     }
 
     /// The virtual host this router serves.
+    pub fn vhost_name(&self) -> &Arc<str> {
+        &self.vhost
+    }
+
+    /// The name of this router's virtual host.
     pub fn vhost(&self) -> &str {
         &self.vhost
     }

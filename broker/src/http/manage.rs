@@ -249,11 +249,11 @@ impl ConnectionView {
             id: entry.id.to_string(),
             peer: entry.peer.to_string(),
             transport: entry.transport.as_str(),
-            user: identity.and_then(|i| i.user.clone()),
-            vhost: identity.map(|i| i.vhost.clone()),
-            stomp_version: identity.map(|i| i.version),
-            heartbeat_send_ms: identity.map_or(0, |i| i.heartbeat_send_ms),
-            heartbeat_receive_ms: identity.map_or(0, |i| i.heartbeat_receive_ms),
+            user: identity.and_then(|i| i.user.as_deref().map(str::to_owned)),
+            vhost: identity.map(|i| i.vhost.to_string()),
+            stomp_version: identity.map(|i| i.version.as_str()),
+            heartbeat_send_ms: identity.map_or(0, |i| u64::from(i.heartbeat_send_ms)),
+            heartbeat_receive_ms: identity.map_or(0, |i| u64::from(i.heartbeat_receive_ms)),
             subscriptions: entry.subscriptions.load(Relaxed),
             pending_acks: entry.pending_acks.load(Relaxed),
             bytes_in: entry.bytes_in.load(Relaxed),
@@ -298,7 +298,7 @@ async fn list_connections(
         use std::sync::atomic::Ordering::Relaxed;
         let id = entry.id.to_string();
         match sort.as_str() {
-            "user" => Key::Text(entry.identity().and_then(|i| i.user.clone()).unwrap_or_default(), id),
+            "user" => Key::Text(entry.identity().and_then(|i| i.user.as_deref()).unwrap_or_default().to_owned(), id),
             "peer" => Key::Text(entry.peer.to_string(), id),
             "connected_at" => Key::Number(entry.connected_at_ms, id),
             "bytes_in" => Key::Number(entry.bytes_in.load(Relaxed), id),

@@ -336,6 +336,11 @@ impl Session {
         self.subscriptions.len()
     }
 
+    /// The router of the session's virtual host.
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
     /// Deliveries the client has not yet acknowledged.
     pub fn pending_ack_count(&self) -> usize {
         self.ack_owner.len()
