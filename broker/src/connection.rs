@@ -41,7 +41,8 @@ use crate::destination::outbox::{Delivery, Outbox};
 use crate::destination::queue::Outcome;
 use crate::destination::vhost::VirtualHosts;
 use crate::error::{ErrorKind, StompError};
-use crate::http::metrics::{DropReason, Metrics};
+use crate::http::metrics::{DropReason, Metrics, TransportKind};
+use crate::registry::{ConnectionEntry, ConnectionRegistry, SessionIdentity};
 use crate::session::{AutoAck, Flow, Reply, Session, SessionConfig};
 
 /// Settings every connection task reads.
@@ -92,6 +93,10 @@ pub struct ConnectionContext {
     pub shutdown: CancellationToken,
     /// Credentials from this connection's WebSocket upgrade request (HTTP Basic or Bearer).
     pub upgrade_credentials: Option<crate::security::auth::Credentials>,
+    /// Where open connections are listed (management API, drain).
+    pub registry: Arc<ConnectionRegistry>,
+    /// How this connection reached the broker.
+    pub transport: TransportKind,
 }
 
 /// Why a connection ended, recorded once, at the task boundary.
@@ -142,7 +147,8 @@ impl std::fmt::Display for MessageTooLarge {
 impl std::error::Error for MessageTooLarge {}
 
 enum ReadOutcome {
-    Data,
+    /// This many bytes were appended to the buffer (0 for a ping or pong).
+    Data(usize),
     Closed,
 }
 
@@ -210,7 +216,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport<S> {
                     0 => Ok(ReadOutcome::Closed),
                     n => {
                         read_size.observe(n, room);
-                        Ok(ReadOutcome::Data)
+                        Ok(ReadOutcome::Data(n))
                     }
                 }
             }
@@ -222,15 +228,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport<S> {
                 Some(Err(error)) => Err(io::Error::other(error)),
                 Some(Ok(Message::Text(text))) => {
                     buffer.extend_from_slice(text.as_bytes());
-                    Ok(ReadOutcome::Data)
+                    Ok(ReadOutcome::Data(text.len()))
                 }
                 Some(Ok(Message::Binary(data))) => {
                     buffer.extend_from_slice(&data);
-                    Ok(ReadOutcome::Data)
+                    Ok(ReadOutcome::Data(data.len()))
                 }
                 // Pings are answered by tungstenite on the next write or flush; any inbound
                 // traffic counts as life.
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(ReadOutcome::Data),
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(ReadOutcome::Data(0)),
                 Some(Ok(Message::Close(_))) => Ok(ReadOutcome::Closed),
             },
         }
@@ -355,7 +361,9 @@ where
     let mut session = Session::new(Arc::clone(&session_id), context.session, context.vhosts, Arc::clone(&outbox));
     session.set_peer(peer.ip());
     session.set_upgrade_credentials(context.upgrade_credentials);
+    let registration = context.registry.register(Arc::clone(&session_id), peer, context.transport, Arc::clone(&outbox));
     async move {
+        let entry = &registration.entry;
         let mut decoder = Decoder::new(settings.frame_limits);
         let mut input = BytesMut::new();
         let mut read_size = ReadSize(ReadSize::MIN);
@@ -402,18 +410,28 @@ where
                         }
                         None => (CloseReason::Io(error.to_string()), None),
                     }),
-                    Ok(ReadOutcome::Data) => {
+                    Ok(ReadOutcome::Data(read)) => {
                         last_read = Instant::now();
+                        entry.count_traffic(read, 0, 0);
                         let was_connected = session.is_connected();
-                        ending = Box::pin(process_input(&mut session, &mut decoder, &mut input, &mut replies, &settings.metrics)).await;
+                        ending = Box::pin(process_input(&mut session, &mut decoder, &mut input, &mut replies, entry, &settings.metrics)).await;
                         pending.extend(replies.drain(..));
                         if !was_connected && session.is_connected() {
                             token_expiry = session.principal().and_then(|principal| principal.expires_at).map(deadline_at_unix_secs);
+                            entry.set_identity(identity_of(&session));
                         }
+                        observe(entry, &session);
                     }
                 },
                 () = outbox.ready() => {
-                    if outbox.is_slow_consumer() {
+                    if let Some(request) = entry.close_requested() {
+                        let error = StompError::of_kind(request.kind, request.message.clone(), close_detail(request.kind));
+                        ending = Some(if request.kind == ErrorKind::Shutdown {
+                            (CloseReason::ServerShutdown, Some(Box::new(error)))
+                        } else {
+                            fail(error)
+                        });
+                    } else if outbox.is_slow_consumer() {
                         let error = StompError::limit("outbox bytes of a slow consumer", settings.max_outbox_bytes, "max_outbox_bytes");
                         ending = Some((CloseReason::SlowConsumer, Some(Box::new(error))));
                     } else if outbox.has_failed() {
@@ -438,6 +456,7 @@ where
                                 settings.metrics.message_delivered();
                             }
                         }
+                        observe(entry, &session);
                     }
                 },
                 () = &mut timer => {
@@ -514,6 +533,7 @@ where
                 output.frames.clear();
             }
             if !output.is_empty() {
+                entry.count_traffic(0, output.bytes.len(), output.frames.len());
                 match timeout(settings.write_timeout, Box::pin(transport.write(&mut output))).await {
                     Ok(Ok(())) => last_write = Instant::now(),
                     Ok(Err(error)) => break CloseReason::Io(error.to_string()),
@@ -557,6 +577,7 @@ where
         };
 
         Box::pin(session.close()).await;
+        drop(registration);
         // The drop-oldest slow-consumer policy loses messages on purpose; say how many.
         let dropped = outbox.dropped();
         settings.metrics.messages_dropped(DropReason::SlowConsumer, dropped);
@@ -751,6 +772,7 @@ async fn process_input(
     decoder: &mut Decoder,
     input: &mut BytesMut,
     replies: &mut Vec<Reply>,
+    entry: &ConnectionEntry,
     metrics: &Metrics,
 ) -> Option<Ending> {
     loop {
@@ -759,6 +781,7 @@ async fn process_input(
             Ok(Some(Item::HeartBeat)) => {}
             Ok(Some(Item::Frame(frame))) => {
                 metrics.frame_received(frame.command);
+                entry.frames_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let was_connected = session.is_connected();
                 match session.handle(frame, replies).await {
                     Ok(Flow::Continue) => {
@@ -789,6 +812,35 @@ async fn process_input(
                 return Some(fail(stomp));
             }
         }
+    }
+}
+
+/// The session's identity once it has connected, for the registry.
+fn identity_of(session: &Session) -> SessionIdentity {
+    let beat = session.heart_beat();
+    let ms = |every: Option<Duration>| every.map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX));
+    SessionIdentity {
+        user: session.principal().and_then(|p| p.name.as_deref()).or_else(|| session.login()).map(Box::from),
+        vhost: Arc::clone(session.router().vhost_name()),
+        version: session.version(),
+        heartbeat_send_ms: ms(beat.send_every),
+        heartbeat_receive_ms: ms(beat.expect_every),
+    }
+}
+
+/// Stores the session's counts in its registry entry.
+fn observe(entry: &ConnectionEntry, session: &Session) {
+    use std::sync::atomic::Ordering::Relaxed;
+    entry.subscriptions.store(u32::try_from(session.subscription_count()).unwrap_or(u32::MAX), Relaxed);
+    entry.pending_acks.store(u32::try_from(session.pending_ack_count()).unwrap_or(u32::MAX), Relaxed);
+}
+
+/// The ERROR's `message` body for a close asked for from outside.
+fn close_detail(kind: ErrorKind) -> &'static str {
+    if kind == ErrorKind::Shutdown {
+        "The broker is shutting down; reconnect later."
+    } else {
+        "An administrator closed this connection."
     }
 }
 

@@ -21,6 +21,8 @@
 //! - [`http`]: the management listener: JSON API, Prometheus metrics, health probes.
 //! - [`bridge`]: webhooks (queues delivered to HTTP backends) and STOMP bridges to other
 //!   brokers, both consumers inside the broker.
+//! - [`registry`]: the open connections, for the API and the drain.
+//! - [`ctl`]: `stampede ctl`, the admin command line over the management API.
 //!
 //! Cluster mode (`cluster/`) joins these as a folder of its own.
 //!
@@ -32,16 +34,21 @@
 //!    table (`Router::topics`), never two of these at once except `queues` then `creators`,
 //! 3. one topic's subscribers (`Topic::subscribers`),
 //! 4. one connection's outbox (`Outbox::state`).
+//!
+//! The connection registry (`ConnectionRegistry::entries`) and the authenticator's user table
+//! (`Authenticator::table`) are leaves: nothing else is taken while either is held.
 #![forbid(unsafe_code)]
 
 pub mod bridge;
 pub mod config;
 pub mod connection;
+pub mod ctl;
 pub mod destination;
 pub mod disk;
 pub mod error;
 pub mod http;
 pub mod listener;
+pub mod registry;
 pub mod security;
 pub mod server;
 pub mod session;

@@ -14,7 +14,11 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run().await {
+    let cli = Cli::parse();
+    if let Some(Command::Ctl(args)) = &cli.command {
+        return ctl(&cli, args).await;
+    }
+    match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("stampede: {}", describe(&error));
@@ -23,8 +27,21 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// `stampede ctl`: the management address comes from the same configuration the broker reads,
+/// unless `--url` names one.
+async fn ctl(cli: &Cli, args: &stampede_broker::ctl::CtlArgs) -> ExitCode {
+    let http_addr = match cli.resolve_with(&config::environment()) {
+        Ok(config) => config.http_addr,
+        Err(_) if args.url.is_some() => None,
+        Err(error) => {
+            eprintln!("stampede ctl: {error} (or give --url)");
+            return ExitCode::from(stampede_broker::ctl::Exit::Usage as u8);
+        }
+    };
+    stampede_broker::ctl::main(args, http_addr).await
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(Command::Passwd { password }) = &cli.command {
         return passwd(password.clone());
     }
@@ -49,14 +66,77 @@ async fn run() -> anyhow::Result<()> {
     fit_file_limit(&mut config);
     // Registered before the listeners open: a SIGTERM that arrives while the broker is still
     // starting must shut it down in order, not kill it.
-    let signals = ShutdownSignals::register();
+    let mut signals = ShutdownSignals::register();
+    let mut hangups = Hangups::register();
     let broker = start(&config).await?;
     tokio::spawn(return_freed_memory());
-    signals.wait().await;
-    tracing::info!("shutting down");
-    broker.shutdown(Duration::from_secs(10)).await;
+    loop {
+        tokio::select! {
+            () = signals.next() => break,
+            () = hangups.next() => reload(&cli, &broker),
+        }
+    }
+    // The drain and everything after it fit in shutdown_timeout_ms (validated: the drain is
+    // shorter); a second signal cuts both short, the store flush excepted.
+    let began = std::time::Instant::now();
+    let timeout = Duration::from_millis(config.shutdown_timeout_ms);
+    let spread = Duration::from_millis(config.shutdown_drain_ms);
+    tracing::info!("shutting down (a second SIGTERM or Ctrl-C stops at once)");
+    let hurried = tokio::select! {
+        () = broker.drain(spread) => false,
+        () = signals.next() => true,
+    };
+    if hurried {
+        tracing::warn!("second signal: stopping now (the store is still flushed)");
+        broker.shutdown(stampede_broker::server::HURRIED_STOP).await;
+    } else {
+        broker.shutdown_unless(timeout.saturating_sub(began.elapsed()), signals.next()).await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGHUP: reads the configuration again (file, environment, flags) and applies its users and
+/// permissions; a bad file is refused with a log line and the old settings stay.
+fn reload(cli: &Cli, broker: &stampede_broker::RunningBroker) {
+    let file = cli.config.as_ref().map_or_else(|| "(no file)".to_owned(), |path| path.display().to_string());
+    let config = match cli.resolve_with(&config::environment()) {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::warn!("configuration reload refused, the old settings stay: {error}");
+            return;
+        }
+    };
+    match broker.reload(&config) {
+        Ok(users) => tracing::info!(users, %file, "configuration reloaded: users and permissions"),
+        Err(error) => tracing::warn!("configuration reload refused, the old settings stay: {error}"),
+    }
+}
+
+/// SIGHUP, listened to from the moment it is registered (never, where there is none).
+struct Hangups {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangups {
+    fn register() -> Hangups {
+        #[cfg(unix)]
+        {
+            Hangups { signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok() }
+        }
+        #[cfg(not(unix))]
+        Hangups {}
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(signal) = &mut self.signal {
+            signal.recv().await;
+            return;
+        }
+        std::future::pending::<()>().await
+    }
 }
 
 /// The error and those of its causes that its message does not already contain.
@@ -130,8 +210,8 @@ impl ShutdownSignals {
         ShutdownSignals {}
     }
 
-    /// Waits for the first of them.
-    async fn wait(mut self) {
+    /// Waits for the next of them.
+    async fn next(&mut self) {
         #[cfg(unix)]
         {
             async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {

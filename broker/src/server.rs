@@ -31,18 +31,23 @@ use crate::config::{Config, StorageKind};
 use crate::connection::{self, ConnectionContext, ConnectionSettings, Transport};
 use crate::destination::router::Router;
 use crate::destination::vhost::{RouterSettings, VirtualHosts};
+use crate::error::ErrorKind;
 use crate::error::StompError;
 use crate::http::health::Readiness;
 use crate::http::metrics::{Exporter, Metrics, Sources, TransportKind};
 use crate::http::{HttpState, ListenerInfo};
 use crate::listener::fallback::{self, FallbackRequest, FallbackSessions};
 use crate::listener::public_http::{self, Replayed, Routed};
+use crate::registry::{CloseRequest, ConnectionRegistry};
 use crate::security::auth::{Authenticator, Credentials};
 use crate::security::{AddressPermit, PerAddress};
 use stampede_storage::{MemoryStore, SledStore, Store};
 
 /// Most refusals (ERROR frames to connections over a limit) being written at once.
 pub const MAX_REFUSALS: usize = 256;
+
+/// How long queues get to stop when a shutdown is hurried by a second signal.
+pub const HURRIED_STOP: Duration = Duration::from_millis(500);
 
 /// A broker that is accepting connections.
 pub struct RunningBroker {
@@ -66,7 +71,10 @@ pub struct RunningBroker {
     auth: Arc<Authenticator>,
     per_address: Arc<PerAddress>,
     vhosts: Arc<VirtualHosts>,
+    registry: Arc<ConnectionRegistry>,
     shutdown: CancellationToken,
+    /// Cancelled when the listeners stop accepting (a drain), before `shutdown`.
+    accepting: CancellationToken,
     tasks: TaskTracker,
     store: Arc<dyn Store>,
 }
@@ -109,21 +117,79 @@ impl RunningBroker {
         self.readiness.start_draining();
     }
 
+    /// The open client connections.
+    pub fn connections(&self) -> &Arc<ConnectionRegistry> {
+        &self.registry
+    }
+
     /// Open connections from `ip`, as counted for `max_connections_per_ip`.
     pub fn connections_from(&self, ip: std::net::IpAddr) -> usize {
         self.per_address.count(ip)
+    }
+
+    /// Reloads the users and their permissions from `config` (SIGHUP), without dropping any
+    /// connection. Everything is checked first: on an error nothing changes. Returns the number
+    /// of users now.
+    ///
+    /// # Errors
+    /// The configuration is invalid, a password hash is unusable, or the change would turn
+    /// authentication on or off (that needs a restart).
+    pub fn reload(&self, config: &Config) -> Result<usize, StartError> {
+        config.validate().map_err(|e| StartError::Config(e.to_string()))?;
+        self.auth.reload(config).map_err(|e| StartError::Config(e.to_string()))
+    }
+
+    /// Drains the broker (lame duck): `/readyz` answers 503 at once, the STOMP and WebSocket
+    /// listeners stop accepting (the management listener stays up, so the 503 can be seen),
+    /// and every open connection is closed with an ERROR `server shutting down` (WebSocket
+    /// close 1012, service restart), the closes spread evenly over `spread` so that clients do
+    /// not all reconnect at the same instant (NATS's lame-duck mode). Returns once every
+    /// connection open at the start was asked to close; [`RunningBroker::shutdown`] follows.
+    pub async fn drain(&self, spread: Duration) {
+        self.start_draining();
+        self.accepting.cancel();
+        let connections = self.registry.snapshot();
+        let count = connections.len();
+        info!(connections = count, "draining: listeners closed, closing connections over {spread:?}");
+        let started = Instant::now();
+        for (index, entry) in connections.iter().enumerate() {
+            // Connection `index` is due at its share of the spread; those already due go in
+            // one batch, so many connections need not one timer each.
+            let due = started + spread.mul_f64(index as f64 / count as f64);
+            if due > Instant::now() {
+                tokio::time::sleep_until(due).await;
+            }
+            entry.request_close(CloseRequest { kind: ErrorKind::Shutdown, message: "server shutting down".to_owned() });
+        }
     }
 
     /// Stops accepting, tells every client, waits for the connections to end, stops every queue
     /// (their last writes reach the store), waits for every task they started, and flushes the
     /// store: all within one `deadline`.
     pub async fn shutdown(self, deadline: Duration) {
-        let deadline = tokio::time::Instant::now() + deadline;
+        self.shutdown_unless(deadline, std::future::pending()).await;
+    }
+
+    /// [`RunningBroker::shutdown`], cut short when `hurry` completes (a second signal): then
+    /// the broker stops waiting for connections, gives its queues [`HURRIED_STOP`] to hand
+    /// their last writes to the store, and flushes it. Receipted persistent messages were
+    /// stored before their receipts, so hurrying loses none of them.
+    pub async fn shutdown_unless(self, deadline: Duration, hurry: impl std::future::Future<Output = ()>) {
+        let mut deadline = tokio::time::Instant::now() + deadline;
         self.start_draining();
         self.shutdown.cancel();
         self.tasks.close();
-        if tokio::time::timeout_at(deadline, self.tasks.wait()).await.is_err() {
-            warn!(open = self.tasks.len(), "shutdown deadline passed with connections still open");
+        tokio::pin!(hurry);
+        tokio::select! {
+            waited = tokio::time::timeout_at(deadline, self.tasks.wait()) => {
+                if waited.is_err() {
+                    warn!(open = self.tasks.len(), "shutdown deadline passed with connections still open");
+                }
+            }
+            () = &mut hurry => {
+                warn!(open = self.tasks.len(), "second signal: stopping now (the store is still flushed)");
+                deadline = deadline.min(tokio::time::Instant::now() + HURRIED_STOP);
+            }
         }
         self.vhosts.stop_queues(deadline).await;
         drop(self.vhosts);
@@ -260,6 +326,8 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
     }
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let registry = ConnectionRegistry::new();
+    let accepting = shutdown.child_token();
     let mut session = config.session_config();
     session.auth = Arc::clone(&auth);
     session.metrics = Arc::clone(&metrics);
@@ -273,6 +341,8 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
         vhosts: Arc::clone(&vhosts),
         shutdown: shutdown.clone(),
         upgrade_credentials: None,
+        registry: Arc::clone(&registry),
+        transport: TransportKind::Tcp,
     };
     let per_address = PerAddress::new(config.max_connections_per_ip, config.max_connections_per_ip_loopback);
     let shared = Arc::new(Shared {
@@ -296,6 +366,7 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
             tasks.clone(),
             shutdown.clone(),
         )),
+        accepting: accepting.clone(),
     });
 
     let plain_listeners = !config.require_tls;
@@ -370,6 +441,9 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
             started,
             listeners,
             metrics_public: config.metrics_public,
+            registry: Arc::clone(&registry),
+            session: Arc::clone(&shared.context.session),
+            max_body: config.max_body,
         });
         let app = crate::http::app(state);
         if let (Some(listener), Some(addr)) = (http, http_addr) {
@@ -409,7 +483,9 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
         auth,
         per_address,
         vhosts,
+        registry,
         shutdown,
+        accepting,
         tasks,
         store,
     })
@@ -514,6 +590,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// Sessions of the HTTP fallback (SSE and POST) on the WebSocket port.
     fallback: Arc<FallbackSessions>,
+    /// Cancelled when the accept loops must stop (a drain, or shutdown).
+    accepting: CancellationToken,
 }
 
 /// Session ids: 128 bits from the operating system's random source each. Temporary queue names
@@ -549,7 +627,7 @@ async fn accept_loop(listener: TcpListener, kind: Listener, shared: Arc<Shared>)
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = shared.context.shutdown.cancelled() => return,
+            () = shared.accepting.cancelled() => return,
         };
         let (stream, peer) = match accepted {
             Ok(pair) => {
@@ -602,17 +680,17 @@ fn handle(
     async move {
         let deadline = Instant::now() + shared.handshake_timeout;
         let connection: Option<Connection> = match &kind {
-            Listener::Stomp => Some(serve(Transport::Stream(stream), None, peer, id, &shared)),
+            Listener::Stomp => Some(serve(Transport::Stream(stream), None, peer, id, kind.transport(), &shared)),
             Listener::WebSocket => {
                 let handshaken = Box::pin(plain_websocket(stream, peer, &shared.ws, deadline)).await;
-                after_http(handshaken, peer, id, &shared).await
+                after_http(handshaken, peer, id, kind.transport(), &shared).await
             }
             Listener::StompTls(acceptor) => Box::pin(tls_handshake(acceptor, stream, peer, deadline))
                 .await
-                .map(|tls| serve(Transport::Stream(tls), None, peer, id, &shared)),
+                .map(|tls| serve(Transport::Stream(tls), None, peer, id, kind.transport(), &shared)),
             Listener::Wss(acceptor) => {
                 let handshaken = Box::pin(secure_websocket(acceptor, stream, peer, &shared.ws, deadline)).await;
-                after_http(handshaken, peer, id, &shared).await
+                after_http(handshaken, peer, id, kind.transport(), &shared).await
             }
         };
         if let Some(connection) = connection {
@@ -641,10 +719,11 @@ async fn after_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     handshaken: Option<Handshaken<S>>,
     peer: SocketAddr,
     id: Arc<str>,
+    kind: TransportKind,
     shared: &Arc<Shared>,
 ) -> Option<Connection> {
     match handshaken? {
-        Handshaken::WebSocket(transport, credentials) => Some(serve(transport, credentials, peer, id, shared)),
+        Handshaken::WebSocket(transport, credentials) => Some(serve(transport, credentials, peer, id, kind, shared)),
         Handshaken::Fallback(request, stream) => {
             let open = |peer: SocketAddr| open_fallback_session(shared, peer);
             if let Err(error) = Box::pin(shared.fallback.serve(request, stream, peer, &open)).await {
@@ -666,7 +745,7 @@ fn open_fallback_session(shared: &Arc<Shared>, peer: SocketAddr) -> Result<tokio
     };
     let (theirs, ours) = fallback::pipe();
     let id = shared.ids.next();
-    let connection = serve(Transport::Stream(theirs), None, peer, id, shared);
+    let connection = serve(Transport::Stream(theirs), None, peer, id, TransportKind::Sse, shared);
     let metrics = Arc::clone(&shared.metrics);
     shared.tasks.spawn(async move {
         metrics.connection_opened(TransportKind::Sse);
@@ -686,9 +765,10 @@ fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     credentials: Option<Credentials>,
     peer: SocketAddr,
     id: Arc<str>,
+    kind: TransportKind,
     shared: &Shared,
 ) -> Connection {
-    let context = ConnectionContext { upgrade_credentials: credentials, ..shared.context.clone() };
+    let context = ConnectionContext { upgrade_credentials: credentials, transport: kind, ..shared.context.clone() };
     Box::pin(connection::serve(transport, peer, id, context))
 }
 

@@ -17,6 +17,7 @@ mod features;
 mod first_hour;
 mod fsync;
 mod hostile;
+mod management_api;
 mod messaging;
 mod operations;
 mod security;

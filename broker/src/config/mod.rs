@@ -73,6 +73,13 @@ pub struct Config {
     pub connect_timeout_ms: u64,
     /// Longest one socket write may take, in ms.
     pub write_timeout_ms: u64,
+    /// On SIGTERM, the connections are closed (ERROR `server shutting down`, WebSocket close
+    /// 1012) spread over this many ms, so a rolling restart does not make every client
+    /// reconnect at the same instant; 0 closes them all at once.
+    pub shutdown_drain_ms: u64,
+    /// Longest a shutdown takes in all, in ms: the drain, then waiting for connections and
+    /// queues, then the store flush.
+    pub shutdown_timeout_ms: u64,
 
     /// Longest header line, in bytes.
     #[serde(with = "crate::config::values::serde_with::size")]
@@ -376,6 +383,8 @@ impl Default for Config {
             heartbeat_grace: 3.0,
             ws_ping_interval_ms: 30_000,
             connect_timeout_ms: 10_000,
+            shutdown_drain_ms: 5_000,
+            shutdown_timeout_ms: 10_000,
             write_timeout_ms: 30_000,
             max_header_line: limits.max_header_line,
             max_headers: limits.max_headers,
@@ -545,6 +554,12 @@ impl Config {
         self.log_filter()?;
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::Invalid("tls_cert and tls_key must be given together".to_owned()));
+        }
+        if self.shutdown_drain_ms >= self.shutdown_timeout_ms {
+            return Err(ConfigError::Invalid(format!(
+                "shutdown_drain_ms ({}) must be below shutdown_timeout_ms ({}): the drain is part of the shutdown, which also waits for connections and flushes the store",
+                self.shutdown_drain_ms, self.shutdown_timeout_ms
+            )));
         }
         if self.require_tls && !self.tls_enabled() {
             return Err(ConfigError::Invalid("require_tls needs tls_cert and tls_key".to_owned()));
@@ -809,6 +824,8 @@ pub enum Command {
         #[arg(long)]
         env: bool,
     },
+    /// Manage a running broker over its management API (`stampede ctl --help`).
+    Ctl(crate::ctl::CtlArgs),
     /// Print an argon2 hash of a password for the `users` table. The password is read from
     /// standard input (prompted for without echo on a terminal).
     Passwd {
@@ -932,6 +949,8 @@ pub fn unknown_variables(environment: &[(String, String)]) -> Vec<String> {
     environment
         .iter()
         .filter(|(name, _)| name.starts_with(ENV_PREFIX) && name != CONFIG_VARIABLE)
+        // `stampede ctl`'s own variables (URL and credentials), not configuration keys.
+        .filter(|(name, _)| !name.starts_with(crate::ctl::ENV_PREFIX))
         .filter(|(name, _)| !keys.contains(&name[ENV_PREFIX.len()..].to_ascii_lowercase().as_str()))
         .map(|(name, _)| name.clone())
         .collect()

@@ -254,6 +254,17 @@ impl Outbox {
         self.ready.notify_one();
     }
 
+    /// Wakes the connection without a delivery (it then checks whether it was asked to close,
+    /// see [`crate::registry`]).
+    pub fn wake(&self) {
+        self.ready.notify_one();
+    }
+
+    /// Bytes of deliveries waiting to be written now.
+    pub fn queued_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
     /// True once [`Outbox::fail`] was called.
     pub fn has_failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)

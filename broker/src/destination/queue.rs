@@ -269,6 +269,18 @@ enum Command {
         consumer: u64,
     },
     SetDefaultTtl(u64),
+    /// Management: drop every waiting message (unacknowledged ones stay), answer how many.
+    Purge(oneshot::Sender<usize>),
+    /// Management: copies of the first `count` waiting messages, taking nothing.
+    Peek {
+        count: usize,
+        reply: oneshot::Sender<Vec<QueuedMessage>>,
+    },
+    /// Management: drop the waiting messages with these ids (moved elsewhere), answer how many.
+    RemoveWaiting {
+        ids: Vec<u64>,
+        done: oneshot::Sender<usize>,
+    },
     Shutdown {
         forget: bool,
         done: oneshot::Sender<()>,
@@ -289,6 +301,8 @@ struct Shared {
     unacked: AtomicUsize,
     consumers: AtomicUsize,
     dropped: AtomicU64,
+    /// Whether persistent messages go to the store.
+    durable: bool,
     /// The outboxes of the consumers attached now, so that if the actor panics (and its state
     /// is lost) their connections can still be told.
     consumer_outboxes: Mutex<Vec<(u64, Weak<Outbox>)>>,
@@ -406,17 +420,19 @@ impl QueueHandle {
     ) -> QueueHandle {
         let (mailbox, inbox) = mpsc::channel(MAILBOX);
         let (settlements, settlement_inbox) = mpsc::unbounded_channel();
+        let persistence = persistence.filter(|_| settings.durable);
+        let durable = persistence.is_some();
         let shared = Arc::new(Shared {
             name: Arc::clone(&name),
             depth: AtomicUsize::new(recovered.len()),
             unacked: AtomicUsize::new(0),
             consumers: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
+            durable,
             consumer_outboxes: Mutex::new(Vec::new()),
             settlements,
         });
         let ready_bytes = recovered.iter().map(QueuedMessage::size).sum();
-        let persistence = persistence.filter(|_| settings.durable);
         let stored_as = persistence.as_ref().map(|p| p.key.clone());
         let actor = QueueActor {
             shared: Arc::clone(&shared),
@@ -486,6 +502,34 @@ impl QueueHandle {
     /// Messages dropped so far (overflow or expiry).
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// True when its persistent messages are stored.
+    pub fn is_durable(&self) -> bool {
+        self.shared.durable
+    }
+
+    /// Drops every waiting message (unacknowledged ones are not touched); returns how many.
+    pub async fn purge(&self) -> Result<usize, QueueGone> {
+        let (done, purged) = oneshot::channel();
+        self.command(Command::Purge(done)).await?;
+        purged.await.map_err(|_| QueueGone(Arc::clone(&self.shared.name)))
+    }
+
+    /// Copies of the first `count` waiting messages (expired ones skipped), in order. Nothing is
+    /// taken, delivered or counted as a delivery.
+    pub async fn peek(&self, count: usize) -> Result<Vec<QueuedMessage>, QueueGone> {
+        let (reply, peeked) = oneshot::channel();
+        self.command(Command::Peek { count, reply }).await?;
+        peeked.await.map_err(|_| QueueGone(Arc::clone(&self.shared.name)))
+    }
+
+    /// Drops the waiting messages with ids `ids` (they were moved to another queue); returns
+    /// how many it found.
+    pub async fn remove_waiting(&self, ids: Vec<u64>) -> Result<usize, QueueGone> {
+        let (done, removed) = oneshot::channel();
+        self.command(Command::RemoveWaiting { ids, done }).await?;
+        removed.await.map_err(|_| QueueGone(Arc::clone(&self.shared.name)))
     }
 
     async fn command(&self, command: Command) -> Result<(), QueueGone> {
@@ -694,6 +738,37 @@ impl QueueActor {
                     self.writes.push(Op::DefineQueue(record));
                 }
                 self.settings.default_ttl_ms = ttl;
+            }
+            Command::Purge(done) => {
+                let purged = std::mem::take(&mut self.ready);
+                self.ready_bytes = 0;
+                for message in &purged {
+                    self.forget(message);
+                }
+                self.publish_stats();
+                let _ = done.send(purged.len());
+            }
+            Command::Peek { count, reply } => {
+                let now = now_ms();
+                let copies =
+                    self.ready.iter().filter(|m| !Self::is_expired(m, now)).take(count).cloned().collect::<Vec<_>>();
+                let _ = reply.send(copies);
+            }
+            Command::RemoveWaiting { ids, done } => {
+                let ids: rustc_hash::FxHashSet<u64> = ids.into_iter().collect();
+                let waiting = std::mem::take(&mut self.ready);
+                let mut removed = 0;
+                for message in waiting {
+                    if ids.contains(&message.id) {
+                        self.ready_bytes -= message.size();
+                        self.forget(&message);
+                        removed += 1;
+                    } else {
+                        self.ready.push_back(message);
+                    }
+                }
+                self.publish_stats();
+                let _ = done.send(removed);
             }
             Command::Shutdown { .. } => {}
             #[cfg(test)]

@@ -331,6 +331,11 @@ impl Router {
     }
 
     /// The virtual host this router serves.
+    pub fn vhost_name(&self) -> &Arc<str> {
+        &self.vhost
+    }
+
+    /// The name of this router's virtual host.
     pub fn vhost(&self) -> &str {
         &self.vhost
     }
@@ -819,6 +824,40 @@ impl Router {
         self.unsubscribe_topic(&durable.registration);
         durable.queue.shutdown(true).await;
         Ok(true)
+    }
+
+    /// Every durable subscription now: (name, topic, owner, queue). The table's lock is held
+    /// only to copy them.
+    pub fn durable_subscriptions(&self) -> Vec<(String, Arc<str>, Ownership, QueueHandle)> {
+        let durables = self.durables.lock().unwrap_or_else(|p| p.into_inner());
+        durables
+            .iter()
+            .map(|(name, d)| (name.clone(), Arc::clone(&d.registration.name), d.owner.clone(), d.queue.clone()))
+            .collect()
+    }
+
+    /// Deletes durable subscription `name` and its stored messages whoever owns it (an
+    /// administrator's request). Returns false when there is none.
+    pub async fn remove_durable_subscription(&self, name: &str) -> bool {
+        let removed = self.durables.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+        let Some(durable) = removed else { return false };
+        if let Ownership::User(Some(owner)) = &durable.owner {
+            self.count_durable(owner, -1);
+        }
+        self.unsubscribe_topic(&durable.registration);
+        durable.queue.shutdown(true).await;
+        true
+    }
+
+    /// The name of the dead-letter queue of queue `name`, or `None` when `name` is itself one.
+    pub fn dead_letter_queue_name(&self, name: &str) -> Option<String> {
+        let prefix = &self.queue_settings.dead_letter_prefix;
+        (!name.starts_with(prefix.as_str())).then(|| format!("{prefix}{name}"))
+    }
+
+    /// True when `name` is a dead-letter queue's name.
+    pub fn is_dead_letter_queue(&self, name: &str) -> bool {
+        name.starts_with(self.queue_settings.dead_letter_prefix.as_str())
     }
 
     /// Number of durable subscriptions.

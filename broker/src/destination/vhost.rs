@@ -114,6 +114,14 @@ impl VirtualHosts {
         Arc::clone(router)
     }
 
+    /// The router of virtual host `name` if it exists now (never creates one).
+    pub fn existing_router(&self, name: &str) -> Option<Arc<Router>> {
+        if name == DEFAULT_VHOST {
+            return Some(Arc::clone(&self.default_router));
+        }
+        self.routers.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+
     /// The router of `/`.
     pub fn default_router(&self) -> &Arc<Router> {
         &self.default_router

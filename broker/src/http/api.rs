@@ -13,7 +13,10 @@ use crate::http::{Admin, ApiJson, ListenerInfo, SharedState};
 
 /// The routes of `/api/v1/`.
 pub fn routes() -> Router<SharedState> {
-    Router::new().route("/overview", get(overview))
+    Router::new()
+        .route("/overview", get(overview))
+        .merge(crate::http::manage::routes())
+        .merge(crate::http::publish::routes())
 }
 
 /// `GET /api/v1/overview`.

@@ -16,7 +16,9 @@
 
 pub mod api;
 pub mod health;
+pub mod manage;
 pub mod metrics;
+pub mod publish;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,6 +69,12 @@ pub struct HttpState {
     pub listeners: Vec<ListenerInfo>,
     /// `/metrics`, `/healthz` and `/readyz` need no credentials.
     pub metrics_public: bool,
+    /// The open client connections.
+    pub registry: Arc<crate::registry::ConnectionRegistry>,
+    /// What the sessions of HTTP publishes are built with (those of STOMP clients).
+    pub session: Arc<crate::session::SessionConfig>,
+    /// Largest body one published message may have (`max_body`).
+    pub max_body: usize,
 }
 
 impl std::fmt::Debug for HttpState {
@@ -242,6 +250,7 @@ impl ApiError {
             StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
             StatusCode::CONFLICT => "conflict",
             StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
             StatusCode::SERVICE_UNAVAILABLE => "service_unavailable",
             status if status.is_client_error() => "client_error",
@@ -254,6 +263,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody { error: self.error_code(), reason: &self.reason };
         let mut response = (self.status, axum::Json(body)).into_response();
+        if matches!(self.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
+            // The refusals that end by themselves (a queue drains, storage recovers).
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

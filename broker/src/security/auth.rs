@@ -92,12 +92,32 @@ pub struct Access {
     /// with the `stampede.admin` scope, or anyone on a broker without users). Kept here, shared
     /// per user, rather than in [`Principal`], which every connection holds.
     pub admin: bool,
+    /// Set when a reload (SIGHUP) gave this user new rules, or removed the user (then to rules
+    /// that allow nothing): sessions holding this value follow it at their next check, so a
+    /// removed permission is gone from their next SEND or SUBSCRIBE. An atomic load per check,
+    /// no lock.
+    pub replaced: std::sync::OnceLock<Arc<Access>>,
 }
 
 impl Access {
     /// Everything, everywhere.
     pub fn unrestricted() -> Access {
-        Access { default: Some(Rules::everything()), vhosts: HashMap::new(), unrestricted: true, admin: true }
+        Access {
+            default: Some(Rules::everything()),
+            vhosts: HashMap::new(),
+            unrestricted: true,
+            admin: true,
+            replaced: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The rules in force: these, or those a reload replaced them with.
+    pub fn current(&self) -> &Access {
+        let mut access = self;
+        while let Some(next) = access.replaced.get() {
+            access = next;
+        }
+        access
     }
 
     /// The rules that apply on `vhost`, or `None` when the principal may not use it.
@@ -113,6 +133,7 @@ impl Access {
             vhosts: user.vhosts.iter().map(|(name, r)| (name.clone(), rules(r))).collect(),
             unrestricted,
             admin: user.admin,
+            replaced: std::sync::OnceLock::new(),
         }
     }
 }
@@ -143,7 +164,7 @@ impl Principal {
 
     /// May use the management API and dashboard.
     pub fn is_admin(&self) -> bool {
-        self.access.admin
+        self.access.current().admin
     }
 
     /// Checks that the principal's token, if it came with one, has not expired since CONNECT.
@@ -160,7 +181,7 @@ impl Principal {
     /// True when one of the principal's `operation` rules on `vhost` is written for
     /// destinations starting with `prefix` (so those rules, not a default, decide about them).
     pub fn rules_mention(&self, vhost: &str, operation: Operation, prefix: &str) -> bool {
-        self.access.rules_for(vhost).is_some_and(|rules| {
+        self.access.current().rules_for(vhost).is_some_and(|rules| {
             let patterns = match operation {
                 Operation::Read => &rules.read,
                 Operation::Write => &rules.write,
@@ -174,7 +195,7 @@ impl Principal {
     /// # Errors
     /// `access refused` naming the virtual host.
     pub fn may_use_vhost(&self, vhost: &str) -> Result<(), StompError> {
-        if self.access.rules_for(vhost).is_some() {
+        if self.access.current().rules_for(vhost).is_some() {
             return Ok(());
         }
         Err(StompError::of_kind(
@@ -196,10 +217,10 @@ impl Principal {
     /// has expired since CONNECT.
     pub fn check(&self, vhost: &str, operation: Operation, destination: &str) -> Result<(), StompError> {
         self.check_token()?;
-        if self.access.unrestricted {
+        if self.access.current().unrestricted {
             return Ok(());
         }
-        if self.access.rules_for(vhost).is_some_and(|rules| rules.allows(operation, destination)) {
+        if self.access.current().rules_for(vhost).is_some_and(|rules| rules.allows(operation, destination)) {
             return Ok(());
         }
         let who = self.name.as_deref().unwrap_or("anonymous");
@@ -290,12 +311,19 @@ impl fmt::Debug for User {
     }
 }
 
-/// Decides who may connect.
-#[derive(Debug)]
-pub struct Authenticator {
+/// The users and what they may do; replaced whole by a reload.
+#[derive(Debug, Default)]
+struct UserTable {
     users: HashMap<String, User>,
     /// A hash to verify against for unknown users, with the parameters of a real one.
     dummy_hash: Option<String>,
+}
+
+/// Decides who may connect.
+#[derive(Debug)]
+pub struct Authenticator {
+    /// Read at each login (never on the publish path); a reload swaps it.
+    table: std::sync::RwLock<Arc<UserTable>>,
     jwt: Option<JwtVerifier>,
     failures: FailureTracker,
     /// Failed logins since start (STOMP and HTTP), for metrics.
@@ -316,14 +344,16 @@ pub enum AuthConfigError {
     /// A token key could not be read or parsed.
     #[error("jwt: {0}")]
     Jwt(String),
+    /// A reload would turn authentication on or off, which needs a restart.
+    #[error("{0}")]
+    Reload(String),
 }
 
 impl Authenticator {
     /// An authenticator that accepts everyone.
     pub fn open() -> Authenticator {
         Authenticator {
-            users: HashMap::new(),
-            dummy_hash: None,
+            table: std::sync::RwLock::new(Arc::new(UserTable::default())),
             jwt: None,
             failures: FailureTracker::new(Duration::ZERO, Duration::ZERO, 0),
             failed: AtomicU64::new(0),
@@ -336,6 +366,52 @@ impl Authenticator {
     /// # Errors
     /// A hash that is not argon2, or a token key that cannot be read.
     pub fn from_config(config: &Config) -> Result<Authenticator, AuthConfigError> {
+        let table = UserTable::from_config(config)?;
+        let jwt = config.jwt.as_ref().map(JwtVerifier::new).transpose()?;
+        Ok(Authenticator {
+            table: std::sync::RwLock::new(Arc::new(table)),
+            jwt,
+            failures: FailureTracker::new(
+                Duration::from_millis(config.auth_failure_delay_ms),
+                Duration::from_millis(config.auth_failure_max_delay_ms),
+                config.auth_failure_tracked_addresses,
+            ),
+            failed: AtomicU64::new(0),
+        })
+    }
+
+    fn table(&self) -> Arc<UserTable> {
+        Arc::clone(&self.table.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Replaces the users and their permissions with those of `config` (SIGHUP). Every hash is
+    /// checked first, so a bad file changes nothing. Sessions of a user whose rules changed
+    /// follow the new rules from their next SEND or SUBSCRIBE; those of a removed user may do
+    /// nothing more. Token keys are not reloaded. Returns the number of users now.
+    ///
+    /// # Errors
+    /// A hash that is not argon2, or a change that would turn authentication on or off.
+    pub fn reload(&self, config: &Config) -> Result<usize, AuthConfigError> {
+        let new = UserTable::from_config(config)?;
+        let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
+        if self.jwt.is_none() && table.users.is_empty() != new.users.is_empty() {
+            return Err(AuthConfigError::Reload(
+                "the new configuration would turn authentication on or off (users with no [jwt], or none); that needs a restart".to_owned(),
+            ));
+        }
+        for (name, old) in &table.users {
+            let replacement =
+                new.users.get(name).map_or_else(|| Arc::new(Access::default()), |user| Arc::clone(&user.access));
+            let _ = old.access.replaced.set(replacement);
+        }
+        let count = new.users.len();
+        *table = Arc::new(new);
+        Ok(count)
+    }
+}
+
+impl UserTable {
+    fn from_config(config: &Config) -> Result<UserTable, AuthConfigError> {
         let mut users = HashMap::new();
         let mut first_params: Option<Params> = None;
         for (name, user) in &config.users {
@@ -358,28 +434,19 @@ impl Authenticator {
             ),
             None => None,
         };
-        let jwt = config.jwt.as_ref().map(JwtVerifier::new).transpose()?;
-        Ok(Authenticator {
-            users,
-            dummy_hash,
-            jwt,
-            failures: FailureTracker::new(
-                Duration::from_millis(config.auth_failure_delay_ms),
-                Duration::from_millis(config.auth_failure_max_delay_ms),
-                config.auth_failure_tracked_addresses,
-            ),
-            failed: AtomicU64::new(0),
-        })
+        Ok(UserTable { users, dummy_hash })
     }
+}
 
+impl Authenticator {
     /// True when no users and no token keys are configured: everyone is accepted.
     pub fn is_open(&self) -> bool {
-        self.users.is_empty() && self.jwt.is_none()
+        self.table().users.is_empty() && self.jwt.is_none()
     }
 
     /// Number of configured users.
     pub fn user_count(&self) -> usize {
-        self.users.len()
+        self.table().users.len()
     }
 
     /// True when tokens are accepted.
@@ -423,10 +490,11 @@ impl Authenticator {
             return jwt.verify(&passcode, credentials.login.as_deref());
         }
         let login = credentials.login.clone().unwrap_or_default();
-        let user = self.users.get(&login);
+        let table = self.table();
+        let user = table.users.get(&login);
         let hash = match user {
             Some(user) => user.hash.clone(),
-            None => self.dummy_hash.clone()?,
+            None => table.dummy_hash.clone()?,
         };
         let matched = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash)
@@ -625,8 +693,15 @@ impl JwtVerifier {
                 vhosts: vhosts.into_iter().map(|v| (v, rules.clone())).collect(),
                 unrestricted: false,
                 admin,
+                replaced: std::sync::OnceLock::new(),
             },
-            None => Access { default: Some(rules), vhosts: HashMap::new(), unrestricted: false, admin },
+            None => Access {
+                default: Some(rules),
+                vhosts: HashMap::new(),
+                unrestricted: false,
+                admin,
+                replaced: std::sync::OnceLock::new(),
+            },
         };
         let name = claims.sub.or_else(|| login.filter(|l| !l.is_empty()).map(str::to_owned));
         Some(Principal {

@@ -346,6 +346,16 @@ impl Session {
         self.subscriptions.len()
     }
 
+    /// The router of the session's virtual host.
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// Deliveries the client has not yet acknowledged.
+    pub fn pending_ack_count(&self) -> usize {
+        self.ack_owner.len()
+    }
+
     /// Handles one client frame.
     ///
     /// # Errors
@@ -438,7 +448,7 @@ impl Session {
         }
         let auth = Arc::clone(&self.config.auth);
         let principal = auth.authenticate(&credentials, self.peer).await?;
-        let virtual_host = self.vhosts.resolve(&virtual_host, &principal.access).to_owned();
+        let virtual_host = self.vhosts.resolve(&virtual_host, principal.access.current()).to_owned();
         principal.may_use_vhost(&virtual_host)?;
         let router = self.vhosts.router(&virtual_host);
         let client_id = frame.header("client-id").map(str::to_owned);
@@ -549,10 +559,42 @@ impl Session {
         if self.buffer_in_transaction(frame)? {
             return Ok(());
         }
+        self.send(frame, replies).await.map(drop)
+    }
+
+    /// Connects this session as `principal`, already authenticated by someone else (the HTTP
+    /// publish endpoint), to virtual host `host`, with the checks CONNECT makes after the login.
+    ///
+    /// # Errors
+    /// The principal may not use that virtual host.
+    pub fn connect_as(&mut self, principal: Principal, host: &str) -> Result<(), StompError> {
+        let virtual_host = self.vhosts.resolve(host, principal.access.current()).to_owned();
+        principal.may_use_vhost(&virtual_host)?;
+        self.router = self.vhosts.router(&virtual_host);
+        self.virtual_host = virtual_host;
+        self.login = principal.name.clone();
+        self.principal = Some(principal);
+        self.version = Version::V1_2;
+        self.state = State::Connected;
+        Ok(())
+    }
+
+    /// Handles `frame` (a SEND without a transaction) exactly as a client's SEND: the same
+    /// destination checks, permissions, limits and routing. Returns the message's id; the
+    /// queues' verdicts are pushed on `replies` as for a client.
+    ///
+    /// # Errors
+    /// The SEND was refused (an ERROR for a client).
+    pub async fn publish(&mut self, frame: &Frame, replies: &mut Vec<Reply>) -> Result<u64, StompError> {
+        let destination = frame
+            .header(names::DESTINATION)
+            .ok_or_else(|| StompError::missing_header(Command::Send, names::DESTINATION))?;
+        Destination::parse(destination).map_err(destination_error)?;
+        self.authorize(Operation::Write, destination)?;
         self.send(frame, replies).await
     }
 
-    async fn send(&mut self, frame: &Frame, replies: &mut Vec<Reply>) -> Result<(), StompError> {
+    async fn send(&mut self, frame: &Frame, replies: &mut Vec<Reply>) -> Result<u64, StompError> {
         let destination_value = frame
             .headers
             .get_shared(names::DESTINATION)
@@ -560,15 +602,16 @@ impl Session {
             .ok_or_else(|| StompError::missing_header(Command::Send, names::DESTINATION))?;
         let destination = Destination::parse(&destination_value).map_err(destination_error)?;
         let now = now_ms();
+        let id = self.router.next_message_id();
         let message = TopicMessage {
-            id: self.router.next_message_id(),
+            id,
             persistent: frame.header(names::PERSISTENT) == Some("true"),
             expires_at_ms: expiry(frame, now)?,
             enqueued_at_ms: now,
         };
         if message.expires_at_ms.is_some_and(|at| at <= now) {
             // Already expired: never delivered (and never stored).
-            return Ok(());
+            return Ok(id);
         }
         if message.persistent
             && self.config.disk_full_policy == crate::disk::DiskFullPolicy::Block
@@ -591,7 +634,7 @@ impl Session {
                 for verdict in self.router.publish_topic(&name, &template, message).await {
                     replies.push(Reply::After { verdict, receipt_id: receipt_id.clone() });
                 }
-                return Ok(());
+                return Ok(id);
             }
             Destination::Queue(name) => self.router.client_queue(name, self.user())?,
             Destination::ExistingQueue(name) => self.router.queue(name).ok_or_else(|| not_found(&destination_value))?,
@@ -600,7 +643,7 @@ impl Session {
                 Some(queue) => queue,
                 None => {
                     debug!(destination = %destination_value, "reply queue gone; message dropped");
-                    return Ok(());
+                    return Ok(id);
                 }
             },
         };
@@ -616,7 +659,7 @@ impl Session {
             .await?;
         self.config.metrics.message_published(PublishKind::Queue);
         replies.push(Reply::After { verdict, receipt_id });
-        Ok(())
+        Ok(id)
     }
 
     /// The headers a MESSAGE carries: the SEND's user headers, each name once with its first
@@ -1097,7 +1140,7 @@ impl Session {
     async fn commit(&mut self, frame: &Frame, replies: &mut Vec<Reply>) -> Result<(), StompError> {
         for buffered in self.take_transaction(frame)? {
             match buffered.command {
-                Command::Send => self.send(&buffered, replies).await.map_err(|e| e.for_frame(frame))?,
+                Command::Send => self.send(&buffered, replies).await.map(drop).map_err(|e| e.for_frame(frame))?,
                 _ => self.ack(&buffered).await,
             }
         }
