@@ -149,3 +149,97 @@ fn a_bad_webhook_config_names_the_webhook_and_the_field() {
     let error = config.validate().unwrap_err().to_string();
     assert!(error.contains("webhook \"w\": url"), "{error}");
 }
+
+fn bridge(
+    direction: stampede_broker::bridge::BridgeDirection,
+    remote: &TestBroker,
+) -> stampede_broker::bridge::BridgeConfig {
+    stampede_broker::bridge::BridgeConfig {
+        name: "upstream".into(),
+        direction,
+        remote_url: remote.tcp_url.clone(),
+        reconnect_initial_ms: 50,
+        reconnect_max_ms: 200,
+        ..stampede_broker::bridge::BridgeConfig::default()
+    }
+}
+
+/// Receives from `destination` on `broker` until every body in `wanted` was seen (duplicates
+/// allowed: the bridge is at-least-once), in a bounded time.
+async fn receive_all(broker: &TestBroker, destination: &str, wanted: &[String]) -> Vec<String> {
+    let client = broker.client().await;
+    let mut sub = client.subscribe(destination, stampede_client::SubscribeOptions::new()).await.unwrap();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT * 3;
+    while !wanted.iter().all(|w| seen.contains(w)) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match sub.recv_timeout(left).await {
+            Ok(message) => seen.push(String::from_utf8_lossy(&message.body).into_owned()),
+            Err(error) => {
+                panic!("missing {:?}: {error}", wanted.iter().filter(|w| !seen.contains(w)).collect::<Vec<_>>())
+            }
+        }
+    }
+    seen
+}
+
+#[tokio::test]
+async fn a_bridge_out_forwards_a_local_queue_to_the_remote_broker_in_order() {
+    let remote = TestBroker::start_durable(Config::ephemeral()).await;
+    let mut config = Config::ephemeral();
+    config.bridges.push(stampede_broker::bridge::BridgeConfig {
+        source: "/queue/outbound".into(),
+        remote_destination: "/queue/inbound".into(),
+        max_in_flight: 1,
+        ..bridge(stampede_broker::bridge::BridgeDirection::Out, &remote)
+    });
+    let local = TestBroker::start_with(config).await;
+    let client = local.client().await;
+    let bodies: Vec<String> = (0..50).map(|i| format!("out-{i}")).collect();
+    for body in &bodies {
+        client.send_with_receipt("/queue/outbound", body.clone(), Headers::new()).await.unwrap();
+    }
+    let seen = receive_all(&remote, "/queue/inbound", &bodies).await;
+    assert_eq!(seen, bodies, "one in flight at a time: in order, once each");
+}
+
+#[tokio::test]
+async fn a_bridge_in_brings_a_remote_queue_into_a_local_one() {
+    let remote = TestBroker::start_durable(Config::ephemeral()).await;
+    let mut config = Config::ephemeral();
+    config.bridges.push(stampede_broker::bridge::BridgeConfig {
+        remote_source: "/queue/upstream".into(),
+        destination: "/queue/local".into(),
+        ..bridge(stampede_broker::bridge::BridgeDirection::In, &remote)
+    });
+    let local = TestBroker::start_with(config).await;
+    let client = remote.client().await;
+    let bodies: Vec<String> = (0..30).map(|i| format!("in-{i}")).collect();
+    for body in &bodies {
+        client.send_with_receipt("/queue/upstream", body.clone(), Headers::new()).await.unwrap();
+    }
+    receive_all(&local, "/queue/local", &bodies).await;
+}
+
+#[tokio::test]
+async fn a_bridge_out_loses_nothing_when_the_remote_broker_restarts_mid_stream() {
+    let remote = TestBroker::start_durable(Config::ephemeral()).await;
+    let remote_addr = remote.broker.stomp_addr;
+    let mut config = Config::ephemeral();
+    config.bridges.push(stampede_broker::bridge::BridgeConfig {
+        source: "/queue/outbound".into(),
+        remote_destination: "/queue/inbound".into(),
+        ..bridge(stampede_broker::bridge::BridgeDirection::Out, &remote)
+    });
+    let local = TestBroker::start_with(config).await;
+    let client = local.client().await;
+    let bodies: Vec<String> = (0..40).map(|i| format!("m-{i}")).collect();
+    for body in &bodies[..20] {
+        client.send_with_receipt("/queue/outbound", body.clone(), Headers::new()).await.unwrap();
+    }
+    let remote = remote.restart(Config { stomp_addr: remote_addr, ..Config::ephemeral() }).await;
+    for body in &bodies[20..] {
+        client.send_with_receipt("/queue/outbound", body.clone(), Headers::new()).await.unwrap();
+    }
+    receive_all(&remote, "/queue/inbound", &bodies).await;
+}
