@@ -434,9 +434,18 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 fn text(value: &Value) -> String {
     match value {
         Value::Null => "-".to_owned(),
+        Value::Bool(true) => "yes".to_owned(),
+        Value::Bool(false) => "no".to_owned(),
         Value::String(text) => text.clone(),
         other => other.to_string(),
     }
+}
+
+/// A page of a listing as a table: one column per (header, field of each item).
+fn listing(page: &Value, columns: &[(&str, &str)], what: &str) -> String {
+    let headers: Vec<&str> = columns.iter().map(|(header, _)| *header).collect();
+    let rows = items(page).iter().map(|item| columns.iter().map(|(_, field)| text(&item[*field])).collect()).collect();
+    table(&headers, rows) + &page_footer(page, what)
 }
 
 /// A table with a header row, columns padded to their widest cell.
@@ -505,42 +514,31 @@ fn render_status(v: &Value) -> String {
 }
 
 fn render_connections(page: &Value) -> String {
-    let rows = items(page)
-        .iter()
-        .map(|c| {
-            vec![
-                text(&c["id"]),
-                text(&c["user"]),
-                text(&c["vhost"]),
-                text(&c["transport"]),
-                text(&c["peer"]),
-                text(&c["subscriptions"]),
-                text(&c["pending_acks"]),
-                text(&c["bytes_in"]),
-                text(&c["bytes_out"]),
-            ]
-        })
-        .collect();
-    let headers = ["ID", "USER", "VHOST", "TRANSPORT", "PEER", "SUBS", "UNACKED", "BYTES IN", "BYTES OUT"];
-    table(&headers, rows) + &page_footer(page, "connections")
+    let columns = [
+        ("ID", "id"),
+        ("USER", "user"),
+        ("VHOST", "vhost"),
+        ("TRANSPORT", "transport"),
+        ("PEER", "peer"),
+        ("SUBS", "subscriptions"),
+        ("UNACKED", "pending_acks"),
+        ("BYTES IN", "bytes_in"),
+        ("BYTES OUT", "bytes_out"),
+    ];
+    listing(page, &columns, "connections")
 }
 
 fn render_queues(page: &Value) -> String {
-    let rows = items(page)
-        .iter()
-        .map(|q| {
-            vec![
-                text(&q["name"]),
-                text(&q["vhost"]),
-                text(&q["messages_ready"]),
-                text(&q["messages_unacked"]),
-                text(&q["consumers"]),
-                if q["durable"] == true { "yes" } else { "no" }.to_owned(),
-                text(&q["dlq"]),
-            ]
-        })
-        .collect();
-    table(&["NAME", "VHOST", "READY", "UNACKED", "CONSUMERS", "DURABLE", "DLQ"], rows) + &page_footer(page, "queues")
+    let columns = [
+        ("NAME", "name"),
+        ("VHOST", "vhost"),
+        ("READY", "messages_ready"),
+        ("UNACKED", "messages_unacked"),
+        ("CONSUMERS", "consumers"),
+        ("DURABLE", "durable"),
+        ("DLQ", "dlq"),
+    ];
+    listing(page, &columns, "queues")
 }
 
 fn render_queue(q: &Value) -> String {
@@ -602,22 +600,16 @@ fn render_moved(v: &Value) -> String {
 }
 
 fn render_durables(page: &Value) -> String {
-    let rows = items(page)
-        .iter()
-        .map(|d| {
-            vec![
-                text(&d["name"]),
-                text(&d["vhost"]),
-                text(&d["topic"]),
-                text(&d["owner"]),
-                if d["active"] == true { "yes" } else { "no" }.to_owned(),
-                text(&d["messages_ready"]),
-                text(&d["messages_unacked"]),
-            ]
-        })
-        .collect();
-    table(&["NAME", "VHOST", "TOPIC", "OWNER", "ACTIVE", "READY", "UNACKED"], rows)
-        + &page_footer(page, "durable subscriptions")
+    let columns = [
+        ("NAME", "name"),
+        ("VHOST", "vhost"),
+        ("TOPIC", "topic"),
+        ("OWNER", "owner"),
+        ("ACTIVE", "active"),
+        ("READY", "messages_ready"),
+        ("UNACKED", "messages_unacked"),
+    ];
+    listing(page, &columns, "durable subscriptions")
 }
 
 #[cfg(test)]

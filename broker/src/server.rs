@@ -11,7 +11,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use stampede_protocol::Version;
@@ -37,7 +36,7 @@ use crate::http::health::Readiness;
 use crate::http::metrics::{Exporter, Metrics, Sources, TransportKind};
 use crate::http::{HttpState, ListenerInfo};
 use crate::listener::fallback::{self, FallbackRequest, FallbackSessions};
-use crate::listener::public_http::{self, Replayed, Routed};
+use crate::listener::public_http::{self, AllowedOrigins, Replayed, Routed};
 use crate::registry::{CloseRequest, ConnectionRegistry};
 use crate::security::auth::{Authenticator, Credentials};
 use crate::security::{AddressPermit, PerAddress};
@@ -356,13 +355,13 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
         ws: WsSettings {
             path: config.ws_path.clone(),
             config: config.websocket_config(),
-            allowed_origins: config.ws_allowed_origins.iter().map(|o| normalize_origin(o)).collect(),
+            allowed_origins: AllowedOrigins::new(&config.ws_allowed_origins),
         },
         handshake_timeout: Duration::from_millis(config.connect_timeout_ms),
         metrics: Arc::clone(&metrics),
         fallback: Arc::new(FallbackSessions::new(
             config.max_body.saturating_add(config.max_header_bytes).saturating_add(1024),
-            config.ws_allowed_origins.iter().map(|o| normalize_origin(o)).collect(),
+            AllowedOrigins::new(&config.ws_allowed_origins),
             tasks.clone(),
             shutdown.clone(),
         )),
@@ -572,8 +571,7 @@ impl Listener {
 struct WsSettings {
     path: String,
     config: WebSocketConfig,
-    /// Normalized allowed origins; empty = all.
-    allowed_origins: Vec<String>,
+    allowed_origins: AllowedOrigins,
 }
 
 /// What every accept loop and connection task of one broker shares.
@@ -606,21 +604,9 @@ impl SessionIds {
     }
 
     fn next(&self) -> Arc<str> {
-        let mut random = [0u8; 16];
-        if getrandom::fill(&mut random).is_err() {
-            // No random source: fall back to a hasher seeded by the OS at start (still not
-            // derivable from other ids), rather than refusing connections.
-            use std::hash::BuildHasher;
-            let state = std::collections::hash_map::RandomState::new();
-            let n = NEXT_FALLBACK.fetch_add(1, Ordering::Relaxed);
-            random[..8].copy_from_slice(&state.hash_one(n).to_le_bytes());
-            random[8..].copy_from_slice(&state.hash_one(!n).to_le_bytes());
-        }
-        Arc::from(format!("session-{:032x}", u128::from_le_bytes(random)))
+        Arc::from(format!("session-{:032x}", crate::security::random_128()))
     }
 }
-
-static NEXT_FALLBACK: AtomicU64 = AtomicU64::new(0);
 
 async fn accept_loop(listener: TcpListener, kind: Listener, shared: Arc<Shared>) {
     let mut backoff = Duration::from_millis(10);
@@ -683,14 +669,16 @@ fn handle(
             Listener::Stomp => Some(serve(Transport::Stream(stream), None, peer, id, kind.transport(), &shared)),
             Listener::WebSocket => {
                 let handshaken = Box::pin(plain_websocket(stream, peer, &shared.ws, deadline)).await;
-                after_http(handshaken, peer, id, kind.transport(), &shared).await
+                // Boxed like the handshakes: the fallback arm holds a whole stream.
+                Box::pin(after_http(handshaken, peer, id, kind.transport(), &shared)).await
             }
             Listener::StompTls(acceptor) => Box::pin(tls_handshake(acceptor, stream, peer, deadline))
                 .await
                 .map(|tls| serve(Transport::Stream(tls), None, peer, id, kind.transport(), &shared)),
             Listener::Wss(acceptor) => {
                 let handshaken = Box::pin(secure_websocket(acceptor, stream, peer, &shared.ws, deadline)).await;
-                after_http(handshaken, peer, id, kind.transport(), &shared).await
+                // Boxed like the handshakes: the fallback arm holds a whole stream.
+                Box::pin(after_http(handshaken, peer, id, kind.transport(), &shared)).await
             }
         };
         if let Some(connection) = connection {
@@ -906,20 +894,15 @@ fn refuse(stream: TcpStream, peer: SocketAddr, kind: Listener, shared: &Arc<Shar
     });
 }
 
-/// An origin as compared: lower case, without a trailing `/`.
-fn normalize_origin(origin: &str) -> String {
-    origin.trim().trim_end_matches('/').to_ascii_lowercase()
-}
-
 /// The WebSocket handshake check (the path was checked by [`public_http::route`]): a browser's
 /// `Origin` must be allowed, and the highest STOMP subprotocol the client offers is echoed (a
 /// client offering none still gets STOMP, with the version its CONNECT asks for).
 #[allow(clippy::result_large_err)] // tungstenite's callback signature
 fn negotiate(request: &Request, mut response: Response, ws: &WsSettings) -> Result<Response, ErrorResponse> {
-    let origin = request.headers().get("origin").filter(|_| !ws.allowed_origins.is_empty());
-    if let Some(origin) = origin {
-        let origin = origin.to_str().map(normalize_origin).unwrap_or_default();
-        if !ws.allowed_origins.iter().any(|allowed| allowed == "*" || *allowed == origin) {
+    if let Some(origin) = request.headers().get("origin") {
+        // An origin that is not text matches no rule but `*`.
+        let origin = origin.to_str().unwrap_or_default();
+        if !ws.allowed_origins.allow(Some(origin)) {
             debug!(%origin, "WebSocket refused: origin not in ws_allowed_origins");
             let mut refusal = ErrorResponse::new(Some(
                 "This origin may not open STOMP WebSockets here (ws_allowed_origins).\n".to_owned(),

@@ -13,6 +13,8 @@ use stampede_broker::{Config, RunningBroker};
 use stampede_client::raw::RawConnection;
 use stampede_client::{Client, ConnectOptions};
 
+pub mod process;
+
 pub use stampede_broker::config::StorageKind;
 
 /// How long a test waits for something that should happen promptly.
@@ -42,6 +44,12 @@ impl TestBroker {
 
     /// A broker with `config` (listen addresses should be port 0).
     pub async fn start_with(config: Config) -> TestBroker {
+        // A test's store belongs in a temporary directory: a relative data_dir (the default
+        // `data`) would write into the checkout.
+        assert!(
+            config.storage != StorageKind::Sled || config.data_dir.is_absolute(),
+            "a test broker storing in sled needs an absolute data_dir (start from Config::ephemeral())"
+        );
         let broker = stampede_broker::start(&config).await.expect("broker starts");
         TestBroker {
             tcp_url: format!("tcp://{}", broker.stomp_addr),
@@ -186,8 +194,35 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// An HTTP client for tests (see [`install_crypto_provider`]).
+/// An HTTP client for tests (see [`install_crypto_provider`]). Each read waits at most [`WAIT`],
+/// so a stalled answer fails the test, while a long event stream that keeps arriving does not.
 pub fn http_client() -> reqwest::Client {
     install_crypto_provider();
-    reqwest::Client::new()
+    reqwest::Client::builder().connect_timeout(WAIT).read_timeout(WAIT).build().expect("http client")
+}
+
+/// The management-listener tests' administrator and plain user (both may read and write all).
+pub const ADMIN: (&str, &str) = ("alice", "wonderland");
+/// See [`ADMIN`].
+pub const USER: (&str, &str) = ("bob", "builder");
+
+/// A user with every permission and a cheap password hash.
+pub fn user_with_every_permission(password: &str, admin: bool) -> stampede_broker::config::UserConfig {
+    stampede_broker::config::UserConfig {
+        password_hash: stampede_broker::security::auth::hash_password_with(password, 64, 1).expect("hash"),
+        read: vec!["**".to_owned()],
+        write: vec!["**".to_owned()],
+        vhosts: Default::default(),
+        admin,
+    }
+}
+
+/// [`ADMIN`] and [`USER`] on an ephemeral broker, with short login-failure delays.
+pub fn admin_and_user_config() -> Config {
+    let mut config = Config::ephemeral();
+    config.auth_failure_delay_ms = 1;
+    config.auth_failure_max_delay_ms = 2;
+    config.users.insert(ADMIN.0.into(), user_with_every_permission(ADMIN.1, true));
+    config.users.insert(USER.0.into(), user_with_every_permission(USER.1, false));
+    config
 }

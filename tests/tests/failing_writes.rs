@@ -7,17 +7,12 @@
 //! saying why, when `gcc` is missing.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use stampede_client::{AckMode, Client, Command, ConnectOptions, Frame, SubscribeOptions};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Child;
+use stampede_tests::process::BrokerProcess;
 
-const START_TIMEOUT: Duration = Duration::from_secs(20);
 const WAIT: Duration = Duration::from_secs(10);
 /// Persistent messages receipted before the failure.
 const BEFORE: u64 = 200;
@@ -69,98 +64,6 @@ fn build_shim(dir: &Path) -> Option<std::path::PathBuf> {
     }
 }
 
-struct BrokerProcess {
-    child: Child,
-    addr: SocketAddr,
-    http: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl BrokerProcess {
-    async fn start(data_dir: &Path, preload: Option<(&Path, &Path)>) -> BrokerProcess {
-        let mut command = tokio::process::Command::new(stampede_tests::broker_binary());
-        command
-            .args(["--stomp-addr", "127.0.0.1:0", "--ws-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-            .args(["--log-level", "info", "--data-dir"])
-            .arg(data_dir)
-            .env("NO_COLOR", "1")
-            .env("STAMPEDE_METRICS_PUBLIC", "true")
-            // The host's free space plays no part here.
-            .env("STAMPEDE_DISK_FREE_LIMIT", "0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        if let Some((library, flag)) = preload {
-            command.env("LD_PRELOAD", library).env("STAMPEDE_TEST_FAIL_SYNC", flag);
-        }
-        let mut child = command.spawn().expect("broker runs");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (found, mut addresses) = tokio::sync::mpsc::unbounded_channel::<(bool, SocketAddr)>();
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
-        for reader in [Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Unpin + Send>, Box::new(stderr)] {
-            let (log, found) = (Arc::clone(&log), found.clone());
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(reader).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    for (stomp, marker) in
-                        [(true, "STOMP over TCP listening on "), (false, "management HTTP listening on http://")]
-                    {
-                        if let Some(addr) = line.split(marker).nth(1).and_then(|rest| rest.trim().parse().ok()) {
-                            let _ = found.send((stomp, addr));
-                        }
-                    }
-                    log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-                }
-            });
-        }
-        drop(found);
-        let (mut addr, mut http) = (None, None);
-        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-        while addr.is_none() || http.is_none() {
-            match tokio::time::timeout_at(deadline, addresses.recv()).await {
-                Ok(Some((true, found))) => addr = Some(found),
-                Ok(Some((false, found))) => http = Some(found),
-                _ => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    let log = log.lock().unwrap_or_else(|e| e.into_inner()).join("\n");
-                    panic!("the broker did not start on {}:\n{log}", data_dir.display());
-                }
-            }
-        }
-        BrokerProcess { child, addr: addr.unwrap(), http: http.unwrap(), log }
-    }
-
-    fn url(&self) -> String {
-        format!("tcp://{}", self.addr)
-    }
-
-    fn logged(&self, text: &str) -> bool {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|line| line.contains(text))
-    }
-
-    async fn readiness(&self) -> (u16, String) {
-        let response = stampede_tests::http_client()
-            .get(format!("http://{}/readyz", self.http))
-            .send()
-            .await
-            .expect("HTTP answers");
-        (response.status().as_u16(), response.text().await.expect("body"))
-    }
-
-    async fn kill9(mut self) {
-        self.child.start_kill().expect("SIGKILL");
-        tokio::time::timeout(WAIT, self.child.wait()).await.expect("killed broker exits").expect("wait");
-    }
-}
-
-impl Drop for BrokerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
-}
-
 async fn connect(url: &str) -> Client {
     let options = ConnectOptions::new(url).expect("url").connect_timeout(WAIT).receipt_timeout(WAIT);
     Client::connect_with(options).await.unwrap_or_else(|e| panic!("connect to {url}: {e}"))
@@ -173,6 +76,19 @@ fn persistent(seq: u64) -> Frame {
         .with_body(format!("message {seq}"))
 }
 
+/// The broker on `data_dir`, under the fsync-failing shim when `preload` names it and its flag.
+async fn start(data_dir: &Path, preload: Option<(&Path, &Path)>) -> BrokerProcess {
+    let mut command = BrokerProcess::command(data_dir);
+    command
+        .env("STAMPEDE_METRICS_PUBLIC", "true")
+        // The host's free space plays no part here.
+        .env("STAMPEDE_DISK_FREE_LIMIT", "0");
+    if let Some((library, flag)) = preload {
+        command.env("LD_PRELOAD", library).env("STAMPEDE_TEST_FAIL_SYNC", flag);
+    }
+    BrokerProcess::spawn(command).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "finding, not yet explained: under the shim the broker stops serving the queue at the first failed \
             sync (ERROR `message not accepted: the queue stopped`, no `fsync ... failed` log line); no RECEIPT \
@@ -183,7 +99,7 @@ async fn no_receipt_follows_a_failed_fsync_and_nothing_receipted_before_it_is_lo
     let flag = dir.path().join("fail-now");
     let data = dir.path().join("data");
 
-    let broker = BrokerProcess::start(&data, Some((&shim, &flag))).await;
+    let broker = start(&data, Some((&shim, &flag))).await;
     let client = connect(&broker.url()).await;
     for seq in 0..BEFORE {
         client.send_frame_with_receipt(persistent(seq)).await.expect("receipt before the failure");
@@ -204,7 +120,7 @@ async fn no_receipt_follows_a_failed_fsync_and_nothing_receipted_before_it_is_lo
     // Which ERROR it is varies (the store's refusal, or the queue reporting it stopped); what
     // matters is that no RECEIPT came.
     println!("after the failed fsync a persistent SEND gets: {again}");
-    let (status, body) = broker.readiness().await;
+    let (status, body) = broker.get("/readyz").await;
     assert_eq!(status, 503, "readiness after a failed fsync: {body}");
     // Transient traffic still flows.
     let transient = Frame::new(Command::Send).with_header("destination", "/queue/transient").with_body("hi");
@@ -212,7 +128,7 @@ async fn no_receipt_follows_a_failed_fsync_and_nothing_receipted_before_it_is_lo
 
     // A restart (on a healthy disk) brings back everything receipted.
     broker.kill9().await;
-    let broker = BrokerProcess::start(&data, None).await;
+    let broker = start(&data, None).await;
     let client = connect(&broker.url()).await;
     let mut sub = client
         .subscribe("/queue/failing", SubscribeOptions::new().ack(AckMode::Auto).prefetch(1000))

@@ -5,6 +5,7 @@ use base64::Engine as _;
 use stampede_broker::config::Config;
 use stampede_client::{Headers, SubscribeOptions};
 use stampede_tests::{TestBroker, WAIT};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PREFIX: &str = "/stampede-fallback";
 
@@ -217,22 +218,25 @@ async fn fallback_requests_with_bad_input_get_a_json_error_with_the_right_status
     assert_eq!(bad_id.status(), 400);
     let future = http.get(&events).header("Last-Event-ID", "999999").send().await.unwrap();
     assert_eq!(future.status(), 410, "an event that never existed cannot be resumed from");
-    let too_large = "x".repeat(Config::default().max_body + Config::default().max_header_bytes + 4096);
-    let status = http
-        .post(format!("{base}{PREFIX}/sessions/{}/frames", browser.id))
-        .body(too_large)
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(413);
-    assert_eq!(status, 413);
+    // A head announcing more than the limit is answered 413 before any body is sent.
+    let too_large = Config::default().max_body + Config::default().max_header_bytes + 4096;
+    let mut socket = tokio::net::TcpStream::connect(broker.broker.ws_addr).await.unwrap();
+    let head = format!(
+        "POST {PREFIX}/sessions/{}/frames HTTP/1.1\r\nHost: x\r\nContent-Length: {too_large}\r\n\r\n",
+        browser.id
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(WAIT, socket.read_to_string(&mut answer)).await.expect("answered in time").unwrap();
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    assert!(answer.contains("max_body + max_header_bytes"), "the limit is named: {answer}");
     // The session still works after the refused requests.
     browser.connect().await;
 }
 
 #[tokio::test]
 async fn the_fallback_follows_the_websocket_origin_rules() {
-    let config = Config { ws_allowed_origins: vec!["https://app.example".into()], ..Config::default() };
+    let config = Config { ws_allowed_origins: vec!["https://app.example".into()], ..Config::ephemeral() };
     let broker = TestBroker::start_with(config).await;
     let http = stampede_tests::http_client();
     let url = format!("{}{PREFIX}/sessions", base(&broker));
@@ -247,7 +251,7 @@ async fn the_fallback_follows_the_websocket_origin_rules() {
 async fn a_fallback_session_counts_against_max_connections() {
     // Each HTTP request holds a connection while it is open, and so does each session: the
     // first session and the second request fill two.
-    let config = Config { max_connections: 2, ..Config::default() };
+    let config = Config { max_connections: 2, ..Config::ephemeral() };
     let broker = TestBroker::start_with(config).await;
     let http = stampede_tests::http_client();
     let url = format!("{}{PREFIX}/sessions", base(&broker));

@@ -7,47 +7,18 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use stampede_broker::Config;
-use stampede_broker::config::UserConfig;
 use stampede_broker::security::auth::hash_password_with;
 use stampede_client::raw::RawConnection;
 use stampede_client::{Command, Frame};
-use stampede_tests::{TestBroker, WAIT};
-
-const ADMIN: (&str, &str) = ("alice", "wonderland");
-const USER: (&str, &str) = ("bob", "builder");
-
-fn user(password: &str, admin: bool) -> UserConfig {
-    UserConfig {
-        password_hash: hash_password_with(password, 64, 1).expect("hash"),
-        read: vec!["**".to_owned()],
-        write: vec!["**".to_owned()],
-        vhosts: Default::default(),
-        admin,
-    }
-}
-
-/// Users alice (admin) and bob (not an admin), short failure delays.
-fn users_config() -> Config {
-    let mut config = Config::ephemeral();
-    config.auth_failure_delay_ms = 1;
-    config.auth_failure_max_delay_ms = 2;
-    config.users.insert(ADMIN.0.into(), user(ADMIN.1, true));
-    config.users.insert(USER.0.into(), user(USER.1, false));
-    config
-}
+use stampede_tests::{ADMIN, TestBroker, USER, WAIT, admin_and_user_config, http_client};
 
 async fn broker() -> TestBroker {
-    TestBroker::start_with(users_config()).await
-}
-
-fn http() -> reqwest::Client {
-    stampede_tests::install_crypto_provider();
-    reqwest::Client::builder().timeout(WAIT).build().expect("http client")
+    TestBroker::start_with(admin_and_user_config()).await
 }
 
 async fn call(broker: &TestBroker, method: Method, path: &str, login: Option<(&str, &str)>) -> reqwest::Response {
     let url = format!("{}{path}", broker.http_url.as_deref().expect("management listener open"));
-    let mut request = http().request(method, url);
+    let mut request = http_client().request(method, url);
     if let Some((user, password)) = login {
         request = request.basic_auth(user, Some(password));
     }
@@ -62,7 +33,7 @@ async fn admin_get(broker: &TestBroker, path: &str) -> (StatusCode, Value) {
 
 async fn admin_send(broker: &TestBroker, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
     let url = format!("{}{path}", broker.http_url.as_deref().expect("management listener open"));
-    let mut request = http().request(method, url).basic_auth(ADMIN.0, Some(ADMIN.1));
+    let mut request = http_client().request(method, url).basic_auth(ADMIN.0, Some(ADMIN.1));
     if let Some(body) = body {
         request = request.json(&body);
     }
@@ -211,7 +182,7 @@ async fn closing_a_connection_sends_its_client_an_error_with_the_x_reason() {
     let broker = broker().await;
     let (mut bob, session) = connected_as(&broker, USER).await;
     let url = format!("{}/api/v1/connections/{session}", broker.http_url.as_deref().unwrap());
-    let response = http()
+    let response = http_client()
         .delete(url)
         .basic_auth(ADMIN.0, Some(ADMIN.1))
         .header("X-Reason", "maintenance of rack 4")
@@ -505,7 +476,7 @@ async fn durable_subscriptions_are_listed_and_an_administrator_can_delete_one() 
 
 #[tokio::test]
 async fn page_one_of_ten_thousand_queues_answers_quickly() {
-    let broker = TestBroker::start_with(Config { max_queues: 20_000, ..users_config() }).await;
+    let broker = TestBroker::start_with(Config { max_queues: 20_000, ..admin_and_user_config() }).await;
     let router = broker.broker.router();
     for i in 0..10_000 {
         router.queue_or_create(&format!("bulk-{i:05}"));
@@ -569,7 +540,7 @@ async fn publish(
     build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
 ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
     let url = format!("{}{path}", broker.http_url.as_deref().expect("management listener open"));
-    let mut request = http().post(url);
+    let mut request = http_client().post(url);
     if let Some((user, password)) = login {
         request = request.basic_auth(user, Some(password));
     }
@@ -624,12 +595,12 @@ async fn a_json_batch_is_published_in_order_to_topics_and_queues() {
 
 #[tokio::test]
 async fn a_persistent_http_publish_is_201_once_stored_and_survives_a_restart() {
-    let broker = TestBroker::start_durable(users_config()).await;
+    let broker = TestBroker::start_durable(admin_and_user_config()).await;
     let one = json!({"destination": "/queue/kept", "body": "stored", "persistent": true});
     let (status, _, answer) = publish(&broker, "/api/v1/publish", Some(USER), |r| r.json(&one)).await;
     assert_eq!(status, StatusCode::CREATED, "{answer}");
     assert_eq!(answer["messages"][0]["persistent"], true);
-    let broker = broker.restart(users_config()).await;
+    let broker = broker.restart(admin_and_user_config()).await;
     let (mut consumer, _) = connected_as(&broker, USER).await;
     subscribe(&mut consumer, "/queue/kept", "s", "auto").await;
     let message = next_frame(&mut consumer).await;
@@ -639,8 +610,8 @@ async fn a_persistent_http_publish_is_201_once_stored_and_survives_a_restart() {
 
 #[tokio::test]
 async fn http_publish_is_checked_against_the_users_write_permission() {
-    let mut config = users_config();
-    let mut carol = user("carol-pw", false);
+    let mut config = admin_and_user_config();
+    let mut carol = stampede_tests::user_with_every_permission("carol-pw", false);
     carol.write = vec!["/queue/allowed".to_owned()];
     config.users.insert("carol".into(), carol);
     let broker = TestBroker::start_with(config).await;
@@ -687,7 +658,7 @@ async fn bad_publish_requests_are_400_naming_the_field() {
 
 #[tokio::test]
 async fn a_body_over_max_body_is_413_and_a_full_queue_is_429_with_retry_after() {
-    let mut config = users_config();
+    let mut config = admin_and_user_config();
     config.max_body = 1024;
     config.queue_max_length = 1;
     let broker = TestBroker::start_with(config).await;
@@ -992,14 +963,15 @@ async fn sigterm_drains_clients_get_the_shutdown_error_and_1012_and_no_receipted
     ws.send(tokio_tungstenite::tungstenite::Message::text("CONNECT\naccept-version:1.2\nhost:/\n\n\0")).await.unwrap();
     let ws_task = tokio::spawn(websocket_until_closed(ws, Duration::from_secs(10)));
     let readyz = format!("{}/readyz", broker.http);
-    assert_eq!(http().get(&readyz).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(http_client().get(&readyz).send().await.unwrap().status(), StatusCode::OK);
 
     let signalled = Instant::now();
     broker.signal("TERM");
     // Readiness turns 503 at once, while connections are still being drained.
     let deadline = Instant::now() + WAIT;
     let report = loop {
-        let response = http().get(&readyz).send().await.expect("the management listener answers during the drain");
+        let response =
+            http_client().get(&readyz).send().await.expect("the management listener answers during the drain");
         if response.status() == StatusCode::SERVICE_UNAVAILABLE {
             break response.json::<Value>().await.unwrap();
         }

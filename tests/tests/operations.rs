@@ -6,41 +6,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use stampede_broker::Config;
-use stampede_broker::config::{JwtConfig, UserConfig};
-use stampede_broker::security::auth::hash_password_with;
+use stampede_broker::config::JwtConfig;
 use stampede_client::raw::RawConnection;
 use stampede_client::{Command, Frame};
-use stampede_tests::{TestBroker, WAIT};
+use stampede_tests::{TestBroker, WAIT, admin_and_user_config, http_client};
 
 const SECRET: &str = "hs256-test-secret-that-is-long-enough-0123456789";
 
-fn user(password: &str, admin: bool) -> UserConfig {
-    UserConfig {
-        password_hash: hash_password_with(password, 64, 1).expect("hash"),
-        read: vec!["**".to_owned()],
-        write: vec!["**".to_owned()],
-        vhosts: Default::default(),
-        admin,
-    }
-}
-
-/// Users alice (admin) and bob (not an admin), short failure delays.
-fn users_config() -> Config {
-    let mut config = Config::ephemeral();
-    config.auth_failure_delay_ms = 1;
-    config.auth_failure_max_delay_ms = 2;
-    config.users.insert("alice".into(), user("wonderland", true));
-    config.users.insert("bob".into(), user("builder", false));
-    config
-}
-
 fn public_config() -> Config {
     Config { metrics_public: true, ..Config::ephemeral() }
-}
-
-fn http() -> reqwest::Client {
-    stampede_tests::install_crypto_provider();
-    reqwest::Client::builder().timeout(WAIT).build().expect("http client")
 }
 
 fn url(broker: &TestBroker, path: &str) -> String {
@@ -48,7 +22,7 @@ fn url(broker: &TestBroker, path: &str) -> String {
 }
 
 async fn get(broker: &TestBroker, path: &str, login: Option<(&str, &str)>) -> reqwest::Response {
-    let mut request = http().get(url(broker, path));
+    let mut request = http_client().get(url(broker, path));
     if let Some((user, password)) = login {
         request = request.basic_auth(user, Some(password));
     }
@@ -201,7 +175,7 @@ async fn metrics_count_errors_by_kind_and_dead_letters_by_reason() {
 
 #[tokio::test]
 async fn metrics_need_an_admin_unless_metrics_public() {
-    let broker = TestBroker::start_with(users_config()).await;
+    let broker = TestBroker::start_with(admin_and_user_config()).await;
     let anonymous = get(&broker, "/metrics", None).await;
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
     assert!(anonymous.headers().contains_key("www-authenticate"));
@@ -224,7 +198,7 @@ async fn metrics_need_an_admin_unless_metrics_public() {
         assert_eq!(get(&broker, path, Some(("bob", "builder"))).await.status(), StatusCode::FORBIDDEN, "{path}");
     }
 
-    let mut public = users_config();
+    let mut public = admin_and_user_config();
     public.metrics_public = true;
     let broker = TestBroker::start_with(public).await;
     for path in ["/metrics", "/healthz", "/readyz"] {
@@ -253,7 +227,7 @@ async fn a_bearer_token_needs_the_stampede_admin_scope_for_the_api() {
     let overview = url(&broker, "/api/v1/overview");
     let status = |token: String| {
         let overview = overview.clone();
-        async move { http().get(overview).bearer_auth(token).send().await.unwrap().status() }
+        async move { http_client().get(overview).bearer_auth(token).send().await.unwrap().status() }
     };
     assert_eq!(status(admin).await, StatusCode::OK);
     assert_eq!(status(reader).await, StatusCode::FORBIDDEN);
@@ -292,7 +266,7 @@ async fn healthz_and_readyz_answer_200_and_readyz_503_while_draining() {
 
 #[tokio::test]
 async fn the_overview_names_the_version_listeners_and_totals() {
-    let broker = TestBroker::start_with(users_config()).await;
+    let broker = TestBroker::start_with(admin_and_user_config()).await;
     let mut producer = broker.raw().await;
     let connected = producer
         .handshake(&[("accept-version", "1.2"), ("login", "alice"), ("passcode", "wonderland")], WAIT)
@@ -336,7 +310,7 @@ async fn errors_are_json_with_error_and_reason_and_the_right_status() {
     assert_eq!(body["error"], "not_found");
     assert!(body["reason"].as_str().is_some_and(|r| !r.is_empty()), "{body}");
     assert_eq!(body.as_object().unwrap().len(), 2, "only error and reason: {body}");
-    let wrong_method = http().delete(url(&broker, "/api/v1/overview")).send().await.unwrap();
+    let wrong_method = http_client().delete(url(&broker, "/api/v1/overview")).send().await.unwrap();
     assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(json_of(wrong_method).await["error"], "method_not_allowed");
 }
@@ -361,7 +335,7 @@ async fn a_non_loopback_http_addr_without_users_is_refused_unless_allow_anonymou
     let open = Config { http_addr: Some("0.0.0.0:0".parse().unwrap()), ..Config::ephemeral() };
     let refused = stampede_broker::start(&open).await.expect_err("refused");
     assert!(refused.to_string().contains("allow-anonymous"), "{refused}");
-    let with_users = Config { http_addr: Some("0.0.0.0:0".parse().unwrap()), ..users_config() };
+    let with_users = Config { http_addr: Some("0.0.0.0:0".parse().unwrap()), ..admin_and_user_config() };
     let broker = stampede_broker::start(&with_users).await.expect("starts with users");
     assert!(broker.http_addr.is_some_and(|addr| addr.ip().is_unspecified()));
     broker.shutdown(WAIT).await;

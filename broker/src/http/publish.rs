@@ -165,7 +165,7 @@ async fn publish(
     }
     let vhost = query.vhost.unwrap_or_else(|| "/".to_owned());
     let outbox = Outbox::new(0);
-    let id: Arc<str> = Arc::from(format!("http-{}", uuid_like()));
+    let id: Arc<str> = Arc::from(format!("http-{:032x}", crate::security::random_128()));
     let mut session = Session::new(id, Arc::clone(&state.session), Arc::clone(&state.vhosts), outbox);
     session.connect_as(principal, &vhost).map_err(|error| refusal(&error, 0))?;
     let result = publish_all(&mut session, outgoing).await;
@@ -328,14 +328,4 @@ fn refusal(error: &StompError, index: usize) -> ApiError {
     };
     let before = if index == 0 { String::new() } else { format!(" ({index} earlier messages were accepted)") };
     ApiError::new(status, format!("message {index}: {}{before}", error.message))
-}
-
-/// A session id for one HTTP request: random, like a connection's.
-fn uuid_like() -> String {
-    let mut random = [0u8; 16];
-    if getrandom::fill(&mut random).is_err() {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-        random = nanos.to_le_bytes();
-    }
-    format!("{:032x}", u128::from_le_bytes(random))
 }

@@ -38,6 +38,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+use super::public_http::{AllowedOrigins, write_response};
+
 /// Where the fallback's endpoints live on the WebSocket port.
 pub const PREFIX: &str = "/stampede-fallback";
 /// Where the JavaScript shim is served.
@@ -45,8 +47,11 @@ pub const SHIM_PATH: &str = "/stampede-fallback.js";
 /// The shim itself: an `IStompSocket` for `@stomp/stompjs` over this transport.
 const SHIM: &str = include_str!("stampede-fallback.js");
 
-/// Bytes held per session for resumption (written and not yet written).
+/// Bytes held per session for resumption (written and not yet written), each chunk counted with
+/// [`CHUNK_OVERHEAD_BYTES`], so a stream of one-byte heart-beats is bounded too.
 pub const SESSION_BUDGET_BYTES: usize = 256 * 1024;
+/// What one held chunk costs besides its bytes (its entry, its allocation).
+const CHUNK_OVERHEAD_BYTES: usize = 64;
 /// How long a session lives with no event stream attached.
 pub const GRACE: Duration = Duration::from_secs(30);
 /// A comment line on an idle stream this often keeps proxies from closing it.
@@ -72,16 +77,15 @@ pub(crate) struct FallbackRequest {
 
 /// Opens the connection task of a new session on one end of a pipe and returns the other end,
 /// or refuses (a connection limit) with a status and a sentence.
-pub(crate) trait Opener: Fn(SocketAddr) -> Result<DuplexStream, (u16, String)> + Send + Sync {}
-impl<F: Fn(SocketAddr) -> Result<DuplexStream, (u16, String)> + Send + Sync> Opener for F {}
+pub(crate) type Opener<'a> = dyn Fn(SocketAddr) -> Result<DuplexStream, (u16, String)> + Send + Sync + 'a;
 
 /// Every open fallback session of one broker.
 pub(crate) struct FallbackSessions {
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     /// Largest POST body: the largest frame the broker accepts, plus its head room.
     max_post_bytes: usize,
-    /// Normalized allowed origins; empty = all (`ws_allowed_origins`, as for WebSocket).
-    allowed_origins: Vec<String>,
+    /// `ws_allowed_origins`, as for WebSocket.
+    allowed_origins: AllowedOrigins,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -100,7 +104,10 @@ struct Session {
 #[derive(Default)]
 struct Held {
     chunks: VecDeque<(u64, Bytes)>,
+    /// Cost of every held chunk (bytes plus overhead).
     bytes: usize,
+    /// Cost of the held chunks after `written`: those no stream has had yet.
+    unwritten: usize,
     /// Id of the next chunk read from the pipe (ids start at 1).
     next_id: u64,
     /// Highest id written to a stream so far.
@@ -119,8 +126,27 @@ impl Held {
         self.chunks.front().map_or(self.next_id.max(1), |(id, _)| *id)
     }
 
-    fn unwritten_bytes(&self) -> usize {
-        self.chunks.iter().filter(|(id, _)| *id > self.written).map(|(_, c)| c.len()).sum()
+    fn push(&mut self, chunk: Bytes) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let cost = cost(&chunk);
+        self.bytes += cost;
+        self.unwritten += cost;
+        self.chunks.push_back((id, chunk));
+        self.trim();
+    }
+
+    /// Every chunk up to `id` reached a stream.
+    fn mark_written(&mut self, id: u64) {
+        if id <= self.written {
+            return;
+        }
+        let written = self.written;
+        let newly: usize =
+            self.chunks.iter().filter(|(chunk, _)| *chunk > written && *chunk <= id).map(|(_, c)| cost(c)).sum();
+        self.unwritten -= newly;
+        self.written = id;
+        self.trim();
     }
 
     /// Drops written chunks, oldest first, while over the budget.
@@ -128,7 +154,7 @@ impl Held {
         while self.bytes > SESSION_BUDGET_BYTES {
             match self.chunks.front() {
                 Some((id, chunk)) if *id <= self.written => {
-                    self.bytes -= chunk.len();
+                    self.bytes -= cost(chunk);
                     self.chunks.pop_front();
                 }
                 _ => break,
@@ -137,10 +163,14 @@ impl Held {
     }
 }
 
+fn cost(chunk: &Bytes) -> usize {
+    chunk.len() + CHUNK_OVERHEAD_BYTES
+}
+
 impl FallbackSessions {
     pub(crate) fn new(
         max_post_bytes: usize,
-        allowed_origins: Vec<String>,
+        allowed_origins: AllowedOrigins,
         tasks: TaskTracker,
         shutdown: CancellationToken,
     ) -> FallbackSessions {
@@ -151,26 +181,16 @@ impl FallbackSessions {
         self.sessions.lock().expect("fallback sessions").get(id).cloned()
     }
 
-    fn origin_allowed(&self, origin: Option<&str>) -> bool {
-        match origin {
-            Some(origin) if !self.allowed_origins.is_empty() => {
-                let origin = origin.trim_end_matches('/').to_ascii_lowercase();
-                self.allowed_origins.iter().any(|allowed| allowed == "*" || *allowed == origin)
-            }
-            _ => true,
-        }
-    }
-
     /// Answers one request below [`PREFIX`] (or the shim) on `stream`.
     pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         self: &Arc<Self>,
         request: FallbackRequest,
         mut stream: S,
         peer: SocketAddr,
-        open: &dyn Opener,
+        open: &Opener<'_>,
     ) -> std::io::Result<()> {
         let cors = cors_headers(request.origin.as_deref());
-        if !self.origin_allowed(request.origin.as_deref()) {
+        if !self.allowed_origins.allow(request.origin.as_deref()) {
             let body =
                 error_json("origin not allowed", "This origin may not open STOMP sessions here (ws_allowed_origins).");
             return respond(&mut stream, 403, "Forbidden", "application/json", "", body.as_bytes()).await;
@@ -215,7 +235,7 @@ impl FallbackSessions {
         self: &Arc<Self>,
         stream: &mut S,
         peer: SocketAddr,
-        open: &dyn Opener,
+        open: &Opener<'_>,
         cors: &str,
     ) -> std::io::Result<()> {
         let pipe = match open(peer) {
@@ -227,7 +247,7 @@ impl FallbackSessions {
                     .await;
             }
         };
-        let id = random_id();
+        let id = format!("{:032x}", crate::security::random_128());
         let (output, input) = tokio::io::split(pipe);
         let session = Arc::new(Session {
             id: id.clone(),
@@ -256,7 +276,7 @@ impl FallbackSessions {
         // are there (a buffer kept for the session's life was most of what an idle one cost).
         let mut first = [0u8; 1];
         loop {
-            let room = { session.held.lock().expect("held").unwritten_bytes() < SESSION_BUDGET_BYTES };
+            let room = session.held.lock().expect("held").unwritten < SESSION_BUDGET_BYTES;
             let written = session.changed.notified();
             let read = tokio::select! {
                 read = output.read(&mut first), if room => Some(read),
@@ -280,13 +300,7 @@ impl FallbackSessions {
                     }
                     // Held chunks keep their allocation: an exact copy, not the 16 KiB buffer.
                     let chunk = Bytes::copy_from_slice(&chunk);
-                    let mut held = session.held.lock().expect("held");
-                    let id = held.next_id;
-                    held.next_id += 1;
-                    held.bytes += chunk.len();
-                    held.chunks.push_back((id, chunk));
-                    held.trim();
-                    drop(held);
+                    session.held.lock().expect("held").push(chunk);
                     session.changed.notify_waiters();
                 }
                 None => {
@@ -410,11 +424,7 @@ impl FallbackSessions {
                     cursor = id + 1;
                 }
                 stream.flush().await?;
-                {
-                    let mut held = session.held.lock().expect("held");
-                    held.written = held.written.max(cursor - 1);
-                    held.trim();
-                }
+                session.held.lock().expect("held").mark_written(cursor - 1);
                 session.changed.notify_waiters();
             }
         }
@@ -442,7 +452,7 @@ impl FallbackSessions {
             let body = error_json(
                 "body too large",
                 &format!(
-                    "{length} bytes is over the {} bytes one POST may carry (max_frame_size).",
+                    "{length} bytes is over the {} bytes one POST may carry (max_body + max_header_bytes).",
                     self.max_post_bytes
                 ),
             );
@@ -481,25 +491,13 @@ impl FallbackSessions {
 
 /// Serves the shim.
 pub(crate) async fn serve_shim<S: AsyncWrite + Unpin>(stream: &mut S, head_only: bool) -> std::io::Result<()> {
-    let body: &[u8] = if head_only { b"" } else { SHIM.as_bytes() };
-    let headers = format!("Cache-Control: no-cache\r\nX-Content-Length: {}\r\n", SHIM.len());
-    respond(stream, 200, "OK", "text/javascript; charset=utf-8", &headers, body).await
+    let content_type = "text/javascript; charset=utf-8";
+    write_response(stream, (200, "OK"), content_type, "Cache-Control: no-cache\r\n", SHIM.as_bytes(), head_only).await
 }
 
 /// One pipe for a new session: the connection task gets one end, the session the other.
 pub(crate) fn pipe() -> (DuplexStream, DuplexStream) {
     tokio::io::duplex(PIPE_BYTES)
-}
-
-fn random_id() -> String {
-    let mut random = [0u8; 16];
-    if getrandom::fill(&mut random).is_err() {
-        use std::hash::BuildHasher;
-        let state = std::collections::hash_map::RandomState::new();
-        random[..8].copy_from_slice(&state.hash_one(Instant::now()).to_le_bytes());
-        random[8..].copy_from_slice(&state.hash_one(std::process::id()).to_le_bytes());
-    }
-    random.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn cors_headers(origin: Option<&str>) -> String {
@@ -535,14 +533,7 @@ async fn respond<S: AsyncWrite + Unpin>(
     extra_headers: &str,
     body: &[u8],
 ) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body).await?;
-    stream.flush().await?;
-    stream.shutdown().await
+    write_response(stream, (status, reason), content_type, extra_headers, body, false).await
 }
 
 #[cfg(test)]
@@ -553,17 +544,27 @@ mod tests {
     fn written_chunks_are_dropped_oldest_first_and_unwritten_ones_never() {
         let mut held = Held { next_id: 1, ..Held::default() };
         for _ in 0..40 {
-            let id = held.next_id;
-            held.next_id += 1;
-            held.bytes += CHUNK_BYTES;
-            held.chunks.push_back((id, Bytes::from(vec![0u8; CHUNK_BYTES])));
-            held.trim();
+            held.push(Bytes::from(vec![0u8; CHUNK_BYTES]));
         }
         assert_eq!(held.chunks.len(), 40, "nothing written yet: nothing may be dropped");
-        held.written = 30;
-        held.trim();
+        assert_eq!(held.unwritten, held.bytes);
+        held.mark_written(30);
         assert!(held.bytes <= SESSION_BUDGET_BYTES);
-        assert_eq!(held.first_id(), 41 - (SESSION_BUDGET_BYTES / CHUNK_BYTES) as u64);
+        assert_eq!(held.unwritten, 10 * (CHUNK_BYTES + CHUNK_OVERHEAD_BYTES));
+        let kept = (SESSION_BUDGET_BYTES / (CHUNK_BYTES + CHUNK_OVERHEAD_BYTES)) as u64;
+        assert_eq!(held.first_id(), 41 - kept);
+    }
+
+    #[test]
+    fn one_byte_chunks_count_their_overhead_against_the_budget() {
+        let mut held = Held { next_id: 1, ..Held::default() };
+        for _ in 0..100_000 {
+            held.push(Bytes::from_static(b"\n"));
+            let last = held.next_id - 1;
+            held.mark_written(last);
+        }
+        assert!(held.chunks.len() <= SESSION_BUDGET_BYTES / (1 + CHUNK_OVERHEAD_BYTES), "{}", held.chunks.len());
+        assert_eq!(held.unwritten, 0);
     }
 
     #[test]

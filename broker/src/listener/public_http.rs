@@ -13,6 +13,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -23,6 +24,33 @@ use super::fallback;
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Most request headers parsed.
 const MAX_HEADERS: usize = 64;
+
+/// `ws_allowed_origins` as compared, shared by the WebSocket handshake and the HTTP fallback so
+/// a browser's origin gets the same answer on both: lower case, without a trailing `/`; empty
+/// allows every origin, `*` too.
+#[derive(Clone, Debug)]
+pub(crate) struct AllowedOrigins(Arc<[String]>);
+
+impl AllowedOrigins {
+    pub(crate) fn new(configured: &[String]) -> AllowedOrigins {
+        AllowedOrigins(configured.iter().map(|origin| normalize_origin(origin)).collect())
+    }
+
+    /// True for a request without an `Origin` (not from a browser page) or with an allowed one.
+    pub(crate) fn allow(&self, origin: Option<&str>) -> bool {
+        match origin {
+            Some(origin) if !self.0.is_empty() => {
+                let origin = normalize_origin(origin);
+                self.0.iter().any(|allowed| allowed == "*" || *allowed == origin)
+            }
+            _ => true,
+        }
+    }
+}
+
+fn normalize_origin(origin: &str) -> String {
+    origin.trim().trim_end_matches('/').to_ascii_lowercase()
+}
 
 /// Where a request goes.
 pub(crate) enum Routed<S> {
@@ -176,17 +204,33 @@ impl Response {
 }
 
 async fn respond<S: AsyncWrite + Unpin>(stream: &mut S, response: &Response, head_only: bool) -> io::Result<()> {
-    let mut bytes = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n",
-        response.status,
-        response.reason,
-        response.body.len(),
-        response.extra_headers
+    let content_type = "text/plain; charset=utf-8";
+    let body = response.body.as_bytes();
+    write_response(stream, (response.status, response.reason), content_type, response.extra_headers, body, head_only)
+        .await
+}
+
+/// Writes one HTTP/1.1 response, then closes the stream (every answer on this port is the last
+/// on its connection). `extra_headers` are whole lines, each ending in CRLF.
+pub(crate) async fn write_response<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    (status, reason): (u16, &str),
+    content_type: &str,
+    extra_headers: &str,
+    body: &[u8],
+    head_only: bool,
+) -> io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n",
+        body.len()
     );
+    // One write: a client that reads the head and whatever arrived with it (tungstenite does, on
+    // a refused upgrade) gets the body too.
+    let mut bytes = head.into_bytes();
     if !head_only {
-        bytes.push_str(&response.body);
+        bytes.extend_from_slice(body);
     }
-    stream.write_all(bytes.as_bytes()).await?;
+    stream.write_all(&bytes).await?;
     stream.flush().await?;
     stream.shutdown().await
 }

@@ -217,10 +217,8 @@ impl Principal {
     /// has expired since CONNECT.
     pub fn check(&self, vhost: &str, operation: Operation, destination: &str) -> Result<(), StompError> {
         self.check_token()?;
-        if self.access.current().unrestricted {
-            return Ok(());
-        }
-        if self.access.current().rules_for(vhost).is_some_and(|rules| rules.allows(operation, destination)) {
+        let access = self.access.current();
+        if access.unrestricted || access.rules_for(vhost).is_some_and(|rules| rules.allows(operation, destination)) {
             return Ok(());
         }
         let who = self.name.as_deref().unwrap_or("anonymous");

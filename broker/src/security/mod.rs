@@ -1,6 +1,6 @@
 //! Small security building blocks shared by the listeners and the sessions: destination
-//! patterns for permissions, redaction of secrets in traces, and per-address connection
-//! counting.
+//! patterns for permissions, redaction of secrets in traces, per-address connection
+//! counting, and unguessable ids.
 //!
 //! Authentication and permission rules live in [`auth`], TLS in [`crate::listener::tls`].
 
@@ -14,6 +14,23 @@ use std::sync::{Arc, Mutex};
 use stampede_protocol::Frame;
 
 use crate::destination::topic::{TopicPattern, TopicWord, WORD_SEPARATORS};
+
+/// 128 bits from the operating system's random source, for names whose holder gains something:
+/// session ids (temporary and reply queue names contain them), fallback session ids, ids of
+/// HTTP publish sessions. With no random source, a hasher seeded by the OS at start and a
+/// counter, so an id is still not derivable from the others or from the start time.
+pub fn random_128() -> u128 {
+    let mut random = [0u8; 16];
+    if getrandom::fill(&mut random).is_err() {
+        use std::hash::BuildHasher;
+        static NEXT_FALLBACK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let state = std::collections::hash_map::RandomState::new();
+        let n = NEXT_FALLBACK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        random[..8].copy_from_slice(&state.hash_one(n).to_le_bytes());
+        random[8..].copy_from_slice(&state.hash_one(!n).to_le_bytes());
+    }
+    u128::from_le_bytes(random)
+}
 
 /// Header names whose values are secrets: never printed, whatever the log level.
 pub const SECRET_HEADERS: &[&str] = &["passcode", "authorization", "proxy-authorization", "cookie"];

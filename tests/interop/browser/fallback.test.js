@@ -7,70 +7,33 @@
 const { describe, it, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
-const http = require('node:http');
 const os = require('node:os');
 const path = require('node:path');
-const { chromium } = require('playwright-core');
 const { startBroker } = require('../lib/broker');
 const { startBackend } = require('../lib/backend');
-const { uid, withTimeout } = require('../lib/stomp-client');
-
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
-const CHROMIUM_ARGS = [
-  '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync',
-];
-const STATIC = {
-  '/fallback.html': [path.join(__dirname, 'fallback.html'), 'text/html'],
-  '/fallback-page.js': [path.join(__dirname, 'fallback-page.js'), 'text/javascript'],
-  '/stomp.umd.min.js': [path.join(__dirname, '..', 'node_modules', '@stomp', 'stompjs', 'bundles', 'stomp.umd.min.js'), 'text/javascript'],
-};
-
-function startStaticServer() {
-  const server = http.createServer((req, res) => {
-    const pathname = new URL(req.url, 'http://x').pathname;
-    if (pathname === '/favicon.ico') { res.writeHead(204); res.end(); return; }
-    const entry = STATIC[pathname];
-    if (!entry) { res.writeHead(404); res.end('not found'); return; }
-    res.writeHead(200, { 'content-type': entry[1], 'cache-control': 'no-store' });
-    res.end(fs.readFileSync(entry[0]));
-  });
-  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(server)));
-}
+const { startStaticServer, openBrowser } = require('../lib/browser');
+const { uid } = require('../lib/stomp-client');
 
 describe('browser without WebSocket (Chromium + stompjs + /stampede-fallback.js) <-> stomp.py', () => {
-  let broker, server, backend, context, page, profileDir;
-  const pageErrors = [];
+  let broker, server, backend, browser, page, pageErrors, waitInBrowser;
 
   before(async () => {
     broker = await startBroker();
-    server = await startStaticServer();
+    server = await startStaticServer(['fallback.html', 'page.js']);
     backend = await startBackend(broker);
-    profileDir = fs.mkdtempSync(path.join(os.tmpdir(), 'stampede-chromium-'));
-    context = await withTimeout(chromium.launchPersistentContext(profileDir, {
-      executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS, timeout: 30000,
-    }), 40000, 'launching chromium');
-    page = await context.newPage();
-    page.setDefaultTimeout(10000);
-    page.on('pageerror', (e) => pageErrors.push(String(e)));
-    page.on('console', (m) => { if (m.type() === 'error') pageErrors.push(m.text()); });
+    browser = await openBrowser();
+    ({ page, errors: pageErrors, waitFor: waitInBrowser } = browser);
     // The page is served from another origin than the broker: the fallback's CORS is exercised too.
-    const url = `http://127.0.0.1:${server.address().port}/fallback.html?ws=${encodeURIComponent(broker.wsUrl)}`;
+    const url = `http://127.0.0.1:${server.address().port}/fallback.html?fallback=1&ws=${encodeURIComponent(broker.wsUrl)}`;
     await page.goto(url, { timeout: 10000 });
   });
 
   after(async () => {
-    if (context) await withTimeout(context.close(), 10000, 'closing chromium').catch(() => {});
+    if (browser) await browser.close();
     if (backend) await backend.stop();
     if (server) server.close();
     if (broker) await broker.stop();
-    if (profileDir) fs.rmSync(profileDir, { recursive: true, force: true });
   });
-
-  const waitInBrowser = (pred, arg, what) =>
-    page.waitForFunction(pred, arg, { timeout: 10000 }).catch((e) => {
-      throw new Error(`browser: timed out waiting for ${what}: ${e.message.split('\n')[0]}; page errors: ${pageErrors}`);
-    });
 
   it('the page has no WebSocket, and stompjs connects with STOMP 1.2 through the fallback', async () => {
     assert.equal(await page.evaluate(() => window.stampede.hasWebSocket), false);
