@@ -35,7 +35,8 @@ fn publish(c: &mut Criterion) {
                 outbox: Arc::clone(outbox),
                 policy: SlowConsumerPolicy::Disconnect,
             };
-            router.subscribe_topic("bench", Arc::new(TopicSubscriber { id: router.next_id(), sink, selector: None }));
+            let subscriber = Arc::new(TopicSubscriber { id: router.next_id(), sink, selector: None });
+            runtime.block_on(router.subscribe_topic("bench", subscriber)).expect("no cluster, no failure");
         }
         let message = template(128);
         let mut drained = VecDeque::new();

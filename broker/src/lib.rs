@@ -24,7 +24,7 @@
 //! - [`registry`]: the open connections, for the API and the drain.
 //! - [`ctl`]: `stampede ctl`, the admin command line over the management API.
 //!
-//! Cluster mode (`cluster/`) joins these as a folder of its own.
+//! - [`cluster`]: cluster mode, topics shared between nodes through NATS (`[cluster]`).
 //!
 //! # Lock order
 //! No lock is held across an `.await`. Where locks nest, they are always taken in this order,
@@ -32,14 +32,17 @@
 //! 1. a router's durable subscriptions (`Router::durables`),
 //! 2. a router's name quotas (`Router::creators`), its queue table (`Router::queues`) and its topic
 //!    table (`Router::topics`), never two of these at once except `queues` then `creators`,
-//! 3. one topic's subscribers (`Topic::subscribers`),
-//! 4. one connection's outbox (`Outbox::state`).
+//! 3. in cluster mode, the cluster's interest table (`Cluster::interest`), taken after the
+//!    router's tables are released,
+//! 4. one topic's subscribers (`Topic::subscribers`),
+//! 5. one connection's outbox (`Outbox::state`).
 //!
 //! The connection registry (`ConnectionRegistry::entries`) and the authenticator's user table
 //! (`Authenticator::table`) are leaves: nothing else is taken while either is held.
 #![forbid(unsafe_code)]
 
 pub mod bridge;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod ctl;

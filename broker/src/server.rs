@@ -294,12 +294,25 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
     let store = open_store(config).await?;
     let metrics = Arc::new(Metrics::new());
     let readiness = Arc::new(Readiness::default());
+    let shutdown = CancellationToken::new();
+    let queue_tasks = TaskTracker::new();
+    let cluster = match &config.cluster {
+        Some(cluster) => {
+            let cluster = crate::cluster::Cluster::start(cluster, &queue_tasks, shutdown.clone())
+                .await
+                .map_err(|e| StartError::Config(e.to_string()))?;
+            readiness.set_cluster(Arc::clone(&cluster));
+            Some(cluster)
+        }
+        None => None,
+    };
     let settings = RouterSettings {
         queue_settings: config.queue_settings(),
         queue_overrides: config.queues.clone(),
         limits: config.name_limits(),
-        tasks: TaskTracker::new(),
+        tasks: queue_tasks,
         metrics: Arc::clone(&metrics),
+        cluster,
     };
     let vhosts = VirtualHosts::new(config.declared_vhosts(), settings, Some(Arc::clone(&store)));
     let started = Instant::now().into_std();
@@ -323,7 +336,6 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
             restored.durable_subscriptions
         ),
     }
-    let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let registry = ConnectionRegistry::new();
     let accepting = shutdown.child_token();

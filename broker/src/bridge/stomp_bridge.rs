@@ -293,7 +293,7 @@ impl Bridge {
             }
             Ok(Destination::Topic(name)) => {
                 let topic = TopicMessage { id, persistent: true, expires_at_ms: None, enqueued_at_ms: now };
-                Ok(router.publish_topic(&name, &template, topic).await)
+                router.publish_topic(&name, &template, topic).await.map_err(|e| e.to_string())
             }
             _ => Err(format!("destination {:?} cannot be published to", self.config.destination)),
         }

@@ -247,6 +247,10 @@ pub struct Config {
     /// STOMP bridges to other brokers, `[[bridges]]` tables.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub bridges: Vec<crate::bridge::BridgeConfig>,
+    /// Cluster mode, `[cluster]` table: several nodes share topics through NATS. Without it
+    /// the broker is a single node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// One user of the `users` table.
@@ -443,6 +447,7 @@ impl Default for Config {
             metrics_per_destination: false,
             webhooks: Vec::new(),
             bridges: Vec::new(),
+            cluster: None,
         }
     }
 }
@@ -565,6 +570,9 @@ impl Config {
             return Err(ConfigError::Invalid("require_tls needs tls_cert and tls_key".to_owned()));
         }
         crate::bridge::validate(&self.webhooks, &self.bridges).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(cluster) = &self.cluster {
+            cluster.validate().map_err(ConfigError::Invalid)?;
+        }
         if self.users.is_empty()
             && self.jwt.is_none()
             && !self.allow_anonymous
@@ -720,6 +728,11 @@ impl Config {
                 *passcode = REDACTED.to_owned();
             }
         }
+        if let Some(cluster) = shown.cluster.as_mut() {
+            for secret in [&mut cluster.password, &mut cluster.token].into_iter().flatten() {
+                *secret = REDACTED.to_owned();
+            }
+        }
         shown.ws_max_message_size = Some(self.effective_ws_max_message_size());
         shown
     }
@@ -730,9 +743,11 @@ pub const ENV_PREFIX: &str = "STAMPEDE_";
 /// The one `STAMPEDE_*` variable that is not a configuration key: the file to read.
 const CONFIG_VARIABLE: &str = "STAMPEDE_CONFIG";
 /// Keys holding tables of named entries; they can only be set in the file.
-const TABLE_KEYS: [&str; 5] = ["queues", "users", "jwt", "webhooks", "bridges"];
+const TABLE_KEYS: [&str; 6] = ["queues", "users", "jwt", "webhooks", "bridges", "cluster"];
+/// Tables whose keys each have a variable of their own, `STAMPEDE_<TABLE>__<KEY>`.
+const NESTED_TABLES: [&str; 1] = ["cluster"];
 
-const ENV_HELP: &str = "Every configuration key can also be set with an environment variable named STAMPEDE_ and the key in capitals (STAMPEDE_QUEUE_MAX_LENGTH=5); `stampede print-config --env` lists them with their effective values. Only the [queues.<name>], [users.<name>], [jwt], [[webhooks]] and [[bridges]] tables need the file. Sizes may have units (max_body = \"4 MiB\"), booleans may be true/false, yes/no, on/off or 1/0, and addresses may be IP:PORT, [IPv6]:PORT or localhost:PORT.";
+const ENV_HELP: &str = "Every configuration key can also be set with an environment variable named STAMPEDE_ and the key in capitals (STAMPEDE_QUEUE_MAX_LENGTH=5); `stampede print-config --env` lists them with their effective values. Only the [queues.<name>], [users.<name>], [jwt], [[webhooks]] and [[bridges]] tables need the file; the keys of [cluster] have variables with two underscores (STAMPEDE_CLUSTER__NATS_URLS=nats://127.0.0.1:4222). Sizes may have units (max_body = \"4 MiB\"), booleans may be true/false, yes/no, on/off or 1/0, and addresses may be IP:PORT, [IPv6]:PORT or localhost:PORT.";
 
 /// Command line of the `stampede` binary. The flags are global: they may come before or after
 /// a subcommand (`stampede print-config --config FILE`).
@@ -810,6 +825,22 @@ pub struct Cli {
     /// `/metrics`, `/healthz` and `/readyz` answer without credentials.
     #[arg(long, env = "STAMPEDE_METRICS_PUBLIC")]
     pub metrics_public: bool,
+    /// Cluster mode: NATS servers to join, comma-separated (nats://HOST:PORT or tls://HOST:PORT);
+    /// sets `[cluster] nats_urls`.
+    #[arg(long, global = true, value_name = "URLS", value_delimiter = ',')]
+    pub cluster_nats_urls: Option<Vec<String>>,
+    /// Cluster mode: this node's name [default: the host name].
+    #[arg(long, global = true, value_name = "NAME")]
+    pub cluster_node_name: Option<String>,
+    /// Cluster mode: first tokens of every NATS subject [default: stampede].
+    #[arg(long, global = true, value_name = "PREFIX")]
+    pub cluster_subject_prefix: Option<String>,
+    /// Cluster mode: JetStream stream replicas, 1 or 3 [default: 1].
+    #[arg(long, global = true, value_name = "N")]
+    pub cluster_stream_replicas: Option<u8>,
+    /// Cluster mode: NATS credentials file.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub cluster_creds_file: Option<PathBuf>,
     /// Subcommand; none runs the broker.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -862,6 +893,14 @@ impl Cli {
             None => toml::Table::new(),
         };
         for (variable, value) in environment {
+            if let Some((nested, key)) = nested_variable_key(variable) {
+                let value = nested_environment_value(variable, &nested, &key, value)?;
+                let entry = table.entry(nested).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                if let toml::Value::Table(entry) = entry {
+                    entry.insert(key, value);
+                }
+                continue;
+            }
             let Some(key) = variable_key(variable) else { continue };
             table.insert(key.clone(), environment_value(variable, &key, value)?);
         }
@@ -931,7 +970,37 @@ impl Cli {
             config.fsync =
                 v.parse().map_err(|e: stampede_storage::StorageError| ConfigError::Invalid(e.to_string()))?;
         }
+        self.apply_cluster_flags(config);
         Ok(())
+    }
+
+    /// The `--cluster-*` flags; any of them turns cluster mode on (`nats_urls` is then
+    /// required, as in the file).
+    fn apply_cluster_flags(&self, config: &mut Config) {
+        let given = self.cluster_nats_urls.is_some()
+            || self.cluster_node_name.is_some()
+            || self.cluster_subject_prefix.is_some()
+            || self.cluster_stream_replicas.is_some()
+            || self.cluster_creds_file.is_some();
+        if !given {
+            return;
+        }
+        let cluster = config.cluster.get_or_insert_with(Default::default);
+        if let Some(v) = &self.cluster_nats_urls {
+            cluster.nats_urls = v.iter().map(|url| url.trim().to_owned()).filter(|url| !url.is_empty()).collect();
+        }
+        if let Some(v) = &self.cluster_node_name {
+            cluster.node_name = Some(v.clone());
+        }
+        if let Some(v) = &self.cluster_subject_prefix {
+            cluster.subject_prefix = v.clone();
+        }
+        if let Some(v) = self.cluster_stream_replicas {
+            cluster.stream_replicas = v;
+        }
+        if let Some(v) = &self.cluster_creds_file {
+            cluster.creds_file = Some(v.clone());
+        }
     }
 }
 
@@ -952,6 +1021,7 @@ pub fn unknown_variables(environment: &[(String, String)]) -> Vec<String> {
         // `stampede ctl`'s own variables (URL and credentials), not configuration keys.
         .filter(|(name, _)| !name.starts_with(crate::ctl::ENV_PREFIX))
         .filter(|(name, _)| !keys.contains(&name[ENV_PREFIX.len()..].to_ascii_lowercase().as_str()))
+        .filter(|(name, _)| nested_variable_key(name).is_none())
         .map(|(name, _)| name.clone())
         .collect()
 }
@@ -962,12 +1032,53 @@ fn variable_key(variable: &str) -> Option<String> {
     (variable != CONFIG_VARIABLE && config_keys().contains(&key.as_str())).then_some(key)
 }
 
+/// The table and key a `STAMPEDE_<TABLE>__<KEY>` variable sets, if it names one.
+fn nested_variable_key(variable: &str) -> Option<(String, String)> {
+    let rest = variable.strip_prefix(ENV_PREFIX)?.to_ascii_lowercase();
+    let (table, key) = rest.split_once("__")?;
+    let keys: &[&str] = match table {
+        "cluster" => crate::cluster::ClusterConfig::keys(),
+        _ => return None,
+    };
+    (NESTED_TABLES.contains(&table) && keys.contains(&key)).then(|| (table.to_owned(), key.to_owned()))
+}
+
+/// [`environment_value`] for key `key` of table `table`.
+fn nested_environment_value(variable: &str, table: &str, key: &str, text: &str) -> Result<toml::Value, ConfigError> {
+    let invalid =
+        |reason: String| ConfigError::Environment { variable: variable.to_owned(), value: text.to_owned(), reason };
+    let fits = |value: &toml::Value| {
+        let mut inner = toml::Table::new();
+        inner.insert(key.to_owned(), value.clone());
+        let mut outer = toml::Table::new();
+        outer.insert(table.to_owned(), toml::Value::Table(inner));
+        toml::Value::Table(outer).try_into::<Config>().map(drop).map_err(|error| error.message().trim().to_owned())
+    };
+    candidates(text).find_map(|candidate| fits(&candidate).ok().map(|()| candidate)).ok_or_else(|| {
+        invalid(fits(&toml::Value::String(text.to_owned())).err().unwrap_or_else(|| "not accepted".to_owned()))
+    })
+}
+
+/// What a variable's text may stand for, most specific first: a TOML literal, the text as a
+/// string, the comma-separated items as a list.
+fn candidates(text: &str) -> impl Iterator<Item = toml::Value> {
+    let list = toml::Value::Array(
+        text.split(',').map(str::trim).filter(|item| !item.is_empty()).map(|item| item.into()).collect(),
+    );
+    let literal = format!("value = {text}").parse::<toml::Table>().ok().and_then(|mut table| table.remove("value"));
+    literal.into_iter().chain([toml::Value::String(text.to_owned()), list])
+}
+
 /// The TOML value of variable `variable`, set to `text`, for `key`: a TOML literal where one
 /// fits (numbers, booleans), else the text as a string, and for list keys the comma-separated
 /// items. Each is tried on its own, so a wrong value is reported with the variable's name.
 fn environment_value(variable: &str, key: &str, text: &str) -> Result<toml::Value, ConfigError> {
     let invalid =
         |reason: String| ConfigError::Environment { variable: variable.to_owned(), value: text.to_owned(), reason };
+    if NESTED_TABLES.contains(&key) {
+        let upper = key.to_ascii_uppercase();
+        return Err(invalid(format!("[{key}] is a table; set its keys with {ENV_PREFIX}{upper}__<KEY> variables")));
+    }
     if TABLE_KEYS.contains(&key) {
         return Err(invalid(format!("[{key}] is a table; set it in the config file")));
     }
@@ -976,12 +1087,8 @@ fn environment_value(variable: &str, key: &str, text: &str) -> Result<toml::Valu
         single.insert(key.to_owned(), value.clone());
         toml::Value::Table(single).try_into::<Config>().map(drop).map_err(|error| error.message().trim().to_owned())
     };
-    let list = toml::Value::Array(
-        text.split(',').map(str::trim).filter(|item| !item.is_empty()).map(|item| item.into()).collect(),
-    );
-    let literal = format!("value = {text}").parse::<toml::Table>().ok().and_then(|mut table| table.remove("value"));
     let mut last_error = String::new();
-    for candidate in literal.into_iter().chain([toml::Value::String(text.to_owned()), list]) {
+    for candidate in candidates(text) {
         match fits(&candidate) {
             Ok(()) => return Ok(candidate),
             Err(error) => {
@@ -996,6 +1103,12 @@ fn environment_value(variable: &str, key: &str, text: &str) -> Result<toml::Valu
 
 /// Every top-level key of [`Config`], as serde knows them (so a new field needs no list here).
 pub fn config_keys() -> &'static [&'static str] {
+    static KEYS: std::sync::OnceLock<&'static [&'static str]> = std::sync::OnceLock::new();
+    KEYS.get_or_init(field_names::<Config>)
+}
+
+/// The field names of struct `T`, as its `Deserialize` implementation knows them.
+pub fn field_names<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
     use serde::de::{Deserializer, Visitor, value::Error};
 
     struct FieldNames<'a>(&'a mut &'static [&'static str]);
@@ -1023,12 +1136,9 @@ pub fn config_keys() -> &'static [&'static str] {
         }
     }
 
-    static KEYS: std::sync::OnceLock<&'static [&'static str]> = std::sync::OnceLock::new();
-    KEYS.get_or_init(|| {
-        let mut fields: &'static [&'static str] = &[];
-        let _ = Config::deserialize(FieldNames(&mut fields));
-        fields
-    })
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(FieldNames(&mut fields));
+    fields
 }
 
 impl Config {
@@ -1044,17 +1154,33 @@ impl Config {
                     lines.push_str(&format!("# {variable}= (not set)\n"));
                     continue;
                 }
-                Some(toml::Value::String(text)) => text.clone(),
-                Some(toml::Value::Array(items)) => items
-                    .iter()
-                    .map(|item| item.as_str().map_or_else(|| item.to_string(), str::to_owned))
-                    .collect::<Vec<_>>()
-                    .join(","),
-                Some(other) => other.to_string(),
+                Some(value) => env_text(value),
             };
             lines.push_str(&format!("{variable}={}\n", shell_quote(&value)));
         }
+        if let Some(toml::Value::Table(cluster)) = shown.get("cluster") {
+            for key in crate::cluster::ClusterConfig::keys() {
+                let variable = format!("{ENV_PREFIX}CLUSTER__{}", key.to_ascii_uppercase());
+                match cluster.get(*key) {
+                    None => lines.push_str(&format!("# {variable}= (not set)\n")),
+                    Some(value) => lines.push_str(&format!("{variable}={}\n", shell_quote(&env_text(value)))),
+                }
+            }
+        }
         lines
+    }
+}
+
+/// A TOML value as a variable's text: strings as they are, lists comma-separated.
+fn env_text(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(text) => text.clone(),
+        toml::Value::Array(items) => items
+            .iter()
+            .map(|item| item.as_str().map_or_else(|| item.to_string(), str::to_owned))
+            .collect::<Vec<_>>()
+            .join(","),
+        other => other.to_string(),
     }
 }
 

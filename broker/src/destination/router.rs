@@ -18,6 +18,7 @@ use stampede_protocol::MessageTemplate;
 use stampede_storage::{Op, OwnerRecord, QueueKind, QueueRecord, Store};
 use tracing::{error, warn};
 
+use crate::cluster::{Cluster, ClusterError};
 use crate::destination::queue::{
     Persistence, QueueEnvironment, QueueHandle, QueueOwner, QueueSettings, QueuedMessage, Verdict, now_ms,
 };
@@ -263,6 +264,10 @@ pub struct Router {
     environment: QueueEnvironment,
     /// Topic subscriptions (exact and wildcard) registered now, for metrics.
     topic_subscriptions: AtomicUsize,
+    /// The cluster link, in cluster mode.
+    cluster: Option<Arc<Cluster>>,
+    /// The highest cluster interest generation this router's subscriptions reached.
+    interest_generation: AtomicU64,
     this: Weak<Router>,
 }
 
@@ -299,6 +304,7 @@ impl Router {
             limits: NameLimits::default(),
             tasks: tokio_util::task::TaskTracker::new(),
             metrics: Arc::default(),
+            cluster: None,
         };
         Router::for_vhost(DEFAULT_VHOST, settings, None, Arc::new(IdCounters::new()))
     }
@@ -326,6 +332,8 @@ impl Router {
             ids,
             environment: QueueEnvironment { owner: this.clone(), tasks: settings.tasks },
             topic_subscriptions: AtomicUsize::new(0),
+            cluster: settings.cluster,
+            interest_generation: AtomicU64::new(0),
             this: this.clone(),
         })
     }
@@ -353,39 +361,29 @@ impl Router {
     /// Delivers to every subscriber of topic `name`: connected subscribers get it at once,
     /// durable subscriptions' queues get a copy (waiting for room in their mailboxes). Returns
     /// the verdicts of those queues (persistent messages are stored by them).
+    ///
+    /// In cluster mode the message also goes to the other nodes, after this node's own
+    /// subscribers have it.
+    ///
+    /// # Errors
+    /// Cluster mode only: the engine is unavailable, or the message is too large for it.
     pub async fn publish_topic(
         &self,
         name: &str,
         template: &Arc<MessageTemplate>,
         message: TopicMessage,
-    ) -> Vec<Verdict> {
+    ) -> Result<Vec<Verdict>, ClusterError> {
         let mut durable = Vec::new();
         let mut congested = Vec::new();
+        let Some(cluster) = &self.cluster else {
+            self.publish_topic_now(name, template, message.id, &mut durable, &mut congested);
+            return Ok(finish_delivery(template, message, durable, congested).await);
+        };
+        cluster.check_available()?;
         self.publish_topic_now(name, template, message.id, &mut durable, &mut congested);
-        if !congested.is_empty() {
-            // The stall gate: give subscribers that fell behind a moment to catch up.
-            let deadline = tokio::time::Instant::now() + SLOW_CONSUMER_STALL;
-            for outbox in congested {
-                if tokio::time::timeout_at(deadline, outbox.wait_for_room()).await.is_err() {
-                    outbox.mark_unresponsive();
-                }
-            }
-        }
-        let mut verdicts = Vec::with_capacity(durable.len());
-        for queue in durable {
-            let copy = QueuedMessage {
-                id: message.id,
-                template: Arc::clone(template),
-                delivery_count: 0,
-                persistent: message.persistent,
-                expires_at_ms: message.expires_at_ms,
-                enqueued_at_ms: message.enqueued_at_ms,
-            };
-            if let Ok(verdict) = queue.publish(copy).await {
-                verdicts.push(verdict);
-            }
-        }
-        verdicts
+        let remote = cluster.publish(&self.vhost, name, template, &message).await;
+        let verdicts = finish_delivery(template, message, durable, congested).await;
+        remote.map(|()| verdicts)
     }
 
     fn publish_topic_now(
@@ -412,7 +410,50 @@ impl Router {
     }
 
     /// Subscribes to topic `name`, which may be a wildcard pattern.
-    pub fn subscribe_topic(&self, name: &str, subscriber: Arc<TopicSubscriber>) -> TopicRegistration {
+    ///
+    /// In cluster mode it returns once the NATS server has this node's interest in `name`, so
+    /// a message published on any node after the SUBSCRIBE's RECEIPT reaches it.
+    ///
+    /// # Errors
+    /// Cluster mode only: the engine is unavailable (nothing stays registered).
+    pub async fn subscribe_topic(
+        &self,
+        name: &str,
+        subscriber: Arc<TopicSubscriber>,
+    ) -> Result<TopicRegistration, ClusterError> {
+        let Some(cluster) = &self.cluster else { return Ok(self.register_topic(name, subscriber)) };
+        cluster.check_available()?;
+        let registration = self.register_topic(name, subscriber);
+        if let Err(error) = cluster.confirm(self.interest_generation.load(Ordering::Acquire)).await {
+            self.unsubscribe_topic(&registration);
+            return Err(error);
+        }
+        Ok(registration)
+    }
+
+    /// Refuses, in cluster mode, destinations that are not clustered (`[cluster] queues`).
+    ///
+    /// # Errors
+    /// A queue destination while `[cluster] queues = "refuse"`.
+    pub fn check_clustered(&self, destination: &Destination<'_>) -> Result<(), ClusterError> {
+        match &self.cluster {
+            None => Ok(()),
+            Some(cluster) => cluster.check_destination(destination),
+        }
+    }
+
+    /// This broker's cluster link, in cluster mode.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
+    }
+
+    /// Registers a topic subscription at once (and, in cluster mode, this node's interest in
+    /// it, which the link subscribes on NATS in the background).
+    fn register_topic(&self, name: &str, subscriber: Arc<TopicSubscriber>) -> TopicRegistration {
+        if let Some(cluster) = &self.cluster {
+            let generation = cluster.add_interest(&self.vhost, name, Arc::clone(&subscriber));
+            self.interest_generation.fetch_max(generation, Ordering::AcqRel);
+        }
         let id = subscriber.id;
         let mut table = self.topics.write().unwrap_or_else(|p| p.into_inner());
         self.topic_subscriptions.fetch_add(1, Ordering::Relaxed);
@@ -435,6 +476,9 @@ impl Router {
 
     /// Removes a topic subscription.
     pub fn unsubscribe_topic(&self, registration: &TopicRegistration) {
+        if let Some(cluster) = &self.cluster {
+            cluster.drop_interest(&self.vhost, &registration.name, registration.subscriber);
+        }
         let mut table = self.topics.write().unwrap_or_else(|p| p.into_inner());
         let _ = self.topic_subscriptions.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         if registration.wildcard {
@@ -789,7 +833,7 @@ impl Router {
 
     fn bind(&self, topic: &str, queue: QueueHandle) -> TopicRegistration {
         let subscriber = Arc::new(TopicSubscriber { id: self.next_id(), sink: Sink::Queue(queue), selector: None });
-        self.subscribe_topic(topic, subscriber)
+        self.register_topic(topic, subscriber)
     }
 
     /// Deletes durable subscription `name` and its stored messages, if `user` owns it (a
@@ -1014,6 +1058,49 @@ fn vhost_prefix(vhost: &str) -> String {
 /// deliveries, short enough that a stuck one costs its publishers little.
 const SLOW_CONSUMER_STALL: std::time::Duration = std::time::Duration::from_millis(20);
 
+/// Delivers `template` to the subscribers of `topic` (a cluster node's remote messages take
+/// this path, for the local subscribers of one pattern); returns the durable queues' verdicts.
+pub(crate) async fn deliver_to(topic: &Topic, template: &Arc<MessageTemplate>, message: TopicMessage) -> Vec<Verdict> {
+    let mut durable = Vec::new();
+    let mut congested = Vec::new();
+    topic.publish(template, message.id, &mut durable, &mut congested);
+    finish_delivery(template, message, durable, congested).await
+}
+
+/// The part of a topic delivery that may wait: the stall gate for subscribers that fell
+/// behind, then a copy into each durable subscription's queue.
+async fn finish_delivery(
+    template: &Arc<MessageTemplate>,
+    message: TopicMessage,
+    durable: Vec<QueueHandle>,
+    congested: Vec<Arc<crate::destination::outbox::Outbox>>,
+) -> Vec<Verdict> {
+    if !congested.is_empty() {
+        // The stall gate: give subscribers that fell behind a moment to catch up.
+        let deadline = tokio::time::Instant::now() + SLOW_CONSUMER_STALL;
+        for outbox in congested {
+            if tokio::time::timeout_at(deadline, outbox.wait_for_room()).await.is_err() {
+                outbox.mark_unresponsive();
+            }
+        }
+    }
+    let mut verdicts = Vec::with_capacity(durable.len());
+    for queue in durable {
+        let copy = QueuedMessage {
+            id: message.id,
+            template: Arc::clone(template),
+            delivery_count: 0,
+            persistent: message.persistent,
+            expires_at_ms: message.expires_at_ms,
+            enqueued_at_ms: message.enqueued_at_ms,
+        };
+        if let Ok(verdict) = queue.publish(copy).await {
+            verdicts.push(verdict);
+        }
+    }
+    verdicts
+}
+
 /// A client would create a name beyond one of the [`NameLimits`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum NameLimitExceeded {
@@ -1101,6 +1188,7 @@ mod tests {
             limits: NameLimits::default(),
             tasks: tokio_util::task::TaskTracker::new(),
             metrics: Arc::default(),
+            cluster: None,
         };
         let router = Router::for_vhost(DEFAULT_VHOST, settings, Some(store), Arc::new(IdCounters::new()));
         let queue = router.client_queue("orders", None).unwrap();

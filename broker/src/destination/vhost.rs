@@ -51,6 +51,8 @@ pub struct RouterSettings {
     pub tasks: tokio_util::task::TaskTracker,
     /// The broker's counters, moved by queue actors.
     pub metrics: Arc<Metrics>,
+    /// The cluster link, in cluster mode (`[cluster]`).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// The broker's virtual hosts.
@@ -92,6 +94,7 @@ impl VirtualHosts {
             limits: NameLimits::default(),
             tasks: tokio_util::task::TaskTracker::new(),
             metrics: Arc::default(),
+            cluster: None,
         };
         VirtualHosts::new(BTreeSet::new(), settings, None)
     }

@@ -8,7 +8,8 @@
 //!
 //! [`Readiness`] is the one place those flags live. Whoever learns something sets it: the
 //! server when its listeners are bound and when it starts draining, the store's owner when it
-//! fails, and later the disk alarm and the cluster engine.
+//! fails, and the cluster link, which passes only while connected to NATS with every
+//! subscription confirmed since the last (re)connect.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -28,6 +29,8 @@ pub struct Readiness {
     listening: AtomicBool,
     draining: AtomicBool,
     store_failed: AtomicBool,
+    /// In cluster mode: connected to the engine with every subscription confirmed.
+    cluster: std::sync::OnceLock<std::sync::Arc<crate::cluster::Cluster>>,
 }
 
 /// One check's result.
@@ -82,6 +85,11 @@ impl Readiness {
         self.draining.load(Ordering::Acquire)
     }
 
+    /// Adds the cluster engine's check (cluster mode).
+    pub fn set_cluster(&self, cluster: std::sync::Arc<crate::cluster::Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
     /// Marks the store failed (or recovered).
     pub fn set_store_failed(&self, failed: bool) {
         self.store_failed.store(failed, Ordering::Release);
@@ -106,6 +114,10 @@ impl Readiness {
         );
         if let Some(status) = disk {
             checks.insert("disk", Check { ok: true, detail: crate::disk::describe(status).into() });
+        }
+        if let Some(cluster) = self.cluster.get() {
+            let (ok, detail) = cluster.check();
+            checks.insert("cluster", Check { ok, detail: detail.into() });
         }
         let draining = self.is_draining();
         checks.insert(

@@ -601,6 +601,7 @@ impl Session {
             .cloned()
             .ok_or_else(|| StompError::missing_header(Command::Send, names::DESTINATION))?;
         let destination = Destination::parse(&destination_value).map_err(destination_error)?;
+        self.router.check_clustered(&destination)?;
         let now = now_ms();
         let id = self.router.next_message_id();
         let message = TopicMessage {
@@ -631,7 +632,7 @@ impl Session {
                     ));
                 }
                 self.config.metrics.message_published(PublishKind::Topic);
-                for verdict in self.router.publish_topic(&name, &template, message).await {
+                for verdict in self.router.publish_topic(&name, &template, message).await? {
                     replies.push(Reply::After { verdict, receipt_id: receipt_id.clone() });
                 }
                 return Ok(id);
@@ -767,6 +768,7 @@ impl Session {
         }
         let ack = AckMode::parse(frame.header(names::ACK))?;
         let destination = Destination::parse(destination_value).map_err(destination_error)?;
+        self.router.check_clustered(&destination)?;
         self.authorize(Operation::Read, destination_value)?;
         let features = SubscribeFeatures::read(frame)?;
         if features.browser && matches!(destination, Destination::Topic(_)) {
@@ -806,7 +808,7 @@ impl Session {
                     };
                     let selector = features.selector;
                     let subscriber = Arc::new(TopicSubscriber { id: self.router.next_id(), sink, selector });
-                    let registration = self.router.subscribe_topic(&name, subscriber);
+                    let registration = self.router.subscribe_topic(&name, subscriber).await?;
                     self.insert_subscription(key, id, ack, Target::Topic(registration), None);
                     return Ok(());
                 }
