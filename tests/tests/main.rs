@@ -7,6 +7,7 @@ mod bridges;
 mod cli;
 mod client_examples;
 mod client_features;
+mod cluster;
 mod connection_faults;
 mod crash;
 mod disk_full;
