@@ -305,16 +305,27 @@ pub async fn run(
     size: usize,
     rate: Option<f64>,
     in_flight_bytes: u64,
+    subscriber_urls: &[String],
 ) -> Result<(), String> {
     let size = size.max(BODY_MIN);
     let settings: ConnSettings = c.settings((0, 0), 64 * 1024)?;
     let addr = settings.target.resolve().await?;
     let destination = format!("{}{}", c.topic_prefix, c.unique(scenario));
+    // Where each subscriber connects: round-robin over --subscriber-urls, or the publisher's.
+    let mut targets = Vec::new();
+    for url in subscriber_urls {
+        let target = crate::net::Target::parse(url)?;
+        let target_addr = target.resolve().await?;
+        targets.push((ConnSettings { target, ..settings.clone() }, target_addr));
+    }
+    if targets.is_empty() {
+        targets.push((settings.clone(), addr));
+    }
 
     let t_setup = now_ns();
     let subs: Vec<Result<Session, String>> = futures_util::stream::iter(0..subscribers)
-        .map(|_| {
-            let settings = settings.clone();
+        .map(|i| {
+            let (settings, addr) = targets[i % targets.len()].clone();
             let destination = destination.clone();
             async move {
                 let mut s = Session::open(&settings, addr).await?;

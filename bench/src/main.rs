@@ -103,6 +103,10 @@ enum Scenario {
         /// subscriber (0: open loop, publish as fast as the broker reads).
         #[arg(long, default_value_t = 256 << 10)]
         in_flight_bytes: u64,
+        /// Spread the subscribers round-robin over these brokers (comma-separated URLs, e.g.
+        /// the nodes of a cluster); the publisher stays on --url [default: all on --url].
+        #[arg(long, value_delimiter = ',')]
+        subscriber_urls: Vec<String>,
     },
     /// P producers, C consumers on one queue.
     Queue {
@@ -222,10 +226,12 @@ fn main() {
     };
     let result = runtime.block_on(async move {
         match cli.scenario {
-            Scenario::Fanout { subscribers, size, rate, in_flight_bytes } => {
-                fanout::run(&c, "fanout", subscribers, size, rate, in_flight_bytes).await
+            Scenario::Fanout { subscribers, size, rate, in_flight_bytes, subscriber_urls } => {
+                fanout::run(&c, "fanout", subscribers, size, rate, in_flight_bytes, &subscriber_urls).await
             }
-            Scenario::Latency { rate, size } => fanout::run(&c, "latency", 1, size, Some(rate), 256 << 10).await,
+            Scenario::Latency { rate, size } => {
+                fanout::run(&c, "latency", 1, size, Some(rate), 256 << 10, &[]).await
+            }
             Scenario::Queue { producers, consumers, persistent, receipts, window, ack, prefetch, size, rate } => {
                 queue::run(
                     &c,

@@ -1323,6 +1323,43 @@ mod tests {
     }
 
     #[test]
+    fn cluster_keys_come_from_the_file_cluster_variables_and_flags() {
+        assert!(cli(&[]).resolve_with(&[]).unwrap().cluster.is_none(), "no [cluster], no cluster mode");
+        let environment = variables(&[
+            ("STAMPEDE_CLUSTER__NATS_URLS", "nats://127.0.0.1:4222, nats://127.0.0.1:4223"),
+            ("STAMPEDE_CLUSTER__STREAM_REPLICAS", "3"),
+            ("STAMPEDE_CLUSTER__TLS", "yes"),
+            ("STAMPEDE_CLUSTER__QUEUES", "node-local"),
+        ]);
+        let config = cli(&["--cluster-node-name", "n1"]).resolve_with(&environment).unwrap();
+        let cluster = config.cluster.clone().expect("cluster mode");
+        assert_eq!(cluster.nats_urls, ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223"]);
+        assert_eq!((cluster.stream_replicas, cluster.tls), (3, true));
+        assert_eq!(cluster.queues, crate::cluster::QueueMode::NodeLocal);
+        assert_eq!(cluster.node_name.as_deref(), Some("n1"));
+        assert_eq!(cluster.subject_prefix, "stampede", "the default");
+        assert!(unknown_variables(&environment).is_empty());
+        assert_eq!(unknown_variables(&variables(&[("STAMPEDE_CLUSTER__NATS_URL", "x")])), ["STAMPEDE_CLUSTER__NATS_URL"]);
+        config.validate().unwrap();
+        let shown = config.as_environment();
+        assert!(shown.contains("STAMPEDE_CLUSTER__STREAM_REPLICAS=3\n"), "{shown}");
+
+        let flags = cli(&["--cluster-nats-urls", "nats://a:1,tls://b:2", "--cluster-stream-replicas", "2"]);
+        let error = flags.resolve_with(&[]).unwrap().validate().unwrap_err().to_string();
+        assert!(error.contains("cluster.stream_replicas must be 1 or 3, not 2"), "{error}");
+        let error = cli(&[])
+            .resolve_with(&variables(&[("STAMPEDE_CLUSTER__STREAM_REPLICAS", "many")]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("STAMPEDE_CLUSTER__STREAM_REPLICAS"), "{error}");
+        let error = cli(&[]).resolve_with(&variables(&[("STAMPEDE_CLUSTER", "x")])).unwrap_err().to_string();
+        assert!(error.contains("STAMPEDE_CLUSTER__<KEY>"), "{error}");
+        let file: Config = toml::from_str("[cluster]\nnats_urls = [\"nats://127.0.0.1:4222\"]\npassword = \"p\"\nuser = \"u\"\n").unwrap();
+        let shown = toml::to_string(&file.for_display()).unwrap();
+        assert!(!shown.contains("\"p\""), "{shown}");
+    }
+
+    #[test]
     fn an_invalid_environment_value_names_the_variable() {
         let error =
             cli(&[]).resolve_with(&variables(&[("STAMPEDE_QUEUE_MAX_LENGTH", "lots")])).unwrap_err().to_string();
