@@ -65,6 +65,8 @@ pub struct NatsServer {
     child: Option<Child>,
     /// Its client port on 127.0.0.1 (kept across restarts).
     pub port: u16,
+    /// Its monitoring port (`/connz`, `/subsz`) on 127.0.0.1.
+    pub monitor_port: u16,
     dir: tempfile::TempDir,
 }
 
@@ -72,9 +74,10 @@ impl NatsServer {
     /// Starts one on a free loopback port.
     pub fn start() -> NatsServer {
         let mut dir = tempfile::tempdir().expect("temp dir");
+        let free = || std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().unwrap().port();
         for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().unwrap().port();
-            let mut server = NatsServer { child: None, port, dir };
+            let (port, monitor_port) = (free(), free());
+            let mut server = NatsServer { child: None, port, monitor_port, dir };
             if server.spawn() {
                 return server;
             }
@@ -98,8 +101,9 @@ impl NatsServer {
         let store = self.dir.path().join("jetstream");
         let config = self.dir.path().join("nats.conf");
         let text = format!(
-            "listen: \"127.0.0.1:{}\"\njetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n",
+            "listen: \"127.0.0.1:{}\"\nhttp: \"127.0.0.1:{}\"\njetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n",
             self.port,
+            self.monitor_port,
             store.display().to_string()
         );
         std::fs::write(&config, text).expect("write nats.conf");
@@ -108,14 +112,22 @@ impl NatsServer {
             .append(true)
             .open(self.dir.path().join("nats.log"))
             .expect("nats log");
+        let ports_dir = self.dir.path().join("ports");
+        let _ = std::fs::remove_dir_all(&ports_dir);
+        std::fs::create_dir_all(&ports_dir).expect("ports dir");
         let child = Command::new(nats_server_binary())
             .arg("-c")
             .arg(&config)
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
             .expect("nats-server starts");
+        // The server writes its ports file once it has bound them: proof that it is this child,
+        // not another test's server on a port that was free a moment ago, that answers.
+        let ports_file = ports_dir.join(format!("nats-server_{}.ports", child.id()));
         self.child = Some(child);
         let deadline = Instant::now() + WAIT;
         while Instant::now() < deadline {
@@ -125,7 +137,7 @@ impl NatsServer {
                 self.child = None;
                 return false;
             }
-            if greets(SocketAddr::from(([127, 0, 0, 1], self.port))) {
+            if ports_file.is_file() && greets(SocketAddr::from(([127, 0, 0, 1], self.port))) {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -148,6 +160,27 @@ impl NatsServer {
     pub fn restart(&mut self) {
         self.stop();
         assert!(self.spawn(), "nats-server did not start again on port {}; its log:\n{}", self.port, self.log());
+    }
+
+    /// The subjects each client connection has subscribed now, by connection name (from the
+    /// monitoring endpoint `/connz?subs=1`).
+    pub async fn subscriptions(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        let url = format!("http://127.0.0.1:{}/connz?subs=1", self.monitor_port);
+        let connz: serde_json::Value =
+            crate::http_client().get(url).send().await.expect("connz").json().await.expect("connz json");
+        let mut by_name = std::collections::BTreeMap::new();
+        for connection in connz["connections"].as_array().into_iter().flatten() {
+            let name = connection["name"].as_str().unwrap_or_default().to_owned();
+            let mut subjects: Vec<String> = connection["subscriptions_list"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect();
+            subjects.sort();
+            by_name.insert(name, subjects);
+        }
+        by_name
     }
 
     /// What the server logged.

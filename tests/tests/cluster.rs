@@ -70,6 +70,46 @@ async fn topic_fan_out_reaches_tcp_and_ws_subscribers_on_every_node_exactly_once
     }
 }
 
+/// The topic subjects node `node` has subscribed on `nats` now.
+async fn node_subjects(nats: &NatsServer, node: &TestBroker) -> Vec<String> {
+    let name = format!("stampede {}", node.broker.router().cluster().expect("cluster mode").instance());
+    // The client's own reply inbox (`_INBOX.…`, for its round trips) is not topic interest.
+    let subjects = nats.subscriptions().await.remove(&name).unwrap_or_default();
+    subjects.into_iter().filter(|subject| subject.starts_with("stampede.")).collect()
+}
+
+/// Waits until node `node` holds exactly `subjects` on `nats`.
+async fn wait_for_subjects(nats: &NatsServer, node: &TestBroker, subjects: &[&str]) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now = node_subjects(nats, node).await;
+        if now == subjects {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "subscribed {now:?}, expected {subjects:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_node_subscribes_on_nats_only_the_patterns_its_clients_hold_until_the_last_one_leaves() {
+    let nats = NatsServer::start();
+    let nodes = cluster_nodes(&nats, 2).await;
+    assert_eq!(node_subjects(&nats, &nodes[0]).await, Vec::<String>::new(), "no subscriber, no interest");
+    let (a, b) = (nodes[0].client().await, nodes[0].ws_client().await);
+    let first = a.subscribe("/topic/ir.x", SubscribeOptions::new()).await.unwrap();
+    let second = b.subscribe("/topic/ir.x", SubscribeOptions::new()).await.unwrap();
+    let wildcard = b.subscribe("/topic/ir.#", SubscribeOptions::new()).await.unwrap();
+    // Subscribed before the RECEIPTs came back, once per distinct pattern.
+    assert_eq!(node_subjects(&nats, &nodes[0]).await, ["stampede./.t.ir.>", "stampede./.t.ir.x"]);
+    assert_eq!(node_subjects(&nats, &nodes[1]).await, Vec::<String>::new(), "the other node holds none");
+    first.unsubscribe().await.unwrap();
+    wildcard.unsubscribe().await.unwrap();
+    wait_for_subjects(&nats, &nodes[0], &["stampede./.t.ir.x"]).await;
+    second.unsubscribe().await.unwrap();
+    wait_for_subjects(&nats, &nodes[0], &[]).await;
+}
+
 #[tokio::test]
 async fn wildcard_subscriptions_across_nodes_match_as_on_one_node() {
     let nats = NatsServer::start();
@@ -140,8 +180,8 @@ async fn a_node_does_not_deliver_its_own_publication_twice() {
     let mut wildcard = local.subscribe("/topic/own.*", SubscribeOptions::new()).await.unwrap();
     let remote = nodes[1].client().await;
     let mut remote_subscription = remote.subscribe("/topic/own.x", SubscribeOptions::new()).await.unwrap();
-    local.send("/topic/own.x", "from node 0", Headers::new()).await.unwrap();
-    remote.send("/topic/own.x", "from node 1", Headers::new()).await.unwrap();
+    local.send_with_receipt("/topic/own.x", "from node 0", Headers::new()).await.unwrap();
+    remote.send_with_receipt("/topic/own.x", "from node 1", Headers::new()).await.unwrap();
     for subscription in [&mut exact, &mut wildcard, &mut remote_subscription] {
         let mut bodies: Vec<String> = exactly(subscription, 2).await.iter().map(body).collect();
         bodies.sort();

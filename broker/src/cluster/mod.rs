@@ -18,8 +18,9 @@
 //!
 //! # Readiness and outages
 //! The broker is ready when it is connected and the server has confirmed every subscription
-//! made since the last (re)connect (a flush, i.e. PING/PONG after the SUBs, on the same
-//! connection). async-nats re-sends every subscription on reconnect; the link confirms them
+//! made since the last (re)connect: a request the server itself answers ("no responders"),
+//! sent after the SUBs on the same connection, so its answer means the SUBs were processed (a
+//! client flush only means they left the socket, which loses messages published meanwhile). async-nats re-sends every subscription on reconnect; the link confirms them
 //! again before `/readyz` turns 200, the failure Redis- and NATS-backed brokers are known for
 //! (a node that reconnected and delivers nothing while it reports healthy). While the engine
 //! is away, a SEND to a topic or a SUBSCRIBE gets an ERROR `cluster engine unavailable`: core
@@ -65,7 +66,7 @@ pub const ORIGIN_HEADER: &str = "Stampede-Origin";
 /// event was lost is still seen within this).
 const LINK_TICK: Duration = Duration::from_millis(100);
 
-/// Longest the link waits for the server to answer a flush before trying again.
+/// Longest the link waits for the server to answer its round trip before trying again.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a cluster operation failed.
@@ -426,20 +427,31 @@ async fn link(cluster: Arc<Cluster>, tasks: TaskTracker, shutdown: CancellationT
             warn!("cluster: cannot subscribe on NATS: {error}");
             continue;
         }
-        match tokio::time::timeout(FLUSH_TIMEOUT, cluster.client.flush()).await {
-            Ok(Ok(())) => {
+        match round_trip(&cluster).await {
+            Ok(()) => {
                 let changed = cluster.confirmed.borrow().1 != epoch;
                 cluster.confirmed.send_replace((generation, epoch));
                 if changed {
                     info!(patterns = subscribed.len(), "cluster: every topic subscription is confirmed by NATS; ready");
                 }
             }
-            Ok(Err(error)) => warn!("cluster: NATS flush failed: {error}"),
-            Err(_) => warn!("cluster: NATS did not answer a flush within {FLUSH_TIMEOUT:?}"),
+            Err(error) => warn!("cluster: NATS did not confirm this node's subscriptions: {error}"),
         }
     }
     for (_, entry) in subscribed {
         entry.stop.cancel();
+    }
+}
+
+/// A request the server itself answers, after everything this connection sent before it: a
+/// flush only waits for the socket, the answer waits for the server. Nobody subscribes the
+/// subject (`<prefix>._ping.<instance>`), so the server answers "no responders" at once.
+async fn round_trip(cluster: &Cluster) -> Result<(), async_nats::RequestError> {
+    let request = async_nats::Request::new().timeout(Some(FLUSH_TIMEOUT));
+    match cluster.client.send_request(cluster.subjects.ping(&cluster.instance), request).await {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+        Err(error) => Err(error),
     }
 }
 

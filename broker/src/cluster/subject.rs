@@ -142,6 +142,14 @@ impl Subjects {
         subject
     }
 
+    /// The subject of a node's round trips to the server (`<prefix>._ping.<instance>`), which
+    /// nobody subscribes.
+    pub fn ping(&self, instance: &str) -> String {
+        let mut subject = format!("{}._ping.", self.prefix);
+        encode_token(instance, &mut subject);
+        subject
+    }
+
     /// The virtual host and topic name of a topic subject; `None` for a subject this prefix
     /// and encoding did not make.
     pub fn parse_topic(&self, subject: &str) -> Option<(String, String)> {
