@@ -229,9 +229,7 @@ fn main() {
             Scenario::Fanout { subscribers, size, rate, in_flight_bytes, subscriber_urls } => {
                 fanout::run(&c, "fanout", subscribers, size, rate, in_flight_bytes, &subscriber_urls).await
             }
-            Scenario::Latency { rate, size } => {
-                fanout::run(&c, "latency", 1, size, Some(rate), 256 << 10, &[]).await
-            }
+            Scenario::Latency { rate, size } => fanout::run(&c, "latency", 1, size, Some(rate), 256 << 10, &[]).await,
             Scenario::Queue { producers, consumers, persistent, receipts, window, ack, prefetch, size, rate } => {
                 queue::run(
                     &c,

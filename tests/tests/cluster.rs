@@ -45,11 +45,10 @@ async fn topic_fan_out_reaches_tcp_and_ws_subscribers_on_every_node_exactly_once
     let tcp_publisher = nodes[0].client().await;
     let ws_publisher = nodes[2].ws_client().await;
     for i in 0..50 {
-        let headers: Headers =
-            [("content-type", "application/json"), ("x-seq", &i.to_string()), ("x-colon", "a:b\nc")]
-                .into_iter()
-                .map(|(n, v)| (n.to_owned(), v.to_owned()))
-                .collect();
+        let headers: Headers = [("content-type", "application/json"), ("x-seq", &i.to_string()), ("x-colon", "a:b\nc")]
+            .into_iter()
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            .collect();
         tcp_publisher.send("/topic/fan", format!("{{\"tcp\":{i}}}"), headers.clone()).await.unwrap();
         ws_publisher.send("/topic/fan", format!("{{\"ws\":{i}}}"), headers).await.unwrap();
     }
@@ -116,7 +115,17 @@ async fn wildcard_subscriptions_across_nodes_match_as_on_one_node() {
     let nodes = cluster_nodes(&nats, 3).await;
     let patterns = ["a.*", "a.#", "a.#.z", "*.b", "news/*", "a.b"];
     let names = [
-        "a", "a.b", "a.b.c", "a.b.z", "x.b", "news/uk", "news/uk/london", "news.uk", "a.with space", "a.star*x", "a..",
+        "a",
+        "a.b",
+        "a.b.c",
+        "a.b.z",
+        "x.b",
+        "news/uk",
+        "news/uk/london",
+        "news.uk",
+        "a.with space",
+        "a.star*x",
+        "a..",
     ];
     let mut subscriptions = Vec::new();
     for (i, pattern) in patterns.iter().enumerate() {

@@ -192,6 +192,8 @@ fn host_name() -> String {
 mod tests {
     use super::*;
 
+    type Change = Box<dyn FnOnce(&mut ClusterConfig)>;
+
     fn with(change: impl FnOnce(&mut ClusterConfig)) -> Result<(), String> {
         let mut config = ClusterConfig { nats_urls: vec!["nats://127.0.0.1:4222".to_owned()], ..Default::default() };
         change(&mut config);
@@ -201,7 +203,7 @@ mod tests {
     #[test]
     fn bad_values_get_one_line_naming_the_key() {
         assert_eq!(with(|_| {}), Ok(()));
-        let cases: [(&str, Box<dyn FnOnce(&mut ClusterConfig)>); 8] = [
+        let cases: [(&str, Change); 8] = [
             ("cluster.nats_urls is empty", Box::new(|c| c.nats_urls.clear())),
             ("cluster.nats_urls: \"http://x:1\"", Box::new(|c| c.nats_urls = vec!["http://x:1".to_owned()])),
             ("cluster.stream_replicas must be 1 or 3, not 2", Box::new(|c| c.stream_replicas = 2)),
@@ -227,11 +229,13 @@ mod tests {
     #[test]
     fn every_cluster_key_is_in_the_readme_table_with_its_real_default() {
         let readme = include_str!("../../../README.md");
-        let table = readme.split("| key in `[cluster]` | default | meaning |").nth(1).expect("the README's [cluster] table");
+        let table =
+            readme.split("| key in `[cluster]` | default | meaning |").nth(1).expect("the README's [cluster] table");
         let rows: Vec<&str> = table.lines().skip(2).take_while(|line| line.starts_with('|')).collect();
         let defaults = toml::Table::try_from(ClusterConfig::default()).expect("renders as TOML");
         for key in ClusterConfig::keys() {
-            let row = rows.iter().find(|row| row.split('|').nth(1).is_some_and(|cell| cell.contains(&format!("`{key}`"))));
+            let row =
+                rows.iter().find(|row| row.split('|').nth(1).is_some_and(|cell| cell.contains(&format!("`{key}`"))));
             let row = row.unwrap_or_else(|| panic!("the README's [cluster] table has no row for {key}"));
             // Empty lists and unset options are written as "none".
             if let Some(value) = defaults.get(*key).filter(|v| v.as_array().is_none_or(|a| !a.is_empty())) {
@@ -240,7 +244,10 @@ mod tests {
                     toml::Value::String(text) => text.clone(),
                     other => other.to_string(),
                 };
-                assert!(default_cell.contains(&format!("`{shown}`")), "{key}: README says {default_cell:?}, the code {shown}");
+                assert!(
+                    default_cell.contains(&format!("`{shown}`")),
+                    "{key}: README says {default_cell:?}, the code {shown}"
+                );
             }
         }
     }

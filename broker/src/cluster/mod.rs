@@ -325,13 +325,13 @@ impl Cluster {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(ORIGIN_HEADER, &*self.instance);
         let size = payload.len();
-        self.client.publish_with_headers(self.subjects.topic(vhost, name), headers, payload).await.map_err(|e| {
-            match e.kind() {
-                async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
-                    ClusterError::TooLarge { size, max: self.client.max_payload() }
-                }
-                _ => ClusterError::Unavailable(e.to_string()),
+        self.client.publish_with_headers(self.subjects.topic(vhost, name), headers, payload).await.map_err(|e| match e
+            .kind()
+        {
+            async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
+                ClusterError::TooLarge { size, max: self.client.max_payload() }
             }
+            _ => ClusterError::Unavailable(e.to_string()),
         })
     }
 
@@ -487,7 +487,12 @@ async fn reconcile(
 
 /// Reads one NATS subscription and delivers each message from another node to the local
 /// subscribers of its pattern. Dropping the subscriber at the end unsubscribes it.
-async fn read(cluster: Arc<Cluster>, interest: Arc<Interest>, mut subscriber: async_nats::Subscriber, stop: CancellationToken) {
+async fn read(
+    cluster: Arc<Cluster>,
+    interest: Arc<Interest>,
+    mut subscriber: async_nats::Subscriber,
+    stop: CancellationToken,
+) {
     loop {
         let message = tokio::select! {
             () = stop.cancelled() => break,

@@ -129,7 +129,10 @@ mod tests {
         let (back, fields) = decode(&payload).unwrap();
         assert_eq!(back.headers(), &headers);
         assert_eq!(back.body(), template.body());
-        assert_eq!((fields.id, fields.persistent, fields.expires_at_ms, fields.enqueued_at_ms), (42, true, Some(99), 7));
+        assert_eq!(
+            (fields.id, fields.persistent, fields.expires_at_ms, fields.enqueued_at_ms),
+            (42, true, Some(99), 7)
+        );
         let plain = TopicMessage { id: 1, persistent: false, expires_at_ms: None, enqueued_at_ms: 0 };
         let (_, fields) = decode(&encode(&template, &plain)).unwrap();
         assert_eq!((fields.persistent, fields.expires_at_ms), (false, None));

@@ -1339,7 +1339,10 @@ mod tests {
         assert_eq!(cluster.node_name.as_deref(), Some("n1"));
         assert_eq!(cluster.subject_prefix, "stampede", "the default");
         assert!(unknown_variables(&environment).is_empty());
-        assert_eq!(unknown_variables(&variables(&[("STAMPEDE_CLUSTER__NATS_URL", "x")])), ["STAMPEDE_CLUSTER__NATS_URL"]);
+        assert_eq!(
+            unknown_variables(&variables(&[("STAMPEDE_CLUSTER__NATS_URL", "x")])),
+            ["STAMPEDE_CLUSTER__NATS_URL"]
+        );
         config.validate().unwrap();
         let shown = config.as_environment();
         assert!(shown.contains("STAMPEDE_CLUSTER__STREAM_REPLICAS=3\n"), "{shown}");
@@ -1354,7 +1357,9 @@ mod tests {
         assert!(error.contains("STAMPEDE_CLUSTER__STREAM_REPLICAS"), "{error}");
         let error = cli(&[]).resolve_with(&variables(&[("STAMPEDE_CLUSTER", "x")])).unwrap_err().to_string();
         assert!(error.contains("STAMPEDE_CLUSTER__<KEY>"), "{error}");
-        let file: Config = toml::from_str("[cluster]\nnats_urls = [\"nats://127.0.0.1:4222\"]\npassword = \"p\"\nuser = \"u\"\n").unwrap();
+        let file: Config =
+            toml::from_str("[cluster]\nnats_urls = [\"nats://127.0.0.1:4222\"]\npassword = \"p\"\nuser = \"u\"\n")
+                .unwrap();
         let shown = toml::to_string(&file.for_display()).unwrap();
         assert!(!shown.contains("\"p\""), "{shown}");
     }
