@@ -270,6 +270,25 @@ async fn a_topic_send_or_subscribe_while_nats_is_down_gets_an_error_and_the_node
 }
 
 #[tokio::test]
+async fn a_durable_subscription_keeps_what_other_nodes_publish_while_its_client_is_away() {
+    let nats = NatsServer::start();
+    let nodes = cluster_nodes(&nats, 2).await;
+    let options = || SubscribeOptions::new().id("d").durable();
+    let subscriber = nodes[1].client().await;
+    let subscription = subscriber.subscribe("/topic/kept.*", options()).await.unwrap();
+    drop(subscription);
+    subscriber.disconnect().await.unwrap();
+    let publisher = nodes[0].client().await;
+    for i in 0..3 {
+        publisher.send_with_receipt("/topic/kept.a", format!("away-{i}"), Headers::new()).await.unwrap();
+    }
+    let subscriber = nodes[1].client().await;
+    let mut subscription = subscriber.subscribe("/topic/kept.*", options()).await.unwrap();
+    let got: Vec<String> = exactly(&mut subscription, 3).await.iter().map(body).collect();
+    assert_eq!(got, ["away-0", "away-1", "away-2"]);
+}
+
+#[tokio::test]
 async fn queue_destinations_are_refused_in_cluster_mode_unless_configured_node_local() {
     let nats = NatsServer::start();
     let node = TestBroker::start_with(cluster_config(&nats, "q")).await;

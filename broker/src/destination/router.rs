@@ -766,19 +766,34 @@ impl Router {
                 self.count_durable(user, -1);
             }
         }
-        let mut durables = self.durables.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(existing) = durables.get(name) {
-            // Another connection of the same owner created it meanwhile.
-            return if existing.owner == owner { Ok(existing.queue.clone()) } else { Err(DurableError::AccessDenied) };
-        }
-        self.check_durable_room(durables.len(), user)?;
-        self.define_durable(name, topic, &owner);
-        let record = self.durable_record(name, topic, &owner);
-        let queue = self.spawn_durable(name, record, Vec::new());
-        let registration = self.bind(topic, queue.clone());
-        durables.insert(name.to_owned(), Durable { queue: queue.clone(), registration, owner });
-        if let Some(user) = user {
-            self.count_durable(user, 1);
+        let queue = {
+            let mut durables = self.durables.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(existing) = durables.get(name) {
+                // Another connection of the same owner created it meanwhile.
+                return if existing.owner == owner {
+                    Ok(existing.queue.clone())
+                } else {
+                    Err(DurableError::AccessDenied)
+                };
+            }
+            self.check_durable_room(durables.len(), user)?;
+            self.define_durable(name, topic, &owner);
+            let record = self.durable_record(name, topic, &owner);
+            let queue = self.spawn_durable(name, record, Vec::new());
+            let registration = self.bind(topic, queue.clone());
+            durables.insert(name.to_owned(), Durable { queue: queue.clone(), registration, owner });
+            if let Some(user) = user {
+                self.count_durable(user, 1);
+            }
+            queue
+        };
+        if let Some(cluster) = &self.cluster {
+            // Like a plain SUBSCRIBE, return once NATS has the interest. The subscription is
+            // this node's either way: if NATS is away it keeps what is published here, and the
+            // link subscribes it when NATS is back.
+            if let Err(error) = cluster.confirm(self.interest_generation.load(Ordering::Acquire)).await {
+                warn!(name, "durable subscription created while {error}");
+            }
         }
         Ok(queue)
     }
