@@ -67,17 +67,24 @@ pub struct NatsServer {
     pub port: u16,
     /// Its monitoring port (`/connz`, `/subsz`) on 127.0.0.1.
     pub monitor_port: u16,
+    /// More lines for its configuration file.
+    extra: String,
     dir: tempfile::TempDir,
 }
 
 impl NatsServer {
     /// Starts one on a free loopback port.
     pub fn start() -> NatsServer {
+        NatsServer::start_with("")
+    }
+
+    /// Starts one with `extra` lines in its configuration file (`max_payload: 2048`).
+    pub fn start_with(extra: &str) -> NatsServer {
         let mut dir = tempfile::tempdir().expect("temp dir");
         let free = || std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().unwrap().port();
         for _ in 0..5 {
             let (port, monitor_port) = (free(), free());
-            let mut server = NatsServer { child: None, port, monitor_port, dir };
+            let mut server = NatsServer { child: None, port, monitor_port, extra: extra.to_owned(), dir };
             if server.spawn() {
                 return server;
             }
@@ -106,7 +113,7 @@ impl NatsServer {
             self.monitor_port,
             store.display().to_string()
         );
-        std::fs::write(&config, text).expect("write nats.conf");
+        std::fs::write(&config, text + &self.extra).expect("write nats.conf");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -289,6 +289,23 @@ async fn a_durable_subscription_keeps_what_other_nodes_publish_while_its_client_
 }
 
 #[tokio::test]
+async fn a_message_larger_than_nats_takes_is_refused_on_every_node_naming_max_payload() {
+    let nats = NatsServer::start_with("max_payload: 4096\n");
+    let nodes = cluster_nodes(&nats, 2).await;
+    let local = nodes[0].client().await;
+    let mut local_subscription = local.subscribe("/topic/big", SubscribeOptions::new()).await.unwrap();
+    let sender = nodes[0].client().await;
+    let error = sender.send_with_receipt("/topic/big", vec![b'x'; 8192], Headers::new()).await.unwrap_err();
+    let error = error.server_error().expect("an ERROR frame").clone();
+    assert!(error.message.contains("too large for the cluster engine"), "{}", error.message);
+    assert!(error.message.contains("max_payload"), "{}", error.message);
+    assert!(local_subscription.recv_timeout(QUIET).await.is_err(), "not delivered on its own node either");
+    let sender = nodes[0].client().await;
+    sender.send_with_receipt("/topic/big", vec![b'x'; 1024], Headers::new()).await.unwrap();
+    assert_eq!(local_subscription.recv_timeout(WAIT).await.unwrap().body.len(), 1024);
+}
+
+#[tokio::test]
 async fn queue_destinations_are_refused_in_cluster_mode_unless_configured_node_local() {
     let nats = NatsServer::start();
     let node = TestBroker::start_with(cluster_config(&nats, "q")).await;

@@ -309,22 +309,33 @@ impl Cluster {
         }
     }
 
-    /// Publishes topic `name` of `vhost` to the other nodes (this node delivered it already).
+    /// Checks that the engine is there and takes the message (as NATS will see it), before
+    /// this node delivers it: a message NATS would refuse is refused everywhere, not delivered
+    /// on one node only.
     ///
     /// # Errors
-    /// Not connected, or the message is larger than NATS accepts.
-    pub async fn publish(
-        &self,
-        vhost: &str,
-        name: &str,
-        template: &MessageTemplate,
-        message: &TopicMessage,
-    ) -> Result<(), ClusterError> {
+    /// Not connected, or the message is larger than NATS accepts (`max_payload`).
+    pub fn prepare(&self, template: &MessageTemplate, message: &TopicMessage) -> Result<Outgoing, ClusterError> {
         self.check_available()?;
         let payload = wire::encode(template, message);
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(ORIGIN_HEADER, &*self.instance);
-        let size = payload.len();
+        // NATS counts the header block too; this bound is what its client checks.
+        let size = payload.len() + ORIGIN_HEADER.len() + self.instance.len() + 16;
+        let max = self.client.max_payload();
+        if max > 0 && size > max {
+            return Err(ClusterError::TooLarge { size, max });
+        }
+        Ok(Outgoing { headers, payload, size })
+    }
+
+    /// Publishes a [`Cluster::prepare`]d message as topic `name` of `vhost` to the other nodes
+    /// (this node delivered it already).
+    ///
+    /// # Errors
+    /// The connection was lost, or NATS refused the size after all.
+    pub async fn publish(&self, vhost: &str, name: &str, outgoing: Outgoing) -> Result<(), ClusterError> {
+        let Outgoing { headers, payload, size } = outgoing;
         self.client.publish_with_headers(self.subjects.topic(vhost, name), headers, payload).await.map_err(|e| match e
             .kind()
         {
@@ -391,6 +402,14 @@ impl Cluster {
     pub fn interest_count(&self) -> usize {
         self.interest.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
+}
+
+/// A topic message ready for NATS ([`Cluster::prepare`]).
+#[derive(Debug)]
+pub struct Outgoing {
+    headers: async_nats::HeaderMap,
+    payload: bytes::Bytes,
+    size: usize,
 }
 
 /// One NATS subscription in place: the interest it feeds and how to stop its reader.

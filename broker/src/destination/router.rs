@@ -379,9 +379,9 @@ impl Router {
             self.publish_topic_now(name, template, message.id, &mut durable, &mut congested);
             return Ok(finish_delivery(template, message, durable, congested).await);
         };
-        cluster.check_available()?;
+        let outgoing = cluster.prepare(template, &message)?;
         self.publish_topic_now(name, template, message.id, &mut durable, &mut congested);
-        let remote = cluster.publish(&self.vhost, name, template, &message).await;
+        let remote = cluster.publish(&self.vhost, name, outgoing).await;
         let verdicts = finish_delivery(template, message, durable, congested).await;
         remote.map(|()| verdicts)
     }
