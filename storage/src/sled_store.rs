@@ -649,7 +649,13 @@ impl Writer {
     /// Drops the engine after a failure; returns `error`. After a failed sync the store refuses
     /// every later write; after any other failure a later write reopens it.
     fn lose_engine(&mut self, error: StorageError) -> StorageError {
-        self.engine = None;
+        if let Some(engine) = self.engine.take() {
+            // sled syncs its log when dropped and unwraps the result: after a failed fsync that
+            // panics, which would end this thread and every write with it.
+            if guarded(&self.path, "closing after a failure", move || drop(engine)).is_err() {
+                debug!(path = %self.path.display(), "the engine panicked while closing after a failure");
+            }
+        }
         if matches!(error, StorageError::SyncFailed { .. }) {
             if self.refused.is_none() {
                 error!(path = %self.path.display(), error = %error,
