@@ -21,6 +21,7 @@ mod hostile;
 mod management_api;
 mod messaging;
 mod operations;
+mod power_loss;
 mod security;
 mod security_auth;
 mod security_frames;
