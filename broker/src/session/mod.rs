@@ -5,7 +5,7 @@
 //! its open transactions and its temporary queues. It never touches a socket: the connection
 //! task feeds it frames, writes what it returns, and asks it to render deliveries from the
 //! outbox. That keeps every rule of the specification testable with frames in and frames out
-//! (the unit tests in `session/tests.rs` do exactly that).
+//! (the unit tests in `tests` do exactly that).
 //!
 //! A frame goes through two stages. [`request`] reads it into a typed request, the one place
 //! that looks at headers (and, through [`dialect`] and [`features`], at the spellings other
@@ -26,6 +26,8 @@ mod machine;
 mod request;
 mod send;
 mod subscriptions;
+#[cfg(test)]
+mod tests;
 mod transactions;
 
 use std::collections::{HashMap, VecDeque};
