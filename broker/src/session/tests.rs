@@ -616,3 +616,67 @@ async fn a_browser_sees_waiting_messages_then_ends_without_consuming_them() {
             .contains("browser")
     );
 }
+
+// Producer flow control.
+
+/// A producer publishing `count` transient messages as fast as it can to a queue of at most
+/// 1,000 messages, and a consumer that takes ten at a time, once a millisecond: returns the
+/// largest backlog seen, how many SENDs were refused, and how many messages were delivered.
+async fn fast_producer_slow_consumer(flow_backlog: usize, count: usize) -> (usize, usize, usize) {
+    let settings = QueueSettings { max_length: 1000, flow_backlog, ..QueueSettings::default() };
+    let vhosts = VirtualHosts::in_memory(settings);
+    let config = Arc::new(SessionConfig::default());
+    let mut consumer = Client::connected(&vhosts, &config, &[]).await;
+    consumer.ok(Command::Subscribe, &[("destination", "/queue/work"), ("id", "s"), ("prefetch-count", "10")]).await;
+    let mut producer = Client::connected(&vhosts, &config, &[]).await;
+    let publishing = tokio::spawn(async move {
+        let mut refused = 0;
+        for n in 0..count {
+            let send = frame(Command::Send, &[("destination", "/queue/work")]).with_body(n.to_string());
+            producer.request(send).await.expect("SEND accepted");
+            // Verdicts are read as the connection reads them: without waiting for each.
+            for reply in producer.replies.drain(..) {
+                if let Reply::After { verdict, .. } = reply
+                    && !matches!(verdict.await, Ok(Ok(())))
+                {
+                    refused += 1;
+                }
+            }
+        }
+        refused
+    });
+    let queue = vhosts.default_router().queue("work").expect("the queue exists");
+    let (mut delivered, mut deepest) = (0, 0);
+    while delivered < count {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        deepest = deepest.max(queue.depth());
+        let mut taken = VecDeque::new();
+        consumer.outbox.take_all(&mut taken);
+        let mut bytes = BytesMut::new();
+        for delivery in taken {
+            if let Some(ack) = consumer.session.render(delivery, &mut bytes) {
+                let _ = ack.from.queue.settle(ack.from.consumer, vec![ack.message_id], Outcome::Ack);
+                delivered += 1;
+            }
+        }
+        if publishing.is_finished() && queue.depth() == 0 && consumer.outbox.queued_bytes() == 0 {
+            break;
+        }
+    }
+    (deepest, publishing.await.unwrap(), delivered)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fast_producer_is_slowed_so_a_slow_consumer_gets_everything_and_nothing_is_refused() {
+    let (deepest, refused, delivered) = fast_producer_slow_consumer(8192, 5000).await;
+    assert_eq!(refused, 0);
+    assert_eq!(delivered, 5000);
+    // The gate closes at half of queue_max_length.
+    assert!(deepest < 1000, "the backlog reached {deepest}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_flow_control_the_same_producer_fills_the_queue_and_is_refused() {
+    let (deepest, refused, _) = fast_producer_slow_consumer(0, 5000).await;
+    assert!(refused > 0 && deepest >= 1000, "deepest {deepest}, refused {refused}");
+}
