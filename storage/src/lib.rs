@@ -19,7 +19,9 @@
 //!   disk (the `watermark` module says why).
 //! - [`Recovery`]: what comes back at start-up — definitions, messages in sequence order with
 //!   their delivery counts, and [`RecoveryProblem`]s for records that failed their checksum and
-//!   were set aside rather than crash the broker or vanish unreported.
+//!   were set aside rather than crash the broker or vanish unreported. When sled's own files
+//!   are damaged (it cannot open them, or it lost writes it had confirmed), recovery salvages
+//!   every intact record from the raw files (the `salvage` module says how and why).
 //!
 //! The on-disk format is described in the `codec` module's source.
 //!
@@ -63,6 +65,7 @@ mod lock_holder;
 mod memory;
 mod model;
 mod options;
+mod salvage;
 mod sled_store;
 mod store;
 mod watermark;

@@ -252,6 +252,10 @@ pub enum ProblemKind {
     MissingDefinition,
     /// A key that does not belong to the layout; it was moved to quarantine and skipped.
     UnknownKey,
+    /// sled's own files were damaged (it could not open them, or it had lost writes it had
+    /// confirmed); the intact records were salvaged from the raw files and every message
+    /// counts as delivered once.
+    EngineDamaged,
 }
 
 /// One record recovery could not use as is.
@@ -298,6 +302,11 @@ pub struct StoreMetrics {
     pub commit_seconds: CommitTimes,
     /// The latest group commit failed (it is not durable; the store may be unwritable).
     pub last_commit_failed: bool,
+    /// Damaged records the last recovery set aside (quarantined), including one for a salvage
+    /// of damaged engine files.
+    pub recovery_problems: u64,
+    /// Messages the last recovery salvaged from damaged engine files.
+    pub salvaged_messages: u64,
 }
 
 /// Upper bounds, in seconds, of the buckets of [`CommitTimes`] (a last bucket holds the rest).

@@ -43,6 +43,7 @@ use tracing::{debug, error, info, warn};
 use crate::codec::{self, QueueKey};
 use crate::durable::{self, DurableFiles, SyncFailure, SyncFaults};
 use crate::model::{COMMIT_SECONDS_BUCKETS, CommitTimes};
+use crate::salvage::{self, COMMIT_KEY, STAMP_FILE, STAMP_SYNC_INTERVAL};
 use crate::watermark::{self, DiskWatermark, FreeSpaceLimit};
 use crate::{
     Completion, FsyncMode, Op, ProblemKind, QueueRecord, RecordPosition, RecoveredQueue, Recovery, RecoveryProblem,
@@ -77,6 +78,8 @@ struct Shared {
     failed_submissions: AtomicU64,
     rejected_submissions: AtomicU64,
     reopens: AtomicU64,
+    recovery_problems: AtomicU64,
+    salvaged_messages: AtomicU64,
     disk_usage: AtomicU64,
     commit_times: CommitClock,
     last_commit_failed: AtomicBool,
@@ -154,7 +157,45 @@ impl SledStore {
             Ok(bytes) => debug!(path = %path.display(), bytes, "reserve file released for opening the store"),
             Err(e) => warn!(path = %path.display(), error = %e, "could not release the reserve file"),
         }
-        let engine = Engine::open(&path, &options).map_err(|e| disk_full(&path, e, options.disk_free_limit))?;
+        let stamp = salvage::read_stamp(&path);
+        // Scanned before sled opens, which destroys what it cannot read (see `salvage`).
+        let scan_started = Instant::now();
+        let before = match salvage::scan(&salvage::value_files(&path)) {
+            Ok(found) => {
+                info!(path = %path.display(), bytes = found.bytes, elapsed_ms = scan_started.elapsed().as_millis() as u64,
+                    "scanned the store's files before opening them");
+                Some(found)
+            }
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "could not scan the store's files before opening them");
+                None
+            }
+        };
+        let (engine, salvage) = match Engine::open_guarded(&path, &options) {
+            Ok(engine) => {
+                let sled_commits = engine.commits();
+                let salvage = stamp.filter(|&stamped| sled_commits < stamped).map(|stamped| Salvage::Merge {
+                    sled_commits,
+                    stamped,
+                    before,
+                });
+                (engine, salvage)
+            }
+            Err(StorageError::Corruption { detail, .. }) => {
+                let aside = salvage::move_aside(&path).map_err(|e| StorageError::Io {
+                    path: path.clone(),
+                    action: "moving damaged files aside",
+                    source: Arc::new(e),
+                })?;
+                error!(path = %path.display(), damaged = %aside.display(), cause = %detail,
+                    "the message store's files are damaged: moved them aside and salvaging every intact record from them");
+                let engine = Engine::open(&path, &options).map_err(|e| disk_full(&path, e, options.disk_free_limit))?;
+                (engine, Some(Salvage::Rebuild { aside, cause: detail, before }))
+            }
+            Err(e) => return Err(disk_full(&path, e, options.disk_free_limit)),
+        };
+        let commits = engine.commits().max(stamp.unwrap_or(0));
+        let stamp = Stamp::open(&path);
         let watermark = DiskWatermark::new(&path, options.disk_free_limit)
             .map_err(|e| StorageError::Open { path: path.clone(), source: Arc::new(e) })?;
         let shared = Arc::new(Shared { watermark: Some(Arc::new(watermark)), ..Shared::default() });
@@ -171,6 +212,9 @@ impl SledStore {
             shared: Arc::clone(&shared),
             usage_refreshed: Instant::now(),
             retry_removals: Vec::new(),
+            commits,
+            stamp,
+            salvage,
         };
         let writer = std::thread::Builder::new()
             .name("stampede-storage".into())
@@ -254,6 +298,8 @@ impl Store for SledStore {
             reopens: s.reopens.load(Relaxed),
             commit_seconds: s.commit_times.read(),
             last_commit_failed: s.last_commit_failed.load(Relaxed),
+            recovery_problems: s.recovery_problems.load(Relaxed),
+            salvaged_messages: s.salvaged_messages.load(Relaxed),
         }
     }
 }
@@ -322,6 +368,22 @@ impl Engine {
         Ok(Engine { db, files, meta, quarantine, queues: HashMap::new() })
     }
 
+    /// [`Engine::open`], with a panic inside sled (it panics on some damaged files) reported as
+    /// [`StorageError::Corruption`].
+    fn open_guarded(path: &Path, options: &StoreOptions) -> Result<Engine, StorageError> {
+        guarded(path, "opening", || Engine::open(path, options))?
+    }
+
+    /// The number of the last group commit sled holds (0 for a store from before numbering).
+    fn commits(&self) -> u64 {
+        self.meta
+            .get(COMMIT_KEY)
+            .ok()
+            .flatten()
+            .and_then(|value| value.as_ref().try_into().ok().map(u64::from_le_bytes))
+            .unwrap_or(0)
+    }
+
     /// sled's flush, then an `fdatasync` of its files: what makes a group durable.
     fn sync(&mut self, path: &Path, faults: &SyncFaults) -> Result<(), StorageError> {
         self.db.flush().map_err(|e| match e {
@@ -361,6 +423,63 @@ struct Writer {
     usage_refreshed: Instant,
     /// Removals (ACKs, drops) of groups that failed, applied again ahead of the next group.
     retry_removals: Vec<Op>,
+    /// The number of the last durable group commit, also kept in sled and in the stamp.
+    commits: u64,
+    /// Our own record of `commits`, to notice a sled that lost confirmed writes.
+    stamp: Option<Stamp>,
+    /// Set at opening when sled's files were found damaged; done by the first recovery.
+    salvage: Option<Salvage>,
+}
+
+/// What the first recovery must salvage.
+enum Salvage {
+    /// sled opened but holds fewer commits than were confirmed: add back what it lost.
+    Merge { sled_commits: u64, stamped: u64, before: Option<salvage::Salvaged> },
+    /// sled could not open its files; they were moved to `aside` and a fresh store created.
+    Rebuild { aside: PathBuf, cause: String, before: Option<salvage::Salvaged> },
+}
+
+/// The stamp file: written after every durable commit, synced at most every
+/// [`STAMP_SYNC_INTERVAL`] and on every flush (see the `salvage` module).
+struct Stamp {
+    file: std::fs::File,
+    synced_at: Instant,
+}
+
+impl Stamp {
+    fn open(dir: &Path) -> Option<Stamp> {
+        let path = dir.join(STAMP_FILE);
+        let created = !path.exists();
+        let opened = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path);
+        match opened {
+            Ok(file) => {
+                if created && let Err(failure) = durable::sync_path(dir) {
+                    warn!(path = %dir.display(), error = %failure.source, "could not sync the new commit stamp's directory");
+                }
+                Some(Stamp { file, synced_at: Instant::now() })
+            }
+            Err(e) => {
+                warn!(path = %path.display(), error = %e,
+                    "cannot open the commit stamp: a store that loses confirmed writes will not be noticed");
+                None
+            }
+        }
+    }
+
+    fn record(&mut self, commit: u64, sync_now: bool) {
+        use std::os::unix::fs::FileExt;
+        let result = self.file.write_all_at(&salvage::encode_stamp(commit), 0).and_then(|()| {
+            if sync_now || self.synced_at.elapsed() >= STAMP_SYNC_INTERVAL {
+                self.synced_at = Instant::now();
+                self.file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = result {
+            debug!(error = %e, "could not write the commit stamp");
+        }
+    }
 }
 
 /// Most removals kept for retrying; beyond it the oldest are given up (their messages come
@@ -509,8 +628,18 @@ impl Writer {
         plan.apply(engine).map_err(|e| StorageError::from_engine(&path, "writing a batch", e))?;
         match self.options.fsync {
             FsyncMode::Always | FsyncMode::Batch => {
+                let commit = self.commits + 1;
+                // Last in the log, so sled holding it means sled holds the whole group.
+                engine
+                    .meta
+                    .insert(COMMIT_KEY, &commit.to_le_bytes())
+                    .map_err(|e| StorageError::from_engine(&path, "writing a batch", e))?;
                 self.shared.fsyncs.fetch_add(1, Relaxed);
                 engine.sync(&path, &self.shared.sync_faults)?;
+                self.commits = commit;
+                if let Some(stamp) = &mut self.stamp {
+                    stamp.record(commit, false);
+                }
             }
             FsyncMode::Never => {}
         }
@@ -520,7 +649,13 @@ impl Writer {
     /// Drops the engine after a failure; returns `error`. After a failed sync the store refuses
     /// every later write; after any other failure a later write reopens it.
     fn lose_engine(&mut self, error: StorageError) -> StorageError {
-        self.engine = None;
+        if let Some(engine) = self.engine.take() {
+            // sled syncs its log when dropped and unwraps the result: after a failed fsync that
+            // panics, which would end this thread and every write with it.
+            if guarded(&self.path, "closing after a failure", move || drop(engine)).is_err() {
+                debug!(path = %self.path.display(), "the engine panicked while closing after a failure");
+            }
+        }
         if matches!(error, StorageError::SyncFailed { .. }) {
             if self.refused.is_none() {
                 error!(path = %self.path.display(), error = %error,
@@ -567,6 +702,11 @@ impl Writer {
         let engine = self.engine.as_mut().ok_or(StorageError::Closed)?;
         self.shared.fsyncs.fetch_add(1, Relaxed);
         let result = engine.sync(&self.path, &self.shared.sync_faults);
+        if result.is_ok()
+            && let Some(stamp) = &mut self.stamp
+        {
+            stamp.record(self.commits, true);
+        }
         self.refresh_disk_usage(true);
         result.map_err(|e| self.lose_engine(e))
     }
@@ -581,12 +721,128 @@ impl Writer {
         self.usage_refreshed = Instant::now();
     }
 
+    /// Merges the intact records found before opening (`before`) or, when that scan is missing
+    /// or incomplete, in `files`, into the store holding `recovery`: every message and
+    /// definition it lacks. Every message then counts as delivered once. Returns the recovery
+    /// read afresh, with one [`ProblemKind::EngineDamaged`] problem saying what happened.
+    fn rewrite(
+        &mut self,
+        mut recovery: Recovery,
+        before: Option<salvage::Salvaged>,
+        files: &[PathBuf],
+        detail: &str,
+        cause: &str,
+    ) -> Result<Recovery, StorageError> {
+        let path = self.path.clone();
+        let io = |e| StorageError::Io { path: path.clone(), action: "salvaging damaged files", source: Arc::new(e) };
+        let found = match before {
+            Some(found) if found.complete => found,
+            Some(mut found) => {
+                let after = salvage::scan(files).map_err(io)?;
+                found.damaged = found.damaged.max(after.damaged);
+                for (key, message) in after.messages {
+                    found.messages.entry(key).or_insert(message);
+                }
+                found
+            }
+            None => salvage::scan(files).map_err(io)?,
+        };
+        let engine = self.engine.as_mut().ok_or(StorageError::Closed)?;
+        let engine_error = |e| StorageError::from_engine(&path, "salvaging damaged files", e);
+        let held: std::collections::HashSet<(&str, u64)> = recovery
+            .queues
+            .iter()
+            .flat_map(|q| q.messages.iter().map(move |m| (q.record.name.as_str(), m.seq)))
+            .collect();
+        let defined: std::collections::HashSet<&str> = recovery.queues.iter().map(|q| q.record.name.as_str()).collect();
+        let mut added = 0u64;
+        for (name, record) in &found.definitions {
+            if !defined.contains(name.as_str()) {
+                engine.meta.insert(name.as_bytes(), codec::encode_record(record)).map_err(engine_error)?;
+            }
+        }
+        for ((queue, seq), message) in &found.messages {
+            if held.contains(&(queue.as_str(), *seq)) {
+                continue;
+            }
+            let tree = engine.queue(queue).map_err(engine_error)?;
+            tree.insert(codec::message_key(*seq), codec::encode_message(queue, message, message.delivery_count.max(1)))
+                .map_err(engine_error)?;
+            added += 1;
+        }
+        for queue in &mut recovery.queues {
+            let tree = engine.queue(&queue.record.name).map_err(engine_error)?;
+            for message in queue.messages.iter().filter(|m| m.delivery_count == 0) {
+                tree.insert(codec::delivery_count_key(message.seq), codec::encode_delivery_count(1))
+                    .map_err(engine_error)?;
+            }
+        }
+        // Record that sled now holds every confirmed commit, or the next start would merge again
+        // (and bring back what was acked meanwhile).
+        engine.meta.insert(COMMIT_KEY, &self.commits.to_le_bytes()).map_err(engine_error)?;
+        self.sync_all()?;
+        let engine = self.engine.as_mut().ok_or(StorageError::Closed)?;
+        let mut recovery = read_all(engine).map_err(|e| StorageError::from_engine(&path, "recovering", e))?;
+        error!(path = %path.display(), cause, salvaged_messages = added, damaged_records = found.damaged,
+            scanned_bytes = found.bytes, messages = recovery.message_count(),
+            "salvaged the message store: every message it holds will be delivered as redelivered");
+        self.shared.salvaged_messages.store(added, Relaxed);
+        recovery.problems.push(RecoveryProblem {
+            queue: String::new(),
+            position: RecordPosition::Queue,
+            kind: ProblemKind::EngineDamaged,
+            detail: format!(
+                "{detail}; {added} messages salvaged from the raw files, {} damaged records skipped",
+                found.damaged
+            ),
+        });
+        Ok(recovery)
+    }
+
     fn recover(&mut self) -> Result<Recovery, StorageError> {
         self.ensure_open()?;
         let path = self.path.clone();
         let engine = self.engine.as_mut().ok_or(StorageError::Closed)?;
         let started = Instant::now();
-        let recovery = read_all(engine).map_err(|e| StorageError::from_engine(&path, "recovering", e))?;
+        let read = guarded(&path, "recovering", || {
+            read_all(engine).map_err(|e| StorageError::from_engine(&path, "recovering", e))
+        })
+        .and_then(|read| read);
+        let recovery = match (read, self.salvage.take()) {
+            (Ok(recovery), None) => recovery,
+            (Ok(recovery), Some(Salvage::Merge { sled_commits, stamped, before })) => {
+                let cause =
+                    format!("sled holds commit {sled_commits} but commit {stamped} was confirmed: its log lost writes");
+                let files = salvage::value_files(&path);
+                self.rewrite(recovery, before, &files, &cause, &cause)?
+            }
+            (Ok(recovery), Some(Salvage::Rebuild { aside, cause, before })) => {
+                let files = salvage::value_files(&aside);
+                let detail = format!("{cause}; the damaged files are kept in {}", aside.display());
+                self.rewrite(recovery, before, &files, &detail, &cause)?
+            }
+            (Err(StorageError::Corruption { detail, .. }), _) => {
+                // sled opened but cannot read its own trees: start over from what is intact.
+                if let Some(engine) = self.engine.take() {
+                    let _ = guarded(&path, "closing", move || drop(engine));
+                }
+                let aside = salvage::move_aside(&path).map_err(|e| StorageError::Io {
+                    path: path.clone(),
+                    action: "moving damaged files aside",
+                    source: Arc::new(e),
+                })?;
+                error!(path = %path.display(), damaged = %aside.display(), cause = %detail,
+                    "the message store's files are damaged: moved them aside and salvaging every intact record from them");
+                self.engine = Some(Engine::open(&path, &self.options)?);
+                let empty = read_all(self.engine.as_mut().ok_or(StorageError::Closed)?)
+                    .map_err(|e| StorageError::from_engine(&path, "recovering", e))?;
+                let files = salvage::value_files(&aside);
+                let cause = format!("{detail}; the damaged files are kept in {}", aside.display());
+                self.rewrite(empty, None, &files, &cause, &detail)?
+            }
+            (Err(e), _) => return Err(e),
+        };
+        self.shared.recovery_problems.store(recovery.problems.len() as u64, Relaxed);
         for problem in &recovery.problems {
             warn!(path = %path.display(), queue = %problem.queue, position = %problem.position,
                 kind = ?problem.kind, detail = %problem.detail, "recovery skipped a stored record");
@@ -714,7 +970,7 @@ impl<'a> GroupPlan<'a> {
                     engine.db.drop_tree(codec::queue_tree_name(name))?;
                 }
                 Step::Put(queue, message, count) => {
-                    let value = codec::encode_message(message, count.unwrap_or(message.delivery_count));
+                    let value = codec::encode_message(queue, message, count.unwrap_or(message.delivery_count));
                     let batch = batch_for(&mut queues, queue);
                     batch.insert(&codec::message_key(message.seq)[..], value);
                     // A replaced message starts from its own delivery count.
@@ -789,6 +1045,22 @@ fn prepare_directory(path: &Path) -> Result<(), StorageError> {
     std::fs::remove_file(&probe).map_err(not_writable)
 }
 
+/// Runs `work`, turning a panic inside sled (it panics on some damaged files instead of
+/// returning an error) into [`StorageError::Corruption`].
+fn guarded<T>(path: &Path, action: &str, work: impl FnOnce() -> T) -> Result<T, StorageError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).map_err(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        StorageError::Corruption {
+            path: path.to_path_buf(),
+            detail: format!("the engine panicked while {action}: {message}"),
+        }
+    })
+}
+
 /// How long opening waits for a directory lock that is being released.
 const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -811,6 +1083,9 @@ fn read_all(engine: &mut Engine) -> sled::Result<Recovery> {
     let mut definitions = BTreeMap::new();
     for item in engine.meta.iter() {
         let (key, value) = item?;
+        if key.as_ref() == COMMIT_KEY {
+            continue;
+        }
         let name = String::from_utf8_lossy(&key).into_owned();
         match codec::decode_record(&value) {
             Ok(mut record) => {

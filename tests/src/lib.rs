@@ -13,6 +13,7 @@ use stampede_broker::{Config, RunningBroker};
 use stampede_client::raw::RawConnection;
 use stampede_client::{Client, ConnectOptions};
 
+pub mod lossyfs;
 pub mod nats;
 pub mod process;
 

@@ -5,6 +5,10 @@
 //! The failure comes from an `LD_PRELOAD` shim compiled here with `gcc`: while a flag file exists,
 //! its `fsync` and `fdatasync` return EIO without syncing, as a failing disk does. The test skips,
 //! saying why, when `gcc` is missing.
+//!
+//! It found that sled syncs its log when its handle is dropped and unwraps the result, so closing
+//! the store after the failed sync panicked the storage thread and the queue reported "stopped"
+//! instead of the refusal below; the store now closes sled under a panic guard.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -25,7 +29,7 @@ const SHIM: &str = r#"
 #include <unistd.h>
 
 static int failing(void) {
-    const char *flag = getenv("STAMPEDE_TEST_FAIL_SYNC");
+    const char *flag = getenv("FAILSYNC_FLAG_FILE");
     return flag && access(flag, F_OK) == 0;
 }
 
@@ -84,17 +88,18 @@ async fn start(data_dir: &Path, preload: Option<(&Path, &Path)>) -> BrokerProces
         // The host's free space plays no part here.
         .env("STAMPEDE_DISK_FREE_LIMIT", "0");
     if let Some((library, flag)) = preload {
-        command.env("LD_PRELOAD", library).env("STAMPEDE_TEST_FAIL_SYNC", flag);
+        command.env("LD_PRELOAD", library).env("FAILSYNC_FLAG_FILE", flag);
     }
     BrokerProcess::spawn(command).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finding, not yet explained: under the shim the broker stops serving the queue at the first failed \
-            sync (ERROR `message not accepted: the queue stopped`, no `fsync ... failed` log line); no RECEIPT \
-            follows, but the refusal and log promised in the README are not what happens here"]
 async fn no_receipt_follows_a_failed_fsync_and_nothing_receipted_before_it_is_lost() {
-    let dir = tempfile::tempdir().expect("temp dir");
+    // In memory where possible: the test is about a failing sync, not the disk's sync rate.
+    let dir = match Path::new("/dev/shm").is_dir() {
+        true => tempfile::tempdir_in("/dev/shm").expect("temp dir"),
+        false => tempfile::tempdir().expect("temp dir"),
+    };
     let Some(shim) = build_shim(dir.path()) else { return };
     let flag = dir.path().join("fail-now");
     let data = dir.path().join("data");
@@ -110,7 +115,11 @@ async fn no_receipt_follows_a_failed_fsync_and_nothing_receipted_before_it_is_lo
     let refused = client.send_frame_with_receipt(persistent(BEFORE)).await.expect_err("a RECEIPT after a failed fsync");
     let refused = refused.to_string();
     println!("the SEND whose fsync failed got: {refused}");
-    assert!(broker.logged("fsync of the message store failed"), "no log line says the sync failed");
+    assert!(
+        broker.logged("fsync of the message store failed"),
+        "no log line says the sync failed:\n{}",
+        broker.log_text()
+    );
 
     // The disk "recovers", but a retried sync proves nothing: persistent work stays refused.
     std::fs::remove_file(&flag).expect("unflag");

@@ -160,6 +160,10 @@ pub struct Config {
     /// Most bytes waiting in one queue.
     #[serde(with = "crate::config::values::serde_with::size")]
     pub queue_max_bytes: usize,
+    /// Waiting messages in a queue with consumers at which each transient publish waits (20 ms
+    /// at most) for the consumers to catch up; at most half of `queue_max_length` applies; 0 =
+    /// never.
+    pub queue_flow_backlog: usize,
     /// `reject` (publisher gets an ERROR) or `drop-oldest`.
     pub queue_overflow: OverflowPolicy,
     /// Time to live of messages that set none, in ms; 0 = forever.
@@ -419,6 +423,7 @@ impl Default for Config {
             commit_max_batch: 4096,
             queue_max_length: 1_000_000,
             queue_max_bytes: 1024 * 1024 * 1024,
+            queue_flow_backlog: 8192,
             queue_overflow: OverflowPolicy::Reject,
             queue_default_ttl_ms: 0,
             expired_messages: ExpiredPolicy::Drop,
@@ -665,6 +670,7 @@ impl Config {
             max_bytes: self.queue_max_bytes,
             max_length_key: "queue_max_length".to_owned(),
             max_bytes_key: "queue_max_bytes".to_owned(),
+            flow_backlog: self.queue_flow_backlog,
             overflow: self.queue_overflow,
             default_ttl_ms: self.queue_default_ttl_ms,
             expired: self.expired_messages,

@@ -177,6 +177,9 @@ pub struct QueueSettings {
     pub default_ttl_ms: u64,
     /// What happens to expired messages.
     pub expired: ExpiredPolicy,
+    /// Waiting messages at which transient publishes wait for the consumers
+    /// (`queue_flow_backlog`, see [`crate::destination::flow`]); 0 = never.
+    pub flow_backlog: usize,
     /// Whether persistent messages go to storage (false for temporary queues).
     pub durable: bool,
     /// The broker's counters (acks, redeliveries, dead letters, expiries, drops).
@@ -301,6 +304,8 @@ struct Shared {
     unacked: AtomicUsize,
     consumers: AtomicUsize,
     dropped: AtomicU64,
+    /// Producer flow control: transient publishes wait for consumers that fall behind.
+    flow: crate::destination::flow::FlowGate,
     /// Whether persistent messages go to the store.
     durable: bool,
     /// The outboxes of the consumers attached now, so that if the actor panics (and its state
@@ -428,6 +433,7 @@ impl QueueHandle {
             unacked: AtomicUsize::new(0),
             consumers: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
+            flow: crate::destination::flow::FlowGate::new(settings.flow_backlog, settings.max_length),
             durable,
             consumer_outboxes: Mutex::new(Vec::new()),
             settlements,
@@ -540,6 +546,10 @@ impl QueueHandle {
     /// slowed by a busy queue), with a [`Verdict`] that resolves when the message is accepted,
     /// durable if persistent, or refused.
     pub async fn publish(&self, message: QueuedMessage) -> Result<Verdict, QueueGone> {
+        if !message.persistent {
+            let consumers = self.shared.consumers.load(Ordering::Relaxed);
+            self.shared.flow.admit(&self.shared.depth, consumers).await;
+        }
         let (verdict, receiver) = oneshot::channel();
         self.command(Command::Publish { message, verdict: Some(verdict) }).await?;
         Ok(receiver)
@@ -649,6 +659,7 @@ impl QueueActor {
                 settlements.push(settlement);
             }
             for (consumer, messages, outcome) in settlements.drain(..) {
+                self.shared.flow.settled(messages.len());
                 for id in messages {
                     self.settle(consumer, id, outcome);
                 }
@@ -681,6 +692,7 @@ impl QueueActor {
     fn publish_stats(&self) {
         self.shared.depth.store(self.ready.len(), Ordering::Relaxed);
         self.shared.unacked.store(self.unacked.len(), Ordering::Relaxed);
+        self.shared.flow.observe(self.ready.len());
     }
 
     /// Submits the storage work of this batch as one submission; verdicts of persistent

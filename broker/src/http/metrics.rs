@@ -514,6 +514,18 @@ impl Collector for BrokerState {
         let store = sources.store.metrics();
         counter(e, "stampede_store_fsyncs", "fsyncs issued by the store", store.fsyncs)?;
         gauge(e, "stampede_store_bytes", "Size of the store on disk", signed(sources.store.disk_usage_bytes()))?;
+        gauge(
+            e,
+            "stampede_store_recovery_problems",
+            "Damaged records set aside (quarantined) by the last start-up's recovery",
+            signed(store.recovery_problems),
+        )?;
+        gauge(
+            e,
+            "stampede_store_salvaged_messages",
+            "Messages the last start-up salvaged from damaged store files (delivered as redelivered)",
+            signed(store.salvaged_messages),
+        )?;
         if let Some(disk) = sources.store.disk_watermark() {
             let status = disk.status();
             gauge(

@@ -1,0 +1,132 @@
+//! SEND: from a checked request to a topic's subscribers or a queue.
+//!
+//! A SEND is checked when it arrives (destination, permission), whether it is sent now or
+//! buffered in a transaction, so a bad SEND fails when sent, not when committed. Routing builds
+//! the MESSAGE once ([`MessageTemplate`]): the SEND's user headers, each name once, minus what
+//! the broker sets per delivery, and a `reply-to` naming a temporary queue rewritten to the
+//! name other connections reply to.
+
+use std::sync::Arc;
+
+use rustc_hash::FxHashSet;
+use stampede_protocol::{ByteString, Frame, Headers, MessageTemplate, names};
+use tracing::debug;
+
+use super::request::SendRequest;
+use super::{PER_DELIVERY_HEADERS, Reply, Session, destination_error, not_found};
+use crate::destination::queue::{QueuedMessage, now_ms};
+use crate::destination::router::{Destination, TopicMessage};
+use crate::error::StompError;
+use crate::http::metrics::PublishKind;
+use crate::security::auth::Operation;
+
+impl Session {
+    pub(super) async fn send_or_buffer(
+        &mut self,
+        request: SendRequest<'_>,
+        replies: &mut Vec<Reply>,
+    ) -> Result<(), StompError> {
+        self.authorize(Operation::Write, &request.destination_value[..])?;
+        if self.buffer_in_transaction(request.frame, request.transaction)? {
+            return Ok(());
+        }
+        self.send(request, replies).await.map(drop)
+    }
+
+    /// Routes a checked SEND. Returns the message's id.
+    pub(super) async fn send(&mut self, request: SendRequest<'_>, replies: &mut Vec<Reply>) -> Result<u64, StompError> {
+        let frame = request.frame;
+        self.router.check_clustered(&request.destination)?;
+        let now = now_ms();
+        let id = self.router.next_message_id();
+        let message = TopicMessage {
+            id,
+            persistent: request.persistent,
+            expires_at_ms: request.expiry.at(now),
+            enqueued_at_ms: now,
+        };
+        if message.expires_at_ms.is_some_and(|at| at <= now) {
+            // Already expired: never delivered (and never stored).
+            return Ok(id);
+        }
+        if message.persistent
+            && self.config.disk_full_policy == crate::disk::DiskFullPolicy::Block
+            && let Some(disk) = self.config.disk.as_ref().filter(|disk| disk.is_raised())
+        {
+            crate::disk::hold_while_raised(disk, self.config.disk_full_block).await;
+        }
+        let headers = self.message_headers(frame).await?;
+        let template = Arc::new(MessageTemplate::new(headers, frame.body.clone()));
+        let receipt_id = request.receipt.cloned();
+        let destination_value = request.destination_value;
+        let queue = match request.destination {
+            Destination::Topic(name) => {
+                if crate::destination::topic::TopicPattern::parse(&name).is_some() {
+                    return Err(StompError::new(
+                        format!("cannot send to wildcard destination {destination_value:?}"),
+                        "Wildcards (*, #, >) select topics when subscribing; a SEND names one topic.",
+                    ));
+                }
+                self.config.metrics.message_published(PublishKind::Topic);
+                for verdict in self.router.publish_topic(&name, &template, message).await? {
+                    replies.push(Reply::After { verdict, receipt_id: receipt_id.clone() });
+                }
+                return Ok(id);
+            }
+            Destination::Queue(name) => self.router.client_queue(name, self.user())?,
+            Destination::ExistingQueue(name) => self.router.queue(name).ok_or_else(|| not_found(destination_value))?,
+            Destination::TempQueue(name) => self.temp_queue(name).await?,
+            Destination::ReplyQueue(name) => match self.router.reply_queue(name) {
+                Some(queue) => queue,
+                None => {
+                    debug!(destination = %destination_value, "reply queue gone; message dropped");
+                    return Ok(id);
+                }
+            },
+        };
+        let verdict = queue
+            .publish(QueuedMessage {
+                id: message.id,
+                template,
+                delivery_count: 0,
+                persistent: message.persistent,
+                expires_at_ms: message.expires_at_ms,
+                enqueued_at_ms: message.enqueued_at_ms,
+            })
+            .await?;
+        self.config.metrics.message_published(PublishKind::Queue);
+        replies.push(Reply::After { verdict, receipt_id });
+        Ok(id)
+    }
+
+    /// The headers a MESSAGE carries: the SEND's user headers, each name once with its first
+    /// value, minus those that describe the SEND itself or that the broker sets per delivery
+    /// ([`PER_DELIVERY_HEADERS`]), with `reply-to` rewritten for temporary queues.
+    ///
+    /// "Only the first header entry SHOULD be used": forwarding the later ones would hand a
+    /// client that reads the last one a value the broker never acted on, such as a
+    /// `destination` the publisher had no permission for.
+    async fn message_headers(&mut self, frame: &Frame) -> Result<Headers, StompError> {
+        let mut headers = Headers::with_capacity(frame.headers.len());
+        // A handful of headers is searched in place; the many a hostile SEND may carry (up to
+        // `max_headers`) go through a set, so deduplication stays linear.
+        let hashed = frame.headers.len() > 16;
+        let mut seen: FxHashSet<&str> = FxHashSet::default();
+        for (name, value) in frame.headers.iter_shared() {
+            let repeated = if hashed { !seen.insert(&**name) } else { headers.contains(name) };
+            match &**name {
+                _ if repeated => {}
+                names::RECEIPT | names::TRANSACTION => {}
+                owned if PER_DELIVERY_HEADERS.contains(&owned) => {}
+                names::REPLY_TO if value.starts_with("/temp-queue/") => {
+                    Destination::parse(value).map_err(destination_error)?;
+                    let name = &value["/temp-queue/".len()..];
+                    let queue = self.temp_queue(name).await?;
+                    headers.push(ByteString::from_static(names::REPLY_TO), format!("/reply-queue/{}", queue.name()));
+                }
+                _ => headers.push(name.clone(), value.clone()),
+            }
+        }
+        Ok(headers)
+    }
+}
