@@ -424,6 +424,8 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
     .filter_map(|(protocol, address)| address.map(|address| ListenerInfo { protocol, address }))
     .collect();
     if http.is_some() || https.is_some() {
+        let rates = crate::http::rates::MessageRates::new(Arc::clone(&metrics));
+        rates.spawn_sampler(&tasks, shutdown.clone());
         let state = Arc::new(HttpState {
             auth: Arc::clone(&auth),
             vhosts: Arc::clone(&vhosts),
@@ -443,6 +445,7 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
             registry: Arc::clone(&registry),
             session: Arc::clone(&shared.context.session),
             max_body: config.max_body,
+            rates,
         });
         let app = crate::http::app(state);
         if let (Some(listener), Some(addr)) = (http, http_addr) {
