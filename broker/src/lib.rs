@@ -43,6 +43,7 @@ pub mod bridge;
 pub mod config;
 pub mod connection;
 pub mod ctl;
+pub mod demo;
 pub mod destination;
 pub mod disk;
 pub mod error;

@@ -18,6 +18,7 @@ pub fn routes() -> Router<SharedState> {
         .route("/overview", get(overview))
         .merge(crate::http::manage::routes())
         .merge(crate::http::publish::routes())
+        .merge(crate::http::bridges::routes())
 }
 
 /// `GET /api/v1/overview`.

@@ -16,6 +16,7 @@
 //! like a STOMP token, with the same failure delay per address.
 
 pub mod api;
+pub mod bridges;
 pub mod dashboard;
 pub mod health;
 pub mod manage;
@@ -80,6 +81,8 @@ pub struct HttpState {
     pub max_body: usize,
     /// Message rates for the overview.
     pub rates: Arc<rates::MessageRates>,
+    /// The webhooks and STOMP bridges, for their listings.
+    pub bridges: Arc<crate::bridge::Registry>,
 }
 
 impl std::fmt::Debug for HttpState {
