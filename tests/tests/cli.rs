@@ -384,3 +384,19 @@ fn an_unknown_log_format_is_refused_naming_the_choices() {
     let error = text(&output.stderr);
     assert!(error.contains("log_format") || error.contains("human"), "{error}");
 }
+
+#[test]
+fn the_demo_is_refused_on_a_broker_with_users_saying_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("stampede.toml");
+    let hash = stampede_broker::security::auth::hash_password_with("pw", 64, 1).unwrap();
+    std::fs::write(&file, format!("[users.alice]\npassword_hash = \"{hash}\"\n")).unwrap();
+    let mut args = listening_args(dir.path());
+    args.extend(["--demo", "--config"].map(str::to_owned));
+    args.push(file.display().to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = run(stampede(&args));
+    assert!(!output.status.success());
+    let error = text(&output.stderr);
+    assert!(error.contains("demo = true needs a broker without users"), "{error}");
+}

@@ -9,6 +9,7 @@ mod client_examples;
 mod client_features;
 mod connection_faults;
 mod crash;
+mod deploy;
 mod disk_full;
 mod durability;
 mod failing_writes;
