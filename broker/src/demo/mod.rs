@@ -205,17 +205,17 @@ impl Ticker {
         let mut ticks = tokio::time::interval(TICK);
         loop {
             ticks.tick().await;
-            for index in 0..SYMBOLS.len() {
+            for (index, (symbol, start)) in SYMBOLS.iter().enumerate() {
                 let old = self.prices[index];
                 let new = (old * (1.0 + self.next() * 0.006)).max(1.0);
                 self.prices[index] = new;
                 let body = serde_json::json!({
-                    "symbol": SYMBOLS[index].0,
+                    "symbol": symbol,
                     "price": (new * 100.0).round() / 100.0,
-                    "change": ((new / SYMBOLS[index].1 - 1.0) * 10_000.0).round() / 100.0,
+                    "change": ((new / start - 1.0) * 10_000.0).round() / 100.0,
                     "at": crate::destination::queue::now_ms(),
                 });
-                let destination = format!("/topic/demo.ticker.{}", SYMBOLS[index].0);
+                let destination = format!("/topic/demo.ticker.{symbol}");
                 client.send(&destination, body.to_string(), json_headers()).await?;
             }
         }
@@ -261,7 +261,7 @@ fn factors(mut n: u64) -> Vec<u64> {
     let mut found = Vec::new();
     let mut divisor = 2u64;
     while divisor.saturating_mul(divisor) <= n {
-        while n % divisor == 0 {
+        while n.is_multiple_of(divisor) {
             found.push(divisor);
             n /= divisor;
         }

@@ -135,6 +135,9 @@ describe('management dashboard (Chromium)', () => {
     assert.match(await page.textContent('#connections'), /bob/);
     await page.click('a[data-tab="topics"]');
     await waitInBrowser(() => /\/topic\/prices-/.test(document.getElementById('topics').textContent), null, 'the topic row');
+    await page.click('a[data-tab="bridges"]');
+    await waitInBrowser(() => /No webhooks/.test(document.getElementById('webhooks').textContent), null, 'the webhooks empty state');
+    assert.match(await page.textContent('#bridges'), /No STOMP bridges/);
   });
 
   it('renders at 1280x800 and fits a phone width (screenshots)', async () => {

@@ -385,6 +385,31 @@
     });
   }
 
+  function stateBadge(item) {
+    return el('td', {}, [el('span', { class: 'badge ' + (item.state === 'up' ? 'ok' : 'bad'), text: item.state })]);
+  }
+  function lastError(item) {
+    return td(item.last_error ? item.last_error + ' (' + ago(item.last_error_at_ms) + ')' : '–', item.last_error ? 'wrap' : '');
+  }
+
+  function loadBridges() {
+    return Promise.all([api('GET', '/webhooks'), api('GET', '/bridges')]).then(function (both) {
+      fill('webhooks', both[0].items.map(function (w) {
+        return el('tr', { 'data-webhook': w.name }, [
+          td(w.name, 'mono'), td(w.source, 'mono'), td(w.url, 'mono'), stateBadge(w),
+          td(count(w.delivered), 'num'), td(count(w.failures), 'num'), td(count(w.dead_lettered), 'num'),
+          td(count(w.in_flight), 'num'), lastError(w),
+        ]);
+      }), 9, 'No webhooks. Add [[webhooks]] tables to the configuration (README, Bridges).');
+      fill('bridges', both[1].items.map(function (b) {
+        return el('tr', { 'data-bridge': b.name }, [
+          td(b.name, 'mono'), td(b.direction), td(b.from + ' → ' + b.to, 'mono'), td(b.remote_url, 'mono'), stateBadge(b),
+          td(count(b.delivered), 'num'), td(count(b.failures), 'num'), td(count(b.connections), 'num'), lastError(b),
+        ]);
+      }), 9, 'No STOMP bridges. Add [[bridges]] tables to the configuration (README, Bridges).');
+    });
+  }
+
   // ------------------------------------------------------------------ publish form
 
   $('publish-form').addEventListener('submit', function (event) {
@@ -402,7 +427,7 @@
 
   // ------------------------------------------------------------------ polling and tabs
 
-  var loaders = { connections: loadConnections, queues: loadQueues, topics: loadTopics, durables: loadDurables };
+  var loaders = { connections: loadConnections, queues: loadQueues, topics: loadTopics, durables: loadDurables, bridges: loadBridges };
 
   function refresh() {
     if (state.busy) return Promise.resolve();
