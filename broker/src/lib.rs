@@ -50,6 +50,7 @@ pub mod cluster;
 pub mod config;
 mod connection;
 pub mod ctl;
+pub mod demo;
 pub mod destination;
 mod disk;
 mod error;

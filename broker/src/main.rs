@@ -56,7 +56,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    init_logging(&config.log_filter()?)?;
+    init_logging(&config.log_filter()?, config.log_format)?;
     for variable in config::unknown_variables(&environment) {
         tracing::warn!(
             "ignoring the environment variable {variable}: there is no configuration key {} (`stampede print-config --env` lists the variables)",
@@ -154,12 +154,25 @@ fn describe(error: &anyhow::Error) -> String {
 
 /// Logs to standard output, in colour only on a terminal and when `NO_COLOR` is unset or empty
 /// (<https://no-color.org>), so that a log file holds no escape codes.
-fn init_logging(filter: &str) -> anyhow::Result<()> {
+fn init_logging(filter: &str, format: config::LogFormat) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
     let colour = std::io::stdout().is_terminal() && !no_color;
     let filter = EnvFilter::try_new(filter).with_context(|| format!("invalid log_level {filter:?}"))?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(colour).init();
+    match format {
+        config::LogFormat::Human => {
+            tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(colour).init();
+        }
+        // One object per line; the spans an event happened in carry its context (for example
+        // a connection's fields).
+        config::LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_target(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
     Ok(())
 }
 

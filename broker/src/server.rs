@@ -366,6 +366,7 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
         tasks: tasks.clone(),
         ws: WsSettings {
             path: config.ws_path.clone(),
+            demo: config.demo,
             config: config.websocket_config(),
             allowed_origins: AllowedOrigins::new(&config.ws_allowed_origins),
         },
@@ -435,7 +436,18 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
     .into_iter()
     .filter_map(|(protocol, address)| address.map(|address| ListenerInfo { protocol, address }))
     .collect();
+    let bridges = crate::bridge::start(
+        &config.webhooks,
+        &config.bridges,
+        vhosts.default_router(),
+        &metrics.bridges,
+        &tasks,
+        &shutdown,
+    )
+    .map_err(StartError::Config)?;
     if http.is_some() || https.is_some() {
+        let rates = crate::http::rates::MessageRates::new(Arc::clone(&metrics));
+        rates.spawn_sampler(&tasks, shutdown.clone());
         let state = Arc::new(HttpState {
             auth: Arc::clone(&auth),
             vhosts: Arc::clone(&vhosts),
@@ -455,6 +467,8 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
             registry: Arc::clone(&registry),
             session: Arc::clone(&shared.context.session),
             max_body: config.max_body,
+            rates,
+            bridges,
         });
         let app = crate::http::app(state);
         if let (Some(listener), Some(addr)) = (http, http_addr) {
@@ -467,15 +481,10 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
         }
     }
     log_posture(config, &auth);
-    crate::bridge::start(
-        &config.webhooks,
-        &config.bridges,
-        vhosts.default_router(),
-        &metrics.bridges,
-        &tasks,
-        &shutdown,
-    )
-    .map_err(StartError::Config)?;
+    if config.demo {
+        crate::demo::start(addrs.stomp, auth.is_open(), &tasks, &shutdown)
+            .map_err(|error| StartError::Config(error.to_string()))?;
+    }
     for (listener, kind) in bound {
         tasks.spawn(accept_loop(listener, kind, Arc::clone(&shared)));
     }
@@ -582,6 +591,8 @@ impl Listener {
 
 struct WsSettings {
     path: String,
+    /// Serve the demo pages (`demo = true`).
+    demo: bool,
     config: WebSocketConfig,
     allowed_origins: AllowedOrigins,
 }
@@ -825,7 +836,7 @@ async fn websocket<S: AsyncRead + AsyncWrite + Unpin>(
     ws: &WsSettings,
     deadline: Instant,
 ) -> Option<Handshaken<S>> {
-    let endpoint = public_http::Endpoint { path: &ws.path, secure, local };
+    let endpoint = public_http::Endpoint { path: &ws.path, secure, local, demo: ws.demo };
     let stream = match timeout_at(deadline, public_http::route(stream, &endpoint)).await {
         Ok(Ok(Routed::Upgrade(stream))) => stream,
         Ok(Ok(Routed::Fallback(request, stream))) => return Some(Handshaken::Fallback(request, stream)),

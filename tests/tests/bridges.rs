@@ -243,3 +243,102 @@ async fn a_bridge_out_loses_nothing_when_the_remote_broker_restarts_mid_stream()
     }
     receive_all(&remote, "/queue/inbound", &bodies).await;
 }
+
+/// GET `path` on `broker`'s management listener as its administrator.
+async fn admin_get(broker: &TestBroker, path: &str) -> (reqwest::StatusCode, serde_json::Value) {
+    let url = format!("{}{path}", broker.http_url.as_deref().expect("management listener open"));
+    let (user, password) = stampede_tests::ADMIN;
+    let response = stampede_tests::http_client().get(url).basic_auth(user, Some(password)).send().await.unwrap();
+    (response.status(), response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn the_api_lists_webhooks_and_bridges_with_state_counts_and_last_error_and_hides_secrets() {
+    let (url, seen) = backend(vec![500]).await;
+    let mut config = stampede_tests::admin_and_user_config();
+    config.webhooks.push(WebhookConfig {
+        name: "orders".into(),
+        source: "/queue/orders".into(),
+        url,
+        secret: Some("s3cret".into()),
+        headers: [("Authorization".to_owned(), "Bearer hidden-token".to_owned())].into_iter().collect(),
+        retry_initial_ms: 50,
+        retry_max_ms: 100,
+        ..WebhookConfig::default()
+    });
+    // A bridge to a port where nothing listens: down, with the connection error.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = closed.local_addr().unwrap();
+    drop(closed);
+    config.bridges.push(stampede_broker::bridge::BridgeConfig {
+        name: "upstream".into(),
+        source: "/queue/outbound".into(),
+        remote_destination: "/queue/inbound".into(),
+        remote_url: format!("tcp://{dead}"),
+        login: Some("bridger".into()),
+        passcode: Some("hidden-passcode".into()),
+        reconnect_initial_ms: 50,
+        reconnect_max_ms: 100,
+        ..stampede_broker::bridge::BridgeConfig::default()
+    });
+    let broker = TestBroker::start_with(config).await;
+    let client = broker.client_with(|o| o.login(stampede_tests::ADMIN.0).passcode(stampede_tests::ADMIN.1)).await;
+    client.send_with_receipt("/queue/orders", "order 1", Headers::new()).await.unwrap();
+    wait_for(&seen, 2).await;
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let webhook = loop {
+        let (status, body) = admin_get(&broker, "/api/v1/webhooks").await;
+        assert_eq!(status, 200, "{body}");
+        let item = body["items"][0].clone();
+        if item["delivered"] == 1 || tokio::time::Instant::now() > deadline {
+            assert_eq!(body["total_count"], 1, "{body}");
+            break item;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(webhook["name"], "orders", "{webhook}");
+    assert_eq!(webhook["source"], "/queue/orders");
+    assert_eq!(webhook["state"], "up", "the last answer was a 200: {webhook}");
+    assert_eq!(webhook["delivered"], 1, "{webhook}");
+    assert_eq!(webhook["failures"], 1, "the 500: {webhook}");
+    assert!(webhook["last_error"].as_str().is_some_and(|e| e.contains("500")), "{webhook}");
+    assert!(webhook["last_error_at_ms"].as_u64().is_some(), "{webhook}");
+    assert_eq!(webhook["signed"], true);
+    assert_eq!(webhook["headers"], serde_json::json!(["Authorization"]));
+
+    let (status, bridge) = admin_get(&broker, "/api/v1/bridges/upstream").await;
+    assert_eq!(status, 200, "{bridge}");
+    assert_eq!(bridge["direction"], "out");
+    assert_eq!(bridge["from"], "/queue/outbound");
+    assert_eq!(bridge["to"], "/queue/inbound");
+    assert_eq!(bridge["state"], "down", "{bridge}");
+    assert_eq!(bridge["login"], "bridger");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let bridge = loop {
+        let (_, bridge) = admin_get(&broker, "/api/v1/bridges/upstream").await;
+        if bridge["failures"].as_u64().is_some_and(|n| n >= 1) || tokio::time::Instant::now() > deadline {
+            break bridge;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(bridge["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{bridge}");
+    let (_, listing) = admin_get(&broker, "/api/v1/bridges").await;
+    assert_eq!(listing["total_count"], 1, "{listing}");
+
+    let everything = format!("{webhook}{bridge}{listing}");
+    for secret in ["s3cret", "hidden-token", "hidden-passcode"] {
+        assert!(!everything.contains(secret), "{secret} leaked: {everything}");
+    }
+    let (status, missing) = admin_get(&broker, "/api/v1/webhooks/nope").await;
+    assert_eq!(status, 404);
+    assert_eq!(missing["error"], "not_found");
+    let (status, _) = admin_get(&broker, "/api/v1/bridges/nope").await;
+    assert_eq!(status, 404);
+    let url = format!("{}/api/v1/webhooks", broker.http_url.as_deref().unwrap());
+    let anonymous = stampede_tests::http_client().get(&url).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let (user, password) = stampede_tests::USER;
+    let plain = stampede_tests::http_client().get(&url).basic_auth(user, Some(password)).send().await.unwrap();
+    assert_eq!(plain.status(), 403);
+}

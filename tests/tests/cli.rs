@@ -346,3 +346,57 @@ fn the_default_max_connections_is_fitted_to_the_file_limit_at_info_level() {
     assert!(fitted.contains("INFO") && fitted.contains("max_connections is 1936"), "{fitted}");
     assert!(!broker.seen.iter().any(|line| line.contains("WARN")), "{}", broker.seen.join("\n"));
 }
+
+#[test]
+fn log_format_json_writes_one_json_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = listening_args(dir.path());
+    args.extend(["--log-format", "json"].map(str::to_owned));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut broker = Running::start(stampede(&args));
+    let line = broker.wait_for("STOMP over TCP listening on");
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(event["level"], "INFO", "{event}");
+    assert!(event["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{event}");
+    assert!(event["target"].as_str().is_some_and(|t| t.starts_with("stampede")), "{event}");
+    let message = event["fields"]["message"].as_str().expect("fields.message");
+    let addr: std::net::SocketAddr = message.rsplit(' ').next().unwrap().parse().expect("the address in the message");
+    assert!(addr.ip().is_loopback());
+    let (status, lines) = broker.terminate();
+    assert!(status.success(), "{status}");
+    for line in lines.iter().filter(|line| !line.trim().is_empty()) {
+        let parsed: Result<serde_json::Value, _> = serde_json::from_str(line);
+        assert!(parsed.is_ok_and(|v| v.is_object()), "a line that is not a JSON object: {line}");
+    }
+}
+
+#[test]
+fn an_unknown_log_format_is_refused_naming_the_choices() {
+    let output = run(stampede(&["--log-format", "xml", "print-config"]));
+    assert!(!output.status.success());
+    let error = text(&output.stderr);
+    assert!(error.contains("human") && error.contains("json"), "{error}");
+    let from_file = tempfile::tempdir().unwrap();
+    let file = from_file.path().join("stampede.toml");
+    std::fs::write(&file, "log_format = \"xml\"\n").unwrap();
+    let output = run(stampede(&["--config", file.to_str().unwrap(), "print-config"]));
+    assert!(!output.status.success());
+    let error = text(&output.stderr);
+    assert!(error.contains("log_format") || error.contains("human"), "{error}");
+}
+
+#[test]
+fn the_demo_is_refused_on_a_broker_with_users_saying_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("stampede.toml");
+    let hash = stampede_broker::security::auth::hash_password_with("pw", 64, 1).unwrap();
+    std::fs::write(&file, format!("[users.alice]\npassword_hash = \"{hash}\"\n")).unwrap();
+    let mut args = listening_args(dir.path());
+    args.extend(["--demo", "--config"].map(str::to_owned));
+    args.push(file.display().to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = run(stampede(&args));
+    assert!(!output.status.success());
+    let error = text(&output.stderr);
+    assert!(error.contains("demo = true needs a broker without users"), "{error}");
+}

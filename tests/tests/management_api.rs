@@ -1088,3 +1088,53 @@ async fn sighup_reloads_permissions_live_and_a_bad_file_is_refused_keeping_the_o
     // Connections were never dropped by a reload.
     send_receipted(&mut fresh, "/queue/b", "same connection", &[]).await;
 }
+
+#[tokio::test]
+async fn the_overview_counts_messages_and_gives_rates_memory_disk_and_readiness() {
+    let broker = broker().await;
+    let (mut raw, _) = connected_as(&broker, USER).await;
+    for i in 0..5 {
+        send_receipted(&mut raw, "/queue/overview-rates", &format!("m{i}"), &[]).await;
+    }
+    let body = eventually(&broker, "/api/v1/overview", |o| o["messages"]["published"] == 5).await;
+    assert_eq!(body["messages"]["published"], 5, "{body}");
+    assert_eq!(body["messages"]["delivered"], 0, "{body}");
+    let publish = &body["rates"]["publish"];
+    assert!(publish["last_5s"].as_f64().is_some_and(|r| r > 0.0), "{body}");
+    assert!(publish["last_60s"].as_f64().is_some_and(|r| r > 0.0), "{body}");
+    assert_eq!(body["rates"]["ack"]["last_5s"], 0.0, "{body}");
+    assert!(body["memory"]["resident_bytes"].as_u64().is_some_and(|b| b > 1 << 20), "{body}");
+    assert!(body["disk"].is_null(), "an ephemeral broker has no disk alarm: {body}");
+    assert_eq!(body["ready"], true, "{body}");
+}
+
+#[tokio::test]
+async fn the_dashboard_is_served_to_administrators_only_and_refuses_cross_site_writes() {
+    let broker = broker().await;
+    assert_eq!(call(&broker, Method::GET, "/", None).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(call(&broker, Method::GET, "/", Some(USER)).await.status(), StatusCode::FORBIDDEN);
+    let page = call(&broker, Method::GET, "/", Some(ADMIN)).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(page.headers()["content-security-policy"].to_str().unwrap().contains("default-src 'self'"));
+    assert!(page.text().await.unwrap().contains("/dashboard.js"));
+    for asset in ["/dashboard.js", "/dashboard.css"] {
+        assert_eq!(call(&broker, Method::GET, asset, Some(ADMIN)).await.status(), StatusCode::OK, "{asset}");
+    }
+    let url = format!("{}/api/v1/publish/queue/forged", broker.http_url.as_deref().unwrap());
+    let forged = http_client()
+        .post(&url)
+        .basic_auth(ADMIN.0, Some(ADMIN.1))
+        .header("origin", "http://evil.example")
+        .header("sec-fetch-site", "cross-site")
+        .body("forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    assert_error(&forged.json().await.unwrap(), "forbidden");
+    let (_, queues) = admin_get(&broker, "/api/v1/queues?name=forged").await;
+    assert_eq!(queues["filtered_count"], 0, "nothing was published: {queues}");
+    let own = http_client().post(&url).basic_auth(ADMIN.0, Some(ADMIN.1)).body("fine").send().await.unwrap();
+    assert_eq!(own.status(), StatusCode::ACCEPTED, "a program sends no Origin and is not affected");
+}

@@ -59,6 +59,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing filter).
     pub log_level: String,
+    /// `human` (one line of text per event) or `json` (one JSON object per line).
+    pub log_format: LogFormat,
 
     /// Heart-beat interval the server offers to send, in ms (CONNECTED's first number).
     pub heartbeat_send_ms: u32,
@@ -255,6 +257,23 @@ pub struct Config {
     /// the broker is a single node.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<crate::cluster::ClusterConfig>,
+
+    /// Serve the browser demo at `/demo/` on the WebSocket listener and run its backend
+    /// (ticker, job worker, chat history); needs a broker without users.
+    #[serde(with = "crate::config::values::serde_with::boolean")]
+    pub demo: bool,
+}
+
+/// How log lines are written (`log_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// A line of text per event, coloured on a terminal.
+    #[default]
+    Human,
+    /// One JSON object per line (`timestamp`, `level`, `fields.message`, the other fields,
+    /// and the spans the event happened in), for log collectors.
+    Json,
 }
 
 /// One user of the `users` table.
@@ -386,6 +405,7 @@ impl Default for Config {
             ws_path: "/ws".to_owned(),
             data_dir: PathBuf::from("./data"),
             log_level: "info".to_owned(),
+            log_format: LogFormat::Human,
             heartbeat_send_ms: 1000,
             heartbeat_receive_ms: 1000,
             heartbeat_grace: 3.0,
@@ -453,6 +473,7 @@ impl Default for Config {
             webhooks: Vec::new(),
             bridges: Vec::new(),
             cluster: None,
+            demo: false,
         }
     }
 }
@@ -775,6 +796,9 @@ pub struct Cli {
     /// HTTP path of the WebSocket endpoint [default: /ws].
     #[arg(long, global = true, value_name = "PATH")]
     pub ws_path: Option<String>,
+    /// Log format: human (text lines) or json (one JSON object per line) [default: human].
+    #[arg(long, global = true, value_name = "FORMAT", value_parser = ["human", "json"])]
+    pub log_format: Option<String>,
     /// Directory for durable data [default: ./data].
     #[arg(long, global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -847,6 +871,9 @@ pub struct Cli {
     /// Cluster mode: NATS credentials file.
     #[arg(long, global = true, value_name = "FILE")]
     pub cluster_creds_file: Option<PathBuf>,
+    /// Serve the browser demo at /demo/ on the WebSocket listener (a broker without users).
+    #[arg(long, global = true)]
+    pub demo: bool,
     /// Subcommand; none runs the broker.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -933,6 +960,9 @@ impl Cli {
         if let Some(v) = &self.log_level {
             config.log_level = v.clone();
         }
+        if let Some(v) = &self.log_format {
+            config.log_format = if v == "json" { LogFormat::Json } else { LogFormat::Human };
+        }
         if let Some(v) = self.max_connections {
             config.max_connections = v;
         }
@@ -971,6 +1001,9 @@ impl Cli {
         }
         if self.metrics_public {
             config.metrics_public = true;
+        }
+        if self.demo {
+            config.demo = true;
         }
         if let Some(v) = &self.fsync {
             config.fsync =

@@ -338,6 +338,17 @@ impl Metrics {
         self.errors_sent[kind as usize].inc();
     }
 
+    /// The message counters now (for the overview's totals and rates).
+    pub fn message_totals(&self) -> MessageTotals {
+        MessageTotals {
+            published: self.published.iter().map(Counter::get).sum(),
+            delivered: self.delivered.get(),
+            acked: self.acked.get(),
+            nacked: self.nacked.get(),
+            redelivered: self.redelivered.get(),
+        }
+    }
+
     /// Open client connections, every transport together.
     pub fn open_connections(&self) -> u64 {
         let open: i64 = self.connections.iter().map(Gauge::get).sum();
@@ -375,6 +386,21 @@ impl Metrics {
         registry.register("stampede_errors_sent", "ERROR frames sent, by kind", f.errors_sent.clone());
         self.bridges.register(registry);
     }
+}
+
+/// The message counters since the broker started, as the overview shows them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MessageTotals {
+    /// Messages sent by clients (topics and queues).
+    pub published: u64,
+    /// MESSAGE frames written.
+    pub delivered: u64,
+    /// Queue deliveries acknowledged.
+    pub acked: u64,
+    /// Queue deliveries NACKed.
+    pub nacked: u64,
+    /// Queue messages delivered again.
+    pub redelivered: u64,
 }
 
 /// What `/metrics` reads at scrape time.
@@ -624,6 +650,13 @@ fn encode_destinations(encoder: &mut DescriptorEncoder, vhosts: &VirtualHosts) -
     Ok(())
 }
 
+/// The process's resident memory in bytes, from `/proc` (Linux only; `None` elsewhere).
+pub fn resident_memory_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * page_size())
+}
+
 /// The process's own resource use, from `/proc` (Linux only).
 struct ProcessStats {
     resident_bytes: u64,
@@ -632,10 +665,9 @@ struct ProcessStats {
 
 impl ProcessStats {
     fn read() -> Option<ProcessStats> {
-        let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-        let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        let resident_bytes = resident_memory_bytes()?;
         let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count();
-        Some(ProcessStats { resident_bytes: pages * page_size(), open_fds })
+        Some(ProcessStats { resident_bytes, open_fds })
     }
 }
 

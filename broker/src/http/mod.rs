@@ -1,5 +1,6 @@
 //! The management HTTP surface: one listener (plus its TLS twin) serving the versioned JSON API
-//! under `/api/v1/`, Prometheus `/metrics`, and the `/healthz` and `/readyz` probes.
+//! under `/api/v1/`, Prometheus `/metrics`, the `/healthz` and `/readyz` probes, and the web
+//! dashboard at `/` ([`dashboard`]).
 //!
 //! It is a separate listener from the STOMP and WebSocket ones (RabbitMQ's management port,
 //! 15672, by default on loopback) so that operators can firewall it apart, and so that nothing
@@ -15,10 +16,13 @@
 //! like a STOMP token, with the same failure delay per address.
 
 pub mod api;
+pub mod bridges;
+pub mod dashboard;
 pub mod health;
 pub mod manage;
 pub mod metrics;
 pub mod publish;
+pub mod rates;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -75,6 +79,10 @@ pub struct HttpState {
     pub session: Arc<crate::session::SessionConfig>,
     /// Largest body one published message may have (`max_body`).
     pub max_body: usize,
+    /// Message rates for the overview.
+    pub rates: Arc<rates::MessageRates>,
+    /// The webhooks and STOMP bridges, for their listings.
+    pub bridges: Arc<crate::bridge::Registry>,
 }
 
 impl std::fmt::Debug for HttpState {
@@ -102,10 +110,12 @@ pub fn app(state: SharedState) -> axum::Router {
         .route("/readyz", get(health::readiness))
         .route("/metrics", get(scrape))
         .nest("/api/v1", api::routes())
+        .merge(dashboard::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint; the API is under /api/v1/") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "this endpoint does not accept that method")
         })
+        .layer(axum::middleware::from_fn(dashboard::same_origin_writes))
         .with_state(state)
 }
 

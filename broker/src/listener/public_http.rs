@@ -72,6 +72,8 @@ pub(crate) struct Endpoint<'a> {
     pub secure: bool,
     /// The listener's address, for URLs when the request has no usable `Host`.
     pub local: SocketAddr,
+    /// Serve the demo pages at `/demo/` (`demo = true`).
+    pub demo: bool,
 }
 
 /// Reads one request head from `stream` and routes it.
@@ -99,6 +101,12 @@ pub(crate) async fn route<S: AsyncRead + AsyncWrite + Unpin>(
                 let method = request.method.unwrap_or("GET");
                 if path == fallback::SHIM_PATH && (method == "GET" || method == "HEAD") {
                     fallback::serve_shim(&mut stream, method == "HEAD").await?;
+                    return Ok(Routed::Answered);
+                }
+                let demo_path = path == crate::demo::PREFIX
+                    || path.strip_prefix(crate::demo::PREFIX).is_some_and(|below| below.starts_with('/'));
+                if endpoint.demo && demo_path && (method == "GET" || method == "HEAD") {
+                    crate::demo::serve(&mut stream, path, endpoint.path, method == "HEAD").await?;
                     return Ok(Routed::Answered);
                 }
                 if let Some(below) = path.strip_prefix(fallback::PREFIX).filter(|below| below.starts_with('/')) {
@@ -161,6 +169,15 @@ fn answer(request: &httparse::Request<'_, '_>, endpoint: &Endpoint<'_>) -> Optio
     let host =
         header("host").filter(|host| is_plain_host(host)).map_or_else(|| endpoint.local.to_string(), str::to_owned);
     let stomp_url = format!("{scheme}://{host}{}", endpoint.path);
+    if path != endpoint.path && !endpoint.demo && path.starts_with(crate::demo::PREFIX) {
+        return Some(Response::text(
+            404,
+            "Not Found",
+            &format!(
+                "Not found. The demo is off: start the broker with --demo (demo = true). STOMP over WebSocket is at {stomp_url}\n"
+            ),
+        ));
+    }
     if path != endpoint.path {
         return Some(Response::text(
             404,

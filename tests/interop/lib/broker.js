@@ -46,9 +46,16 @@ function portAccepts(port, host = '127.0.0.1') {
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 class Broker {
-  constructor() {
+  /**
+   * options.http: also open the management listener (on a free port, this.httpUrl);
+   * options.config: TOML text written to a config file passed with --config;
+   * options.args: more flags.
+   */
+  constructor(options = {}) {
+    this.options = options;
     this.stompPort = 0;
     this.wsPort = 0;
+    this.httpPort = 0;
     this.wsPath = '/ws';
     this.proc = null;
     this.dataDir = null;
@@ -58,6 +65,15 @@ class Broker {
 
   get wsUrl() {
     return `ws://127.0.0.1:${this.wsPort}${this.wsPath}`;
+  }
+
+  get httpUrl() {
+    return `http://127.0.0.1:${this.httpPort}`;
+  }
+
+  /** The base URL of the WebSocket port's plain HTTP side (the demo, the fallback shim). */
+  get wsHttpUrl() {
+    return `http://127.0.0.1:${this.wsPort}`;
   }
 
   logTail(lines = 40) {
@@ -90,15 +106,24 @@ class Broker {
     for (let attempt = 0; attempt < 3; attempt++) {
       this.stompPort = await freePort();
       do { this.wsPort = await freePort(); } while (this.wsPort === this.stompPort);
+      if (this.options.http) {
+        do { this.httpPort = await freePort(); } while (this.httpPort === this.stompPort || this.httpPort === this.wsPort);
+      }
       const data = path.join(this.dataDir, `data-${attempt}`);
       fs.mkdirSync(data);
       const args = [
         '--stomp-addr', `127.0.0.1:${this.stompPort}`,
         '--ws-addr', `127.0.0.1:${this.wsPort}`,
-        '--http-addr', 'none',
+        '--http-addr', this.options.http ? `127.0.0.1:${this.httpPort}` : 'none',
         '--data-dir', data,
         '--log-level', 'warn',
       ];
+      if (this.options.config) {
+        const file = path.join(this.dataDir, 'stampede.toml');
+        fs.writeFileSync(file, this.options.config);
+        args.push('--config', file);
+      }
+      args.push(...(this.options.args || []));
       fs.appendFileSync(this.logPath, `$ ${bin} ${args.join(' ')}\n`);
       const logFd = fs.openSync(this.logPath, 'a');
       this.exitCode = null;
@@ -108,7 +133,8 @@ class Broker {
       proc.on('exit', (code, signal) => { this.exitCode = code ?? signal; });
       const deadline = Date.now() + START_TIMEOUT_MS;
       while (Date.now() < deadline && this.exitCode === null) {
-        if (await portAccepts(this.stompPort) && await portAccepts(this.wsPort)) return this;
+        if (await portAccepts(this.stompPort) && await portAccepts(this.wsPort)
+          && (!this.options.http || await portAccepts(this.httpPort))) return this;
         await sleep(50);
       }
       if (this.exitCode === null) {
@@ -146,10 +172,16 @@ class Broker {
   }
 }
 
-async function startBroker() {
-  const b = new Broker();
+/** A broker hash of `password` for a `[users.<name>]` table (`stampede passwd`). */
+function passwordHash(password) {
+  const { execFileSync } = require('node:child_process');
+  return execFileSync(brokerBinary(), ['passwd', '--password', password], { encoding: 'utf8' }).trim();
+}
+
+async function startBroker(options = {}) {
+  const b = new Broker(options);
   await b.start();
   return b;
 }
 
-module.exports = { Broker, startBroker, freePort, portAccepts, sleep, REPO_ROOT };
+module.exports = { Broker, startBroker, passwordHash, freePort, portAccepts, sleep, REPO_ROOT };

@@ -39,12 +39,13 @@ function startStaticServer(files) {
 
 /**
  * Chromium with a fresh profile and one page; `errors` collects page errors and console errors.
- * close() ends both and removes the profile.
+ * close() ends both and removes the profile. `options` are more playwright context options
+ * (httpCredentials, viewport, ...).
  */
-async function openBrowser() {
+async function openBrowser(options = {}) {
   const profileDir = fs.mkdtempSync(path.join(os.tmpdir(), 'stampede-chromium-'));
   const context = await withTimeout(chromium.launchPersistentContext(profileDir, {
-    executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS, timeout: 30000,
+    executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS, timeout: 30000, ...options,
   }), 40000, 'launching chromium');
   const page = await context.newPage();
   page.setDefaultTimeout(10000);
@@ -59,7 +60,14 @@ async function openBrowser() {
     await withTimeout(context.close(), 10000, 'closing chromium').catch(() => {});
     fs.rmSync(profileDir, { recursive: true, force: true });
   };
-  return { page, errors, waitFor, close };
+  const newPage = async () => {
+    const another = await context.newPage();
+    another.setDefaultTimeout(10000);
+    another.on('pageerror', (e) => errors.push(String(e)));
+    another.on('console', (m) => { if (m.type() === 'error') errors.push(m.text()); });
+    return another;
+  };
+  return { page, errors, waitFor, close, newPage, context };
 }
 
 module.exports = { startStaticServer, openBrowser };
