@@ -162,7 +162,7 @@ impl SledStore {
         let scan_started = Instant::now();
         let before = match salvage::scan(&salvage::value_files(&path)) {
             Ok(found) => {
-                info!(path = %path.display(), bytes = found.bytes, elapsed_ms = scan_started.elapsed().as_millis() as u64,
+                debug!(path = %path.display(), bytes = found.bytes, elapsed_ms = scan_started.elapsed().as_millis() as u64,
                     "scanned the store's files before opening them");
                 Some(found)
             }
