@@ -14,7 +14,11 @@ type Seen = Arc<Mutex<Vec<(Vec<(String, String)>, Vec<u8>)>>>;
 
 /// Each request's (headers lower-cased, body); answers `statuses` in turn, then 200.
 async fn backend(statuses: Vec<u16>) -> (String, Seen) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    backend_on(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), statuses)
+}
+
+/// [`backend`] on a listener of the caller's.
+fn backend_on(listener: tokio::net::TcpListener, statuses: Vec<u16>) -> (String, Seen) {
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let seen: Seen = Arc::new(Mutex::new(Vec::new()));
     let log = Arc::clone(&seen);
@@ -140,6 +144,41 @@ async fn a_webhook_whose_backend_always_fails_dead_letters_at_max_deliveries() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(seen.lock().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn a_topic_webhook_keeps_what_is_published_while_its_backend_is_down() {
+    // A port with nothing listening: the backend is down until it binds there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut config = Config::ephemeral();
+    config.webhooks.push(WebhookConfig {
+        name: "prices".into(),
+        source: "/topic/prices.*".into(),
+        url: format!("http://127.0.0.1:{port}/hook"),
+        retry_initial_ms: 20,
+        retry_max_ms: 100,
+        max_deliveries: 1000,
+        ..WebhookConfig::default()
+    });
+    let broker = TestBroker::start_with(config).await;
+    let client = broker.client().await;
+    let sent: Vec<String> = (0..10).map(|i| format!("price {i}")).collect();
+    for (i, body) in sent.iter().enumerate() {
+        let topic = if i % 2 == 0 { "/topic/prices.eur" } else { "/topic/prices.usd" };
+        client.send_with_receipt(topic, body.clone(), Headers::new()).await.unwrap();
+    }
+    // Several refused attempts while it is down.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("the backend's port is free again");
+    let (_, seen) = backend_on(listener, Vec::new());
+    wait_for(&seen, sent.len()).await;
+    let mut got: Vec<String> =
+        seen.lock().unwrap().iter().map(|(_, body)| String::from_utf8(body.clone()).unwrap()).collect();
+    got.sort();
+    got.dedup();
+    let mut wanted = sent.clone();
+    wanted.sort();
+    assert_eq!(got, wanted, "every message published while the backend was down reaches it");
 }
 
 #[test]
