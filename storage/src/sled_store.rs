@@ -182,13 +182,7 @@ impl SledStore {
                 (engine, salvage)
             }
             Err(StorageError::Corruption { detail, .. }) => {
-                let aside = salvage::move_aside(&path).map_err(|e| StorageError::Io {
-                    path: path.clone(),
-                    action: "moving damaged files aside",
-                    source: Arc::new(e),
-                })?;
-                error!(path = %path.display(), damaged = %aside.display(), cause = %detail,
-                    "the message store's files are damaged: moved them aside and salvaging every intact record from them");
+                let aside = set_aside(&path, &detail)?;
                 let engine = Engine::open(&path, &options).map_err(|e| disk_full(&path, e, options.disk_free_limit))?;
                 (engine, Some(Salvage::Rebuild { aside, cause: detail, before }))
             }
@@ -731,7 +725,6 @@ impl Writer {
         before: Option<salvage::Salvaged>,
         files: &[PathBuf],
         detail: &str,
-        cause: &str,
     ) -> Result<Recovery, StorageError> {
         let path = self.path.clone();
         let io = |e| StorageError::Io { path: path.clone(), action: "salvaging damaged files", source: Arc::new(e) };
@@ -742,6 +735,9 @@ impl Writer {
                 found.damaged = found.damaged.max(after.damaged);
                 for (key, message) in after.messages {
                     found.messages.entry(key).or_insert(message);
+                }
+                for (name, record) in after.definitions {
+                    found.definitions.entry(name).or_insert(record);
                 }
                 found
             }
@@ -783,7 +779,7 @@ impl Writer {
         self.sync_all()?;
         let engine = self.engine.as_mut().ok_or(StorageError::Closed)?;
         let mut recovery = read_all(engine).map_err(|e| StorageError::from_engine(&path, "recovering", e))?;
-        error!(path = %path.display(), cause, salvaged_messages = added, damaged_records = found.damaged,
+        error!(path = %path.display(), detail, salvaged_messages = added, damaged_records = found.damaged,
             scanned_bytes = found.bytes, messages = recovery.message_count(),
             "salvaged the message store: every message it holds will be delivered as redelivered");
         self.shared.salvaged_messages.store(added, Relaxed);
@@ -811,34 +807,29 @@ impl Writer {
         let recovery = match (read, self.salvage.take()) {
             (Ok(recovery), None) => recovery,
             (Ok(recovery), Some(Salvage::Merge { sled_commits, stamped, before })) => {
-                let cause =
+                let detail =
                     format!("sled holds commit {sled_commits} but commit {stamped} was confirmed: its log lost writes");
-                let files = salvage::value_files(&path);
-                self.rewrite(recovery, before, &files, &cause, &cause)?
+                self.rewrite(recovery, before, &salvage::value_files(&path), &detail)?
             }
             (Ok(recovery), Some(Salvage::Rebuild { aside, cause, before })) => {
-                let files = salvage::value_files(&aside);
                 let detail = format!("{cause}; the damaged files are kept in {}", aside.display());
-                self.rewrite(recovery, before, &files, &detail, &cause)?
+                self.rewrite(recovery, before, &salvage::value_files(&aside), &detail)?
             }
-            (Err(StorageError::Corruption { detail, .. }), _) => {
+            (Err(StorageError::Corruption { detail: cause, .. }), pending) => {
                 // sled opened but cannot read its own trees: start over from what is intact.
                 if let Some(engine) = self.engine.take() {
                     let _ = guarded(&path, "closing", move || drop(engine));
                 }
-                let aside = salvage::move_aside(&path).map_err(|e| StorageError::Io {
-                    path: path.clone(),
-                    action: "moving damaged files aside",
-                    source: Arc::new(e),
-                })?;
-                error!(path = %path.display(), damaged = %aside.display(), cause = %detail,
-                    "the message store's files are damaged: moved them aside and salvaging every intact record from them");
+                let aside = set_aside(&path, &cause)?;
                 self.engine = Some(Engine::open(&path, &self.options)?);
                 let empty = read_all(self.engine.as_mut().ok_or(StorageError::Closed)?)
                     .map_err(|e| StorageError::from_engine(&path, "recovering", e))?;
-                let files = salvage::value_files(&aside);
-                let cause = format!("{detail}; the damaged files are kept in {}", aside.display());
-                self.rewrite(empty, None, &files, &cause, &detail)?
+                // The scan made before sled opened saw the files before sled touched them.
+                let before = pending.and_then(|pending| match pending {
+                    Salvage::Merge { before, .. } | Salvage::Rebuild { before, .. } => before,
+                });
+                let detail = format!("{cause}; the damaged files are kept in {}", aside.display());
+                self.rewrite(empty, before, &salvage::value_files(&aside), &detail)?
             }
             (Err(e), _) => return Err(e),
         };
@@ -1043,6 +1034,18 @@ fn prepare_directory(path: &Path) -> Result<(), StorageError> {
     let probe = path.join(".stampede-write-probe");
     std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&probe).map_err(not_writable)?;
     std::fs::remove_file(&probe).map_err(not_writable)
+}
+
+/// Moves sled's damaged files in `path` aside (see [`salvage::move_aside`]) and says so.
+fn set_aside(path: &Path, cause: &str) -> Result<PathBuf, StorageError> {
+    let aside = salvage::move_aside(path).map_err(|e| StorageError::Io {
+        path: path.to_path_buf(),
+        action: "moving damaged files aside",
+        source: Arc::new(e),
+    })?;
+    error!(path = %path.display(), damaged = %aside.display(), cause,
+        "the message store's files are damaged: moved them aside and salvaging every intact record from them");
+    Ok(aside)
 }
 
 /// Runs `work`, turning a panic inside sled (it panics on some damaged files instead of

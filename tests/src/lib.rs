@@ -119,6 +119,22 @@ impl TestBroker {
 /// The `stampede` binary, for tests that run the broker as a child process (crash and
 /// hostile-client tests).
 ///
+/// A temporary directory in memory (`/dev/shm`) where there is one: for tests about what the
+/// store does with its files, not about the disk's sync rate.
+pub fn scratch_dir() -> tempfile::TempDir {
+    match Path::new("/dev/shm").is_dir() {
+        true => tempfile::tempdir_in("/dev/shm").expect("temp dir in /dev/shm"),
+        false => tempfile::tempdir().expect("temp dir"),
+    }
+}
+
+/// True when the tests run as root (mounting a tmpfs or a FUSE file system needs it).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").ok().is_some_and(|status| {
+        status.lines().any(|l| l.strip_prefix("Uid:").and_then(|ids| ids.split_whitespace().nth(1)) == Some("0"))
+    })
+}
+
 /// `$STAMPEDE_BIN` when it is at least as new as every source file it is built from, so a
 /// stale release binary never stands in for the code under test; otherwise
 /// `<target>/debug/stampede`, built once per test process when missing or older than the

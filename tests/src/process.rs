@@ -11,7 +11,19 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use stampede_client::{Client, ConnectOptions};
+
 use crate::{WAIT, broker_binary, http_client};
+
+/// Connect and receipt timeout of [`connect`]: a broker binary under load (fsync, strace, FUSE)
+/// answers slower than one in the test's process.
+const CLIENT_WAIT: Duration = Duration::from_secs(10);
+
+/// A client of a broker binary at `url`, or a panic naming the URL.
+pub async fn connect(url: &str) -> Client {
+    let options = ConnectOptions::new(url).expect("url").connect_timeout(CLIENT_WAIT).receipt_timeout(CLIENT_WAIT);
+    Client::connect_with(options).await.unwrap_or_else(|e| panic!("connect to {url}: {e}"))
+}
 
 /// How long the binary may take to log its listeners.
 const START_TIMEOUT: Duration = Duration::from_secs(20);

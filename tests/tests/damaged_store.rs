@@ -7,19 +7,15 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
-use stampede_client::{AckMode, Client, Command, ConnectOptions, Frame, SubscribeOptions};
-use stampede_tests::process::BrokerProcess;
+use stampede_client::{AckMode, Command, Frame, SubscribeOptions};
+use stampede_tests::process::{BrokerProcess, connect};
+use stampede_tests::scratch_dir;
 
 const WAIT: Duration = Duration::from_secs(10);
 const QUEUE: &str = "/queue/damaged";
 const MESSAGES: u64 = 300;
 const ACKED: u64 = 100;
 const ROUNDS: usize = 9;
-
-async fn connect(url: &str) -> Client {
-    let options = ConnectOptions::new(url).expect("url").connect_timeout(WAIT).receipt_timeout(WAIT);
-    Client::connect_with(options).await.unwrap_or_else(|e| panic!("connect to {url}: {e}"))
-}
 
 fn body(seq: u64) -> String {
     format!("{seq}:{}", "m".repeat(200))
@@ -73,15 +69,6 @@ fn metric(text: &str, name: &str) -> u64 {
     text.lines()
         .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.trim().parse::<f64>().ok()))
         .unwrap_or_else(|| panic!("no {name} in /metrics")) as u64
-}
-
-/// A temporary directory in memory where there is one: the test is about damaged files, not
-/// the disk's sync rate.
-fn scratch_dir() -> tempfile::TempDir {
-    match Path::new("/dev/shm").is_dir() {
-        true => tempfile::tempdir_in("/dev/shm").unwrap(),
-        false => tempfile::tempdir().unwrap(),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

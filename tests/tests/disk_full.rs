@@ -14,8 +14,8 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use stampede_client::{AckMode, Client, Command, ConnectOptions, Frame, SubscribeOptions};
-use stampede_tests::process::BrokerProcess;
+use stampede_client::{AckMode, Command, Frame, SubscribeOptions};
+use stampede_tests::process::{BrokerProcess, connect};
 
 /// The file system's size.
 const FS_SIZE: &str = "32m";
@@ -41,13 +41,8 @@ struct SmallFs {
 impl SmallFs {
     /// Mounts it, or says why not (not root, no mount) and returns `None`.
     fn mount() -> Option<SmallFs> {
-        let uid = std::fs::read_to_string("/proc/self/status").ok().and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("Uid:").and_then(|ids| ids.split_whitespace().nth(1)?.parse::<u32>().ok()))
-        });
-        if uid != Some(0) {
-            println!("SKIPPED: the disk-full tests mount a small tmpfs, which needs root (uid {uid:?})");
+        if !stampede_tests::is_root() {
+            println!("SKIPPED: the disk-full tests mount a small tmpfs, which needs root");
             return None;
         }
         let dir = tempfile::tempdir().expect("temp dir");
@@ -84,11 +79,6 @@ async fn start(data_dir: &Path, limit: &str) -> BrokerProcess {
         // One consumer may hold every message unacked (the first pass acks none).
         .env("STAMPEDE_CONSUMER_WINDOW_BYTES", "64MiB");
     BrokerProcess::spawn(command).await
-}
-
-async fn connect(url: &str) -> Client {
-    let options = ConnectOptions::new(url).expect("url").connect_timeout(WAIT).receipt_timeout(WAIT);
-    Client::connect_with(options).await.unwrap_or_else(|e| panic!("connect to {url}: {e}"))
 }
 
 fn body(seq: u64) -> String {

@@ -14,10 +14,9 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
-use stampede_client::{AckMode, Client, Command, ConnectOptions, Frame, SubscribeOptions};
-use stampede_tests::process::BrokerProcess;
+use stampede_client::{AckMode, Command, Frame, SubscribeOptions};
+use stampede_tests::process::{BrokerProcess, connect};
 
-const WAIT: Duration = Duration::from_secs(10);
 /// Persistent messages receipted before the failure.
 const BEFORE: u64 = 200;
 
@@ -68,11 +67,6 @@ fn build_shim(dir: &Path) -> Option<std::path::PathBuf> {
     }
 }
 
-async fn connect(url: &str) -> Client {
-    let options = ConnectOptions::new(url).expect("url").connect_timeout(WAIT).receipt_timeout(WAIT);
-    Client::connect_with(options).await.unwrap_or_else(|e| panic!("connect to {url}: {e}"))
-}
-
 fn persistent(seq: u64) -> Frame {
     Frame::new(Command::Send)
         .with_header("destination", "/queue/failing")
@@ -96,10 +90,7 @@ async fn start(data_dir: &Path, preload: Option<(&Path, &Path)>) -> BrokerProces
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_receipt_follows_a_failed_fsync_and_nothing_receipted_before_it_is_lost() {
     // In memory where possible: the test is about a failing sync, not the disk's sync rate.
-    let dir = match Path::new("/dev/shm").is_dir() {
-        true => tempfile::tempdir_in("/dev/shm").expect("temp dir"),
-        false => tempfile::tempdir().expect("temp dir"),
-    };
+    let dir = stampede_tests::scratch_dir();
     let Some(shim) = build_shim(dir.path()) else { return };
     let flag = dir.path().join("fail-now");
     let data = dir.path().join("data");

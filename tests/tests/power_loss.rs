@@ -12,9 +12,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use stampede_client::{AckMode, Client, Command, ConnectOptions, Frame, SubscribeOptions};
+use stampede_client::{AckMode, Command, Frame, SubscribeOptions};
 use stampede_tests::lossyfs::LossyFs;
-use stampede_tests::process::BrokerProcess;
+use stampede_tests::process::{BrokerProcess, connect};
 
 const WAIT: Duration = Duration::from_secs(10);
 const QUEUE: &str = "/queue/power";
@@ -23,21 +23,10 @@ const PRODUCERS: usize = 4;
 /// How long the producers run before the power goes.
 const LOAD: Duration = Duration::from_millis(1200);
 
-async fn connect(url: &str) -> Client {
-    let options = ConnectOptions::new(url).expect("url").connect_timeout(WAIT).receipt_timeout(WAIT);
-    Client::connect_with(options).await.unwrap_or_else(|e| panic!("connect to {url}: {e}"))
-}
-
 async fn start(data: &Path) -> BrokerProcess {
     let mut command = BrokerProcess::command(data);
     command.env("STAMPEDE_DISK_FREE_LIMIT", "0").env("STAMPEDE_FSYNC", "always");
     BrokerProcess::spawn(command).await
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").ok().is_some_and(|status| {
-        status.lines().any(|l| l.strip_prefix("Uid:").and_then(|ids| ids.split_whitespace().nth(1)) == Some("0"))
-    })
 }
 
 /// Sends persistent messages with receipts until the broker goes away; the receipted bodies
@@ -74,14 +63,11 @@ async fn drain(url: &str) -> HashSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_receipted_message_is_lost_when_the_power_goes_mid_stream() {
-    if !is_root() {
+    if !stampede_tests::is_root() {
         println!("SKIPPED: the power-loss test mounts a FUSE file system, which needs root");
         return;
     }
-    let backing = match Path::new("/dev/shm").is_dir() {
-        true => tempfile::tempdir_in("/dev/shm").unwrap(),
-        false => tempfile::tempdir().unwrap(),
-    };
+    let backing = stampede_tests::scratch_dir();
     let mountpoint = tempfile::tempdir().unwrap();
     let fs = match LossyFs::mount(backing.path(), mountpoint.path()) {
         Ok(fs) => fs,
