@@ -18,7 +18,7 @@ use stampede_tests::process::{BrokerProcess, connect};
 
 const WAIT: Duration = Duration::from_secs(10);
 const QUEUE: &str = "/queue/power";
-const ROUNDS: usize = 6;
+const ROUNDS: usize = 10;
 const PRODUCERS: usize = 4;
 /// How long the producers run before the power goes.
 const LOAD: Duration = Duration::from_millis(1200);
