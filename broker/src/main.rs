@@ -96,8 +96,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGHUP: reads the configuration again (file, environment, flags) and applies its users and
-/// permissions; a bad file is refused with a log line and the old settings stay.
+/// SIGHUP: reads the configuration again (file, environment, flags) and applies its users,
+/// permissions, token keys, allowed origins and TLS certificate; a bad file is refused with a
+/// log line and the old settings stay.
 fn reload(cli: &Cli, broker: &stampede_broker::RunningBroker) {
     let file = cli.config.as_ref().map_or_else(|| "(no file)".to_owned(), |path| path.display().to_string());
     let config = match cli.resolve_with(&config::environment()) {
@@ -108,7 +109,9 @@ fn reload(cli: &Cli, broker: &stampede_broker::RunningBroker) {
         }
     };
     match broker.reload(&config) {
-        Ok(users) => tracing::info!(users, %file, "configuration reloaded: users and permissions"),
+        Ok(users) => {
+            tracing::info!(users, %file, "configuration reloaded: users, permissions, token keys, origins, TLS certificate")
+        }
         Err(error) => tracing::warn!("configuration reload refused, the old settings stay: {error}"),
     }
 }

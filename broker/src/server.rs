@@ -37,6 +37,7 @@ use crate::http::metrics::{Exporter, Metrics, Sources, TransportKind};
 use crate::http::{HttpState, ListenerInfo};
 use crate::listener::fallback::{self, FallbackRequest, FallbackSessions};
 use crate::listener::public_http::{self, AllowedOrigins, Replayed, Routed};
+use crate::listener::tls::Certificate;
 use crate::registry::{CloseRequest, ConnectionRegistry};
 use crate::security::auth::{Authenticator, Credentials};
 use crate::security::{AddressPermit, PerAddress};
@@ -76,6 +77,9 @@ pub struct RunningBroker {
     accepting: CancellationToken,
     tasks: TaskTracker,
     store: Arc<dyn Store>,
+    /// What a reload replaces besides the users: the certificate, the allowed origins.
+    certificate: Option<Certificate>,
+    origins: AllowedOrigins,
 }
 
 impl std::fmt::Debug for RunningBroker {
@@ -126,16 +130,35 @@ impl RunningBroker {
         self.per_address.count(ip)
     }
 
-    /// Reloads the users and their permissions from `config` (SIGHUP), without dropping any
-    /// connection. Everything is checked first: on an error nothing changes. Returns the number
-    /// of users now.
+    /// Reloads from `config` (SIGHUP), without dropping any connection: the users and their
+    /// permissions, the token keys, `ws_allowed_origins`, and the TLS certificate and key
+    /// (read again even when the paths did not change, so a renewed certificate written over
+    /// the old files is picked up). Everything is read and checked first: on an error nothing
+    /// changes. Returns the number of users now.
     ///
     /// # Errors
-    /// The configuration is invalid, a password hash is unusable, or the change would turn
-    /// authentication on or off (that needs a restart).
+    /// The configuration is invalid, a password hash, token key or certificate is unusable, or
+    /// the change needs a restart: turning authentication or TLS on or off.
     pub fn reload(&self, config: &Config) -> Result<usize, StartError> {
         config.validate().map_err(|e| StartError::Config(e.to_string()))?;
-        self.auth.reload(config).map_err(|e| StartError::Config(e.to_string()))
+        let certificate = match (&self.certificate, &config.tls_cert, &config.tls_key) {
+            (Some(current), Some(cert), Some(key)) => {
+                Some(current.read_replacement(cert, key).map_err(|e| StartError::Config(e.to_string()))?)
+            }
+            (None, None, _) | (None, _, None) => None,
+            _ => {
+                return Err(StartError::Config(
+                    "the new configuration would turn TLS on or off (tls_cert and tls_key); that needs a restart"
+                        .to_owned(),
+                ));
+            }
+        };
+        let users = self.auth.reload(config).map_err(|e| StartError::Config(e.to_string()))?;
+        if let (Some(current), Some(replacement)) = (&self.certificate, certificate) {
+            current.install(replacement);
+        }
+        self.origins.replace(&config.ws_allowed_origins);
+        Ok(users)
     }
 
     /// Drains the broker (lame duck): `/readyz` answers 503 at once, the STOMP and WebSocket
@@ -266,17 +289,26 @@ pub fn check(config: &Config) -> Result<(), StartError> {
     prepare(config).map(drop)
 }
 
-/// The authenticator and the TLS acceptors (STOMP, wss) a configuration describes.
-fn prepare(config: &Config) -> Result<(Authenticator, Option<(TlsAcceptor, TlsAcceptor)>), StartError> {
+/// The TLS side of the broker: the certificate every TLS listener presents (replaced by a
+/// reload) and an acceptor for each kind of listener.
+struct Tls {
+    certificate: Certificate,
+    stomp: TlsAcceptor,
+    /// wss and the management HTTPS listener: both offer `http/1.1`.
+    https: TlsAcceptor,
+}
+
+/// The authenticator and the TLS listeners' setup a configuration describes.
+fn prepare(config: &Config) -> Result<(Authenticator, Option<Tls>), StartError> {
     config.validate().map_err(|e| StartError::Config(e.to_string()))?;
     let auth = Authenticator::from_config(config).map_err(|e| StartError::Config(e.to_string()))?;
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => {
-            let stomp =
-                crate::listener::tls::acceptor(cert, key, &[]).map_err(|e| StartError::Config(e.to_string()))?;
-            let wss = crate::listener::tls::acceptor(cert, key, &[b"http/1.1"])
-                .map_err(|e| StartError::Config(e.to_string()))?;
-            Some((stomp, wss))
+            let failed = |e: crate::listener::tls::TlsError| StartError::Config(e.to_string());
+            let certificate = Certificate::load(cert, key).map_err(failed)?;
+            let stomp = certificate.acceptor(&[]).map_err(failed)?;
+            let https = certificate.acceptor(&[b"http/1.1"]).map_err(failed)?;
+            Some(Tls { certificate, stomp, https })
         }
         _ => None,
     };
@@ -356,6 +388,7 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
         transport: TransportKind::Tcp,
     };
     let per_address = PerAddress::new(config.max_connections_per_ip, config.max_connections_per_ip_loopback);
+    let origins = AllowedOrigins::new(&config.ws_allowed_origins);
     let shared = Arc::new(Shared {
         context,
         limit: Arc::new(Semaphore::new(config.max_connections)),
@@ -368,13 +401,13 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
             path: config.ws_path.clone(),
             demo: config.demo,
             config: config.websocket_config(),
-            allowed_origins: AllowedOrigins::new(&config.ws_allowed_origins),
+            allowed_origins: origins.clone(),
         },
         handshake_timeout: Duration::from_millis(config.connect_timeout_ms),
         metrics: Arc::clone(&metrics),
         fallback: Arc::new(FallbackSessions::new(
             config.max_body.saturating_add(config.max_header_bytes).saturating_add(1024),
-            AllowedOrigins::new(&config.ws_allowed_origins),
+            origins.clone(),
             tasks.clone(),
             shutdown.clone(),
         )),
@@ -387,7 +420,7 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
         bound.push((bind(config.stomp_addr, "STOMP").await?, Listener::Stomp));
         bound.push((bind(config.ws_addr, "WebSocket").await?, Listener::WebSocket));
     }
-    if let Some((stomp_tls, wss)) = &tls {
+    if let Some(Tls { stomp: stomp_tls, https: wss, .. }) = &tls {
         let (stomp_tls_addr, wss_addr) = config.tls_addrs();
         bound.push((bind(stomp_tls_addr, "STOMP over TLS").await?, Listener::StompTls(stomp_tls.clone())));
         bound.push((bind(wss_addr, "secure WebSocket").await?, Listener::Wss(wss.clone())));
@@ -475,9 +508,9 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
             info!("management HTTP listening on http://{addr}");
             crate::http::serve(listener, None, app.clone(), shutdown.clone(), &tasks);
         }
-        if let (Some(listener), Some(addr), Some((_, wss))) = (https, https_addr, &tls) {
+        if let (Some(listener), Some(addr), Some(tls)) = (https, https_addr, &tls) {
             info!("management HTTPS listening on https://{addr}");
-            crate::http::serve(listener, Some(wss.clone()), app, shutdown.clone(), &tasks);
+            crate::http::serve(listener, Some(tls.https.clone()), app, shutdown.clone(), &tasks);
         }
     }
     log_posture(config, &auth);
@@ -508,6 +541,8 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
         accepting,
         tasks,
         store,
+        certificate: tls.map(|tls| tls.certificate),
+        origins,
     })
 }
 

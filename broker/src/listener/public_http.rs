@@ -13,7 +13,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -29,23 +29,33 @@ const MAX_HEADERS: usize = 64;
 /// a browser's origin gets the same answer on both: lower case, without a trailing `/`; empty
 /// allows every origin, `*` too.
 #[derive(Clone, Debug)]
-pub(crate) struct AllowedOrigins(Arc<[String]>);
+pub(crate) struct AllowedOrigins(Arc<RwLock<Arc<[String]>>>);
 
 impl AllowedOrigins {
     pub(crate) fn new(configured: &[String]) -> AllowedOrigins {
-        AllowedOrigins(configured.iter().map(|origin| normalize_origin(origin)).collect())
+        AllowedOrigins(Arc::new(RwLock::new(normalized(configured))))
     }
 
     /// True for a request without an `Origin` (not from a browser page) or with an allowed one.
     pub(crate) fn allow(&self, origin: Option<&str>) -> bool {
+        let allowed = Arc::clone(&self.0.read().unwrap_or_else(|p| p.into_inner()));
         match origin {
-            Some(origin) if !self.0.is_empty() => {
+            Some(origin) if !allowed.is_empty() => {
                 let origin = normalize_origin(origin);
-                self.0.iter().any(|allowed| allowed == "*" || *allowed == origin)
+                allowed.iter().any(|allowed| allowed == "*" || *allowed == origin)
             }
             _ => true,
         }
     }
+
+    /// Every clone of this list checks against `configured` from the next request on (SIGHUP).
+    pub(crate) fn replace(&self, configured: &[String]) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = normalized(configured);
+    }
+}
+
+fn normalized(configured: &[String]) -> Arc<[String]> {
+    configured.iter().map(|origin| normalize_origin(origin)).collect()
 }
 
 fn normalize_origin(origin: &str) -> String {

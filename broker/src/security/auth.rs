@@ -309,20 +309,22 @@ impl fmt::Debug for User {
     }
 }
 
-/// The users and what they may do; replaced whole by a reload.
+/// Who may log in: the users with what they may do, and the keys tokens are checked with;
+/// replaced whole by a reload, so a login never sees half of an old file and half of a new one.
 #[derive(Debug, Default)]
-struct UserTable {
+struct Accounts {
     users: HashMap<String, User>,
     /// A hash to verify against for unknown users, with the parameters of a real one.
     dummy_hash: Option<String>,
+    /// `[jwt]`: tokens given as the passcode are checked with these keys.
+    jwt: Option<JwtVerifier>,
 }
 
 /// Decides who may connect.
 #[derive(Debug)]
 pub struct Authenticator {
     /// Read at each login (never on the publish path); a reload swaps it.
-    table: std::sync::RwLock<Arc<UserTable>>,
-    jwt: Option<JwtVerifier>,
+    table: std::sync::RwLock<Arc<Accounts>>,
     failures: FailureTracker,
     /// Failed logins since start (STOMP and HTTP), for metrics.
     failed: AtomicU64,
@@ -351,8 +353,7 @@ impl Authenticator {
     /// An authenticator that accepts everyone.
     pub fn open() -> Authenticator {
         Authenticator {
-            table: std::sync::RwLock::new(Arc::new(UserTable::default())),
-            jwt: None,
+            table: std::sync::RwLock::new(Arc::new(Accounts::default())),
             failures: FailureTracker::new(Duration::ZERO, Duration::ZERO, 0),
             failed: AtomicU64::new(0),
         }
@@ -364,11 +365,9 @@ impl Authenticator {
     /// # Errors
     /// A hash that is not argon2, or a token key that cannot be read.
     pub fn from_config(config: &Config) -> Result<Authenticator, AuthConfigError> {
-        let table = UserTable::from_config(config)?;
-        let jwt = config.jwt.as_ref().map(JwtVerifier::new).transpose()?;
+        let table = Accounts::from_config(config)?;
         Ok(Authenticator {
             table: std::sync::RwLock::new(Arc::new(table)),
-            jwt,
             failures: FailureTracker::new(
                 Duration::from_millis(config.auth_failure_delay_ms),
                 Duration::from_millis(config.auth_failure_max_delay_ms),
@@ -378,23 +377,24 @@ impl Authenticator {
         })
     }
 
-    fn table(&self) -> Arc<UserTable> {
+    fn table(&self) -> Arc<Accounts> {
         Arc::clone(&self.table.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Replaces the users and their permissions with those of `config` (SIGHUP). Every hash is
     /// checked first, so a bad file changes nothing. Sessions of a user whose rules changed
     /// follow the new rules from their next SEND or SUBSCRIBE; those of a removed user may do
-    /// nothing more. Token keys are not reloaded. Returns the number of users now.
+    /// nothing more. The token keys are read again too (a rotated key applies to the next
+    /// login; connected sessions keep what their token granted). Returns the number of users now.
     ///
     /// # Errors
     /// A hash that is not argon2, or a change that would turn authentication on or off.
     pub fn reload(&self, config: &Config) -> Result<usize, AuthConfigError> {
-        let new = UserTable::from_config(config)?;
+        let new = Accounts::from_config(config)?;
         let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
-        if self.jwt.is_none() && table.users.is_empty() != new.users.is_empty() {
+        if table.is_open() != new.is_open() {
             return Err(AuthConfigError::Reload(
-                "the new configuration would turn authentication on or off (users with no [jwt], or none); that needs a restart".to_owned(),
+                "the new configuration would turn authentication on or off (no users and no [jwt] before or after); that needs a restart".to_owned(),
             ));
         }
         for (name, old) in &table.users {
@@ -408,8 +408,8 @@ impl Authenticator {
     }
 }
 
-impl UserTable {
-    fn from_config(config: &Config) -> Result<UserTable, AuthConfigError> {
+impl Accounts {
+    fn from_config(config: &Config) -> Result<Accounts, AuthConfigError> {
         let mut users = HashMap::new();
         let mut first_params: Option<Params> = None;
         for (name, user) in &config.users {
@@ -432,14 +432,20 @@ impl UserTable {
             ),
             None => None,
         };
-        Ok(UserTable { users, dummy_hash })
+        let jwt = config.jwt.as_ref().map(JwtVerifier::new).transpose()?;
+        Ok(Accounts { users, dummy_hash, jwt })
+    }
+
+    /// True when everyone is accepted: no users and no token keys.
+    fn is_open(&self) -> bool {
+        self.users.is_empty() && self.jwt.is_none()
     }
 }
 
 impl Authenticator {
     /// True when no users and no token keys are configured: everyone is accepted.
     pub fn is_open(&self) -> bool {
-        self.table().users.is_empty() && self.jwt.is_none()
+        self.table().is_open()
     }
 
     /// Number of configured users.
@@ -449,7 +455,7 @@ impl Authenticator {
 
     /// True when tokens are accepted.
     pub fn accepts_tokens(&self) -> bool {
-        self.jwt.is_some()
+        self.table().jwt.is_some()
     }
 
     /// Authenticates a client. `peer` is its address, for the failure delay. Whether the
@@ -484,11 +490,11 @@ impl Authenticator {
             return None;
         }
         let passcode = credentials.passcode.clone().unwrap_or_default();
-        if let Some(jwt) = self.jwt.as_ref().filter(|_| looks_like_jwt(&passcode)) {
+        let table = self.table();
+        if let Some(jwt) = table.jwt.as_ref().filter(|_| looks_like_jwt(&passcode)) {
             return jwt.verify(&passcode, credentials.login.as_deref());
         }
         let login = credentials.login.clone().unwrap_or_default();
-        let table = self.table();
         let user = table.users.get(&login);
         let hash = match user {
             Some(user) => user.hash.clone(),
