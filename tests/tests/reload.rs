@@ -63,8 +63,7 @@ async fn a_reload_rotates_the_jwt_key_for_new_logins_and_keeps_connected_session
 
     broker.broker.reload(&jwt_config(NEW_SECRET)).expect("the rotated key is accepted");
 
-    let old =
-        connect_with(&broker, &token(OLD_SECRET)).await.err().expect("a token signed with the old key is refused");
+    let old = connect_with(&broker, &token(OLD_SECRET)).await.expect_err("a token signed with the old key is refused");
     assert!(old.contains("login failed"), "{old}");
     connect_with(&broker, &token(NEW_SECRET)).await.expect("a token signed with the new key is accepted");
     receipted_send(&mut connected, "the session from before the reload goes on").await;
