@@ -15,12 +15,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use base64::Engine;
-use bytes::Bytes;
 use clap::{Args, Subcommand};
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use reqwest::{Method, StatusCode};
+use rustls_pki_types::pem::PemObject;
 use serde_json::{Value, json};
 
 /// Variables of `stampede ctl` start with this (they are not configuration keys).
@@ -44,6 +41,14 @@ pub struct CtlArgs {
     /// Its password (visible in process lists as a flag: prefer STAMPEDE_CTL_PASSWORD).
     #[arg(long, env = "STAMPEDE_CTL_PASSWORD", hide_env_values = true, value_name = "PASSWORD")]
     pub password: Option<String>,
+    /// A JSON Web Token with the `stampede.admin` scope, sent as `Authorization: Bearer`
+    /// instead of a user and password.
+    #[arg(long, env = "STAMPEDE_CTL_TOKEN", hide_env_values = true, value_name = "JWT", conflicts_with = "user")]
+    pub token: Option<String>,
+    /// For an https:// URL: a PEM file of certificates to trust besides the usual public roots
+    /// (the broker's own self-signed certificate, or a private CA).
+    #[arg(long, env = "STAMPEDE_CTL_CACERT", value_name = "FILE")]
+    pub cacert: Option<std::path::PathBuf>,
     /// Print the API's JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -299,7 +304,35 @@ fn encode(text: &str) -> String {
 struct Api {
     base: String,
     authorization: Option<String>,
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    client: reqwest::Client,
+}
+
+/// TLS for an https:// URL: the ring provider (the broker's own), the Mozilla roots, and the
+/// certificates of `cacert` when given.
+fn tls_config(cacert: Option<&std::path::Path>) -> Result<rustls::ClientConfig, CtlError> {
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    if let Some(path) = cacert {
+        let unusable = |reason: String| CtlError::Usage(format!("--cacert {}: {reason}", path.display()));
+        let certificates: Vec<rustls_pki_types::CertificateDer<'static>> =
+            rustls_pki_types::CertificateDer::pem_file_iter(path)
+                .map_err(|e| unusable(e.to_string()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| unusable(e.to_string()))?;
+        if certificates.is_empty() {
+            return Err(unusable("no CERTIFICATE block found".to_owned()));
+        }
+        for certificate in certificates {
+            roots.add(certificate).map_err(|e| unusable(e.to_string()))?;
+        }
+    }
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| CtlError::Usage(format!("TLS: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 impl Api {
@@ -325,23 +358,25 @@ impl Api {
                 ));
             }
         };
-        if base.starts_with("https://") {
-            return Err(CtlError::Usage(
-                "stampede ctl speaks plain HTTP; use the http_addr listener (https is not supported yet)".to_owned(),
-            ));
+        if !base.starts_with("http://") && !base.starts_with("https://") {
+            return Err(CtlError::Usage(format!("--url must start with http:// or https://, not {base:?}")));
         }
-        if !base.starts_with("http://") {
-            return Err(CtlError::Usage(format!("--url must start with http://, not {base:?}")));
-        }
-        let authorization = match (&args.user, &args.password) {
-            (Some(user), password) => {
+        let authorization = match (&args.user, &args.password, &args.token) {
+            (_, _, Some(token)) => Some(format!("Bearer {token}")),
+            (Some(user), password, None) => {
                 let pair = format!("{user}:{}", password.as_deref().unwrap_or(""));
                 Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair)))
             }
-            (None, Some(_)) => return Err(CtlError::Usage("--password needs --user".to_owned())),
-            (None, None) => None,
+            (None, Some(_), None) => return Err(CtlError::Usage("--password needs --user".to_owned())),
+            (None, None, None) => None,
         };
-        let client = Client::builder(TokioExecutor::new()).build_http();
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls_config(args.cacert.as_deref())?)
+            .timeout(REQUEST_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()
+            .map_err(|e| CtlError::Usage(format!("cannot build the HTTP client: {e}")))?;
         Ok(Api { base, authorization, client })
     }
 
@@ -385,29 +420,26 @@ impl Api {
         headers: &[(&str, &str)],
     ) -> Result<(StatusCode, Value), CtlError> {
         let url = format!("{}{path}", self.base);
-        let mut request = Request::builder().method(method).uri(&url);
+        let mut request = self.client.request(method, &url);
         if let Some(authorization) = &self.authorization {
             request = request.header("authorization", authorization);
         }
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let body = match body {
-            Some(value) => {
-                request = request.header("content-type", "application/json");
-                Bytes::from(value.to_string())
-            }
-            None => Bytes::new(),
-        };
-        let request =
-            request.body(Full::new(body)).map_err(|e| CtlError::Usage(format!("invalid request to {url}: {e}")))?;
+        if let Some(value) = body {
+            request = request.header("content-type", "application/json").body(value.to_string());
+        }
         let unreachable = |cause: String| CtlError::Unreachable { url: self.base.clone(), cause };
-        let response = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(request))
-            .await
-            .map_err(|_| unreachable(format!("no answer within {REQUEST_TIMEOUT:?}")))?
-            .map_err(|e| unreachable(error_chain(&e)))?;
+        let response = request.send().await.map_err(|e| {
+            if e.is_timeout() {
+                unreachable(format!("no answer within {REQUEST_TIMEOUT:?}"))
+            } else {
+                unreachable(error_chain(&e))
+            }
+        })?;
         let status = response.status();
-        let bytes = response.into_body().collect().await.map_err(|e| unreachable(e.to_string()))?.to_bytes();
+        let bytes = response.bytes().await.map_err(|e| unreachable(error_chain(&e)))?;
         let value = if bytes.is_empty() {
             Value::Null
         } else {

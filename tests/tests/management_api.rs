@@ -812,6 +812,61 @@ async fn ctl_exit_codes_say_usage_not_allowed_and_unreachable() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot reach"));
 }
 
+#[tokio::test]
+async fn ctl_speaks_https_trusting_the_cacert_it_is_given_and_authenticates_with_a_bearer_token() {
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    let secret = "a-secret-for-administrator-tokens-0123456789";
+    let mut config = admin_and_user_config();
+    config.tls_cert = Some(cert.clone());
+    config.tls_key = Some(key);
+    config.jwt = Some(stampede_broker::config::JwtConfig {
+        hs256_secret: Some(secret.to_owned()),
+        ..stampede_broker::config::JwtConfig::default()
+    });
+    let broker = TestBroker::start_with(config).await;
+    let url = format!("https://localhost:{}", broker.broker.https_addr.expect("an HTTPS listener").port());
+    let run = |extra: Vec<String>| {
+        let mut command = tokio::process::Command::new(stampede_tests::broker_binary());
+        command.arg("ctl").arg("--url").arg(&url).args(extra).args(["status"]).kill_on_drop(true);
+        for name in ["STAMPEDE_CTL_PASSWORD", "STAMPEDE_CTL_USER", "STAMPEDE_CTL_TOKEN", "STAMPEDE_CTL_CACERT"] {
+            command.env_remove(name);
+        }
+        async move {
+            let output = tokio::time::timeout(Duration::from_secs(60), command.output()).await.unwrap().unwrap();
+            (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())
+        }
+    };
+    let cacert = cert.display().to_string();
+    let (code, err) = run(vec!["--user".into(), ADMIN.0.into(), "--password".into(), ADMIN.1.into()]).await;
+    assert_eq!(code, 6, "a certificate nobody vouched for is not trusted: {err}");
+    assert!(err.contains("certificate"), "{err}");
+    let (code, err) = run(vec![
+        "--cacert".into(),
+        cacert.clone(),
+        "--user".into(),
+        ADMIN.0.into(),
+        "--password".into(),
+        ADMIN.1.into(),
+    ])
+    .await;
+    assert_eq!(code, 0, "trusted with --cacert: {err}");
+
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600;
+    let sign = |scope: &str| {
+        let claims = json!({"sub": "ops-robot", "exp": exp, "scope": scope});
+        let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &claims, &key).unwrap()
+    };
+    let (code, err) = run(vec!["--cacert".into(), cacert.clone(), "--token".into(), sign("stampede.admin")]).await;
+    assert_eq!(code, 0, "an administrator's token: {err}");
+    let (code, err) = run(vec!["--cacert".into(), cacert, "--token".into(), sign("stampede.read:/queue/*")]).await;
+    assert_eq!(code, 4, "a token without the admin scope: {err}");
+}
+
 // ------------------------------------------------------------------ drain on SIGTERM (binary)
 
 /// The broker binary as a child process with its listeners on port 0; killed when dropped.
