@@ -889,7 +889,7 @@ pub enum Command {
         env: bool,
     },
     /// Manage a running broker over its management API (`stampede ctl --help`).
-    Ctl(crate::ctl::CtlArgs),
+    Ctl(Box<crate::ctl::CtlArgs>),
     /// Print an argon2 hash of a password for the `users` table. The password is read from
     /// standard input (prompted for without echo on a terminal).
     Passwd {
