@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::config::{Config, StorageKind};
 use crate::connection::{self, ConnectionContext, ConnectionSettings, Transport};
@@ -815,7 +815,22 @@ fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     shared: &Shared,
 ) -> Connection {
     let context = ConnectionContext { upgrade_credentials: credentials, transport: kind, ..shared.context.clone() };
-    Box::pin(connection::serve(transport, peer, id, context))
+    Box::pin(connection::serve(transport, peer, Arc::clone(&id), context).instrument(connection_span(&id, peer, kind)))
+}
+
+/// The span every log line of one connection is in: its session id, peer and transport from
+/// the start, its virtual host and user once CONNECT succeeds (recorded by the session). With
+/// `--log-format json` these are the `span` fields of each line, so one connection's story is
+/// one filter away; made once per connection, entered at each poll of its task.
+pub(crate) fn connection_span(id: &str, peer: SocketAddr, kind: TransportKind) -> tracing::Span {
+    tracing::info_span!(
+        "connection",
+        id,
+        %peer,
+        transport = kind.as_str(),
+        vhost = tracing::field::Empty,
+        user = tracing::field::Empty,
+    )
 }
 
 async fn tls_handshake(

@@ -371,6 +371,41 @@ fn log_format_json_writes_one_json_object_per_line() {
 }
 
 #[test]
+fn json_log_lines_of_a_connection_carry_its_session_peer_transport_and_vhost() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = listening_args(dir.path());
+    args.extend(["--log-format", "json"].map(str::to_owned));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut broker = Running::start(stampede(&args));
+    let listening = broker.wait_for("STOMP over TCP listening on");
+    let event: serde_json::Value = serde_json::from_str(&listening).unwrap();
+    let addr: std::net::SocketAddr =
+        event["fields"]["message"].as_str().unwrap().rsplit(' ').next().unwrap().parse().unwrap();
+
+    let mut client = std::net::TcpStream::connect(addr).unwrap();
+    client.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    // A SEND without a destination: an ERROR, then the broker closes and logs it.
+    client.write_all(b"CONNECT\naccept-version:1.2\nhost:/\n\n\0SEND\n\nno destination\0").unwrap();
+    let mut answer = String::new();
+    let _ = client.read_to_string(&mut answer);
+    assert!(answer.starts_with("CONNECTED") && answer.contains("ERROR"), "{answer}");
+    let session = answer.lines().find_map(|line| line.strip_prefix("session:")).expect("a session header").to_owned();
+
+    let closed = broker.wait_for("connection closed after ERROR");
+    let event: serde_json::Value = serde_json::from_str(&closed).unwrap_or_else(|e| panic!("not JSON ({e}): {closed}"));
+    let span = &event["span"];
+    assert_eq!(span["name"], "connection", "{event}");
+    assert_eq!(span["id"], session.as_str(), "{event}");
+    assert_eq!(span["transport"], "tcp", "{event}");
+    assert_eq!(span["vhost"], "/", "{event}");
+    let peer: std::net::SocketAddr = span["peer"].as_str().expect("peer").parse().expect("an address");
+    assert_eq!(peer, client.local_addr().unwrap(), "{event}");
+    let (status, _) = broker.terminate();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
 fn an_unknown_log_format_is_refused_naming_the_choices() {
     let output = run(stampede(&["--log-format", "xml", "print-config"]));
     assert!(!output.status.success());

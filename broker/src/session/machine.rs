@@ -117,6 +117,12 @@ impl Session {
         self.principal = Some(principal);
         self.client_id = client_id;
         self.state = State::Connected;
+        // The connection's log span (server::connection_span) says who this is from now on.
+        let span = tracing::Span::current();
+        span.record("vhost", self.virtual_host.as_str());
+        if let Some(login) = &self.login {
+            span.record("user", login.as_str());
+        }
         let mut connected = Frame::new(Command::Connected)
             .with_header(names::VERSION, version.as_str())
             .with_header(names::SESSION, self.id.to_string())
