@@ -723,10 +723,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
         match &reason {
             CloseReason::Error { kind, message } => {
-                info!(%peer, session = %session_id, ?kind, %message, "connection closed after ERROR")
+                info!(%peer, session = %session_id, ?kind, error = %message, "connection closed after ERROR")
             }
             CloseReason::Io(message) => {
-                debug!(%peer, session = %session_id, %message, "connection failed")
+                debug!(%peer, session = %session_id, cause = %message, "connection failed")
             }
             CloseReason::SlowConsumer => {
                 warn!(%peer, session = %session_id, "slow consumer disconnected")

@@ -351,7 +351,7 @@ async fn close_connection(
     tracing::info!(
         connection = %id,
         admin = admin.name.as_deref().unwrap_or("(anonymous)"),
-        %message,
+        reason = %message,
         "closing a connection on request"
     );
     entry.request_close(CloseRequest { kind: ErrorKind::Request, message });
