@@ -96,6 +96,11 @@ impl BrokerProcess {
         BrokerProcess { child, addr: addr.expect("STOMP address"), http: http.expect("HTTP address"), log }
     }
 
+    /// The process id (for reading its memory from /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the broker runs")
+    }
+
     /// The STOMP URL.
     pub fn url(&self) -> String {
         format!("tcp://{}", self.addr)

@@ -11,6 +11,7 @@ mod cluster;
 mod connection_faults;
 mod crash;
 mod damaged_store;
+mod delayed;
 mod deploy;
 mod disk_full;
 mod durability;

@@ -139,6 +139,11 @@ pub struct Config {
     pub vhosts: Vec<String>,
     /// Deliveries after which a message goes to the dead-letter queue; 0 = never.
     pub max_deliveries: u32,
+    /// The furthest ahead, in ms, a delayed SEND (`x-delay`, `x-deliver-at`, …) may be due, and
+    /// the longest redelivery delay a SUBSCRIBE may ask for; beyond it, an ERROR.
+    pub max_delay_ms: u64,
+    /// Most delayed topic messages one virtual host holds (in memory) until they are due.
+    pub max_delayed_topic_messages: usize,
     /// Dead-letter queue name prefix: messages of `/queue/x` go to `/queue/<prefix>x`.
     pub dead_letter_prefix: String,
     /// Largest WebSocket message, in bytes (bounds reassembly inside tungstenite) [default:
@@ -436,6 +441,8 @@ impl Default for Config {
             max_durable_subscriptions_per_user: 100,
             vhosts: Vec::new(),
             max_deliveries: 10,
+            max_delay_ms: crate::destination::delay::DEFAULT_MAX_DELAY_MS,
+            max_delayed_topic_messages: crate::destination::delay::DEFAULT_MAX_DELAYED_TOPIC_MESSAGES,
             dead_letter_prefix: "DLQ.".to_owned(),
             ws_max_message_size: None,
             fsync: FsyncMode::Always,
@@ -657,6 +664,8 @@ impl Config {
             slow_consumer_policy: self.slow_consumer_policy,
             disk_full_policy: self.disk_full_policy,
             disk_full_block: Duration::from_millis(self.disk_full_block_ms),
+            max_delay_ms: self.max_delay_ms,
+            max_delayed_topic_messages: self.max_delayed_topic_messages,
             ..SessionConfig::default()
         }
     }

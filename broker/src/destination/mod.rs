@@ -4,8 +4,10 @@
 //! destination name to a [`topic::Topic`] (fan-out to every subscriber) or a
 //! [`queue::QueueHandle`] (one actor per queue, each message to one consumer). Both deliver into
 //! a connection's bounded [`outbox::Outbox`], which is all a connection task reads from. A queue whose consumers fall behind slows its
-//! publishers ([`flow`]).
+//! publishers ([`flow`]). Messages due later wait in a [`delay`] heap of their queue, or of the
+//! virtual host for topics.
 
+pub mod delay;
 pub mod flow;
 pub mod outbox;
 pub mod queue;

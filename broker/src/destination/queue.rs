@@ -54,6 +54,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, warn};
 
+use crate::destination::delay::{self, DelayHeap, RedeliveryPolicy};
 use crate::destination::outbox::{Delivery, Outbox, QueueDelivery};
 use crate::destination::selector::Selector;
 use crate::error::{ErrorKind, StompError};
@@ -112,6 +113,13 @@ impl QueuedMessage {
             enqueued_at_ms: stored.enqueued_at_ms,
         }
     }
+}
+
+/// The due time a stored message of a delayed SEND carries (its `x-deliver-at` header), if it
+/// is still ahead of `now`.
+fn stored_due(message: &QueuedMessage, now: u64) -> Option<u64> {
+    let at = message.template.headers().get(delay::DELIVER_AT)?.parse::<u64>().ok()?;
+    (at > now).then_some(at)
 }
 
 /// Milliseconds since the Unix epoch.
@@ -215,12 +223,25 @@ pub struct Consumer {
     pub exclusive: bool,
     /// Only messages this selects are delivered to this consumer (`selector`).
     pub selector: Option<Arc<Selector>>,
+    /// What happens to its NACKed and abandoned messages, if it asked (`x-redelivery-delay`,
+    /// `x-max-deliveries`, `x-dead-letter-queue`, …); the queue's settings otherwise.
+    pub redelivery: Option<Arc<RedeliveryPolicy>>,
 }
 
 impl Consumer {
     /// A consumer without priority, exclusivity or selector.
     pub fn new(id: u64, subscription: u64, outbox: Arc<Outbox>, prefetch: u32, window_bytes: usize) -> Consumer {
-        Consumer { id, subscription, outbox, prefetch, window_bytes, priority: 0, exclusive: false, selector: None }
+        Consumer {
+            id,
+            subscription,
+            outbox,
+            prefetch,
+            window_bytes,
+            priority: 0,
+            exclusive: false,
+            selector: None,
+            redelivery: None,
+        }
     }
 }
 
@@ -265,6 +286,8 @@ enum Command {
     Publish {
         message: QueuedMessage,
         verdict: Option<VerdictSender>,
+        /// Held until this time (ms since the epoch) before it joins the queue.
+        deliver_at: Option<u64>,
     },
     AddConsumer(Consumer),
     Browse(Browse),
@@ -301,6 +324,8 @@ type Settlement = (u64, Vec<u64>, Outcome);
 struct Shared {
     name: Arc<str>,
     depth: AtomicUsize,
+    /// Messages held for a later time (delayed sends and delayed redeliveries).
+    delayed: AtomicUsize,
     unacked: AtomicUsize,
     consumers: AtomicUsize,
     dropped: AtomicU64,
@@ -427,9 +452,20 @@ impl QueueHandle {
         let (settlements, settlement_inbox) = mpsc::unbounded_channel();
         let persistence = persistence.filter(|_| settings.durable);
         let durable = persistence.is_some();
+        // Recovered messages stored with a due time still ahead wait for it again.
+        let now = now_ms();
+        let (recovered, held): (Vec<QueuedMessage>, Vec<QueuedMessage>) =
+            recovered.into_iter().partition(|message| message.delivery_count > 0 || stored_due(message, now).is_none());
+        let mut delayed = DelayHeap::default();
+        let mut delayed_bytes = 0;
+        for message in held {
+            delayed_bytes += message.size();
+            delayed.push(stored_due(&message, now).unwrap_or(now), message.id, message);
+        }
         let shared = Arc::new(Shared {
             name: Arc::clone(&name),
             depth: AtomicUsize::new(recovered.len()),
+            delayed: AtomicUsize::new(delayed.len()),
             unacked: AtomicUsize::new(0),
             consumers: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
@@ -447,6 +483,8 @@ impl QueueHandle {
             environment: environment.clone(),
             ready: recovered.into(),
             ready_bytes,
+            delayed,
+            delayed_bytes,
             unacked: FxHashMap::default(),
             consumers: Vec::new(),
             next_consumer: 0,
@@ -493,6 +531,12 @@ impl QueueHandle {
     /// Messages waiting for a consumer (not counting unacknowledged ones).
     pub fn depth(&self) -> usize {
         self.shared.depth.load(Ordering::Relaxed)
+    }
+
+    /// Messages held for a later time: delayed sends and delayed redeliveries (as of the
+    /// actor's last batch).
+    pub fn delayed(&self) -> usize {
+        self.shared.delayed.load(Ordering::Relaxed)
     }
 
     /// Consumers attached now.
@@ -551,7 +595,16 @@ impl QueueHandle {
             self.shared.flow.admit(&self.shared.depth, consumers).await;
         }
         let (verdict, receiver) = oneshot::channel();
-        self.command(Command::Publish { message, verdict: Some(verdict) }).await?;
+        self.command(Command::Publish { message, verdict: Some(verdict), deliver_at: None }).await?;
+        Ok(receiver)
+    }
+
+    /// Enqueues a message that joins the queue at `deliver_at` (ms since the epoch), not before.
+    /// Its verdict comes as for [`QueueHandle::publish`]: a persistent message is stored (with
+    /// its due time, in the `x-deliver-at` header it carries) before it is accepted.
+    pub async fn publish_at(&self, message: QueuedMessage, deliver_at: u64) -> Result<Verdict, QueueGone> {
+        let (verdict, receiver) = oneshot::channel();
+        self.command(Command::Publish { message, verdict: Some(verdict), deliver_at: Some(deliver_at) }).await?;
         Ok(receiver)
     }
 
@@ -609,6 +662,10 @@ struct QueueActor {
     persistence: Option<Persistence>,
     ready: VecDeque<QueuedMessage>,
     ready_bytes: usize,
+    /// Held until their time: delayed sends and delayed redeliveries. They count toward the
+    /// queue's limits but are not deliverable, browsable or peekable until due.
+    delayed: DelayHeap<QueuedMessage>,
+    delayed_bytes: usize,
     /// Delivered, not yet settled: message id to (consumer, message). Touched on every
     /// delivery and ack, keyed by broker-chosen ids, hence FxHash.
     unacked: FxHashMap<u64, (u64, QueuedMessage)>,
@@ -637,7 +694,18 @@ impl QueueActor {
         let mut settlements = Vec::with_capacity(COMMAND_BATCH);
         let mut expiry_tick = tokio::time::interval(Duration::from_secs(1));
         expiry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One timer for every held message: armed for the earliest (see `destination::delay`).
+        let wake = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(wake);
+        let mut armed_for = None;
         loop {
+            let next_due = self.delayed.next_due();
+            if next_due != armed_for
+                && let Some(at) = next_due
+            {
+                wake.as_mut().reset(delay::deadline(at));
+            }
+            armed_for = next_due;
             // The actor's own `Shared` holds a settlement sender, so that channel never closes;
             // the mailbox closing (every handle gone) is what ends the actor. Not biased: a
             // steady stream of settlements must not keep a consumer's removal waiting.
@@ -651,7 +719,12 @@ impl QueueActor {
                 _ = expiry_tick.tick() => {
                     self.expire_waiting();
                 }
+                () = &mut wake, if armed_for.is_some() => {
+                    // Re-armed next turn, from the wall clock.
+                    armed_for = None;
+                }
             }
+            self.release_due();
             // Every settlement sent before a command in `batch` is in the channel by now (one
             // session sends its ACK before its UNSUBSCRIBE's RemoveConsumer): apply them all
             // first, so an acked message is never redelivered for want of ordering.
@@ -691,6 +764,7 @@ impl QueueActor {
 
     fn publish_stats(&self) {
         self.shared.depth.store(self.ready.len(), Ordering::Relaxed);
+        self.shared.delayed.store(self.delayed.len(), Ordering::Relaxed);
         self.shared.unacked.store(self.unacked.len(), Ordering::Relaxed);
         self.shared.flow.observe(self.ready.len());
     }
@@ -729,7 +803,7 @@ impl QueueActor {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Publish { message, verdict } => self.enqueue(message, verdict),
+            Command::Publish { message, verdict, deliver_at } => self.enqueue(message, verdict, deliver_at),
             Command::AddConsumer(consumer) => {
                 self.shared
                     .consumer_outboxes
@@ -752,8 +826,10 @@ impl QueueActor {
                 self.settings.default_ttl_ms = ttl;
             }
             Command::Purge(done) => {
-                let purged = std::mem::take(&mut self.ready);
+                let mut purged: Vec<QueuedMessage> = std::mem::take(&mut self.ready).into();
+                purged.extend(self.delayed.drain());
                 self.ready_bytes = 0;
+                self.delayed_bytes = 0;
                 for message in &purged {
                     self.forget(message);
                 }
@@ -788,15 +864,16 @@ impl QueueActor {
         }
     }
 
-    fn enqueue(&mut self, mut message: QueuedMessage, verdict: Option<VerdictSender>) {
+    fn enqueue(&mut self, mut message: QueuedMessage, verdict: Option<VerdictSender>, deliver_at: Option<u64>) {
         if message.expires_at_ms.is_none() && self.settings.default_ttl_ms > 0 {
             message.expires_at_ms = Some(message.enqueued_at_ms.saturating_add(self.settings.default_ttl_ms));
         }
         let size = message.size();
         let full = |actor: &QueueActor| {
-            !actor.ready.is_empty()
-                && (actor.ready.len() >= actor.settings.max_length
-                    || actor.ready_bytes + size > actor.settings.max_bytes)
+            let waiting = actor.ready.len() + actor.delayed.len();
+            waiting > 0
+                && (waiting >= actor.settings.max_length
+                    || actor.ready_bytes + actor.delayed_bytes + size > actor.settings.max_bytes)
         };
         if full(self) {
             match self.settings.overflow {
@@ -804,7 +881,7 @@ impl QueueActor {
                     self.shared.dropped.fetch_add(1, Ordering::Relaxed);
                     if let Some(verdict) = verdict {
                         let settings = &self.settings;
-                        let limit = if self.ready.len() >= settings.max_length {
+                        let limit = if self.ready.len() + self.delayed.len() >= settings.max_length {
                             let plural = if settings.max_length == 1 { "" } else { "s" };
                             format!(
                                 "its maximum of {} message{plural} ({})",
@@ -859,8 +936,38 @@ impl QueueActor {
         } else if let Some(verdict) = verdict {
             let _ = verdict.send(Ok(()));
         }
-        self.ready_bytes += size;
-        self.ready.push_back(message);
+        match deliver_at {
+            Some(at) if at > now_ms() => self.hold(at, message),
+            _ => {
+                self.ready_bytes += size;
+                self.ready.push_back(message);
+            }
+        }
+    }
+
+    /// Holds `message` until `at`.
+    fn hold(&mut self, at: u64, message: QueuedMessage) {
+        self.delayed_bytes += message.size();
+        self.delayed.push(at, message.id, message);
+    }
+
+    /// Moves the held messages that are due to the back of the queue.
+    fn release_due(&mut self) {
+        let Some(first) = self.delayed.next_due() else { return };
+        let now = now_ms();
+        if first > now {
+            return;
+        }
+        while let Some(message) = self.delayed.pop_due(now) {
+            let size = message.size();
+            self.delayed_bytes -= size;
+            if Self::is_expired(&message, now) {
+                self.expire(message);
+                continue;
+            }
+            self.ready_bytes += size;
+            self.ready.push_back(message);
+        }
     }
 
     /// Removes a message from storage (after an ack, a drop or a move to another queue).
@@ -873,6 +980,7 @@ impl QueueActor {
     }
 
     fn remove_consumer(&mut self, consumer: u64) {
+        let policy = self.policy_of(consumer);
         self.shared.consumer_outboxes.lock().unwrap_or_else(|p| p.into_inner()).retain(|(id, _)| *id != consumer);
         self.consumers.retain(|c| c.consumer.id != consumer);
         self.shared.consumers.store(self.consumers.len(), Ordering::Relaxed);
@@ -888,8 +996,13 @@ impl QueueActor {
         // Back to the head, in their original order.
         returned.sort_by_key(|m| m.id);
         for message in returned.into_iter().rev() {
-            self.requeue_or_dead_letter(message, Outcome::Requeue);
+            self.requeue_or_dead_letter(message, Outcome::Requeue, policy.as_deref());
         }
+    }
+
+    /// The redelivery policy consumer `consumer` asked for, if it is attached and asked.
+    fn policy_of(&self, consumer: u64) -> Option<Arc<RedeliveryPolicy>> {
+        self.consumers.iter().find(|c| c.consumer.id == consumer).and_then(|c| c.consumer.redelivery.clone())
     }
 
     fn settle(&mut self, consumer: u64, id: u64, outcome: Outcome) {
@@ -913,19 +1026,31 @@ impl QueueActor {
             }
             Outcome::Requeue | Outcome::Reject | Outcome::GiveUp => {
                 self.settings.metrics.message_nacked();
-                self.requeue_or_dead_letter(message, outcome);
+                let policy = self.policy_of(consumer);
+                self.requeue_or_dead_letter(message, outcome, policy.as_deref());
             }
         }
     }
 
-    fn requeue_or_dead_letter(&mut self, message: QueuedMessage, outcome: Outcome) {
-        let limit_reached = self.settings.max_deliveries > 0 && message.delivery_count >= self.settings.max_deliveries;
+    /// A message that came back unconsumed: dead-lettered (rejected, or its delivery limit
+    /// reached), held for the consumer's redelivery delay, or put back at the head of the
+    /// queue. `policy` is the consumer's own, whose fields override the queue's settings.
+    fn requeue_or_dead_letter(&mut self, message: QueuedMessage, outcome: Outcome, policy: Option<&RedeliveryPolicy>) {
+        let max_deliveries = policy.and_then(|p| p.max_deliveries).unwrap_or(self.settings.max_deliveries);
+        let limit_reached = max_deliveries > 0 && message.delivery_count >= max_deliveries;
         if outcome != Outcome::Requeue || limit_reached {
             let reason =
                 if outcome == Outcome::Reject { DeadLetterReason::Rejected } else { DeadLetterReason::DeliveryLimit };
-            if self.dead_letter(&message, reason) {
+            let target = policy.and_then(|p| p.dead_letter_queue.as_deref());
+            if self.dead_letter_to(&message, reason, target) {
                 return;
             }
+        }
+        let wait = policy.map_or(0, |p| p.delay_for(message.delivery_count.max(1)));
+        if wait > 0 {
+            // Held apart, so the messages behind it are delivered meanwhile.
+            self.hold(now_ms().saturating_add(wait), message);
+            return;
         }
         self.ready_bytes += message.size();
         self.ready.push_front(message);
@@ -939,11 +1064,19 @@ impl QueueActor {
     /// messages (they are redelivered instead), so nothing loops. Returns false when the message
     /// stays here.
     fn dead_letter(&mut self, message: &QueuedMessage, reason: DeadLetterReason) -> bool {
-        if self.is_dead_letter_queue() {
-            return false;
-        }
+        self.dead_letter_to(message, reason, None)
+    }
+
+    /// Moves a message to `target` (a subscription's `x-dead-letter-queue`), or else to
+    /// `DLQ.<name>`. A queue never dead-letters to itself.
+    fn dead_letter_to(&mut self, message: &QueuedMessage, reason: DeadLetterReason, target: Option<&str>) -> bool {
+        let target = match target {
+            Some(target) if target == &*self.shared.name => return false,
+            Some(target) => target.to_owned(),
+            None if self.is_dead_letter_queue() => return false,
+            None => format!("{}{}", self.settings.dead_letter_prefix, self.shared.name),
+        };
         let Some(owner) = self.environment.owner.upgrade() else { return false };
-        let target = format!("{}{}", self.settings.dead_letter_prefix, self.shared.name);
         let mut headers = Headers::with_capacity(message.template.headers().len() + 2);
         for (name, value) in message.template.headers().iter_shared() {
             if name == names::DESTINATION {

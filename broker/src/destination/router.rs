@@ -268,6 +268,8 @@ pub struct Router {
     cluster: Option<Arc<Cluster>>,
     /// The highest cluster interest generation this router's subscriptions reached.
     interest_generation: AtomicU64,
+    /// The scheduler of delayed topic messages, started by the first one.
+    topic_delays: std::sync::OnceLock<crate::destination::delay::TopicDelays>,
     this: Weak<Router>,
 }
 
@@ -334,6 +336,7 @@ impl Router {
             topic_subscriptions: AtomicUsize::new(0),
             cluster: settings.cluster,
             interest_generation: AtomicU64::new(0),
+            topic_delays: std::sync::OnceLock::new(),
             this: this.clone(),
         })
     }
@@ -429,6 +432,30 @@ impl Router {
             return Err(error);
         }
         Ok(registration)
+    }
+
+    /// Holds a message for topic `name` until `at` (ms since the epoch), then publishes it to
+    /// the topic's subscribers of that moment. At most `limit` are held per virtual host.
+    ///
+    /// # Errors
+    /// The limit is reached, or the broker is shutting down.
+    pub fn publish_topic_at(
+        &self,
+        name: &str,
+        template: Arc<MessageTemplate>,
+        message: TopicMessage,
+        at: u64,
+        limit: usize,
+    ) -> Result<(), crate::destination::delay::TopicDelayError> {
+        let delays = self.topic_delays.get_or_init(|| {
+            crate::destination::delay::TopicDelays::start(self.this.clone(), &self.environment.tasks)
+        });
+        delays.hold(name, template, message, at, limit)
+    }
+
+    /// Delayed topic messages held now.
+    pub fn delayed_topic_messages(&self) -> usize {
+        self.topic_delays.get().map_or(0, |delays| delays.held())
     }
 
     /// Refuses, in cluster mode, destinations that are not clustered (`[cluster] queues`).
@@ -986,6 +1013,9 @@ impl Router {
     /// last writes reach the store before it is flushed. Messages stay stored for the next
     /// start.
     pub async fn stop_queues(&self) {
+        if let Some(delays) = self.topic_delays.get() {
+            delays.stop();
+        }
         for queue in self.every_queue() {
             queue.shutdown(false).await;
         }

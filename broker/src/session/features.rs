@@ -1,5 +1,6 @@
 //! The SUBSCRIBE headers of features other brokers lack or spell differently: selectors,
-//! consumer priority, exclusive consumers and queue browsing.
+//! consumer priority, exclusive consumers and queue browsing (and, read in [`super::scheduling`],
+//! the redelivery policy).
 //!
 //! Each feature is read by one small function that accepts every spelling a client written for
 //! another broker sends (RabbitMQ's `x-` headers, ActiveMQ's `activemq.` ones, Apollo's
@@ -24,6 +25,8 @@ pub(super) struct SubscribeFeatures {
     pub exclusive: bool,
     /// See the queue's waiting messages without consuming them, then end.
     pub browser: bool,
+    /// What happens to NACKed and abandoned messages (queues), checked by the session.
+    pub redelivery: Option<super::scheduling::RedeliveryAsk>,
 }
 
 impl SubscribeFeatures {
@@ -34,6 +37,7 @@ impl SubscribeFeatures {
             priority: priority(frame)?,
             exclusive: exclusive(frame)?,
             browser: browser(frame)?,
+            redelivery: super::scheduling::redelivery(frame)?,
         })
     }
 }

@@ -24,6 +24,7 @@ mod dialect;
 mod features;
 mod machine;
 mod request;
+mod scheduling;
 mod send;
 mod subscriptions;
 #[cfg(test)]
@@ -97,6 +98,10 @@ pub struct SessionConfig {
     pub disk_full_policy: crate::disk::DiskFullPolicy,
     /// `disk_full_block_ms`, as a duration.
     pub disk_full_block: Duration,
+    /// `max_delay_ms`: the furthest ahead a delayed SEND or a redelivery delay may be.
+    pub max_delay_ms: u64,
+    /// `max_delayed_topic_messages`: delayed topic messages a virtual host holds at most.
+    pub max_delayed_topic_messages: usize,
 }
 
 impl Default for SessionConfig {
@@ -120,6 +125,8 @@ impl Default for SessionConfig {
             disk: None,
             disk_full_policy: crate::disk::DiskFullPolicy::Refuse,
             disk_full_block: Duration::from_millis(5000),
+            max_delay_ms: crate::destination::delay::DEFAULT_MAX_DELAY_MS,
+            max_delayed_topic_messages: crate::destination::delay::DEFAULT_MAX_DELAYED_TOPIC_MESSAGES,
         }
     }
 }

@@ -122,6 +122,8 @@ pub(super) struct SendRequest<'f> {
     /// `persistent:true`.
     pub persistent: bool,
     pub expiry: Expiry,
+    /// `x-delay`, `x-deliver-at` and their ActiveMQ/Artemis spellings.
+    pub delay: Option<super::scheduling::DelayAsk>,
     pub receipt: Option<&'f ByteString>,
     pub transaction: Option<&'f ByteString>,
 }
@@ -140,6 +142,7 @@ impl<'f> SendRequest<'f> {
             destination,
             persistent: frame.header(names::PERSISTENT) == Some("true"),
             expiry: dialect::expiry(frame)?,
+            delay: super::scheduling::send_delay(frame)?,
             receipt: frame.headers.get_shared(names::RECEIPT),
             transaction: frame.headers.get_shared(names::TRANSACTION),
         })
@@ -193,6 +196,14 @@ impl<'f> SubscribeRequest<'f> {
             ));
         }
         let durable = if topic { dialect::durable(frame) } else { None };
+        if features.redelivery.is_some() && ((topic && durable.is_none()) || features.browser) {
+            return Err(StompError::new(
+                "invalid x-redelivery-delay header: redelivery policies apply to queue consumers",
+                format!(
+                    "x-redelivery-delay, x-redelivery-backoff, x-redelivery-max-delay, x-max-deliveries and x-dead-letter-queue apply to a SUBSCRIBE that consumes a queue (or a durable subscription); {destination_value} is not one."
+                ),
+            ));
+        }
         if durable.is_some() && features.selector.is_some() {
             // Its queue would keep every unmatched message until it filled up: the selector
             // belongs with the stored subscription, which does not keep one.

@@ -13,6 +13,9 @@ use stampede_protocol::{ByteString, Frame, Headers, MessageTemplate, names};
 use tracing::debug;
 
 use super::request::SendRequest;
+use super::scheduling::{DELAY_HEADERS, DelayAsk};
+use crate::destination::delay::{DELIVER_AT, TopicDelayError};
+use crate::error::ErrorKind;
 use super::{PER_DELIVERY_HEADERS, Reply, Session, destination_error, not_found};
 use crate::destination::queue::{QueuedMessage, now_ms};
 use crate::destination::router::{Destination, TopicMessage};
@@ -27,6 +30,10 @@ impl Session {
         replies: &mut Vec<Reply>,
     ) -> Result<(), StompError> {
         self.authorize(Operation::Write, &request.destination_value[..])?;
+        if let Some(ask) = request.delay {
+            // Refused when sent, not at COMMIT (where the delay is counted from).
+            self.check_delayed(&request, ask)?;
+        }
         if self.buffer_in_transaction(request.frame, request.transaction)? {
             return Ok(());
         }
@@ -55,7 +62,16 @@ impl Session {
         {
             crate::disk::hold_while_raised(disk, self.config.disk_full_block).await;
         }
-        let headers = self.message_headers(frame).await?;
+        let deliver_at = match request.delay {
+            None => None,
+            Some(ask) => self.check_delayed(&request, ask)?,
+        };
+        let mut headers = self.message_headers(frame).await?;
+        if let Some(at) = deliver_at {
+            // The MESSAGE says when it was due; stored with it, this is what a restart reads.
+            headers.retain(|name, _| !DELAY_HEADERS.contains(&name));
+            headers.push(DELIVER_AT, at.to_string());
+        }
         let template = Arc::new(MessageTemplate::new(headers, frame.body.clone()));
         let receipt_id = request.receipt.cloned();
         let destination_value = request.destination_value;
@@ -68,6 +84,18 @@ impl Session {
                     ));
                 }
                 self.config.metrics.message_published(PublishKind::Topic);
+                if let Some(at) = deliver_at {
+                    let limit = self.config.max_delayed_topic_messages;
+                    self.router.publish_topic_at(&name, template, message, at, limit).map_err(|error| match error {
+                        TopicDelayError::Full(_) => {
+                            StompError::limit("delayed topic messages", limit, "max_delayed_topic_messages")
+                        }
+                        TopicDelayError::Stopped => {
+                            StompError::of_kind(ErrorKind::Internal, "broker shutting down", error.to_string())
+                        }
+                    })?;
+                    return Ok(id);
+                }
                 for verdict in self.router.publish_topic(&name, &template, message).await? {
                     replies.push(Reply::After { verdict, receipt_id: receipt_id.clone() });
                 }
@@ -84,19 +112,35 @@ impl Session {
                 }
             },
         };
-        let verdict = queue
-            .publish(QueuedMessage {
-                id: message.id,
-                template,
-                delivery_count: 0,
-                persistent: message.persistent,
-                expires_at_ms: message.expires_at_ms,
-                enqueued_at_ms: message.enqueued_at_ms,
-            })
-            .await?;
+        let queued = QueuedMessage {
+            id: message.id,
+            template,
+            delivery_count: 0,
+            persistent: message.persistent,
+            expires_at_ms: message.expires_at_ms,
+            enqueued_at_ms: message.enqueued_at_ms,
+        };
+        let verdict = match deliver_at {
+            None => queue.publish(queued).await?,
+            Some(at) => queue.publish_at(queued, at).await?,
+        };
         self.config.metrics.message_published(PublishKind::Queue);
         replies.push(Reply::After { verdict, receipt_id });
         Ok(id)
+    }
+
+    /// When a delayed SEND is due (`None`: now), refusing what cannot be delayed: beyond
+    /// `max_delay_ms`, in cluster mode, or persistent to a topic (held topic messages live in
+    /// memory only, and a receipt for a persistent message promises it survives).
+    fn check_delayed(&self, request: &SendRequest<'_>, ask: DelayAsk) -> Result<Option<u64>, StompError> {
+        let at = self.deliver_at(ask, now_ms())?;
+        if at.is_some() && request.persistent && matches!(request.destination, Destination::Topic(_)) {
+            return Err(StompError::new(
+                "invalid persistent header: a delayed topic message cannot be persistent",
+                "Delayed topic messages are held in memory until due, so they would not survive a restart; send it without persistent:true, or to a queue.",
+            ));
+        }
+        Ok(at)
     }
 
     /// The headers a MESSAGE carries: the SEND's user headers, each name once with its first

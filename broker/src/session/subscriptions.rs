@@ -73,6 +73,10 @@ impl Session {
         }
         let destination_value = request.destination_value;
         self.authorize(Operation::Read, destination_value)?;
+        if let Some(ask) = &request.features.redelivery {
+            // Checked before anything is created; applied when the consumer is attached.
+            self.redelivery_policy(ask.clone())?;
+        }
         let ack = request.ack;
         let credit = request.credit.map(|ask| self.credit(ask, ack));
         let queue = match &request.destination {
@@ -177,9 +181,15 @@ impl Session {
         let consumer = self.router.next_id();
         let (prefetch, window_bytes) = credit;
         let outbox = Arc::clone(&self.outbox);
-        let SubscribeFeatures { selector, priority, exclusive, .. } = features;
-        let attached =
-            Consumer { priority, exclusive, selector, ..Consumer::new(consumer, key, outbox, prefetch, window_bytes) };
+        let SubscribeFeatures { selector, priority, exclusive, redelivery, .. } = features;
+        let redelivery = redelivery.map(|ask| self.redelivery_policy(ask)).transpose()?;
+        let attached = Consumer {
+            priority,
+            exclusive,
+            selector,
+            redelivery,
+            ..Consumer::new(consumer, key, outbox, prefetch, window_bytes)
+        };
         queue.add_consumer(attached).await?;
         self.insert_subscription(key, id, ack, Target::Queue { queue, consumer }, durable);
         Ok(())
