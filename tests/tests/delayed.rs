@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use stampede_broker::Config;
-use stampede_client::{AckMode, Client, Command, Frame, Headers, Message, SubscribeOptions, Subscription};
+use stampede_client::{AckMode, Command, Frame, Headers, Message, SubscribeOptions, Subscription};
 use stampede_tests::process::{self, BrokerProcess};
 use stampede_tests::{QUIET, TestBroker, WAIT};
 
@@ -137,7 +137,7 @@ async fn delayed_messages_with_the_same_due_time_keep_their_order_and_a_past_tim
 async fn a_delayed_send_to_a_topic_goes_to_whoever_subscribes_by_its_time() {
     let broker = TestBroker::start().await;
     let (publisher, early, late) = (broker.client().await, broker.client().await, broker.ws_client().await);
-    let mut gone = early.subscribe("/topic/news", SubscribeOptions::new()).await.unwrap();
+    let gone = early.subscribe("/topic/news", SubscribeOptions::new()).await.unwrap();
     let sent = Instant::now();
     publisher.send_with_receipt("/topic/news", "headline", headers(&[("x-delay", "800")])).await.unwrap();
     gone.unsubscribe().await.unwrap();
