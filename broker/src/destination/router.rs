@@ -447,9 +447,9 @@ impl Router {
         at: u64,
         limit: usize,
     ) -> Result<(), crate::destination::delay::TopicDelayError> {
-        let delays = self.topic_delays.get_or_init(|| {
-            crate::destination::delay::TopicDelays::start(self.this.clone(), &self.environment.tasks)
-        });
+        let delays = self
+            .topic_delays
+            .get_or_init(|| crate::destination::delay::TopicDelays::start(self.this.clone(), &self.environment.tasks));
         delays.hold(name, template, message, at, limit)
     }
 

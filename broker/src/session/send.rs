@@ -14,11 +14,11 @@ use tracing::debug;
 
 use super::request::SendRequest;
 use super::scheduling::{DELAY_HEADERS, DelayAsk};
-use crate::destination::delay::{DELIVER_AT, TopicDelayError};
-use crate::error::ErrorKind;
 use super::{PER_DELIVERY_HEADERS, Reply, Session, destination_error, not_found};
+use crate::destination::delay::{DELIVER_AT, TopicDelayError};
 use crate::destination::queue::{QueuedMessage, now_ms};
 use crate::destination::router::{Destination, TopicMessage};
+use crate::error::ErrorKind;
 use crate::error::StompError;
 use crate::http::metrics::PublishKind;
 use crate::security::auth::Operation;
