@@ -452,10 +452,11 @@ impl QueueHandle {
         let (settlements, settlement_inbox) = mpsc::unbounded_channel();
         let persistence = persistence.filter(|_| settings.durable);
         let durable = persistence.is_some();
-        // Recovered messages stored with a due time still ahead wait for it again.
+        // Recovered messages stored with a due time still ahead wait for it again, even those a
+        // salvage counted as delivered: never before their time.
         let now = now_ms();
         let (recovered, held): (Vec<QueuedMessage>, Vec<QueuedMessage>) =
-            recovered.into_iter().partition(|message| message.delivery_count > 0 || stored_due(message, now).is_none());
+            recovered.into_iter().partition(|message| stored_due(message, now).is_none());
         let mut delayed = DelayHeap::default();
         let mut delayed_bytes = 0;
         for message in held {
@@ -1402,6 +1403,32 @@ mod tests {
         settle_down(&queue, &mut next_id).await;
         assert_eq!(taken(&other), [0]);
         assert_eq!(taken(&selective), [matching]);
+    }
+
+    #[tokio::test]
+    async fn a_recovered_message_with_a_due_time_ahead_waits_for_it_and_the_others_do_not() {
+        let owner = Arc::new(RecordingOwner::default());
+        let weak: Weak<dyn QueueOwner> = Arc::downgrade(&owner) as Weak<dyn QueueOwner>;
+        let environment = QueueEnvironment { owner: weak, tasks: TaskTracker::new() };
+        let due = now_ms() + 300;
+        let mut held = message(1, "eu");
+        let mut headers = held.template.headers().clone();
+        headers.push(delay::DELIVER_AT, due.to_string());
+        held.template = Arc::new(MessageTemplate::new(headers, bytes::Bytes::new()));
+        // Counted as delivered (as a salvage counts every message), yet still not before its time.
+        held.delivery_count = 1;
+        let recovered = vec![held, message(2, "us")];
+        let queue = QueueHandle::spawn(Arc::from("jobs"), QueueSettings::default(), &environment, None, recovered);
+        let outbox = Outbox::new(1 << 20);
+        queue.add_consumer(Consumer::new(1, 1, Arc::clone(&outbox), 10, 1 << 20)).await.unwrap();
+        let mut next_id = 10;
+        settle_down(&queue, &mut next_id).await;
+        assert_eq!(taken(&outbox), [2, 11, 12], "the held message waits");
+        assert_eq!(queue.delayed(), 1);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(now_ms() >= due);
+        assert_eq!(taken(&outbox), [1]);
+        assert_eq!(queue.delayed(), 0);
     }
 
     #[tokio::test]
