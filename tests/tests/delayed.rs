@@ -493,3 +493,27 @@ async fn in_cluster_mode_delay_and_redelivery_headers_get_a_single_node_only_err
     client.send("/topic/clustered", "plain", headers(&[("x-delay", "0")])).await.unwrap();
     assert_eq!(body(&next(&mut plain, WAIT).await), "plain", "x-delay:0 is no delay, accepted in cluster mode too");
 }
+
+// ------------------------------------------------------------------------------ management
+
+#[tokio::test]
+async fn the_management_api_counts_held_messages_as_messages_delayed() {
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
+    client.send("/queue/held", "later", headers(&[("x-delay", "60000")])).await.unwrap();
+    client.send_with_receipt("/queue/held", "now", Headers::new()).await.unwrap();
+    let url = format!("{}/api/v1/queues", broker.http_url.as_deref().expect("management listener"));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let listing: serde_json::Value =
+            stampede_tests::http_client().get(&url).send().await.unwrap().json().await.unwrap();
+        let queue = listing["items"].as_array().unwrap().iter().find(|q| q["name"] == "held").cloned();
+        if let Some(queue) = queue.filter(|q| q["messages_delayed"] == 1) {
+            assert_eq!(queue["messages_ready"], 1, "{queue}");
+            assert_eq!(queue["idle"], false, "{queue}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no messages_delayed in {listing}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

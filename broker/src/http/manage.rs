@@ -372,6 +372,8 @@ pub struct QueueView {
     pub durable: bool,
     /// Messages waiting.
     pub messages_ready: usize,
+    /// Messages held for a later time (delayed sends, delayed redeliveries).
+    pub messages_delayed: usize,
     /// Messages delivered and not yet acknowledged.
     pub messages_unacked: usize,
     /// Consumers attached.
@@ -388,17 +390,19 @@ pub struct QueueView {
 
 fn queue_view(router: &DestinationRouter, queue: &QueueHandle) -> QueueView {
     let (ready, unacked, consumers) = (queue.depth(), queue.unacked(), queue.consumer_count());
+    let delayed = queue.delayed();
     QueueView {
         name: queue.name().to_string(),
         vhost: router.vhost().to_owned(),
         durable: queue.is_durable(),
         messages_ready: ready,
+        messages_delayed: delayed,
         messages_unacked: unacked,
         consumers,
         messages_dropped: queue.dropped(),
         dlq: router.dead_letter_queue_name(queue.name()),
         is_dlq: router.is_dead_letter_queue(queue.name()),
-        idle: ready == 0 && unacked == 0 && consumers == 0,
+        idle: ready == 0 && delayed == 0 && unacked == 0 && consumers == 0,
     }
 }
 
@@ -487,7 +491,7 @@ async fn delete_queue(
     let (router, queue) = find_queue(&state, &vhost, &name)?;
     // The counters are those of the actor's last batch: a message published in the same instant
     // may still be deleted with the queue, as with RabbitMQ's if-empty.
-    if if_empty && (queue.depth() > 0 || queue.unacked() > 0) {
+    if if_empty && (queue.depth() > 0 || queue.delayed() > 0 || queue.unacked() > 0) {
         return Err(ApiError::conflict(format!(
             "queue {} is not empty ({} ready, {} unacknowledged) and if-empty was given",
             queue.name(),
