@@ -517,3 +517,22 @@ async fn the_management_api_counts_held_messages_as_messages_delayed() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_durable_topic_subscription_takes_a_redelivery_delay_too() {
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
+    let options = client_ack()
+        .id("keep")
+        .header("durable", "true")
+        .header("auto-delete", "false")
+        .header("x-redelivery-delay", "500");
+    let mut durable = client.subscribe("/topic/durable-retry", options).await.unwrap();
+    client.send_with_receipt("/topic/durable-retry", "again", Headers::new()).await.unwrap();
+    let message = next(&mut durable, WAIT).await;
+    let nacked = Instant::now();
+    client.nack(&message).await.unwrap();
+    let again = next(&mut durable, WAIT).await;
+    assert_on_time("a durable subscription's redelivery", nacked, Duration::from_millis(500));
+    assert!(again.redelivered);
+}
