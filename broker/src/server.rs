@@ -478,6 +478,7 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
         &shutdown,
     )
     .map_err(StartError::Config)?;
+    vhosts.spawn_idle_sweeper(&tasks, shutdown.clone());
     if http.is_some() || https.is_some() {
         let rates = crate::http::rates::MessageRates::new(Arc::clone(&metrics));
         rates.spawn_sampler(&tasks, shutdown.clone());

@@ -182,6 +182,9 @@ pub struct QueueSettings {
     pub flow_backlog: usize,
     /// Whether persistent messages go to storage (false for temporary queues).
     pub durable: bool,
+    /// How long the queue may stay empty with no consumers before it is deleted, in ms
+    /// (`queue_idle_expiry_ms`, RabbitMQ's `x-expires`); 0 = never.
+    pub idle_expiry_ms: u64,
     /// The broker's counters (acks, redeliveries, dead letters, expiries, drops).
     pub metrics: Arc<Metrics>,
 }
@@ -311,6 +314,16 @@ struct Shared {
     /// The outboxes of the consumers attached now, so that if the actor panics (and its state
     /// is lost) their connections can still be told.
     consumer_outboxes: Mutex<Vec<(u64, Weak<Outbox>)>>,
+    /// Commands sent to the mailbox whose effect is not yet visible in the counters above. At
+    /// zero, no message or consumer can be hiding in the mailbox or in the batch the actor is
+    /// handling: what [`QueueHandle::idle_for_expiry`] relies on.
+    in_flight: AtomicUsize,
+    /// How long this queue may stay idle (empty, no consumers) before it is deleted, in ms
+    /// (`queue_idle_expiry_ms`, `[queues.<name>] idle_expiry_ms`, or `x-expires` on SUBSCRIBE);
+    /// 0 = never.
+    idle_expiry_ms: AtomicU64,
+    /// Since when (ms since the epoch) the queue has been idle; 0 while it is not.
+    idle_since_ms: AtomicU64,
     /// Settlements travel apart from the mailbox and are applied before it. A settlement gives
     /// a consumer its credit back; in the mailbox it would wait behind publishes whenever
     /// producers outpace consumers, and the consumer's connection, blocked on that send, would
@@ -436,6 +449,9 @@ impl QueueHandle {
             flow: crate::destination::flow::FlowGate::new(settings.flow_backlog, settings.max_length),
             durable,
             consumer_outboxes: Mutex::new(Vec::new()),
+            in_flight: AtomicUsize::new(0),
+            idle_expiry_ms: AtomicU64::new(settings.idle_expiry_ms),
+            idle_since_ms: AtomicU64::new(if recovered.is_empty() { now_ms().max(1) } else { 0 }),
             settlements,
         });
         let ready_bytes = recovered.iter().map(QueuedMessage::size).sum();
@@ -539,7 +555,48 @@ impl QueueHandle {
     }
 
     async fn command(&self, command: Command) -> Result<(), QueueGone> {
-        self.mailbox.send(command).await.map_err(|_| QueueGone(Arc::clone(&self.shared.name)))
+        self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        let sent = self.mailbox.send(command).await;
+        if sent.is_err() {
+            self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+        sent.map_err(|_| QueueGone(Arc::clone(&self.shared.name)))
+    }
+
+    /// Since when (ms since the epoch) the queue has been empty with no consumers.
+    pub fn idle_since_ms(&self) -> Option<u64> {
+        Some(self.shared.idle_since_ms.load(Ordering::Relaxed)).filter(|&since| since != 0)
+    }
+
+    /// How long the queue may stay idle before it is deleted, in ms (`None`: forever).
+    pub fn idle_expiry_ms(&self) -> Option<u64> {
+        Some(self.shared.idle_expiry_ms.load(Ordering::Relaxed)).filter(|&ms| ms != 0)
+    }
+
+    /// Sets how long the queue may stay idle before it is deleted (`x-expires`); 0 = forever.
+    pub fn set_idle_expiry_ms(&self, ms: u64) {
+        self.shared.idle_expiry_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// True when the queue has been idle for its whole idle expiry at `now_ms` and nothing can
+    /// change that unseen: no message waiting or unacknowledged, no consumer, no command in the
+    /// mailbox or in the actor's hands, and no handle but this one (the owner's). The owner
+    /// asks while holding the lock its handles are cloned under, so no new handle can appear
+    /// between this answer and the queue's removal: a message can never be published to a
+    /// queue that is being deleted.
+    pub fn idle_for_expiry(&self, now_ms: u64) -> bool {
+        let shared = &self.shared;
+        let expiry = shared.idle_expiry_ms.load(Ordering::Relaxed);
+        let since = shared.idle_since_ms.load(Ordering::Relaxed);
+        expiry != 0
+            && since != 0
+            && now_ms.saturating_sub(since) >= expiry
+            && self.mailbox.strong_count() == 1
+            && shared.in_flight.load(Ordering::Acquire) == 0
+            && shared.depth.load(Ordering::Acquire) == 0
+            && shared.unacked.load(Ordering::Acquire) == 0
+            && shared.consumers.load(Ordering::Acquire) == 0
+            && shared.idle_since_ms.load(Ordering::Acquire) == since
     }
 
     /// Enqueues a message. Returns once the queue's mailbox has taken it (so publishers are
@@ -589,7 +646,10 @@ impl QueueHandle {
     /// Sets the default time to live recorded with a stored queue, at start-up (the mailbox of
     /// a queue that was just created always has room).
     pub fn restore_default_ttl(&self, ttl_ms: u64) {
-        let _ = self.mailbox.try_send(Command::SetDefaultTtl(ttl_ms));
+        self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        if self.mailbox.try_send(Command::SetDefaultTtl(ttl_ms)).is_err() {
+            self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     /// Stops the actor. With `forget`, its stored messages are deleted too (the queue is gone
@@ -665,6 +725,7 @@ impl QueueActor {
                 }
             }
             let mut stop = None;
+            let handled = batch.len();
             for command in batch.drain(..) {
                 if let Command::Shutdown { forget, done } = command {
                     stop = Some((forget, done));
@@ -685,6 +746,8 @@ impl QueueActor {
             }
             self.commit_writes();
             self.publish_stats();
+            // After the counters: whoever sees no command in flight sees their effects.
+            self.shared.in_flight.fetch_sub(handled, Ordering::AcqRel);
         }
         debug!(queue = %self.shared.name, "queue stopped");
     }
@@ -693,6 +756,13 @@ impl QueueActor {
         self.shared.depth.store(self.ready.len(), Ordering::Relaxed);
         self.shared.unacked.store(self.unacked.len(), Ordering::Relaxed);
         self.shared.flow.observe(self.ready.len());
+        let idle = self.ready.is_empty() && self.unacked.is_empty() && self.consumers.is_empty();
+        let since = self.shared.idle_since_ms.load(Ordering::Relaxed);
+        if idle && since == 0 {
+            self.shared.idle_since_ms.store(now_ms().max(1), Ordering::Relaxed);
+        } else if !idle && since != 0 {
+            self.shared.idle_since_ms.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Submits the storage work of this batch as one submission; verdicts of persistent

@@ -384,6 +384,11 @@ pub struct QueueView {
     pub is_dlq: bool,
     /// No messages and no consumers.
     pub idle: bool,
+    /// Since when it has been idle, in ms since the epoch (`null` while it is not).
+    pub idle_since: Option<u64>,
+    /// How long it may stay idle before it is deleted, in ms (`queue_idle_expiry_ms`,
+    /// `[queues.<name>] idle_expiry_ms` or `x-expires`); `null`: it is never deleted for it.
+    pub idle_expiry_ms: Option<u64>,
 }
 
 fn queue_view(router: &DestinationRouter, queue: &QueueHandle) -> QueueView {
@@ -399,6 +404,8 @@ fn queue_view(router: &DestinationRouter, queue: &QueueHandle) -> QueueView {
         dlq: router.dead_letter_queue_name(queue.name()),
         is_dlq: router.is_dead_letter_queue(queue.name()),
         idle: ready == 0 && unacked == 0 && consumers == 0,
+        idle_since: queue.idle_since_ms(),
+        idle_expiry_ms: queue.idle_expiry_ms(),
     }
 }
 
