@@ -680,6 +680,41 @@ async fn a_body_over_max_body_is_413_and_a_full_queue_is_429_with_retry_after() 
     assert_eq!(headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
 }
 
+#[tokio::test]
+async fn a_queue_gives_its_own_exact_counts_and_rates() {
+    let broker = broker().await;
+    let (mut producer, _) = connected_as(&broker, USER).await;
+    let (mut consumer, _) = connected_as(&broker, USER).await;
+    subscribe(&mut consumer, "/queue/rated", "s", "client-individual").await;
+    for i in 0..10 {
+        send_receipted(&mut producer, "/queue/rated", &format!("m{i}"), &[]).await;
+    }
+    for _ in 0..10 {
+        let message = next_frame(&mut consumer).await;
+        let ack = Frame::new(Command::Ack).with_header("id", message.header("ack").unwrap());
+        consumer.send_frame(&ack).await.unwrap();
+    }
+    send_receipted(&mut producer, "/queue/other-rated", "not counted above", &[]).await;
+    let queue = eventually(&broker, "/api/v1/queues/%2F/rated", |q| q["counts"]["acked"] == 10).await;
+    assert_eq!(queue["counts"], json!({"published": 10, "delivered": 10, "acked": 10}), "{queue}");
+    // Rates need two readings of the sampler (one a second) around the traffic.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let rated = loop {
+        let (_, queue) = admin_get(&broker, "/api/v1/queues/%2F/rated").await;
+        if queue["rates"]["ack"].as_f64().unwrap_or(0.0) > 0.0 || Instant::now() > deadline {
+            break queue;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for rate in ["publish", "deliver", "ack"] {
+        let value = rated["rates"][rate].as_f64().expect("a number");
+        assert!(value > 0.0, "{rate}: {rated}");
+    }
+    let (_, listed) = admin_get(&broker, "/api/v1/queues?name=rated").await;
+    let row = listed["items"].as_array().unwrap().iter().find(|q| q["name"] == "rated").expect("listed");
+    assert_eq!(row["counts"]["published"], 10, "the list has them too: {row}");
+}
+
 // ------------------------------------------------------------------------------ stampede ctl
 
 /// Runs the real `stampede ctl` binary against `broker` (as alice unless `login` says

@@ -68,6 +68,35 @@ const COMMAND_BATCH: usize = 256;
 /// head at all.
 pub const SELECTOR_LOOKAHEAD: usize = 1000;
 
+/// Readings kept per queue for its rates: one a second, so the rates span about five seconds.
+pub const RATE_READINGS: usize = 6;
+/// Indexes of the actor's counts.
+const ACCEPTED: usize = 0;
+const DELIVERED: usize = 1;
+const ACKED: usize = 2;
+
+/// Messages a queue accepted, delivered and had acknowledged since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueCounts {
+    /// Accepted (enqueued) messages.
+    pub published: u64,
+    /// Deliveries to consumers (redeliveries included).
+    pub delivered: u64,
+    /// Deliveries acknowledged.
+    pub acked: u64,
+}
+
+/// A queue's message rates over the last few seconds, in messages per second.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct QueueRates {
+    /// Accepted.
+    pub publish: f64,
+    /// Delivered.
+    pub deliver: f64,
+    /// Acknowledged.
+    pub ack: f64,
+}
+
 /// A message held by a queue.
 #[derive(Debug, Clone)]
 pub struct QueuedMessage {
@@ -324,6 +353,12 @@ struct Shared {
     idle_expiry_ms: AtomicU64,
     /// Since when (ms since the epoch) the queue has been idle; 0 while it is not.
     idle_since_ms: AtomicU64,
+    /// Messages accepted, delivered and acknowledged since the queue started, as of the last
+    /// batch (the actor counts in plain integers and stores them once per batch).
+    counts: [AtomicU64; 3],
+    /// The last few readings of `counts`, one per [`crate::http::rates::SAMPLE_INTERVAL`],
+    /// for the API's per-queue rates; taken by the rates sampler, never by the actor.
+    readings: Mutex<VecDeque<(std::time::Instant, [u64; 3])>>,
     /// Settlements travel apart from the mailbox and are applied before it. A settlement gives
     /// a consumer its credit back; in the mailbox it would wait behind publishes whenever
     /// producers outpace consumers, and the consumer's connection, blocked on that send, would
@@ -452,6 +487,9 @@ impl QueueHandle {
             in_flight: AtomicUsize::new(0),
             idle_expiry_ms: AtomicU64::new(settings.idle_expiry_ms),
             idle_since_ms: AtomicU64::new(if recovered.is_empty() { now_ms().max(1) } else { 0 }),
+            counts: Default::default(),
+            // Counting starts at zero now, so a queue younger than the span has rates since then.
+            readings: Mutex::new(VecDeque::from([(std::time::Instant::now(), [0; 3])])),
             settlements,
         });
         let ready_bytes = recovered.iter().map(QueuedMessage::size).sum();
@@ -470,6 +508,7 @@ impl QueueHandle {
             own_mailbox: mailbox.downgrade(),
             writes: Vec::new(),
             waiting_for_disk: Vec::new(),
+            counts: [0; 3],
         };
         let supervised = {
             let shared = Arc::clone(&shared);
@@ -561,6 +600,38 @@ impl QueueHandle {
             self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
         }
         sent.map_err(|_| QueueGone(Arc::clone(&self.shared.name)))
+    }
+
+    /// Messages accepted, delivered and acknowledged since the queue started.
+    pub fn counts(&self) -> QueueCounts {
+        let [published, delivered, acked] = self.shared.counts.each_ref().map(|c| c.load(Ordering::Relaxed));
+        QueueCounts { published, delivered, acked }
+    }
+
+    /// Records the counts now, for [`QueueHandle::rates`] (the rates sampler calls it every
+    /// second; the oldest reading beyond [`RATE_READINGS`] is dropped).
+    pub fn take_rate_reading(&self, at: std::time::Instant) {
+        let counts = self.shared.counts.each_ref().map(|c| c.load(Ordering::Relaxed));
+        let mut readings = self.shared.readings.lock().unwrap_or_else(|p| p.into_inner());
+        if readings.len() == RATE_READINGS {
+            readings.pop_front();
+        }
+        readings.push_back((at, counts));
+    }
+
+    /// Messages per second accepted, delivered and acknowledged, between the oldest reading
+    /// kept (about five seconds ago, or the queue's start) and the newest.
+    pub fn rates(&self) -> QueueRates {
+        let readings = self.shared.readings.lock().unwrap_or_else(|p| p.into_inner());
+        let (Some((start, first)), Some((end, last))) = (readings.front(), readings.back()) else {
+            return QueueRates::default();
+        };
+        let seconds = end.duration_since(*start).as_secs_f64();
+        if seconds <= 0.0 {
+            return QueueRates::default();
+        }
+        let rate = |i: usize| last[i].saturating_sub(first[i]) as f64 / seconds;
+        QueueRates { publish: rate(0), deliver: rate(1), ack: rate(2) }
     }
 
     /// Since when (ms since the epoch) the queue has been empty with no consumers.
@@ -685,6 +756,8 @@ struct QueueActor {
     writes: Vec<Op>,
     /// Verdicts released when `writes` are durable.
     waiting_for_disk: Vec<VerdictSender>,
+    /// Messages accepted, delivered, acknowledged: stored in [`Shared::counts`] per batch.
+    counts: [u64; 3],
 }
 
 impl QueueActor {
@@ -756,6 +829,9 @@ impl QueueActor {
         self.shared.depth.store(self.ready.len(), Ordering::Relaxed);
         self.shared.unacked.store(self.unacked.len(), Ordering::Relaxed);
         self.shared.flow.observe(self.ready.len());
+        for (shared, local) in self.shared.counts.iter().zip(self.counts) {
+            shared.store(local, Ordering::Relaxed);
+        }
         let idle = self.ready.is_empty() && self.unacked.is_empty() && self.consumers.is_empty();
         let since = self.shared.idle_since_ms.load(Ordering::Relaxed);
         if idle && since == 0 {
@@ -931,6 +1007,7 @@ impl QueueActor {
         }
         self.ready_bytes += size;
         self.ready.push_back(message);
+        self.counts[ACCEPTED] += 1;
     }
 
     /// Removes a message from storage (after an ack, a drop or a move to another queue).
@@ -978,6 +1055,7 @@ impl QueueActor {
         }
         match outcome {
             Outcome::Ack => {
+                self.counts[ACKED] += 1;
                 self.settings.metrics.message_acked();
                 self.forget(&message);
             }
@@ -1245,6 +1323,7 @@ impl QueueActor {
                 }
                 state.unacked += 1;
                 state.unacked_bytes += size;
+                self.counts[DELIVERED] += 1;
                 if redelivered {
                     self.settings.metrics.message_redelivered();
                 }

@@ -25,7 +25,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use stampede_protocol::{Headers, MessageTemplate, names};
 
-use crate::destination::queue::{QueueHandle, QueuedMessage};
+use crate::destination::queue::{QueueCounts, QueueHandle, QueueRates, QueuedMessage};
 use crate::destination::router::{Ownership, Router as DestinationRouter};
 use crate::error::ErrorKind;
 use crate::http::{Admin, ApiError, ApiJson, SharedState};
@@ -389,6 +389,10 @@ pub struct QueueView {
     /// How long it may stay idle before it is deleted, in ms (`queue_idle_expiry_ms`,
     /// `[queues.<name>] idle_expiry_ms` or `x-expires`); `null`: it is never deleted for it.
     pub idle_expiry_ms: Option<u64>,
+    /// Messages accepted, delivered and acknowledged since the queue started.
+    pub counts: QueueCounts,
+    /// The same, per second over about the last five seconds.
+    pub rates: QueueRates,
 }
 
 fn queue_view(router: &DestinationRouter, queue: &QueueHandle) -> QueueView {
@@ -406,6 +410,8 @@ fn queue_view(router: &DestinationRouter, queue: &QueueHandle) -> QueueView {
         idle: ready == 0 && unacked == 0 && consumers == 0,
         idle_since: queue.idle_since_ms(),
         idle_expiry_ms: queue.idle_expiry_ms(),
+        counts: queue.counts(),
+        rates: queue.rates(),
     }
 }
 
