@@ -320,9 +320,59 @@ enum Command {
         forget: bool,
         done: oneshot::Sender<()>,
     },
+    /// Management: delete the queue (stop, forget its stored messages) unless, as the actor sees
+    /// it when the command comes up, it holds messages (`if_empty`) or has consumers
+    /// (`if_unused`). Checked by the actor, in order with publishes, so a message it accepted
+    /// (and receipted) is never deleted by an `if-empty` that looked a moment too early.
+    DeleteIf {
+        if_empty: bool,
+        if_unused: bool,
+        done: oneshot::Sender<Result<(), DeleteRefused>>,
+    },
     /// Makes the actor panic, to test its supervision.
     #[cfg(test)]
     Panic,
+}
+
+/// Why a conditional delete ([`QueueHandle::delete_if`]) left the queue alone.
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteRefused {
+    /// `if-empty`, and the queue holds messages.
+    #[error("queue {name} is not empty ({ready} ready, {unacked} unacknowledged) and if-empty was given")]
+    NotEmpty {
+        /// The queue.
+        name: Arc<str>,
+        /// Messages waiting.
+        ready: usize,
+        /// Messages delivered, not yet acknowledged.
+        unacked: usize,
+    },
+    /// `if-unused`, and the queue has consumers.
+    #[error("queue {name} has {consumers} consumers and if-unused was given")]
+    InUse {
+        /// The queue.
+        name: Arc<str>,
+        /// Consumers attached.
+        consumers: usize,
+    },
+    /// The queue was already gone.
+    #[error("{0}")]
+    Gone(#[from] QueueGone),
+}
+
+/// What the actor answers once it has stopped.
+enum Stopped {
+    Shutdown(oneshot::Sender<()>),
+    Deleted(oneshot::Sender<Result<(), DeleteRefused>>),
+}
+
+impl Stopped {
+    fn answer(self) {
+        match self {
+            Stopped::Shutdown(done) => drop(done.send(())),
+            Stopped::Deleted(done) => drop(done.send(Ok(()))),
+        }
+    }
 }
 
 /// Acks and nacks of delivered messages: (consumer, message ids, outcome).
@@ -731,6 +781,23 @@ impl QueueHandle {
             let _ = stopped.await;
         }
     }
+
+    /// Stops the actor and forgets its stored messages, unless it holds messages (`if_empty`)
+    /// or has consumers (`if_unused`) when the actor comes to it. Publishes that reach the
+    /// mailbox after it are refused (their senders get an ERROR, never a RECEIPT).
+    ///
+    /// # Errors
+    /// Why the queue was left alone.
+    pub async fn delete_if(&self, if_empty: bool, if_unused: bool) -> Result<(), DeleteRefused> {
+        let (done, answer) = oneshot::channel();
+        self.command(Command::DeleteIf { if_empty, if_unused, done }).await?;
+        answer.await.unwrap_or_else(|_| Err(QueueGone(Arc::clone(&self.shared.name)).into()))
+    }
+
+    /// True when `other` is a handle to the same queue actor.
+    pub fn same_queue(&self, other: &QueueHandle) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
 }
 
 struct QueueActor {
@@ -800,11 +867,21 @@ impl QueueActor {
             let mut stop = None;
             let handled = batch.len();
             for command in batch.drain(..) {
-                if let Command::Shutdown { forget, done } = command {
-                    stop = Some((forget, done));
-                    break;
+                match command {
+                    Command::Shutdown { forget, done } => {
+                        stop = Some((forget, Stopped::Shutdown(done)));
+                        break;
+                    }
+                    Command::DeleteIf { if_empty, if_unused, done } => match self.deletion_refused(if_empty, if_unused)
+                    {
+                        Some(refused) => drop(done.send(Err(refused))),
+                        None => {
+                            stop = Some((true, Stopped::Deleted(done)));
+                            break;
+                        }
+                    },
+                    command => self.handle(command),
                 }
-                self.handle(command);
             }
             self.dispatch();
             if let Some((forget, done)) = stop {
@@ -814,7 +891,7 @@ impl QueueActor {
                 self.commit_writes();
                 // Let go of the store before saying so: whoever waits may close it next.
                 self.persistence = None;
-                let _ = done.send(());
+                done.answer();
                 break;
             }
             self.commit_writes();
@@ -823,6 +900,18 @@ impl QueueActor {
             self.shared.in_flight.fetch_sub(handled, Ordering::AcqRel);
         }
         debug!(queue = %self.shared.name, "queue stopped");
+    }
+
+    /// Why a conditional delete must leave the queue alone now, if it must.
+    fn deletion_refused(&self, if_empty: bool, if_unused: bool) -> Option<DeleteRefused> {
+        let name = Arc::clone(&self.shared.name);
+        if if_empty && (!self.ready.is_empty() || !self.unacked.is_empty()) {
+            return Some(DeleteRefused::NotEmpty { name, ready: self.ready.len(), unacked: self.unacked.len() });
+        }
+        if if_unused && !self.consumers.is_empty() {
+            return Some(DeleteRefused::InUse { name, consumers: self.consumers.len() });
+        }
+        None
     }
 
     fn publish_stats(&self) {
@@ -928,7 +1017,7 @@ impl QueueActor {
                 self.publish_stats();
                 let _ = done.send(removed);
             }
-            Command::Shutdown { .. } => {}
+            Command::Shutdown { .. } | Command::DeleteIf { .. } => {}
             #[cfg(test)]
             Command::Panic => panic!("a queue actor panicked on purpose"),
         }

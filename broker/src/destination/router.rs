@@ -20,7 +20,8 @@ use tracing::{error, info, warn};
 
 use crate::cluster::{Cluster, ClusterError};
 use crate::destination::queue::{
-    Persistence, QueueEnvironment, QueueHandle, QueueOwner, QueueSettings, QueuedMessage, Verdict, now_ms,
+    DeleteRefused, Persistence, QueueEnvironment, QueueHandle, QueueOwner, QueueSettings, QueuedMessage, Verdict,
+    now_ms,
 };
 use crate::destination::topic::{Sink, Topic, TopicPattern, TopicSubscriber};
 use crate::destination::vhost::{DEFAULT_VHOST, RouterSettings};
@@ -718,7 +719,7 @@ impl Router {
     /// Each candidate is checked again, and removed, under the write lock of the queue table,
     /// the lock every handle is cloned under: see [`QueueHandle::idle_for_expiry`].
     pub async fn expire_idle_queues(&self) -> usize {
-        let now = crate::destination::queue::now_ms();
+        let now = now_ms();
         let candidates: Vec<Arc<str>> = {
             let queues = self.queues.read().unwrap_or_else(|p| p.into_inner());
             queues.iter().filter(|(_, queue)| queue.idle_for_expiry(now)).map(|(name, _)| Arc::clone(name)).collect()
@@ -740,6 +741,34 @@ impl Router {
             }
         }
         expired
+    }
+
+    /// Deletes `queue` (stopped, its stored messages forgotten) unless, when its actor comes to
+    /// the request, it holds messages (`if_empty`) or has consumers (`if_unused`): RabbitMQ's
+    /// `if-empty` / `if-unused`, decided by the actor in order with publishes rather than from
+    /// counters a moment old, so no accepted message is deleted by a check that came too early.
+    ///
+    /// # Errors
+    /// Why the queue was left alone.
+    pub async fn delete_queue_if(
+        &self,
+        queue: &QueueHandle,
+        if_empty: bool,
+        if_unused: bool,
+    ) -> Result<(), DeleteRefused> {
+        queue.delete_if(if_empty, if_unused).await?;
+        let name = queue.name();
+        let removed = {
+            let mut queues = self.queues.write().unwrap_or_else(|p| p.into_inner());
+            match queues.get(name) {
+                Some(listed) if listed.same_queue(queue) => queues.remove(name),
+                _ => None,
+            }
+        };
+        if removed.is_some() {
+            self.forget_creator(name);
+        }
+        Ok(())
     }
 
     /// Removes queue `name` and stops its actor; with `forget`, its stored messages go too.

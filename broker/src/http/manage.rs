@@ -25,7 +25,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use stampede_protocol::{Headers, MessageTemplate, names};
 
-use crate::destination::queue::{QueueCounts, QueueHandle, QueueRates, QueuedMessage};
+use crate::destination::queue::{DeleteRefused, QueueCounts, QueueHandle, QueueRates, QueuedMessage};
 use crate::destination::router::{Ownership, Router as DestinationRouter};
 use crate::error::ErrorKind;
 use crate::http::{Admin, ApiError, ApiJson, SharedState};
@@ -498,24 +498,15 @@ async fn delete_queue(
     let if_empty = flag("if-empty", &query.if_empty)?;
     let if_unused = flag("if-unused", &query.if_unused)?;
     let (router, queue) = find_queue(&state, &vhost, &name)?;
-    // The counters are those of the actor's last batch: a message published in the same instant
-    // may still be deleted with the queue, as with RabbitMQ's if-empty.
-    if if_empty && (queue.depth() > 0 || queue.unacked() > 0) {
-        return Err(ApiError::conflict(format!(
-            "queue {} is not empty ({} ready, {} unacknowledged) and if-empty was given",
-            queue.name(),
-            queue.depth(),
-            queue.unacked()
-        )));
+    if if_empty || if_unused {
+        // Decided by the queue's actor, in order with publishes: see Router::delete_queue_if.
+        router.delete_queue_if(&queue, if_empty, if_unused).await.map_err(|refused| match refused {
+            DeleteRefused::Gone(gone) => ApiError::not_found(gone.to_string()),
+            refused => ApiError::conflict(refused.to_string()),
+        })?;
+    } else {
+        router.delete_queue(queue.name(), true).await;
     }
-    if if_unused && queue.consumer_count() > 0 {
-        return Err(ApiError::conflict(format!(
-            "queue {} has {} consumers and if-unused was given",
-            queue.name(),
-            queue.consumer_count()
-        )));
-    }
-    router.delete_queue(queue.name(), true).await;
     tracing::info!(queue = %queue.name(), %vhost, "queue deleted on request");
     Ok(StatusCode::NO_CONTENT)
 }
