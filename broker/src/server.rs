@@ -478,9 +478,10 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
         &shutdown,
     )
     .map_err(StartError::Config)?;
+    vhosts.spawn_idle_sweeper(&tasks, shutdown.clone());
     if http.is_some() || https.is_some() {
         let rates = crate::http::rates::MessageRates::new(Arc::clone(&metrics));
-        rates.spawn_sampler(&tasks, shutdown.clone());
+        rates.spawn_sampler(Arc::clone(&vhosts), &tasks, shutdown.clone());
         let state = Arc::new(HttpState {
             auth: Arc::clone(&auth),
             vhosts: Arc::clone(&vhosts),

@@ -536,3 +536,17 @@ async fn a_durable_topic_subscription_takes_a_redelivery_delay_too() {
     assert_on_time("a durable subscription's redelivery", nacked, Duration::from_millis(500));
     assert!(again.redelivered);
 }
+
+#[tokio::test]
+async fn a_queue_holding_only_delayed_messages_is_not_idle_and_does_not_expire() {
+    let config = Config { queue_idle_expiry_ms: 200, ..Config::ephemeral() };
+    let broker = TestBroker::start_with(config).await;
+    let client = broker.client().await;
+    let sent = Instant::now();
+    client.send_with_receipt("/queue/kept-alive", "held", headers(&[("x-delay", "1200")])).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(broker.broker.router().queue("kept-alive").is_some(), "a queue holding a delayed message is not idle");
+    let mut held = client.subscribe("/queue/kept-alive", SubscribeOptions::new()).await.unwrap();
+    assert_eq!(body(&next(&mut held, WAIT).await), "held");
+    assert_on_time("the held message", sent, Duration::from_millis(1200));
+}

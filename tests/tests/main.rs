@@ -21,6 +21,7 @@ mod features;
 mod first_hour;
 mod fsync;
 mod hostile;
+mod idle_expiry;
 mod management_api;
 mod messaging;
 mod operations;

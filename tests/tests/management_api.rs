@@ -680,6 +680,91 @@ async fn a_body_over_max_body_is_413_and_a_full_queue_is_429_with_retry_after() 
     assert_eq!(headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
 }
 
+#[tokio::test]
+async fn delete_if_empty_racing_a_producer_never_deletes_a_receipted_message() {
+    let broker = broker().await;
+    let url = format!("{}/api/v1/queues/%2F/contested?if-empty=true", broker.http_url.as_deref().unwrap());
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let deleter = tokio::spawn({
+        let done = std::sync::Arc::clone(&done);
+        async move {
+            let (mut deleted, mut refused) = (0, 0);
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let response = http_client().delete(&url).basic_auth(ADMIN.0, Some(ADMIN.1)).send().await.unwrap();
+                match response.status() {
+                    StatusCode::NO_CONTENT => deleted += 1,
+                    StatusCode::CONFLICT => refused += 1,
+                    _ => {}
+                }
+            }
+            (deleted, refused)
+        }
+    });
+    // No consumer: once a message is accepted the queue is never empty again, so every
+    // receipted message must still be there at the end, whatever the deleter did.
+    let mut receipted = Vec::new();
+    let (mut producer, _) = connected_as(&broker, USER).await;
+    for i in 0..300 {
+        let body = format!("m{i}");
+        let send = Frame::new(Command::Send)
+            .with_header("destination", "/queue/contested")
+            .with_header("receipt", "r")
+            .with_body(body.clone());
+        producer.send_frame(&send).await.unwrap();
+        match next_frame(&mut producer).await.command {
+            Command::Receipt => receipted.push(body),
+            // The SEND met the queue as it was being deleted: refused, never receipted.
+            _ => producer = connected_as(&broker, USER).await.0,
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (deleted, refused) = deleter.await.unwrap();
+    assert!(refused > 0, "the deleter ran alongside (deleted {deleted}, refused {refused})");
+    let (mut consumer, _) = connected_as(&broker, USER).await;
+    subscribe(&mut consumer, "/queue/contested", "s", "auto").await;
+    let mut got = Vec::new();
+    while got.len() < receipted.len() {
+        let frame = next_frame(&mut consumer).await;
+        got.push(String::from_utf8(frame.body.to_vec()).unwrap());
+    }
+    assert_eq!(got, receipted);
+}
+
+#[tokio::test]
+async fn a_queue_gives_its_own_exact_counts_and_rates() {
+    let broker = broker().await;
+    let (mut producer, _) = connected_as(&broker, USER).await;
+    let (mut consumer, _) = connected_as(&broker, USER).await;
+    subscribe(&mut consumer, "/queue/rated", "s", "client-individual").await;
+    for i in 0..10 {
+        send_receipted(&mut producer, "/queue/rated", &format!("m{i}"), &[]).await;
+    }
+    for _ in 0..10 {
+        let message = next_frame(&mut consumer).await;
+        let ack = Frame::new(Command::Ack).with_header("id", message.header("ack").unwrap());
+        consumer.send_frame(&ack).await.unwrap();
+    }
+    send_receipted(&mut producer, "/queue/other-rated", "not counted above", &[]).await;
+    let queue = eventually(&broker, "/api/v1/queues/%2F/rated", |q| q["counts"]["acked"] == 10).await;
+    assert_eq!(queue["counts"], json!({"published": 10, "delivered": 10, "acked": 10}), "{queue}");
+    // Rates need two readings of the sampler (one a second) around the traffic.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let rated = loop {
+        let (_, queue) = admin_get(&broker, "/api/v1/queues/%2F/rated").await;
+        if queue["rates"]["ack"].as_f64().unwrap_or(0.0) > 0.0 || Instant::now() > deadline {
+            break queue;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for rate in ["publish", "deliver", "ack"] {
+        let value = rated["rates"][rate].as_f64().expect("a number");
+        assert!(value > 0.0, "{rate}: {rated}");
+    }
+    let (_, listed) = admin_get(&broker, "/api/v1/queues?name=rated").await;
+    let row = listed["items"].as_array().unwrap().iter().find(|q| q["name"] == "rated").expect("listed");
+    assert_eq!(row["counts"]["published"], 10, "the list has them too: {row}");
+}
+
 // ------------------------------------------------------------------------------ stampede ctl
 
 /// Runs the real `stampede ctl` binary against `broker` (as alice unless `login` says

@@ -175,6 +175,10 @@ pub struct Config {
     pub queue_overflow: OverflowPolicy,
     /// Time to live of messages that set none, in ms; 0 = forever.
     pub queue_default_ttl_ms: u64,
+    /// A queue empty with no consumers for this long, in ms, is deleted (RabbitMQ's
+    /// `x-expires`); 0 = never. Per queue: `[queues.<name>] idle_expiry_ms`, or `x-expires` on
+    /// SUBSCRIBE.
+    pub queue_idle_expiry_ms: u64,
     /// `drop` or `dead-letter` expired messages.
     pub expired_messages: ExpiredPolicy,
     /// Per-queue settings, `[queues.<name>]` tables (name without `/queue/`).
@@ -453,6 +457,7 @@ impl Default for Config {
             queue_flow_backlog: 8192,
             queue_overflow: OverflowPolicy::Reject,
             queue_default_ttl_ms: 0,
+            queue_idle_expiry_ms: 0,
             expired_messages: ExpiredPolicy::Drop,
             queues: HashMap::new(),
             storage: StorageKind::Sled,
@@ -705,6 +710,7 @@ impl Config {
             default_ttl_ms: self.queue_default_ttl_ms,
             expired: self.expired_messages,
             durable: true,
+            idle_expiry_ms: self.queue_idle_expiry_ms,
             metrics: Arc::default(),
         }
     }

@@ -69,6 +69,35 @@ const COMMAND_BATCH: usize = 256;
 /// head at all.
 pub const SELECTOR_LOOKAHEAD: usize = 1000;
 
+/// Readings kept per queue for its rates: one a second, so the rates span about five seconds.
+pub const RATE_READINGS: usize = 6;
+/// Indexes of the actor's counts.
+const ACCEPTED: usize = 0;
+const DELIVERED: usize = 1;
+const ACKED: usize = 2;
+
+/// Messages a queue accepted, delivered and had acknowledged since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueCounts {
+    /// Accepted (enqueued) messages.
+    pub published: u64,
+    /// Deliveries to consumers (redeliveries included).
+    pub delivered: u64,
+    /// Deliveries acknowledged.
+    pub acked: u64,
+}
+
+/// A queue's message rates over the last few seconds, in messages per second.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct QueueRates {
+    /// Accepted.
+    pub publish: f64,
+    /// Delivered.
+    pub deliver: f64,
+    /// Acknowledged.
+    pub ack: f64,
+}
+
 /// A message held by a queue.
 #[derive(Debug, Clone)]
 pub struct QueuedMessage {
@@ -190,6 +219,9 @@ pub struct QueueSettings {
     pub flow_backlog: usize,
     /// Whether persistent messages go to storage (false for temporary queues).
     pub durable: bool,
+    /// How long the queue may stay empty with no consumers before it is deleted, in ms
+    /// (`queue_idle_expiry_ms`, RabbitMQ's `x-expires`); 0 = never.
+    pub idle_expiry_ms: u64,
     /// The broker's counters (acks, redeliveries, dead letters, expiries, drops).
     pub metrics: Arc<Metrics>,
 }
@@ -311,9 +343,59 @@ enum Command {
         forget: bool,
         done: oneshot::Sender<()>,
     },
+    /// Management: delete the queue (stop, forget its stored messages) unless, as the actor sees
+    /// it when the command comes up, it holds messages (`if_empty`) or has consumers
+    /// (`if_unused`). Checked by the actor, in order with publishes, so a message it accepted
+    /// (and receipted) is never deleted by an `if-empty` that looked a moment too early.
+    DeleteIf {
+        if_empty: bool,
+        if_unused: bool,
+        done: oneshot::Sender<Result<(), DeleteRefused>>,
+    },
     /// Makes the actor panic, to test its supervision.
     #[cfg(test)]
     Panic,
+}
+
+/// Why a conditional delete ([`QueueHandle::delete_if`]) left the queue alone.
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteRefused {
+    /// `if-empty`, and the queue holds messages.
+    #[error("queue {name} is not empty ({ready} ready, {unacked} unacknowledged) and if-empty was given")]
+    NotEmpty {
+        /// The queue.
+        name: Arc<str>,
+        /// Messages waiting.
+        ready: usize,
+        /// Messages delivered, not yet acknowledged.
+        unacked: usize,
+    },
+    /// `if-unused`, and the queue has consumers.
+    #[error("queue {name} has {consumers} consumers and if-unused was given")]
+    InUse {
+        /// The queue.
+        name: Arc<str>,
+        /// Consumers attached.
+        consumers: usize,
+    },
+    /// The queue was already gone.
+    #[error("{0}")]
+    Gone(#[from] QueueGone),
+}
+
+/// What the actor answers once it has stopped.
+enum Stopped {
+    Shutdown(oneshot::Sender<()>),
+    Deleted(oneshot::Sender<Result<(), DeleteRefused>>),
+}
+
+impl Stopped {
+    fn answer(self) {
+        match self {
+            Stopped::Shutdown(done) => drop(done.send(())),
+            Stopped::Deleted(done) => drop(done.send(Ok(()))),
+        }
+    }
 }
 
 /// Acks and nacks of delivered messages: (consumer, message ids, outcome).
@@ -336,6 +418,22 @@ struct Shared {
     /// The outboxes of the consumers attached now, so that if the actor panics (and its state
     /// is lost) their connections can still be told.
     consumer_outboxes: Mutex<Vec<(u64, Weak<Outbox>)>>,
+    /// Commands sent to the mailbox whose effect is not yet visible in the counters above. At
+    /// zero, no message or consumer can be hiding in the mailbox or in the batch the actor is
+    /// handling: what [`QueueHandle::idle_for_expiry`] relies on.
+    in_flight: AtomicUsize,
+    /// How long this queue may stay idle (empty, no consumers) before it is deleted, in ms
+    /// (`queue_idle_expiry_ms`, `[queues.<name>] idle_expiry_ms`, or `x-expires` on SUBSCRIBE);
+    /// 0 = never.
+    idle_expiry_ms: AtomicU64,
+    /// Since when (ms since the epoch) the queue has been idle; 0 while it is not.
+    idle_since_ms: AtomicU64,
+    /// Messages accepted, delivered and acknowledged since the queue started, as of the last
+    /// batch (the actor counts in plain integers and stores them once per batch).
+    counts: [AtomicU64; 3],
+    /// The last few readings of `counts`, one per [`crate::http::rates::SAMPLE_INTERVAL`],
+    /// for the API's per-queue rates; taken by the rates sampler, never by the actor.
+    readings: Mutex<VecDeque<(std::time::Instant, [u64; 3])>>,
     /// Settlements travel apart from the mailbox and are applied before it. A settlement gives
     /// a consumer its credit back; in the mailbox it would wait behind publishes whenever
     /// producers outpace consumers, and the consumer's connection, blocked on that send, would
@@ -473,6 +571,12 @@ impl QueueHandle {
             flow: crate::destination::flow::FlowGate::new(settings.flow_backlog, settings.max_length),
             durable,
             consumer_outboxes: Mutex::new(Vec::new()),
+            in_flight: AtomicUsize::new(0),
+            idle_expiry_ms: AtomicU64::new(settings.idle_expiry_ms),
+            idle_since_ms: AtomicU64::new(if recovered.is_empty() { now_ms().max(1) } else { 0 }),
+            counts: Default::default(),
+            // Counting starts at zero now, so a queue younger than the span has rates since then.
+            readings: Mutex::new(VecDeque::from([(std::time::Instant::now(), [0; 3])])),
             settlements,
         });
         let ready_bytes = recovered.iter().map(QueuedMessage::size).sum();
@@ -493,6 +597,7 @@ impl QueueHandle {
             own_mailbox: mailbox.downgrade(),
             writes: Vec::new(),
             waiting_for_disk: Vec::new(),
+            counts: [0; 3],
         };
         let supervised = {
             let shared = Arc::clone(&shared);
@@ -584,7 +689,81 @@ impl QueueHandle {
     }
 
     async fn command(&self, command: Command) -> Result<(), QueueGone> {
-        self.mailbox.send(command).await.map_err(|_| QueueGone(Arc::clone(&self.shared.name)))
+        self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        let sent = self.mailbox.send(command).await;
+        if sent.is_err() {
+            self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+        sent.map_err(|_| QueueGone(Arc::clone(&self.shared.name)))
+    }
+
+    /// Messages accepted, delivered and acknowledged since the queue started.
+    pub fn counts(&self) -> QueueCounts {
+        let [published, delivered, acked] = self.shared.counts.each_ref().map(|c| c.load(Ordering::Relaxed));
+        QueueCounts { published, delivered, acked }
+    }
+
+    /// Records the counts now, for [`QueueHandle::rates`] (the rates sampler calls it every
+    /// second; the oldest reading beyond [`RATE_READINGS`] is dropped).
+    pub fn take_rate_reading(&self, at: std::time::Instant) {
+        let counts = self.shared.counts.each_ref().map(|c| c.load(Ordering::Relaxed));
+        let mut readings = self.shared.readings.lock().unwrap_or_else(|p| p.into_inner());
+        if readings.len() == RATE_READINGS {
+            readings.pop_front();
+        }
+        readings.push_back((at, counts));
+    }
+
+    /// Messages per second accepted, delivered and acknowledged, between the oldest reading
+    /// kept (about five seconds ago, or the queue's start) and the newest.
+    pub fn rates(&self) -> QueueRates {
+        let readings = self.shared.readings.lock().unwrap_or_else(|p| p.into_inner());
+        let (Some((start, first)), Some((end, last))) = (readings.front(), readings.back()) else {
+            return QueueRates::default();
+        };
+        let seconds = end.duration_since(*start).as_secs_f64();
+        if seconds <= 0.0 {
+            return QueueRates::default();
+        }
+        let rate = |i: usize| last[i].saturating_sub(first[i]) as f64 / seconds;
+        QueueRates { publish: rate(0), deliver: rate(1), ack: rate(2) }
+    }
+
+    /// Since when (ms since the epoch) the queue has been empty with no consumers.
+    pub fn idle_since_ms(&self) -> Option<u64> {
+        Some(self.shared.idle_since_ms.load(Ordering::Relaxed)).filter(|&since| since != 0)
+    }
+
+    /// How long the queue may stay idle before it is deleted, in ms (`None`: forever).
+    pub fn idle_expiry_ms(&self) -> Option<u64> {
+        Some(self.shared.idle_expiry_ms.load(Ordering::Relaxed)).filter(|&ms| ms != 0)
+    }
+
+    /// Sets how long the queue may stay idle before it is deleted (`x-expires`); 0 = forever.
+    pub fn set_idle_expiry_ms(&self, ms: u64) {
+        self.shared.idle_expiry_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// True when the queue has been idle for its whole idle expiry at `now_ms` and nothing can
+    /// change that unseen: no message waiting or unacknowledged, no consumer, no command in the
+    /// mailbox or in the actor's hands, and no handle but this one (the owner's). The owner
+    /// asks while holding the lock its handles are cloned under, so no new handle can appear
+    /// between this answer and the queue's removal: a message can never be published to a
+    /// queue that is being deleted.
+    pub fn idle_for_expiry(&self, now_ms: u64) -> bool {
+        let shared = &self.shared;
+        let expiry = shared.idle_expiry_ms.load(Ordering::Relaxed);
+        let since = shared.idle_since_ms.load(Ordering::Relaxed);
+        expiry != 0
+            && since != 0
+            && now_ms.saturating_sub(since) >= expiry
+            && self.mailbox.strong_count() == 1
+            && shared.in_flight.load(Ordering::Acquire) == 0
+            && shared.depth.load(Ordering::Acquire) == 0
+            && shared.delayed.load(Ordering::Acquire) == 0
+            && shared.unacked.load(Ordering::Acquire) == 0
+            && shared.consumers.load(Ordering::Acquire) == 0
+            && shared.idle_since_ms.load(Ordering::Acquire) == since
     }
 
     /// Enqueues a message. Returns once the queue's mailbox has taken it (so publishers are
@@ -643,7 +822,10 @@ impl QueueHandle {
     /// Sets the default time to live recorded with a stored queue, at start-up (the mailbox of
     /// a queue that was just created always has room).
     pub fn restore_default_ttl(&self, ttl_ms: u64) {
-        let _ = self.mailbox.try_send(Command::SetDefaultTtl(ttl_ms));
+        self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        if self.mailbox.try_send(Command::SetDefaultTtl(ttl_ms)).is_err() {
+            self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     /// Stops the actor. With `forget`, its stored messages are deleted too (the queue is gone
@@ -653,6 +835,23 @@ impl QueueHandle {
         if self.command(Command::Shutdown { forget, done }).await.is_ok() {
             let _ = stopped.await;
         }
+    }
+
+    /// Stops the actor and forgets its stored messages, unless it holds messages (`if_empty`)
+    /// or has consumers (`if_unused`) when the actor comes to it. Publishes that reach the
+    /// mailbox after it are refused (their senders get an ERROR, never a RECEIPT).
+    ///
+    /// # Errors
+    /// Why the queue was left alone.
+    pub async fn delete_if(&self, if_empty: bool, if_unused: bool) -> Result<(), DeleteRefused> {
+        let (done, answer) = oneshot::channel();
+        self.command(Command::DeleteIf { if_empty, if_unused, done }).await?;
+        answer.await.unwrap_or_else(|_| Err(QueueGone(Arc::clone(&self.shared.name)).into()))
+    }
+
+    /// True when `other` is a handle to the same queue actor.
+    pub fn same_queue(&self, other: &QueueHandle) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
     }
 }
 
@@ -683,6 +882,8 @@ struct QueueActor {
     writes: Vec<Op>,
     /// Verdicts released when `writes` are durable.
     waiting_for_disk: Vec<VerdictSender>,
+    /// Messages accepted, delivered, acknowledged: stored in [`Shared::counts`] per batch.
+    counts: [u64; 3],
 }
 
 impl QueueActor {
@@ -739,12 +940,23 @@ impl QueueActor {
                 }
             }
             let mut stop = None;
+            let handled = batch.len();
             for command in batch.drain(..) {
-                if let Command::Shutdown { forget, done } = command {
-                    stop = Some((forget, done));
-                    break;
+                match command {
+                    Command::Shutdown { forget, done } => {
+                        stop = Some((forget, Stopped::Shutdown(done)));
+                        break;
+                    }
+                    Command::DeleteIf { if_empty, if_unused, done } => match self.deletion_refused(if_empty, if_unused)
+                    {
+                        Some(refused) => drop(done.send(Err(refused))),
+                        None => {
+                            stop = Some((true, Stopped::Deleted(done)));
+                            break;
+                        }
+                    },
+                    command => self.handle(command),
                 }
-                self.handle(command);
             }
             self.dispatch();
             if let Some((forget, done)) = stop {
@@ -754,13 +966,29 @@ impl QueueActor {
                 self.commit_writes();
                 // Let go of the store before saying so: whoever waits may close it next.
                 self.persistence = None;
-                let _ = done.send(());
+                done.answer();
                 break;
             }
             self.commit_writes();
             self.publish_stats();
+            // After the counters: whoever sees no command in flight sees their effects.
+            self.shared.in_flight.fetch_sub(handled, Ordering::AcqRel);
         }
         debug!(queue = %self.shared.name, "queue stopped");
+    }
+
+    /// Why a conditional delete must leave the queue alone now, if it must.
+    fn deletion_refused(&self, if_empty: bool, if_unused: bool) -> Option<DeleteRefused> {
+        let name = Arc::clone(&self.shared.name);
+        if if_empty && (!self.ready.is_empty() || !self.delayed.is_empty() || !self.unacked.is_empty()) {
+            // Held (delayed) messages count as ready here: they are the queue's to deliver.
+            let ready = self.ready.len() + self.delayed.len();
+            return Some(DeleteRefused::NotEmpty { name, ready, unacked: self.unacked.len() });
+        }
+        if if_unused && !self.consumers.is_empty() {
+            return Some(DeleteRefused::InUse { name, consumers: self.consumers.len() });
+        }
+        None
     }
 
     fn publish_stats(&self) {
@@ -768,6 +996,17 @@ impl QueueActor {
         self.shared.delayed.store(self.delayed.len(), Ordering::Relaxed);
         self.shared.unacked.store(self.unacked.len(), Ordering::Relaxed);
         self.shared.flow.observe(self.ready.len());
+        for (shared, local) in self.shared.counts.iter().zip(self.counts) {
+            shared.store(local, Ordering::Relaxed);
+        }
+        let idle =
+            self.ready.is_empty() && self.delayed.is_empty() && self.unacked.is_empty() && self.consumers.is_empty();
+        let since = self.shared.idle_since_ms.load(Ordering::Relaxed);
+        if idle && since == 0 {
+            self.shared.idle_since_ms.store(now_ms().max(1), Ordering::Relaxed);
+        } else if !idle && since != 0 {
+            self.shared.idle_since_ms.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Submits the storage work of this batch as one submission; verdicts of persistent
@@ -859,7 +1098,7 @@ impl QueueActor {
                 self.publish_stats();
                 let _ = done.send(removed);
             }
-            Command::Shutdown { .. } => {}
+            Command::Shutdown { .. } | Command::DeleteIf { .. } => {}
             #[cfg(test)]
             Command::Panic => panic!("a queue actor panicked on purpose"),
         }
@@ -944,6 +1183,7 @@ impl QueueActor {
                 self.ready.push_back(message);
             }
         }
+        self.counts[ACCEPTED] += 1;
     }
 
     /// Holds `message` until `at`.
@@ -1022,6 +1262,7 @@ impl QueueActor {
         }
         match outcome {
             Outcome::Ack => {
+                self.counts[ACKED] += 1;
                 self.settings.metrics.message_acked();
                 self.forget(&message);
             }
@@ -1309,6 +1550,7 @@ impl QueueActor {
                 }
                 state.unacked += 1;
                 state.unacked_bytes += size;
+                self.counts[DELIVERED] += 1;
                 if redelivered {
                     self.settings.metrics.message_redelivered();
                 }

@@ -16,11 +16,12 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use stampede_protocol::MessageTemplate;
 use stampede_storage::{Op, OwnerRecord, QueueKind, QueueRecord, Store};
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use crate::cluster::{Cluster, ClusterError};
 use crate::destination::queue::{
-    Persistence, QueueEnvironment, QueueHandle, QueueOwner, QueueSettings, QueuedMessage, Verdict, now_ms,
+    DeleteRefused, Persistence, QueueEnvironment, QueueHandle, QueueOwner, QueueSettings, QueuedMessage, Verdict,
+    now_ms,
 };
 use crate::destination::topic::{Sink, Topic, TopicPattern, TopicSubscriber};
 use crate::destination::vhost::{DEFAULT_VHOST, RouterSettings};
@@ -288,6 +289,8 @@ pub struct QueueOverride {
     pub default_ttl_ms: Option<u64>,
     /// Deliveries before dead-lettering.
     pub max_deliveries: Option<u32>,
+    /// Deleted after this long empty with no consumers, in ms; 0 = never.
+    pub idle_expiry_ms: Option<u64>,
 }
 
 impl std::fmt::Debug for Router {
@@ -646,6 +649,7 @@ impl Router {
             settings.overflow = o.overflow.unwrap_or(settings.overflow);
             settings.default_ttl_ms = o.default_ttl_ms.unwrap_or(settings.default_ttl_ms);
             settings.max_deliveries = o.max_deliveries.unwrap_or(settings.max_deliveries);
+            settings.idle_expiry_ms = o.idle_expiry_ms.unwrap_or(settings.idle_expiry_ms);
         }
         settings
     }
@@ -732,6 +736,66 @@ impl Router {
         if let Some(user) = creators.queue_creator.remove(name) {
             Creators::count(&mut creators.queues_per_user, &user, -1);
         }
+    }
+
+    /// Deletes every queue that has been idle (empty, no consumers) for its idle expiry, as
+    /// RabbitMQ does with `x-expires`: queues a typo or a departed client created go away and
+    /// stop counting toward `max_queues`. Durable queues are forgotten by the store too.
+    /// Returns how many were deleted.
+    ///
+    /// Each candidate is checked again, and removed, under the write lock of the queue table,
+    /// the lock every handle is cloned under: see [`QueueHandle::idle_for_expiry`].
+    pub async fn expire_idle_queues(&self) -> usize {
+        let now = now_ms();
+        let candidates: Vec<Arc<str>> = {
+            let queues = self.queues.read().unwrap_or_else(|p| p.into_inner());
+            queues.iter().filter(|(_, queue)| queue.idle_for_expiry(now)).map(|(name, _)| Arc::clone(name)).collect()
+        };
+        let mut expired = 0;
+        for name in candidates {
+            let removed = {
+                let mut queues = self.queues.write().unwrap_or_else(|p| p.into_inner());
+                match queues.get(&name) {
+                    Some(queue) if queue.idle_for_expiry(now) => queues.remove(&name),
+                    _ => None,
+                }
+            };
+            if let Some(queue) = removed {
+                self.forget_creator(&name);
+                info!(vhost = %self.vhost, queue = %name, idle_ms = queue.idle_expiry_ms().unwrap_or(0), "queue deleted after its idle expiry (empty, no consumers)");
+                queue.shutdown(true).await;
+                expired += 1;
+            }
+        }
+        expired
+    }
+
+    /// Deletes `queue` (stopped, its stored messages forgotten) unless, when its actor comes to
+    /// the request, it holds messages (`if_empty`) or has consumers (`if_unused`): RabbitMQ's
+    /// `if-empty` / `if-unused`, decided by the actor in order with publishes rather than from
+    /// counters a moment old, so no accepted message is deleted by a check that came too early.
+    ///
+    /// # Errors
+    /// Why the queue was left alone.
+    pub async fn delete_queue_if(
+        &self,
+        queue: &QueueHandle,
+        if_empty: bool,
+        if_unused: bool,
+    ) -> Result<(), DeleteRefused> {
+        queue.delete_if(if_empty, if_unused).await?;
+        let name = queue.name();
+        let removed = {
+            let mut queues = self.queues.write().unwrap_or_else(|p| p.into_inner());
+            match queues.get(name) {
+                Some(listed) if listed.same_queue(queue) => queues.remove(name),
+                _ => None,
+            }
+        };
+        if removed.is_some() {
+            self.forget_creator(name);
+        }
+        Ok(())
     }
 
     /// Removes queue `name` and stops its actor; with `forget`, its stored messages go too.

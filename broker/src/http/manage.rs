@@ -25,7 +25,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use stampede_protocol::{Headers, MessageTemplate, names};
 
-use crate::destination::queue::{QueueHandle, QueuedMessage};
+use crate::destination::queue::{DeleteRefused, QueueCounts, QueueHandle, QueueRates, QueuedMessage};
 use crate::destination::router::{Ownership, Router as DestinationRouter};
 use crate::error::ErrorKind;
 use crate::http::{Admin, ApiError, ApiJson, SharedState};
@@ -386,6 +386,15 @@ pub struct QueueView {
     pub is_dlq: bool,
     /// No messages and no consumers.
     pub idle: bool,
+    /// Since when it has been idle, in ms since the epoch (`null` while it is not).
+    pub idle_since: Option<u64>,
+    /// How long it may stay idle before it is deleted, in ms (`queue_idle_expiry_ms`,
+    /// `[queues.<name>] idle_expiry_ms` or `x-expires`); `null`: it is never deleted for it.
+    pub idle_expiry_ms: Option<u64>,
+    /// Messages accepted, delivered and acknowledged since the queue started.
+    pub counts: QueueCounts,
+    /// The same, per second over about the last five seconds.
+    pub rates: QueueRates,
 }
 
 fn queue_view(router: &DestinationRouter, queue: &QueueHandle) -> QueueView {
@@ -403,6 +412,10 @@ fn queue_view(router: &DestinationRouter, queue: &QueueHandle) -> QueueView {
         dlq: router.dead_letter_queue_name(queue.name()),
         is_dlq: router.is_dead_letter_queue(queue.name()),
         idle: ready == 0 && delayed == 0 && unacked == 0 && consumers == 0,
+        idle_since: queue.idle_since_ms(),
+        idle_expiry_ms: queue.idle_expiry_ms(),
+        counts: queue.counts(),
+        rates: queue.rates(),
     }
 }
 
@@ -489,24 +502,15 @@ async fn delete_queue(
     let if_empty = flag("if-empty", &query.if_empty)?;
     let if_unused = flag("if-unused", &query.if_unused)?;
     let (router, queue) = find_queue(&state, &vhost, &name)?;
-    // The counters are those of the actor's last batch: a message published in the same instant
-    // may still be deleted with the queue, as with RabbitMQ's if-empty.
-    if if_empty && (queue.depth() > 0 || queue.delayed() > 0 || queue.unacked() > 0) {
-        return Err(ApiError::conflict(format!(
-            "queue {} is not empty ({} ready, {} unacknowledged) and if-empty was given",
-            queue.name(),
-            queue.depth(),
-            queue.unacked()
-        )));
+    if if_empty || if_unused {
+        // Decided by the queue's actor, in order with publishes: see Router::delete_queue_if.
+        router.delete_queue_if(&queue, if_empty, if_unused).await.map_err(|refused| match refused {
+            DeleteRefused::Gone(gone) => ApiError::not_found(gone.to_string()),
+            refused => ApiError::conflict(refused.to_string()),
+        })?;
+    } else {
+        router.delete_queue(queue.name(), true).await;
     }
-    if if_unused && queue.consumer_count() > 0 {
-        return Err(ApiError::conflict(format!(
-            "queue {} has {} consumers and if-unused was given",
-            queue.name(),
-            queue.consumer_count()
-        )));
-    }
-    router.delete_queue(queue.name(), true).await;
     tracing::info!(queue = %queue.name(), %vhost, "queue deleted on request");
     Ok(StatusCode::NO_CONTENT)
 }

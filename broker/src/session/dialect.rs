@@ -133,6 +133,18 @@ pub(super) fn message_ttl(frame: &Frame) -> Result<Option<u64>, StompError> {
     frame.header("x-message-ttl").map(|ttl| milliseconds("x-message-ttl", ttl)).transpose()
 }
 
+/// RabbitMQ's `x-expires` on SUBSCRIBE: the queue is deleted after this long, in ms, empty
+/// with no consumers. RabbitMQ refuses 0; so do we, since it would delete the queue at once.
+pub(super) fn queue_expiry(frame: &Frame) -> Result<Option<u64>, StompError> {
+    match frame.header("x-expires").map(|ms| milliseconds("x-expires", ms)).transpose()? {
+        Some(0) => Err(StompError::new(
+            "invalid x-expires header \"0\"",
+            "x-expires is how long, in ms, the queue may stay empty with no consumers before it is deleted; it must be at least 1.",
+        )),
+        expiry => Ok(expiry),
+    }
+}
+
 /// When a SEND's message expires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Expiry {

@@ -167,6 +167,8 @@ pub(super) struct SubscribeRequest<'f> {
     pub credit: Option<(PrefetchAsk, WindowAsk)>,
     /// RabbitMQ's `x-message-ttl`, for queues (not read for topics).
     pub message_ttl: Option<u64>,
+    /// RabbitMQ's `x-expires`, for queues (not read for topics).
+    pub queue_expiry: Option<u64>,
 }
 
 impl<'f> SubscribeRequest<'f> {
@@ -213,9 +215,20 @@ impl<'f> SubscribeRequest<'f> {
             ));
         }
         let message_ttl = if topic { None } else { dialect::message_ttl(frame)? };
+        let queue_expiry = if topic { None } else { dialect::queue_expiry(frame)? };
         let takes_credit = if topic { durable.is_some() } else { !features.browser };
         let credit = if takes_credit { Some((dialect::prefetch(frame)?, dialect::window(frame)?)) } else { None };
-        Ok(SubscribeRequest { id, destination_value, destination, ack, features, durable, credit, message_ttl })
+        Ok(SubscribeRequest {
+            id,
+            destination_value,
+            destination,
+            ack,
+            features,
+            durable,
+            credit,
+            message_ttl,
+            queue_expiry,
+        })
     }
 
     /// The selector, if the subscription has one.

@@ -123,6 +123,9 @@ impl Session {
         if let Some(ttl) = request.message_ttl {
             queue.set_default_ttl(ttl).await?;
         }
+        if let Some(expiry) = request.queue_expiry {
+            queue.set_idle_expiry_ms(expiry);
+        }
         let selector = request.selector().cloned();
         match credit {
             None => self.browse(id, ack, queue, destination_value, selector).await,

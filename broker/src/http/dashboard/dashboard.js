@@ -286,6 +286,10 @@
         var badges = [];
         if (q.is_dlq) badges.push(el('span', { class: 'badge warn', text: 'dead letters' }));
         if (q.idle) badges.push(el('span', { class: 'badge', text: 'idle' }));
+        if (q.idle && q.idle_expiry_ms && q.idle_since) {
+          var left = Math.max(0, (q.idle_since + q.idle_expiry_ms - Date.now()) / 1000);
+          badges.push(el('span', { class: 'badge warn', text: 'deleted in ' + duration(left) }));
+        }
         else if (q.consumers > 0) badges.push(el('span', { class: 'badge ok', text: 'consuming' }));
         else badges.push(el('span', { class: 'badge warn', text: 'no consumer' }));
         if (q.durable) badges.push(el('span', { class: 'badge', text: 'durable' }));
@@ -298,11 +302,12 @@
         var name = el('td', { class: 'mono' }, ['/queue/' + q.name]);
         return el('tr', { 'data-queue': q.name }, [
           name, td(q.vhost), td(count(q.messages_ready), 'num ready'), td(count(q.messages_unacked), 'num'),
-          td(count(q.consumers), 'num'), td(count(q.messages_dropped), 'num'),
+          td(count(q.consumers), 'num'), td(rate(q.rates.publish), 'num in-rate'), td(rate(q.rates.deliver), 'num out-rate'),
+          td(count(q.messages_dropped), 'num'),
           el('td', {}, badges.reduce(function (all, b) { all.push(b, ' '); return all; }, [])),
           el('td', { class: 'actions' }, actions),
         ]);
-      }), 8, $('f-queues').value ? 'No queue matches the filter.'
+      }), 10, $('f-queues').value ? 'No queue matches the filter.'
         : 'No queues yet. A queue appears when a client sends to or subscribes to /queue/<name>.');
       pager('p-queues', page, refresh);
     });
