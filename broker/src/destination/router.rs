@@ -442,6 +442,27 @@ impl Router {
         }
     }
 
+    /// Refuses, in cluster mode, what a SUBSCRIBE asks of a queue that a queue shared through
+    /// JetStream cannot do.
+    ///
+    /// # Errors
+    /// A selector, priority, exclusive consumer or browser on a JetStream queue.
+    pub fn check_clustered_subscription(
+        &self,
+        destination: &Destination<'_>,
+        asks: crate::cluster::QueueAsks,
+    ) -> Result<(), ClusterError> {
+        self.cluster.as_ref().map_or(Ok(()), |cluster| cluster.check_subscription(destination, asks))
+    }
+
+    /// Refuses, in cluster mode, a SEND inside a transaction to a queue shared through JetStream.
+    ///
+    /// # Errors
+    /// See [`Cluster::check_transaction`].
+    pub fn check_clustered_transaction(&self, destination: &Destination<'_>) -> Result<(), ClusterError> {
+        self.cluster.as_ref().map_or(Ok(()), |cluster| cluster.check_transaction(destination))
+    }
+
     /// This broker's cluster link, in cluster mode.
     pub fn cluster(&self) -> Option<&Arc<Cluster>> {
         self.cluster.as_ref()
@@ -669,6 +690,12 @@ impl Router {
             return queue.clone();
         }
         let creator = owner.as_ref().and_then(|o| o.user.clone());
+        if let Some(cluster) = self.cluster.as_ref().filter(|c| c.queues_on_jetstream()) {
+            // Shared by every node through JetStream: nothing of it is kept in this node's store.
+            let queue = cluster.spawn_queue(&self.vhost, name, self.settings_for(name, true), &self.environment);
+            queues.insert(Arc::from(name), queue.clone());
+            return queue;
+        }
         let is_new = stored.is_none();
         let record = stored.unwrap_or_else(|| self.record(&format!("/queue/{name}"), owner));
         let persistence = self.persistence(record.clone());

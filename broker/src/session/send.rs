@@ -27,6 +27,9 @@ impl Session {
         replies: &mut Vec<Reply>,
     ) -> Result<(), StompError> {
         self.authorize(Operation::Write, &request.destination_value[..])?;
+        if request.transaction.is_some() {
+            self.router.check_clustered_transaction(&request.destination)?;
+        }
         if self.buffer_in_transaction(request.frame, request.transaction)? {
             return Ok(());
         }

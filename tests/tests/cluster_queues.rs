@@ -1,0 +1,277 @@
+//! Cluster mode, queues: `/queue/` destinations on JetStream, shared by Stampede nodes joined to
+//! one nats-server (tests/src/nats.rs starts it; `./tests/run --only setup` installs it).
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use stampede_broker::Config;
+use stampede_client::{AckMode, Client, Headers, Message, SubscribeOptions, Subscription};
+use stampede_tests::nats::{NatsServer, cluster_config, wait_until_ready};
+use stampede_tests::{QUIET, TestBroker, WAIT};
+
+fn body(message: &Message) -> String {
+    String::from_utf8_lossy(&message.body).into_owned()
+}
+
+/// `count` ready nodes joined to `nats`, each configuration changed by `change` first.
+async fn nodes_with(nats: &NatsServer, count: usize, change: impl Fn(&mut Config)) -> Vec<TestBroker> {
+    let mut nodes = Vec::with_capacity(count);
+    for i in 0..count {
+        let mut config = cluster_config(nats, &format!("node-{i}"));
+        change(&mut config);
+        let node = TestBroker::start_with(config).await;
+        wait_until_ready(&node, true).await;
+        nodes.push(node);
+    }
+    nodes
+}
+
+async fn nodes(nats: &NatsServer, count: usize) -> Vec<TestBroker> {
+    nodes_with(nats, count, |_| {}).await
+}
+
+fn client_ack(prefetch: u32) -> SubscribeOptions {
+    SubscribeOptions::new().ack(AckMode::ClientIndividual).prefetch(prefetch)
+}
+
+fn persistent() -> Headers {
+    [("persistent", "true")].into_iter().map(|(n, v)| (n.to_owned(), v.to_owned())).collect()
+}
+
+/// Asserts `subscription` gets nothing for [`QUIET`].
+async fn nothing_more(subscription: &mut Subscription) {
+    if let Ok(extra) = subscription.recv_timeout(QUIET).await {
+        panic!("{}: unexpected {:?}", subscription.destination(), body(&extra));
+    }
+}
+
+#[tokio::test]
+async fn competing_consumers_on_three_nodes_share_one_queue_and_each_message_is_handed_out_once() {
+    let nats = NatsServer::start();
+    let nodes = nodes(&nats, 3).await;
+    let mut consumers: Vec<(Client, Subscription)> = Vec::new();
+    for node in &nodes {
+        let client = node.client().await;
+        let subscription = client.subscribe("/queue/work", client_ack(5)).await.unwrap();
+        consumers.push((client, subscription));
+    }
+    let producer = nodes[0].client().await;
+    let total = 300;
+    for i in 0..total {
+        producer.send_with_receipt("/queue/work", format!("job-{i}"), persistent()).await.unwrap();
+    }
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut per_node = [0usize; 3];
+    let deadline = tokio::time::Instant::now() + WAIT * 4;
+    while seen.len() < total {
+        assert!(tokio::time::Instant::now() < deadline, "got {} of {total}", seen.len());
+        for (node, (client, subscription)) in consumers.iter_mut().enumerate() {
+            while let Ok(message) = subscription.recv_timeout(Duration::from_millis(20)).await {
+                assert!(!message.redelivered, "steady state: nothing is redelivered ({})", body(&message));
+                *seen.entry(body(&message)).or_default() += 1;
+                per_node[node] += 1;
+                client.ack(&message).await.unwrap();
+            }
+        }
+    }
+    for (_, subscription) in &mut consumers {
+        nothing_more(subscription).await;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "handed out more than once: {twice:?}");
+    assert_eq!(seen.len(), total);
+    assert!(per_node.iter().all(|&n| n > 0), "every node's consumer took a share: {per_node:?}");
+}
+
+#[tokio::test]
+async fn a_message_sent_on_node_a_is_consumed_on_node_c_with_its_headers() {
+    let nats = NatsServer::start();
+    let nodes = nodes(&nats, 3).await;
+    let consumer = nodes[2].ws_client().await;
+    let mut subscription = consumer.subscribe("/queue/a.to.c", client_ack(1)).await.unwrap();
+    let producer = nodes[0].client().await;
+    let mut headers = persistent();
+    headers.push("content-type".to_owned(), "application/json".to_owned());
+    headers.push("x-colon".to_owned(), "a:b\nc".to_owned());
+    producer.send_with_receipt("/queue/a.to.c", "{\"from\":\"a\"}", headers).await.unwrap();
+    let message = subscription.recv_timeout(WAIT).await.unwrap();
+    assert_eq!(body(&message), "{\"from\":\"a\"}");
+    assert_eq!(message.destination, "/queue/a.to.c");
+    assert_eq!(message.header("content-type"), Some("application/json"));
+    assert_eq!(message.header("x-colon"), Some("a:b\nc"));
+    assert!(!message.redelivered);
+    consumer.ack(&message).await.unwrap();
+    nothing_more(&mut subscription).await;
+    // Sent before anyone subscribed: kept by JetStream until a consumer on any node comes.
+    producer.send_with_receipt("/queue/later", "kept", persistent()).await.unwrap();
+    let late = nodes[1].client().await;
+    let mut later = late.subscribe("/queue/later", SubscribeOptions::new()).await.unwrap();
+    assert_eq!(body(&later.recv_timeout(WAIT).await.unwrap()), "kept");
+}
+
+#[tokio::test]
+async fn unacked_messages_of_a_closed_connection_are_redelivered_to_a_consumer_on_another_node() {
+    let nats = NatsServer::start();
+    let nodes = nodes(&nats, 3).await;
+    let holder = nodes[0].client().await;
+    let mut held = holder.subscribe("/queue/held", client_ack(5)).await.unwrap();
+    let producer = nodes[1].client().await;
+    for i in 0..5 {
+        producer.send_with_receipt("/queue/held", format!("m{i}"), persistent()).await.unwrap();
+    }
+    let mut first = Vec::new();
+    for _ in 0..5 {
+        first.push(held.recv_timeout(WAIT).await.unwrap());
+    }
+    let other = nodes[2].client().await;
+    let mut waiting = other.subscribe("/queue/held", client_ack(10)).await.unwrap();
+    nothing_more(&mut waiting).await;
+    // Closed without acking (no DISCONNECT: the socket just goes).
+    drop(held);
+    drop(holder);
+    let mut again = BTreeSet::new();
+    for _ in 0..5 {
+        let message = waiting.recv_timeout(WAIT).await.expect("redelivered on the other node");
+        assert!(message.redelivered, "{} is marked redelivered", body(&message));
+        let id = first.iter().find(|m| body(m) == body(&message)).expect("one of the held ones").message_id.clone();
+        assert_eq!(message.message_id, id, "the same message-id as before");
+        again.insert(body(&message));
+        other.ack(&message).await.unwrap();
+    }
+    assert_eq!(again.len(), 5);
+    nothing_more(&mut waiting).await;
+}
+
+#[tokio::test]
+async fn nack_redelivers_across_nodes_then_dead_letters_at_max_deliveries() {
+    let nats = NatsServer::start();
+    let nodes = nodes_with(&nats, 3, |config| config.max_deliveries = 3).await;
+    let (a, b) = (nodes[0].client().await, nodes[1].client().await);
+    let mut on_a = a.subscribe("/queue/poison", client_ack(1)).await.unwrap();
+    let mut on_b = b.subscribe("/queue/poison", client_ack(1)).await.unwrap();
+    let producer = nodes[2].client().await;
+    producer.send_with_receipt("/queue/poison", "bad", persistent()).await.unwrap();
+    let mut deliveries = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    while deliveries.len() < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "deliveries so far: {deliveries:?}");
+        for (client, subscription) in [(&a, &mut on_a), (&b, &mut on_b)] {
+            if let Ok(message) = subscription.recv_timeout(Duration::from_millis(50)).await {
+                deliveries.push(message.redelivered);
+                client.nack(&message).await.unwrap();
+            }
+        }
+    }
+    assert_eq!(deliveries, [false, true, true], "first delivery, then two redeliveries");
+    nothing_more(&mut on_a).await;
+    nothing_more(&mut on_b).await;
+    let dlq = nodes[2].client().await;
+    let mut dead = dlq.subscribe("/queue/DLQ.poison", SubscribeOptions::new()).await.unwrap();
+    let message = dead.recv_timeout(WAIT).await.expect("in the dead-letter queue");
+    assert_eq!(body(&message), "bad");
+    assert_eq!(message.destination, "/queue/DLQ.poison");
+    assert_eq!(message.header("x-original-destination"), Some("/queue/poison"));
+    assert_eq!(message.header("x-dead-letter-reason"), Some("delivery-limit"));
+    nothing_more(&mut dead).await;
+}
+
+#[tokio::test]
+async fn a_queue_send_while_nats_is_down_gets_an_error_never_a_receipt() {
+    let mut nats = NatsServer::start();
+    let nodes = nodes(&nats, 2).await;
+    let consumer = nodes[1].client().await;
+    let mut subscription = consumer.subscribe("/queue/outage", SubscribeOptions::new()).await.unwrap();
+    nats.stop();
+    wait_until_ready(&nodes[0], false).await;
+    let sender = nodes[0].client().await;
+    let error = sender.send_with_receipt("/queue/outage", "lost?", persistent()).await.unwrap_err();
+    let error = error.server_error().expect("an ERROR frame, not a RECEIPT").clone();
+    assert_eq!(error.message, "cluster engine unavailable");
+
+    nats.restart();
+    for node in &nodes {
+        wait_until_ready(node, true).await;
+    }
+    let sender = nodes[0].client().await;
+    sender.send_with_receipt("/queue/outage", "after", persistent()).await.unwrap();
+    // The consumer kept its subscription through the outage.
+    assert_eq!(body(&subscription.recv_timeout(WAIT * 2).await.unwrap()), "after");
+    nothing_more(&mut subscription).await;
+}
+
+#[tokio::test]
+async fn a_receipt_for_a_queue_send_means_jetstream_has_the_message() {
+    let mut nats = NatsServer::start();
+    let nodes = nodes(&nats, 2).await;
+    let producer = nodes[0].client().await;
+    for i in 0..20 {
+        producer.send_with_receipt("/queue/stored", format!("s{i}"), persistent()).await.unwrap();
+    }
+    // No consumer took them; kill -9 the engine and start it again on the same store.
+    nats.stop();
+    nats.restart();
+    for node in &nodes {
+        wait_until_ready(node, true).await;
+    }
+    let consumer = nodes[1].client().await;
+    let mut subscription = consumer.subscribe("/queue/stored", client_ack(50)).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        let message = subscription.recv_timeout(WAIT).await.expect("every receipted message is there");
+        got.push(body(&message));
+        consumer.ack(&message).await.unwrap();
+    }
+    assert_eq!(got, (0..20).map(|i| format!("s{i}")).collect::<Vec<_>>(), "in order");
+}
+
+#[tokio::test]
+async fn an_expired_queue_message_is_never_delivered_on_any_node() {
+    let nats = NatsServer::start();
+    let nodes = nodes(&nats, 2).await;
+    let producer = nodes[0].client().await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let mut headers = persistent();
+    headers.push("expires".to_owned(), (now + 300).to_string());
+    producer.send_with_receipt("/queue/ttl", "stale", headers).await.unwrap();
+    producer.send_with_receipt("/queue/ttl", "fresh", persistent()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let consumer = nodes[1].client().await;
+    let mut subscription = consumer.subscribe("/queue/ttl", SubscribeOptions::new()).await.unwrap();
+    assert_eq!(body(&subscription.recv_timeout(WAIT).await.unwrap()), "fresh");
+    nothing_more(&mut subscription).await;
+}
+
+#[tokio::test]
+async fn queue_features_that_need_one_node_get_an_error_saying_they_are_single_node_only() {
+    let nats = NatsServer::start();
+    let nodes = nodes(&nats, 1).await;
+    let node = &nodes[0];
+    let asks = [
+        SubscribeOptions::new().header("selector", "region = 'eu'"),
+        SubscribeOptions::new().header("x-priority", "5"),
+        SubscribeOptions::new().header("x-exclusive", "true"),
+        SubscribeOptions::new().header("browser", "true"),
+    ];
+    for options in asks {
+        let client = node.client().await;
+        let error = client.subscribe("/queue/features", options).await.unwrap_err();
+        let error = error.server_error().expect("an ERROR frame").clone();
+        assert!(error.message.ends_with("is single-node only for now"), "{}", error.message);
+        assert!(error.body_text().contains("JetStream"), "{}", error.body_text());
+    }
+    let client = node.client().await;
+    let transaction = client.begin().await.unwrap();
+    let error = transaction.send("/queue/features", "x", Headers::new()).await;
+    let closed = match error {
+        Err(error) => error.server_error().cloned(),
+        Ok(()) => tokio::time::timeout(WAIT, client.closed()).await.expect("told").server_error().cloned(),
+    };
+    let message = closed.expect("an ERROR frame").message;
+    assert_eq!(message, "a SEND to a queue inside a transaction is single-node only for now");
+    for destination in ["/amq/queue/features", "/temp-queue/replies"] {
+        let client = node.client().await;
+        let error = client.send_with_receipt(destination, "x", Headers::new()).await.unwrap_err();
+        let message = error.server_error().expect("an ERROR frame").message.clone();
+        assert!(message.contains("single-node only") || message.contains("not clustered yet"), "{message}");
+    }
+}
