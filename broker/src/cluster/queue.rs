@@ -57,6 +57,8 @@ use crate::http::metrics::DeadLetterReason;
 
 /// Longest one pull request waits on the server for messages before the node asks again.
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
+/// How often an outstanding pull checks that its connection is still the one it was made on.
+const RECONNECT_CHECK: Duration = Duration::from_millis(250);
 /// How long a node waits before retrying after the engine refused or did not answer.
 const RETRY: Duration = Duration::from_millis(250);
 /// Most acknowledgements outstanding on one queue's consumer, over every node (a bound for
@@ -120,6 +122,8 @@ pub(crate) fn spawn(
         batch: None,
         requested: 0,
         retry_at: None,
+        pull_epoch: 0,
+        pull_deadline: tokio::time::Instant::now(),
     };
     environment.tasks.spawn(actor.run());
     handle
@@ -149,12 +153,20 @@ struct JetStreamQueue {
     requested: usize,
     /// After a failure, no new pull before this.
     retry_at: Option<tokio::time::Instant>,
+    /// The connection the outstanding pull was made on: a pull request does not survive a
+    /// reconnect (or an engine restart), so a newer connection ends it.
+    pull_epoch: u64,
+    /// When the outstanding pull is over for sure: the server ends it at [`PULL_EXPIRES`]; a
+    /// pull the server never got (sent while JetStream was still starting) ends here.
+    pull_deadline: tokio::time::Instant,
 }
 
 impl JetStreamQueue {
     async fn run(mut self) {
         let mut progress = tokio::time::interval(self.cluster.ack_wait / 3);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reconnects = tokio::time::interval(RECONNECT_CHECK);
+        reconnects.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut settlements = Vec::new();
         loop {
             self.pull().await;
@@ -187,6 +199,13 @@ impl JetStreamQueue {
                     None => self.end_pull(false),
                 },
                 _ = progress.tick() => self.keep_alive().await,
+                _ = reconnects.tick() => {
+                    let stale = self.cluster.epoch() != self.pull_epoch
+                        || tokio::time::Instant::now() > self.pull_deadline;
+                    if self.batch.is_some() && stale {
+                        self.end_pull(false);
+                    }
+                }
                 () = retry_after(self.retry_at) => {}
             }
             self.dispatch().await;
@@ -238,12 +257,15 @@ impl JetStreamQueue {
         }
         let Some(consumer) = &self.consumer else { return };
         let wanted = self.wanted();
+        self.pull_epoch = self.cluster.epoch();
+        self.pull_deadline = tokio::time::Instant::now() + PULL_EXPIRES + Duration::from_secs(1);
         match consumer.batch().max_messages(wanted).expires(PULL_EXPIRES).messages().await {
             Ok(batch) => {
                 self.batch = Some(batch);
                 self.requested = wanted;
             }
             Err(error) => {
+                debug!(queue = %self.name, "cluster: pull request failed: {error}");
                 // The consumer may be gone (deleted by hand): bind it again next time.
                 self.consumer = None;
                 self.retry_at = Some(tokio::time::Instant::now() + RETRY);
