@@ -275,3 +275,112 @@ async fn queue_features_that_need_one_node_get_an_error_saying_they_are_single_n
         assert!(message.contains("single-node only") || message.contains("not clustered yet"), "{message}");
     }
 }
+
+/// A node as the real binary joined to `nats`, ready (connected to the engine).
+async fn node_binary(nats: &NatsServer, name: &str, dir: &std::path::Path) -> stampede_tests::process::BrokerProcess {
+    let mut command = stampede_tests::process::BrokerProcess::command(&dir.join(name));
+    command
+        .env("STAMPEDE_METRICS_PUBLIC", "true")
+        .env("STAMPEDE_CLUSTER__NATS_URLS", nats.url())
+        .env("STAMPEDE_CLUSTER__NODE_NAME", name)
+        .env("STAMPEDE_CLUSTER__ACK_WAIT_MS", "2000");
+    let node = stampede_tests::process::BrokerProcess::spawn(command).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while node.get("/readyz").await.0 != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "{name} not ready:\n{}", node.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node
+}
+
+#[tokio::test]
+async fn kill_9_of_a_node_under_persistent_load_loses_no_receipted_message() {
+    use std::sync::{Arc, Mutex};
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let survivors = [node_binary(&nats, "a", dir.path()).await, node_binary(&nats, "b", dir.path()).await];
+    let victim = node_binary(&nats, "c", dir.path()).await;
+    // A consumer on the victim that acks every other message and holds the rest when it dies.
+    let victim_consumer = stampede_tests::process::connect(&victim.url()).await;
+    let mut held = victim_consumer.subscribe("/queue/crash", client_ack(20)).await.unwrap();
+    let acked_by_victim: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let acking = {
+        let acked = Arc::clone(&acked_by_victim);
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while let Ok(message) = held.recv_timeout(WAIT).await {
+                n += 1;
+                if n % 2 == 0 && victim_consumer.ack_with_receipt(&message).await.is_ok() {
+                    acked.lock().unwrap().insert(body(&message));
+                }
+            }
+        })
+    };
+    let receipted: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let urls = [survivors[0].url(), survivors[1].url(), victim.url(), survivors[0].url()];
+    let mut producers = Vec::new();
+    for (p, url) in urls.into_iter().enumerate() {
+        let (receipted, stop) = (Arc::clone(&receipted), Arc::clone(&stop));
+        producers.push(tokio::spawn(async move {
+            let client = stampede_tests::process::connect(&url).await;
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let text = format!("p{p}-{i}");
+                match client.send_with_receipt("/queue/crash", text.clone(), persistent()).await {
+                    Ok(_) => receipted.lock().unwrap().insert(text),
+                    Err(_) => break, // its node died
+                };
+                i += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    victim.kill9().await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    let _ = acking.await;
+    let receipted = receipted.lock().unwrap().clone();
+    let acked_by_victim = acked_by_victim.lock().unwrap().clone();
+    assert!(receipted.len() > 100, "the producers sent little: {}", receipted.len());
+
+    // Drain through the survivors.
+    let mut drains = Vec::new();
+    for node in &survivors {
+        let client = stampede_tests::process::connect(&node.url()).await;
+        let subscription = client.subscribe("/queue/crash", client_ack(100)).await.unwrap();
+        drains.push((client, subscription));
+    }
+    let mut seen: HashMap<String, Vec<bool>> = HashMap::new();
+    let missing = |seen: &HashMap<String, Vec<bool>>| {
+        receipted.iter().filter(|m| !seen.contains_key(*m) && !acked_by_victim.contains(*m)).count()
+    };
+    // The victim's held messages come back once their ack wait (2 s) runs out.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while missing(&seen) > 0 && tokio::time::Instant::now() < deadline {
+        for (client, subscription) in &mut drains {
+            while let Ok(message) = subscription.recv_timeout(Duration::from_millis(50)).await {
+                seen.entry(body(&message)).or_default().push(message.redelivered);
+                client.ack(&message).await.unwrap();
+            }
+        }
+    }
+    let lost: Vec<&String> =
+        receipted.iter().filter(|m| !seen.contains_key(*m) && !acked_by_victim.contains(*m)).take(10).collect();
+    assert!(lost.is_empty(), "{} of {} receipted messages lost, e.g. {lost:?}", missing(&seen), receipted.len());
+    let plain_duplicates: Vec<_> = seen
+        .iter()
+        .filter(|(_, deliveries)| deliveries.iter().filter(|redelivered| !**redelivered).count() > 1)
+        .collect();
+    assert!(plain_duplicates.is_empty(), "duplicates not marked redelivered: {plain_duplicates:?}");
+    eprintln!(
+        "kill -9 under load: {} receipted, {} acked on the victim before it died, {} drained through the survivors, {} of them redelivered, 0 lost",
+        receipted.len(),
+        acked_by_victim.len(),
+        seen.len(),
+        seen.values().filter(|d| d.iter().any(|r| *r)).count()
+    );
+}

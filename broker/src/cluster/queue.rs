@@ -49,7 +49,8 @@ use tracing::{debug, warn};
 use super::{Cluster, ClusterError, wire};
 use crate::destination::outbox::{Delivery, QueueDelivery};
 use crate::destination::queue::{
-    ActorEnds, Command, Consumer, ExpiredPolicy, Outcome, QueueEnvironment, QueueHandle, QueueSettings, now_ms,
+    ActorEnds, Command, Consumer, ExpiredPolicy, Outcome, QueueEnvironment, QueueHandle, QueueSettings, Settlement,
+    now_ms,
 };
 use crate::destination::router::TopicMessage;
 use crate::error::StompError;
@@ -171,21 +172,24 @@ impl JetStreamQueue {
         loop {
             self.pull().await;
             tokio::select! {
-                command = self.ends.inbox.recv() => match command {
-                    None => break,
-                    Some(Command::Shutdown { forget: _, done }) => {
+                command = self.ends.inbox.recv() => {
+                    let Some(command) = command else { break };
+                    // Settlements sent before this command are applied first (a session sends
+                    // its ACK before its UNSUBSCRIBE), so an acked message is never handed back
+                    // for want of ordering.
+                    while let Ok(settlement) = self.ends.settlements.try_recv() {
+                        settlements.push(settlement);
+                    }
+                    self.settle_all(&mut settlements).await;
+                    if let Command::Shutdown { forget: _, done } = command {
                         self.release_all().await;
                         let _ = done.send(());
                         break;
                     }
-                    Some(command) => self.handle(command).await,
-                },
+                    self.handle(command).await;
+                }
                 _ = self.ends.settlements.recv_many(&mut settlements, 256) => {
-                    for (consumer, ids, outcome) in std::mem::take(&mut settlements) {
-                        for id in ids {
-                            self.settle(consumer, id, outcome).await;
-                        }
-                    }
+                    self.settle_all(&mut settlements).await;
                 }
                 next = next_of(&mut self.batch) => match next {
                     Some(Ok(message)) => {
@@ -432,6 +436,14 @@ impl JetStreamQueue {
             }
             let consumer = local.consumer.id;
             self.unacked.insert(held.seq, (consumer, held));
+        }
+    }
+
+    async fn settle_all(&mut self, settlements: &mut Vec<Settlement>) {
+        for (consumer, ids, outcome) in std::mem::take(settlements) {
+            for id in ids {
+                self.settle(consumer, id, outcome).await;
+            }
         }
     }
 
