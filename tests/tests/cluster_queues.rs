@@ -310,7 +310,7 @@ async fn kill_9_of_a_node_under_persistent_load_loses_no_receipted_message() {
             let mut n = 0u64;
             while let Ok(message) = held.recv_timeout(WAIT).await {
                 n += 1;
-                if n % 2 == 0 && victim_consumer.ack_with_receipt(&message).await.is_ok() {
+                if n.is_multiple_of(2) && victim_consumer.ack_with_receipt(&message).await.is_ok() {
                     acked.lock().unwrap().insert(body(&message));
                 }
             }
