@@ -384,3 +384,30 @@ async fn kill_9_of_a_node_under_persistent_load_loses_no_receipted_message() {
         seen.values().filter(|d| d.iter().any(|r| *r)).count()
     );
 }
+
+#[tokio::test]
+async fn a_node_shut_down_gracefully_hands_its_clients_unacked_messages_to_another_node_at_once() {
+    let nats = NatsServer::start();
+    let mut nodes = nodes(&nats, 2).await;
+    let holder = nodes[0].client().await;
+    let mut held = holder.subscribe("/queue/handover", client_ack(3)).await.unwrap();
+    let producer = nodes[1].client().await;
+    for i in 0..3 {
+        producer.send_with_receipt("/queue/handover", format!("h{i}"), persistent()).await.unwrap();
+    }
+    for _ in 0..3 {
+        held.recv_timeout(WAIT).await.unwrap();
+    }
+    let other = nodes[1].client().await;
+    let mut waiting = other.subscribe("/queue/handover", client_ack(10)).await.unwrap();
+    nothing_more(&mut waiting).await;
+    // ack_wait_ms is 30 s: only the node giving them back makes them arrive within WAIT.
+    nodes.remove(0).broker.shutdown(WAIT).await;
+    let mut again = BTreeSet::new();
+    for _ in 0..3 {
+        let message = waiting.recv_timeout(WAIT).await.expect("handed over at once");
+        assert!(message.redelivered);
+        again.insert(body(&message));
+    }
+    assert_eq!(again.len(), 3);
+}
