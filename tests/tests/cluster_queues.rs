@@ -268,12 +268,10 @@ async fn queue_features_that_need_one_node_get_an_error_saying_they_are_single_n
     };
     let message = closed.expect("an ERROR frame").message;
     assert_eq!(message, "a SEND to a queue inside a transaction is single-node only for now");
-    for destination in ["/amq/queue/features", "/temp-queue/replies"] {
-        let client = node.client().await;
-        let error = client.send_with_receipt(destination, "x", Headers::new()).await.unwrap_err();
-        let message = error.server_error().expect("an ERROR frame").message.clone();
-        assert!(message.contains("single-node only") || message.contains("not clustered yet"), "{message}");
-    }
+    let client = node.client().await;
+    let error = client.send_with_receipt("/amq/queue/features", "x", Headers::new()).await.unwrap_err();
+    let message = error.server_error().expect("an ERROR frame").message.clone();
+    assert!(message.contains("single-node only"), "{message}");
 }
 
 /// A node as the real binary joined to `nats`, ready (connected to the engine).
@@ -410,4 +408,27 @@ async fn a_node_shut_down_gracefully_hands_its_clients_unacked_messages_to_anoth
         again.insert(body(&message));
     }
     assert_eq!(again.len(), 3);
+}
+
+#[tokio::test]
+async fn temp_queue_request_reply_works_when_requester_and_replier_are_on_different_nodes() {
+    let nats = NatsServer::start();
+    let nodes = nodes(&nats, 3).await;
+    let (requester, responder) = (nodes[0].client().await, nodes[2].client().await);
+    let mut requests = responder.subscribe("/queue/rpc", SubscribeOptions::new()).await.unwrap();
+    let mut unrouted = requester.take_unrouted().expect("unrouted frames");
+    let reply_to: Headers =
+        [("reply-to", "/temp-queue/replies")].into_iter().map(|(n, v)| (n.to_owned(), v.to_owned())).collect();
+    for i in 0..3 {
+        requester.send_with_receipt("/queue/rpc", format!("ping-{i}"), reply_to.clone()).await.unwrap();
+        let request = requests.recv_timeout(WAIT).await.unwrap();
+        let to = request.header("reply-to").unwrap().to_owned();
+        assert!(to.starts_with("/reply-queue/node-0-"), "names the requester's node instance: {to}");
+        responder.send_with_receipt(&to, format!("pong-{i}"), Headers::new()).await.unwrap();
+        let frame = unrouted.recv_timeout(WAIT).await.unwrap().expect("the reply, from node 2");
+        assert_eq!(frame.header("subscription"), Some("/temp-queue/replies"));
+        assert_eq!(frame.body.as_ref(), format!("pong-{i}").as_bytes());
+    }
+    // A reply queue nobody holds any more: the reply is dropped, as on one node.
+    responder.send_with_receipt("/reply-queue/node-9-gone.reply-1-x", "late", Headers::new()).await.unwrap();
 }

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "kebab-case")]
 pub enum QueueMode {
     /// Queues live in JetStream, shared by every node: consumers on different nodes compete
-    /// for one queue (see [`crate::cluster::queue`]). Temporary queues are refused.
+    /// for one queue (see [`crate::cluster::queue`]). A temporary queue stays on its
+    /// connection's node and gets replies sent on other nodes over core NATS.
     #[default]
     Jetstream,
     /// SEND and SUBSCRIBE to any queue get an ERROR saying queues are not clustered.

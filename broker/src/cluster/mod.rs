@@ -30,8 +30,10 @@
 //! # Queues
 //! `/queue/` destinations live in JetStream ([`queue`]), shared by every node; what a queue
 //! cannot keep across nodes (selectors, priority, exclusive consumers, browsing, transactional
-//! SENDs) is refused with an ERROR saying it is single-node only. Durable subscriptions stay
-//! node-local and temporary queues are refused (see [`QueueMode`]).
+//! SENDs) is refused with an ERROR saying it is single-node only. A temporary queue lives on its
+//! connection's node, named with the node's instance id; a reply sent to it on another node
+//! travels as a topic message on a name no client can use ([`reply_topic`]), at most once like
+//! the temporary queue itself. Durable subscriptions stay node-local (see [`QueueMode`]).
 //!
 //! # Lock order
 //! The interest table ([`Cluster::interest`]) is taken after the router's tables are released,
@@ -335,7 +337,9 @@ impl Cluster {
     pub fn check_destination(&self, destination: &Destination<'_>) -> Result<(), ClusterError> {
         match (self.queues, destination) {
             (_, Destination::Topic(_)) | (QueueMode::NodeLocal, _) => Ok(()),
-            (QueueMode::Jetstream, Destination::Queue(_)) => self.check_available(),
+            (QueueMode::Jetstream, Destination::Queue(_) | Destination::TempQueue(_) | Destination::ReplyQueue(_)) => {
+                self.check_available()
+            }
             (QueueMode::Jetstream, Destination::ExistingQueue(_)) => Err(ClusterError::SingleNodeOnly {
                 feature: "/amq/queue/ (a queue that must already exist)",
                 why: "A node cannot tell whether a queue exists on another node without asking the engine; use /queue/, which every node shares.",
@@ -577,6 +581,15 @@ impl Cluster {
     pub fn interest_count(&self) -> usize {
         self.interest.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
+}
+
+/// The topic name under which temporary queue `name` (already unique across nodes) gets the
+/// replies other nodes send it: one word, its dots and wildcards escaped, after a control
+/// character no client destination can hold (so no client can subscribe or publish it).
+pub fn reply_topic(name: &str) -> String {
+    let mut topic = String::from("\u{1}reply.");
+    subject::encode_token(name, &mut topic);
+    topic
 }
 
 /// What a SUBSCRIBE to a queue asks for beyond plain consumption.

@@ -82,7 +82,8 @@ impl Session {
             Destination::ReplyQueue(name) => match self.router.reply_queue(name) {
                 Some(queue) => queue,
                 None => {
-                    debug!(destination = %destination_value, "reply queue gone; message dropped");
+                    debug!(destination = %destination_value, "reply queue not on this node");
+                    self.router.publish_remote_reply(name, &template, message).await?;
                     return Ok(id);
                 }
             },
@@ -125,6 +126,7 @@ impl Session {
                     Destination::parse(value).map_err(destination_error)?;
                     let name = &value["/temp-queue/".len()..];
                     let queue = self.temp_queue(name).await?;
+                    self.router.confirm_reply_interest().await?;
                     headers.push(ByteString::from_static(names::REPLY_TO), format!("/reply-queue/{}", queue.name()));
                 }
                 _ => headers.push(name.clone(), value.clone()),
