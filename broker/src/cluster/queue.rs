@@ -29,7 +29,7 @@
 //!   worst a crash in between leaves it in both: at least once, never lost). A message that
 //!   comes back past the limit (its node died while holding it) is moved the same way.
 //! - `expires`/`expiration`/default TTL travel with the message; an expired one is dropped (or
-//!   dead-lettered, per `queue_expired`) when fetched, never delivered.
+//!   dead-lettered, per `expired_messages`) when fetched, never delivered.
 //! - Not kept (refused with an ERROR by [`super::Cluster::check_subscription`] and
 //!   [`super::Cluster::check_transaction`]): selectors, priority, exclusive consumers and
 //!   browsing, which need the whole queue in one place, and SENDs in transactions (no atomic
