@@ -135,6 +135,10 @@ enum Scenario {
         /// Rate per producer in messages/s (default: unpaced).
         #[arg(long)]
         rate: Option<f64>,
+        /// Spread the consumers round-robin over these brokers (comma-separated URLs, e.g.
+        /// the nodes of a cluster); the producers stay on --url [default: all on --url].
+        #[arg(long, value_delimiter = ',')]
+        consumer_urls: Vec<String>,
     },
     /// Paced 1 -> 1 topic publish for latency.
     Latency {
@@ -230,7 +234,18 @@ fn main() {
                 fanout::run(&c, "fanout", subscribers, size, rate, in_flight_bytes, &subscriber_urls).await
             }
             Scenario::Latency { rate, size } => fanout::run(&c, "latency", 1, size, Some(rate), 256 << 10, &[]).await,
-            Scenario::Queue { producers, consumers, persistent, receipts, window, ack, prefetch, size, rate } => {
+            Scenario::Queue {
+                producers,
+                consumers,
+                persistent,
+                receipts,
+                window,
+                ack,
+                prefetch,
+                size,
+                rate,
+                consumer_urls,
+            } => {
                 queue::run(
                     &c,
                     queue::Params {
@@ -243,6 +258,7 @@ fn main() {
                         prefetch,
                         size,
                         rate,
+                        consumer_urls,
                     },
                 )
                 .await

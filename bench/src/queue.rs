@@ -30,6 +30,8 @@ pub struct Params {
     pub prefetch: u32,
     pub size: usize,
     pub rate: Option<f64>,
+    /// Where the consumers connect, round-robin (empty: where the producers do).
+    pub consumer_urls: Vec<String>,
 }
 
 /// One bit per sequence number of one producer.
@@ -275,9 +277,19 @@ pub async fn run(c: &Common, p: Params) -> Result<(), String> {
     }
     let cap = c.messages.min(200_000_000);
 
+    let mut targets = Vec::new();
+    for url in &p.consumer_urls {
+        let target = crate::net::Target::parse(url)?;
+        let target_addr = target.resolve().await?;
+        targets.push((crate::net::ConnSettings { target, ..settings.clone() }, target_addr));
+    }
+    if targets.is_empty() {
+        targets.push((settings.clone(), addr));
+    }
     let mut consumers = Vec::new();
     for i in 0..p.consumers {
-        let mut s = Session::open(&settings, addr).await.map_err(|e| format!("consumer: {e}"))?;
+        let (consumer_settings, consumer_addr) = &targets[i % targets.len()];
+        let mut s = Session::open(consumer_settings, *consumer_addr).await.map_err(|e| format!("consumer: {e}"))?;
         s.subscribe(&i.to_string(), &destination, &ack_mode, &extra)
             .await
             .map_err(|e| format!("consumer subscribe: {e}"))?;

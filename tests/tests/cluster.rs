@@ -306,9 +306,11 @@ async fn a_message_larger_than_nats_takes_is_refused_on_every_node_naming_max_pa
 }
 
 #[tokio::test]
-async fn queue_destinations_are_refused_in_cluster_mode_unless_configured_node_local() {
+async fn queue_destinations_are_refused_in_cluster_mode_when_configured_so_or_node_local() {
     let nats = NatsServer::start();
-    let node = TestBroker::start_with(cluster_config(&nats, "q")).await;
+    let mut config = cluster_config(&nats, "q");
+    config.cluster.as_mut().unwrap().queues = stampede_broker::cluster::QueueMode::Refuse;
+    let node = TestBroker::start_with(config).await;
     wait_until_ready(&node, true).await;
     for destination in ["/queue/jobs", "/temp-queue/replies"] {
         let client = node.client().await;

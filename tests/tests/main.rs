@@ -8,6 +8,7 @@ mod cli;
 mod client_examples;
 mod client_features;
 mod cluster;
+mod cluster_queues;
 mod connection_faults;
 mod crash;
 mod damaged_store;

@@ -9,14 +9,16 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-/// What a `/queue/`, `/temp-queue/` or `/reply-queue/` destination does in cluster mode, where
-/// queues are not yet shared between nodes.
+/// What a `/queue/` destination does in cluster mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum QueueMode {
-    /// SEND and SUBSCRIBE get an ERROR saying queues are not clustered yet: a producer on one
-    /// node and a consumer on another would otherwise never meet, without a word.
+    /// Queues live in JetStream, shared by every node: consumers on different nodes compete
+    /// for one queue (see [`crate::cluster::queue`]). A temporary queue stays on its
+    /// connection's node and gets replies sent on other nodes over core NATS.
     #[default]
+    Jetstream,
+    /// SEND and SUBSCRIBE to any queue get an ERROR saying queues are not clustered.
     Refuse,
     /// Queues work as on a single node, each node with its own (a consumer sees only what was
     /// sent through its own node).
@@ -66,8 +68,14 @@ pub struct ClusterConfig {
     /// First tokens of every NATS subject this cluster uses; clusters sharing one NATS
     /// account need different prefixes.
     pub subject_prefix: String,
-    /// `refuse` or `node-local`: what queue destinations do until queues are clustered.
+    /// `jetstream`, `refuse` or `node-local`: what queue destinations do.
     pub queues: QueueMode,
+    /// How long JetStream waits for a delivered queue message's ACK before it hands the
+    /// message to another node, in ms. A node keeps the messages its clients hold alive (it
+    /// tells JetStream they are in progress), so this is how soon a dead node's messages move.
+    pub ack_wait_ms: u64,
+    /// How long a NACKed queue message waits before JetStream delivers it again, in ms.
+    pub redelivery_delay_ms: u64,
     /// Longest a SUBSCRIBE waits for the NATS server to confirm this node's interest, in ms;
     /// past it the client gets an ERROR `cluster engine unavailable`.
     pub confirm_timeout_ms: u64,
@@ -88,8 +96,10 @@ impl Default for ClusterConfig {
             node_name: None,
             stream_replicas: 1,
             subject_prefix: "stampede".to_owned(),
-            queues: QueueMode::Refuse,
+            queues: QueueMode::Jetstream,
             confirm_timeout_ms: 5000,
+            ack_wait_ms: 30_000,
+            redelivery_delay_ms: 0,
         }
     }
 }
@@ -169,6 +179,12 @@ impl ClusterConfig {
             {
                 return Err(format!("cluster.{key} {}: {error}", path.display()));
             }
+        }
+        if self.ack_wait_ms < 1000 {
+            return Err(format!(
+                "cluster.ack_wait_ms must be at least 1000, not {}: the node renews its clients' messages every third of it",
+                self.ack_wait_ms
+            ));
         }
         if self.confirm_timeout_ms == 0 {
             return Err("cluster.confirm_timeout_ms must be above 0".to_owned());

@@ -27,15 +27,20 @@
 //! NATS would otherwise buffer or drop it without a word. Existing subscriptions stay, and
 //! deliver again once the engine is back, without the clients doing anything.
 //!
-//! # Not clustered yet
-//! Queues, durable subscriptions and temporary queues are node-local or refused (see
-//! [`QueueMode`]): JetStream streams for them come next.
+//! # Queues
+//! `/queue/` destinations live in JetStream ([`queue`]), shared by every node; what a queue
+//! cannot keep across nodes (selectors, priority, exclusive consumers, browsing, transactional
+//! SENDs) is refused with an ERROR saying it is single-node only. A temporary queue lives on its
+//! connection's node, named with the node's instance id; a reply sent to it on another node
+//! travels as a topic message on a name no client can use ([`reply_topic`]), at most once like
+//! the temporary queue itself. Durable subscriptions stay node-local (see [`QueueMode`]).
 //!
 //! # Lock order
 //! The interest table ([`Cluster::interest`]) is taken after the router's tables are released,
 //! and holds at most one interest's [`Topic`] lock inside it.
 
 pub mod config;
+pub mod queue;
 pub mod subject;
 pub mod wire;
 
@@ -86,6 +91,14 @@ pub enum ClusterError {
     /// A destination kind that is not clustered yet.
     #[error("{0} destinations are not clustered yet")]
     NotClustered(&'static str),
+    /// A queue feature that needs the whole queue on one node.
+    #[error("{feature} is single-node only for now")]
+    SingleNodeOnly {
+        /// What was asked for.
+        feature: &'static str,
+        /// Why a clustered queue cannot do it.
+        why: &'static str,
+    },
     /// The client could not be set up (credentials file, certificates).
     #[error("cluster: {0}")]
     Setup(String),
@@ -112,6 +125,12 @@ impl From<ClusterError> for StompError {
                 format!("{kind} destinations are not clustered yet"),
                 format!(
                     "This broker runs in cluster mode, where only /topic/ destinations are shared between nodes so far; a {kind} destination would live on one node only, so producers and consumers on different nodes would never meet. Use a topic, or set [cluster] queues = \"node-local\" to use node-local queues knowingly."
+                ),
+            ),
+            ClusterError::SingleNodeOnly { feature, why } => StompError::new(
+                format!("{feature} is single-node only for now"),
+                format!(
+                    "This broker runs in cluster mode, where queues live in JetStream and are shared by every node. {why} Nothing was done; use a single-node broker (or [cluster] queues = \"node-local\") for this."
                 ),
             ),
             ClusterError::Setup(why) => StompError::of_kind(ErrorKind::Internal, "cluster engine unavailable", why),
@@ -148,6 +167,16 @@ pub struct Cluster {
     urls: String,
     queues: QueueMode,
     confirm_timeout: Duration,
+    /// JetStream, for queues.
+    jetstream: async_nats::jetstream::Context,
+    /// Replicas of the streams this node creates.
+    replicas: usize,
+    /// `ack_wait_ms`.
+    ack_wait: Duration,
+    /// `redelivery_delay_ms`.
+    redelivery_delay: Duration,
+    /// The queue streams this node knows exist.
+    streams: tokio::sync::Mutex<std::collections::HashSet<String>>,
     /// Every pattern local subscribers hold now.
     interest: Mutex<HashMap<InterestKey, Arc<Interest>>>,
     /// Moves with every change of `interest`.
@@ -228,7 +257,14 @@ impl Cluster {
             .map(|url| url.parse().map_err(|e| ClusterError::Setup(format!("nats_urls {url:?}: {e}"))))
             .collect::<Result<_, _>>()?;
         let client = options.connect(addrs).await.map_err(|e| ClusterError::Setup(format!("NATS client: {e}")))?;
+        let mut jetstream = async_nats::jetstream::new(client.clone());
+        jetstream.set_timeout(Duration::from_millis(config.confirm_timeout_ms));
         let cluster = Arc::new(Cluster {
+            jetstream,
+            replicas: usize::from(config.stream_replicas),
+            ack_wait: Duration::from_millis(config.ack_wait_ms),
+            redelivery_delay: Duration::from_millis(config.redelivery_delay_ms),
+            streams: tokio::sync::Mutex::new(std::collections::HashSet::new()),
             client,
             subjects: Subjects::new(&config.subject_prefix),
             instance,
@@ -292,21 +328,164 @@ impl Cluster {
         }
     }
 
-    /// Refuses destinations that are not clustered, as `[cluster] queues` says.
+    /// Refuses destinations that are not clustered, as `[cluster] queues` says, and queue
+    /// operations while the engine is away.
     ///
     /// # Errors
-    /// [`ClusterError::NotClustered`] for queue destinations under [`QueueMode::Refuse`].
+    /// [`ClusterError::NotClustered`] for queue destinations that are not shared;
+    /// [`ClusterError::Unavailable`] for a JetStream queue while not connected.
     pub fn check_destination(&self, destination: &Destination<'_>) -> Result<(), ClusterError> {
-        if self.queues == QueueMode::NodeLocal {
+        match (self.queues, destination) {
+            (_, Destination::Topic(_)) | (QueueMode::NodeLocal, _) => Ok(()),
+            (QueueMode::Jetstream, Destination::Queue(_) | Destination::TempQueue(_) | Destination::ReplyQueue(_)) => {
+                self.check_available()
+            }
+            (QueueMode::Jetstream, Destination::ExistingQueue(_)) => Err(ClusterError::SingleNodeOnly {
+                feature: "/amq/queue/ (a queue that must already exist)",
+                why: "A node cannot tell whether a queue exists on another node without asking the engine; use /queue/, which every node shares.",
+            }),
+            (_, Destination::Queue(_)) => Err(ClusterError::NotClustered("/queue/")),
+            (_, Destination::ExistingQueue(_)) => Err(ClusterError::NotClustered("/amq/queue/")),
+            (_, Destination::TempQueue(_)) => Err(ClusterError::NotClustered("/temp-queue/")),
+            (_, Destination::ReplyQueue(_)) => Err(ClusterError::NotClustered("/reply-queue/")),
+        }
+    }
+
+    /// True when `/queue/` destinations live in JetStream.
+    pub fn queues_on_jetstream(&self) -> bool {
+        self.queues == QueueMode::Jetstream
+    }
+
+    /// Refuses what a SUBSCRIBE to a JetStream queue asks for that a shared queue cannot do.
+    ///
+    /// # Errors
+    /// [`ClusterError::SingleNodeOnly`] naming the feature.
+    pub fn check_subscription(&self, destination: &Destination<'_>, asks: QueueAsks) -> Result<(), ClusterError> {
+        if !self.queues_on_jetstream() || !matches!(destination, Destination::Queue(_)) {
             return Ok(());
         }
-        match destination {
-            Destination::Topic(_) => Ok(()),
-            Destination::Queue(_) => Err(ClusterError::NotClustered("/queue/")),
-            Destination::ExistingQueue(_) => Err(ClusterError::NotClustered("/amq/queue/")),
-            Destination::TempQueue(_) => Err(ClusterError::NotClustered("/temp-queue/")),
-            Destination::ReplyQueue(_) => Err(ClusterError::NotClustered("/reply-queue/")),
+        let why = "JetStream hands each node the next messages in order; choosing among the waiting messages or among consumers on every node would need the whole queue in one place.";
+        if asks.selector {
+            return Err(ClusterError::SingleNodeOnly { feature: "a selector on a queue", why });
         }
+        if asks.priority {
+            return Err(ClusterError::SingleNodeOnly { feature: "consumer priority on a queue", why });
+        }
+        if asks.exclusive {
+            return Err(ClusterError::SingleNodeOnly { feature: "an exclusive queue consumer", why });
+        }
+        if asks.browser {
+            return Err(ClusterError::SingleNodeOnly {
+                feature: "browsing a queue",
+                why: "A node sees only the messages JetStream handed it, not the queue's waiting messages.",
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses a SEND to a JetStream queue inside a transaction.
+    ///
+    /// # Errors
+    /// [`ClusterError::SingleNodeOnly`].
+    pub fn check_transaction(&self, destination: &Destination<'_>) -> Result<(), ClusterError> {
+        if self.queues_on_jetstream() && matches!(destination, Destination::Queue(_)) {
+            return Err(ClusterError::SingleNodeOnly {
+                feature: "a SEND to a queue inside a transaction",
+                why: "The engine has no atomic publish of several messages that this broker uses, so a COMMIT could store some of them and not the others.",
+            });
+        }
+        Ok(())
+    }
+
+    /// Starts this node's actor of JetStream queue `name` of `vhost`.
+    pub(crate) fn spawn_queue(
+        self: &Arc<Self>,
+        vhost: &Arc<str>,
+        name: &str,
+        settings: crate::destination::queue::QueueSettings,
+        environment: &crate::destination::queue::QueueEnvironment,
+    ) -> crate::destination::queue::QueueHandle {
+        queue::spawn(Arc::clone(self), Arc::clone(vhost), Arc::from(name), settings, environment)
+    }
+
+    /// Creates the queue stream of `vhost` unless this node knows it exists.
+    async fn ensure_stream(&self, vhost: &str) -> Result<String, ClusterError> {
+        let name = self.subjects.queue_stream(vhost);
+        let mut known = self.streams.lock().await;
+        if known.contains(&name) {
+            return Ok(name);
+        }
+        let config = async_nats::jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![self.subjects.queues(vhost)],
+            retention: async_nats::jetstream::stream::RetentionPolicy::WorkQueue,
+            storage: async_nats::jetstream::stream::StorageType::File,
+            num_replicas: self.replicas,
+            description: Some(format!("Stampede queues of virtual host {vhost}")),
+            ..Default::default()
+        };
+        self.jetstream
+            .get_or_create_stream(config)
+            .await
+            .map_err(|e| ClusterError::Unavailable(format!("cannot create the JetStream stream {name}: {e}")))?;
+        known.insert(name.clone());
+        Ok(name)
+    }
+
+    /// The durable consumer of a queue, created if needed (with its stream).
+    async fn queue_consumer(
+        &self,
+        vhost: &str,
+        stream: &str,
+        name: &str,
+        subject: &str,
+    ) -> Result<async_nats::jetstream::consumer::PullConsumer, ClusterError> {
+        self.ensure_stream(vhost).await?;
+        let stream = self
+            .jetstream
+            .get_stream(stream)
+            .await
+            .map_err(|e| ClusterError::Unavailable(format!("stream {stream}: {e}")))?;
+        let config = async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some(name.to_owned()),
+            filter_subject: subject.to_owned(),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: self.ack_wait,
+            max_ack_pending: queue::MAX_ACK_PENDING,
+            deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::All,
+            ..Default::default()
+        };
+        stream
+            .get_or_create_consumer(name, config)
+            .await
+            .map_err(|e| ClusterError::Unavailable(format!("consumer {name}: {e}")))
+    }
+
+    /// Publishes a queue message to JetStream; the returned future resolves once JetStream has
+    /// acknowledged it (stored on a quorum of servers).
+    async fn store_queue_message(
+        &self,
+        vhost: &str,
+        subject: &str,
+        template: &MessageTemplate,
+        fields: &TopicMessage,
+    ) -> Result<impl std::future::Future<Output = Result<(), ClusterError>> + Send + 'static, ClusterError> {
+        self.check_available()?;
+        self.ensure_stream(vhost).await?;
+        let payload = wire::encode(template, fields);
+        let size = payload.len() + ORIGIN_HEADER.len() + self.instance.len() + 16;
+        let max = self.client.max_payload();
+        if max > 0 && size > max {
+            return Err(ClusterError::TooLarge { size, max });
+        }
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(ORIGIN_HEADER, &*self.instance);
+        let ack = self
+            .jetstream
+            .publish_with_headers(subject.to_owned(), headers, payload)
+            .await
+            .map_err(queue::not_stored)?;
+        Ok(async move { ack.await.map(drop).map_err(queue::not_stored) })
     }
 
     /// Checks that the engine is there and takes the message (as NATS will see it), before
@@ -402,6 +581,28 @@ impl Cluster {
     pub fn interest_count(&self) -> usize {
         self.interest.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
+}
+
+/// The topic name under which temporary queue `name` (already unique across nodes) gets the
+/// replies other nodes send it: one word, its dots and wildcards escaped, after a control
+/// character no client destination can hold (so no client can subscribe or publish it).
+pub fn reply_topic(name: &str) -> String {
+    let mut topic = String::from("\u{1}reply.");
+    subject::encode_token(name, &mut topic);
+    topic
+}
+
+/// What a SUBSCRIBE to a queue asks for beyond plain consumption.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueueAsks {
+    /// A `selector` header.
+    pub selector: bool,
+    /// A priority other than 0.
+    pub priority: bool,
+    /// `exclusive`.
+    pub exclusive: bool,
+    /// `browser:true`.
+    pub browser: bool,
 }
 
 /// A topic message ready for NATS ([`Cluster::prepare`]).

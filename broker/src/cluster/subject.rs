@@ -30,6 +30,9 @@ use std::fmt::Write as _;
 /// The token that marks topic subjects, after the prefix and the virtual host.
 const TOPIC_KIND: &str = "t";
 
+/// The token that marks queue subjects (JetStream), after the prefix and the virtual host.
+const QUEUE_KIND: &str = "q";
+
 /// True for the bytes a token keeps as they are.
 fn is_safe(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || b"-_/:~+=@!,;&".contains(&byte)
@@ -142,6 +145,54 @@ impl Subjects {
         subject
     }
 
+    /// The subject queue `name` of `vhost` is stored under in JetStream:
+    /// `<prefix>.<vhost>.q.<name>`, the whole name one token (its dots escaped), so no queue's
+    /// subject is a prefix of another's.
+    pub fn queue(&self, vhost: &str, name: &str) -> String {
+        let mut subject = self.kind_base(vhost, QUEUE_KIND);
+        encode_token(name, &mut subject);
+        subject
+    }
+
+    /// The subjects of every queue of `vhost` (the stream's subject filter).
+    pub fn queues(&self, vhost: &str) -> String {
+        let mut subject = self.kind_base(vhost, QUEUE_KIND);
+        subject.push('*');
+        subject
+    }
+
+    /// The JetStream stream holding the queues of `vhost`: the prefix and the virtual host with
+    /// every byte but ASCII letters and digits written `_XX`, joined by `-Q-` (stream names
+    /// cannot hold dots, wildcards, white space or path separators).
+    pub fn queue_stream(&self, vhost: &str) -> String {
+        format!("{}-Q-{}", name_safe(&self.prefix), name_safe(vhost))
+    }
+
+    /// The durable consumer of queue `name`: the name written as [`Subjects::queue_stream`]
+    /// writes names, cut at 64 bytes and completed by a hash of the whole when longer (every
+    /// node computes the same).
+    pub fn queue_consumer(name: &str) -> String {
+        let safe = name_safe(name);
+        if safe.len() <= 80 {
+            return safe;
+        }
+        // FNV-1a: stable across builds, unlike the standard library's hasher.
+        let hash =
+            name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        format!("{}_{hash:016x}", &safe[..64])
+    }
+
+    fn kind_base(&self, vhost: &str, kind: &str) -> String {
+        let mut base = String::with_capacity(self.prefix.len() + vhost.len() + 4);
+        base.push_str(&self.prefix);
+        base.push('.');
+        encode_token(vhost, &mut base);
+        base.push('.');
+        base.push_str(kind);
+        base.push('.');
+        base
+    }
+
     /// The subject of a node's round trips to the server (`<prefix>._ping.<instance>`), which
     /// nobody subscribes.
     pub fn ping(&self, instance: &str) -> String {
@@ -166,6 +217,19 @@ impl Subjects {
         }
         Some((vhost, decoded))
     }
+}
+
+/// `text` with every byte but ASCII letters and digits written `_XX`.
+fn name_safe(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for &byte in text.as_bytes() {
+        if byte.is_ascii_alphanumeric() {
+            out.push(byte as char);
+        } else {
+            let _ = write!(out, "_{byte:02X}");
+        }
+    }
+    out
 }
 
 /// Why a subject prefix cannot be used.
@@ -280,6 +344,20 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn queues_are_one_token_and_stream_and_consumer_names_are_safe() {
+        let s = subjects();
+        assert_eq!(s.queue("/", "jobs.eu"), "stampede./.q.jobs%2Eeu");
+        assert_eq!(s.queues("/"), "stampede./.q.*");
+        assert_eq!(s.queue_stream("/"), "stampede-Q-_2F");
+        assert_ne!(s.queue_stream("a-b"), Subjects::new("stampede-Q-a").queue_stream("b"));
+        assert_eq!(Subjects::queue_consumer("jobs.eu"), "jobs_2Eeu");
+        let long = "x".repeat(200);
+        let name = Subjects::queue_consumer(&long);
+        assert_eq!(name.len(), 81);
+        assert_ne!(name, Subjects::queue_consumer(&format!("{long}y")));
     }
 
     #[test]

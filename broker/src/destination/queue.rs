@@ -312,9 +312,11 @@ pub struct Browse {
 /// The queue's verdict on a published message, sent once it is accepted (and, if persistent,
 /// durable) or refused.
 pub type Verdict = oneshot::Receiver<Result<(), StompError>>;
-type VerdictSender = oneshot::Sender<Result<(), StompError>>;
+pub(crate) type VerdictSender = oneshot::Sender<Result<(), StompError>>;
 
-enum Command {
+/// What a queue's mailbox carries (crate-visible for the cluster's queue actor, which serves
+/// the same mailbox from JetStream).
+pub(crate) enum Command {
     Publish {
         message: QueuedMessage,
         verdict: Option<VerdictSender>,
@@ -399,7 +401,7 @@ impl Stopped {
 }
 
 /// Acks and nacks of delivered messages: (consumer, message ids, outcome).
-type Settlement = (u64, Vec<u64>, Outcome);
+pub(crate) type Settlement = (u64, Vec<u64>, Outcome);
 
 /// Shared between the handle and the actor, for observation without a round trip.
 #[derive(Debug)]
@@ -852,6 +854,71 @@ impl QueueHandle {
     /// True when `other` is a handle to the same queue actor.
     pub fn same_queue(&self, other: &QueueHandle) -> bool {
         Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+/// The actor's ends of a queue whose messages live outside this module (cluster mode, on
+/// JetStream): the same mailbox and settlements a [`QueueHandle`] sends to, so sessions and
+/// webhooks use such a queue exactly as a local one.
+pub(crate) struct ActorEnds {
+    /// Commands, as the local actor gets them.
+    pub inbox: mpsc::Receiver<Command>,
+    /// Acks and nacks, as the local actor gets them.
+    pub settlements: mpsc::UnboundedReceiver<Settlement>,
+    shared: Arc<Shared>,
+    mailbox: mpsc::WeakSender<Command>,
+}
+
+impl ActorEnds {
+    /// A handle to stamp on deliveries; `None` once every other handle is gone.
+    pub fn handle(&self) -> Option<QueueHandle> {
+        self.mailbox.upgrade().map(|mailbox| QueueHandle { shared: Arc::clone(&self.shared), mailbox })
+    }
+
+    /// Publishes the actor's counts for [`QueueHandle::depth`], `unacked` and `consumer_count`.
+    pub fn set_counts(&self, depth: usize, unacked: usize, consumers: usize) {
+        self.shared.depth.store(depth, Ordering::Relaxed);
+        self.shared.unacked.store(unacked, Ordering::Relaxed);
+        self.shared.consumers.store(consumers, Ordering::Relaxed);
+    }
+
+    /// Counts a message the actor dropped (expired).
+    pub fn count_dropped(&self) {
+        self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl QueueHandle {
+    /// A handle whose actor is not this module's: the caller starts one on `ActorEnds`.
+    pub(crate) fn elsewhere(name: Arc<str>, durable: bool) -> (QueueHandle, ActorEnds) {
+        let (mailbox, inbox) = mpsc::channel(MAILBOX);
+        let (settlements, settlement_inbox) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            name,
+            depth: AtomicUsize::new(0),
+            unacked: AtomicUsize::new(0),
+            consumers: AtomicUsize::new(0),
+            dropped: AtomicU64::new(0),
+            flow: crate::destination::flow::FlowGate::new(0, usize::MAX),
+            durable,
+            consumer_outboxes: Mutex::new(Vec::new()),
+            // Never counted down by an actor elsewhere, and never idle: queues of the cluster
+            // engine are not deleted for idleness (their state lives in JetStream).
+            in_flight: AtomicUsize::new(0),
+            idle_expiry_ms: AtomicU64::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            delayed: AtomicUsize::new(0),
+            counts: Default::default(),
+            readings: Mutex::new(VecDeque::from([(std::time::Instant::now(), [0; 3])])),
+            settlements,
+        });
+        let ends = ActorEnds {
+            inbox,
+            settlements: settlement_inbox,
+            shared: Arc::clone(&shared),
+            mailbox: mailbox.downgrade(),
+        };
+        (QueueHandle { shared, mailbox }, ends)
     }
 }
 

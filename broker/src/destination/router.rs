@@ -181,6 +181,8 @@ pub enum Ownership {
 struct TemporaryQueue {
     queue: QueueHandle,
     session: Arc<str>,
+    /// Cluster mode: the interest that brings replies sent on other nodes.
+    remote: Option<TopicRegistration>,
 }
 
 /// Limits on the names clients can create in one virtual host, so that no user can deny
@@ -472,6 +474,27 @@ impl Router {
         }
     }
 
+    /// Refuses, in cluster mode, what a SUBSCRIBE asks of a queue that a queue shared through
+    /// JetStream cannot do.
+    ///
+    /// # Errors
+    /// A selector, priority, exclusive consumer or browser on a JetStream queue.
+    pub fn check_clustered_subscription(
+        &self,
+        destination: &Destination<'_>,
+        asks: crate::cluster::QueueAsks,
+    ) -> Result<(), ClusterError> {
+        self.cluster.as_ref().map_or(Ok(()), |cluster| cluster.check_subscription(destination, asks))
+    }
+
+    /// Refuses, in cluster mode, a SEND inside a transaction to a queue shared through JetStream.
+    ///
+    /// # Errors
+    /// See [`Cluster::check_transaction`].
+    pub fn check_clustered_transaction(&self, destination: &Destination<'_>) -> Result<(), ClusterError> {
+        self.cluster.as_ref().map_or(Ok(()), |cluster| cluster.check_transaction(destination))
+    }
+
     /// This broker's cluster link, in cluster mode.
     pub fn cluster(&self) -> Option<&Arc<Cluster>> {
         self.cluster.as_ref()
@@ -582,6 +605,16 @@ impl Router {
     /// connection, deleted with it. Temporary queues do not count toward `max_queues` (the
     /// session bounds how many it holds). Another connection's queue of that name is refused.
     pub fn temporary_queue_for(&self, name: &str, session: &Arc<str>) -> Result<QueueHandle, ReplyQueueError> {
+        // Cluster mode: session ids repeat across nodes, so the name carries this node's instance.
+        let cluster = self.cluster.as_ref().filter(|c| c.queues_on_jetstream());
+        let clustered;
+        let name = match cluster {
+            Some(cluster) => {
+                clustered = format!("{}.{name}", cluster.instance());
+                clustered.as_str()
+            }
+            None => name,
+        };
         if let Some(existing) = self.temporary.read().unwrap_or_else(|p| p.into_inner()).get(name) {
             return if existing.session == *session {
                 Ok(existing.queue.clone())
@@ -590,17 +623,51 @@ impl Router {
             };
         }
         let mut temporary = self.temporary.write().unwrap_or_else(|p| p.into_inner());
-        let entry = temporary.entry(Arc::from(name)).or_insert_with(|| TemporaryQueue {
-            queue: QueueHandle::spawn(
+        let entry = temporary.entry(Arc::from(name)).or_insert_with(|| {
+            let queue = QueueHandle::spawn(
                 Arc::from(name),
                 self.settings_for(name, false),
                 &self.environment,
                 None,
                 Vec::new(),
-            ),
-            session: Arc::clone(session),
+            );
+            let remote = cluster.map(|_| self.bind(&crate::cluster::reply_topic(name), queue.clone()));
+            TemporaryQueue { queue, session: Arc::clone(session), remote }
         });
         if entry.session == *session { Ok(entry.queue.clone()) } else { Err(ReplyQueueError::NotOwner) }
+    }
+
+    /// Cluster mode: waits until NATS has this node's interest in its temporary queues, so a
+    /// reply sent on another node after the request reaches them.
+    ///
+    /// # Errors
+    /// The engine did not confirm in time.
+    pub async fn confirm_reply_interest(&self) -> Result<(), ClusterError> {
+        match &self.cluster {
+            Some(cluster) if cluster.queues_on_jetstream() => {
+                cluster.confirm(self.interest_generation.load(Ordering::Acquire)).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A reply to `/reply-queue/<name>`, which is not this node's: in cluster mode it goes to
+    /// the node that holds it (at most once, like a topic message); otherwise it is dropped.
+    ///
+    /// # Errors
+    /// The engine is unavailable, or the message is too large for it.
+    pub async fn publish_remote_reply(
+        &self,
+        name: &str,
+        template: &Arc<MessageTemplate>,
+        message: TopicMessage,
+    ) -> Result<(), ClusterError> {
+        let Some(cluster) = self.cluster.as_ref().filter(|c| c.queues_on_jetstream()) else {
+            tracing::debug!(name, "reply queue gone; message dropped");
+            return Ok(());
+        };
+        let outgoing = cluster.prepare(template, &message)?;
+        cluster.publish(&self.vhost, &crate::cluster::reply_topic(name), outgoing).await
     }
 
     /// The temporary queue a `/reply-queue/<name>` names, for sending a reply to it.
@@ -618,6 +685,9 @@ impl Router {
             }
         };
         if let Some(temporary) = removed {
+            if let Some(remote) = &temporary.remote {
+                self.unsubscribe_topic(remote);
+            }
             temporary.queue.shutdown(true).await;
         }
     }
@@ -700,6 +770,12 @@ impl Router {
             return queue.clone();
         }
         let creator = owner.as_ref().and_then(|o| o.user.clone());
+        if let Some(cluster) = self.cluster.as_ref().filter(|c| c.queues_on_jetstream()) {
+            // Shared by every node through JetStream: nothing of it is kept in this node's store.
+            let queue = cluster.spawn_queue(&self.vhost, name, self.settings_for(name, true), &self.environment);
+            queues.insert(Arc::from(name), queue.clone());
+            return queue;
+        }
         let is_new = stored.is_none();
         let record = stored.unwrap_or_else(|| self.record(&format!("/queue/{name}"), owner));
         let persistence = self.persistence(record.clone());
@@ -1134,7 +1210,15 @@ impl QueueOwner for Router {
                 self.count_durable(user, -1);
             }
         }
-        self.temporary.write().unwrap_or_else(|p| p.into_inner()).retain(|_, t| t.queue.id() != queue);
+        let failed_temporary: Vec<TemporaryQueue> = {
+            let mut temporary = self.temporary.write().unwrap_or_else(|p| p.into_inner());
+            let names: Vec<Arc<str>> =
+                temporary.iter().filter(|(_, t)| t.queue.id() == queue).map(|(n, _)| Arc::clone(n)).collect();
+            names.iter().filter_map(|name| temporary.remove(name)).collect()
+        };
+        for remote in failed_temporary.iter().filter_map(|t| t.remote.as_ref()) {
+            self.unsubscribe_topic(remote);
+        }
         let (Some(key), Some(store), Some(router)) = (stored_as, self.store.clone(), self.this.upgrade()) else {
             return;
         };

@@ -34,6 +34,9 @@ impl Session {
             // Refused when sent, not at COMMIT (where the delay is counted from).
             self.check_delayed(&request, ask)?;
         }
+        if request.transaction.is_some() {
+            self.router.check_clustered_transaction(&request.destination)?;
+        }
         if self.buffer_in_transaction(request.frame, request.transaction)? {
             return Ok(());
         }
@@ -107,7 +110,8 @@ impl Session {
             Destination::ReplyQueue(name) => match self.router.reply_queue(name) {
                 Some(queue) => queue,
                 None => {
-                    debug!(destination = %destination_value, "reply queue gone; message dropped");
+                    debug!(destination = %destination_value, "reply queue not on this node");
+                    self.router.publish_remote_reply(name, &template, message).await?;
                     return Ok(id);
                 }
             },
@@ -166,6 +170,7 @@ impl Session {
                     Destination::parse(value).map_err(destination_error)?;
                     let name = &value["/temp-queue/".len()..];
                     let queue = self.temp_queue(name).await?;
+                    self.router.confirm_reply_interest().await?;
                     headers.push(ByteString::from_static(names::REPLY_TO), format!("/reply-queue/{}", queue.name()));
                 }
                 _ => headers.push(name.clone(), value.clone()),

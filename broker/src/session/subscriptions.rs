@@ -58,6 +58,14 @@ impl Session {
         // whole buffer alive for every idle subscriber.
         let id = ByteString::from(request.id.to_owned());
         self.router.check_clustered(&request.destination)?;
+        let features = &request.features;
+        let asks = crate::cluster::QueueAsks {
+            selector: features.selector.is_some(),
+            priority: features.priority != 0,
+            exclusive: features.exclusive,
+            browser: features.browser,
+        };
+        self.router.check_clustered_subscription(&request.destination, asks)?;
         if self.by_id.contains_key(&id) {
             return Err(StompError::new(
                 format!("subscription id {id:?} is already in use"),
