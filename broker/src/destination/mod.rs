@@ -9,6 +9,7 @@
 pub mod flow;
 pub mod outbox;
 pub mod queue;
+pub mod retention;
 pub mod router;
 pub mod selector;
 pub mod topic;
