@@ -577,4 +577,36 @@ mod tests {
         assert_eq!(retention.kept("u"), 2, "the byte budget evicts the oldest");
         assert!(config.used_bytes() > 0);
     }
+
+    #[test]
+    fn bad_tables_and_tables_in_cluster_mode_are_refused_naming_the_reason() {
+        let zero: crate::config::Config = toml::from_str("[topics.\"a.*\"]\nretain = 0\n").unwrap();
+        assert!(zero.validate().unwrap_err().to_string().contains("retain must be at least 1"));
+        let prefixed: crate::config::Config = toml::from_str("[topics.\"/topic/a\"]\nretain = 2\n").unwrap();
+        assert!(prefixed.validate().unwrap_err().to_string().contains("without /topic/"));
+        let unknown = toml::from_str::<crate::config::Config>("[topics.a]\nkeep = 2\n").unwrap_err().to_string();
+        assert!(unknown.contains("keep"), "{unknown}");
+        let clustered: crate::config::Config =
+            toml::from_str("[topics.a]\nretain = 2\n[cluster]\nnats_urls = [\"nats://127.0.0.1:4222\"]\n").unwrap();
+        assert!(clustered.validate().unwrap_err().to_string().contains("single-node only"));
+    }
+
+    #[test]
+    fn a_replay_copies_oldest_first_across_topics_and_skips_what_the_selector_rejects() {
+        let retention = Retention::new(Arc::default(), None, String::new(), None);
+        for (id, topic) in [(1, "p.a"), (2, "p.b"), (3, "p.a"), (4, "q.a")] {
+            let (template, message) = published(id, 0);
+            drop(retention.retain(topic, Policy::last_value(false), &template, &message));
+        }
+        let outbox = crate::destination::outbox::Outbox::new(1 << 20);
+        let sink = Sink::Connection {
+            subscription: 7,
+            outbox: Arc::clone(&outbox),
+            policy: crate::destination::outbox::SlowConsumerPolicy::Disconnect,
+        };
+        let subscriber = TopicSubscriber { id: 1, sink, selector: None };
+        let now = crate::destination::queue::now_ms();
+        assert_eq!(retention.replay("p.*", Replay { last: Some(1), since_ms: None }, &subscriber, now), 2);
+        assert_eq!(retention.replay("p.a", Replay { last: None, since_ms: Some(1) }, &subscriber, now), 0);
+    }
 }
