@@ -278,7 +278,8 @@ async fn a_subscriber_without_read_permission_gets_an_error_and_no_history() {
 #[tokio::test]
 async fn bad_replay_and_retain_headers_are_errors_naming_the_header() {
     let broker = TestBroker::start().await;
-    for (value, header) in [("0", "x-replay"), ("-1", "x-replay"), ("first", "x-replay"), ("yesterday", "x-replay-since")]
+    for (value, header) in
+        [("0", "x-replay"), ("-1", "x-replay"), ("first", "x-replay"), ("yesterday", "x-replay-since")]
     {
         let message = refused(&broker, Command::Subscribe, "/topic/t", &[(header, value)]).await;
         assert!(message.contains(header) && message.contains(value), "{header}:{value} -> {message}");

@@ -183,10 +183,11 @@ impl RetentionConfig {
     }
 
     fn reserve(&self, cost: usize) -> bool {
-        self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-            used.checked_add(cost).filter(|&total| total <= self.max_bytes)
-        })
-        .is_ok()
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(cost).filter(|&total| total <= self.max_bytes)
+            })
+            .is_ok()
     }
 
     fn release(&self, cost: usize) {
@@ -479,7 +480,8 @@ impl Retention {
             if subscriber.selector.as_ref().is_some_and(|selector| !selector.matches(template.headers())) {
                 continue;
             }
-            let delivery = Delivery { subscription: *subscription, template, message_id, from_queue: None, redelivered: false };
+            let delivery =
+                Delivery { subscription: *subscription, template, message_id, from_queue: None, redelivered: false };
             match outbox.push_topic(delivery, *policy) {
                 Ok(_) => copied += 1,
                 Err(Refused::Closed | Refused::SlowConsumer) => break,
@@ -544,10 +546,8 @@ mod tests {
     }
 
     fn published(id: u64, at: u64) -> (Arc<MessageTemplate>, TopicMessage) {
-        let template = Arc::new(MessageTemplate::new(
-            stampede_protocol::Headers::new(),
-            bytes::Bytes::from(format!("m{id}")),
-        ));
+        let template =
+            Arc::new(MessageTemplate::new(stampede_protocol::Headers::new(), bytes::Bytes::from(format!("m{id}"))));
         (template, TopicMessage { id, persistent: false, expires_at_ms: None, enqueued_at_ms: at })
     }
 

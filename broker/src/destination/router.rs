@@ -1005,10 +1005,14 @@ impl Router {
             };
             match record.kind {
                 QueueKind::RetainedTopic => {
-                    let topic = record.topic.clone().or_else(|| self.retention.topic_of_store_key(&record.name).map(str::to_owned));
+                    let topic = record
+                        .topic
+                        .clone()
+                        .or_else(|| self.retention.topic_of_store_key(&record.name).map(str::to_owned));
                     match topic {
                         Some(topic) => {
-                            let kept = messages.into_iter().map(|m| (m.id, m.template, m.enqueued_at_ms, m.expires_at_ms));
+                            let kept =
+                                messages.into_iter().map(|m| (m.id, m.template, m.enqueued_at_ms, m.expires_at_ms));
                             self.retention.restore(&topic, kept.collect(), now_ms());
                         }
                         None => warn!(name = %record.name, "stored retained topic without a topic name skipped"),
