@@ -345,6 +345,7 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
         tasks: queue_tasks,
         metrics: Arc::clone(&metrics),
         cluster,
+        retention: Arc::new(config.retention_config()),
     };
     let vhosts = VirtualHosts::new(config.declared_vhosts(), settings, Some(Arc::clone(&store)));
     let started = Instant::now().into_std();

@@ -41,6 +41,11 @@ pub enum QueueKind {
     /// A durable subscription to a topic: it keeps collecting the topic's messages while its
     /// subscriber is away.
     DurableSubscription,
+    /// The retained history of one topic (last-value and replay topics): its messages are the
+    /// topic's most recent ones, kept so that a subscriber asking for history gets them after a
+    /// restart. Stored exactly like a queue's (self-identifying format-v2 messages under the
+    /// record's name), so salvage finds them too; the broker trims them by count and age.
+    RetainedTopic,
 }
 
 /// The STOMP acknowledgement mode of a durable subscription.
@@ -106,6 +111,16 @@ impl QueueRecord {
     /// A plain queue with default settings.
     pub fn queue(name: impl Into<String>) -> QueueRecord {
         QueueRecord { name: name.into(), ..QueueRecord::default() }
+    }
+
+    /// The retained history of topic `topic`, stored under `name`.
+    pub fn retained_topic(name: impl Into<String>, topic: impl Into<String>) -> QueueRecord {
+        QueueRecord {
+            name: name.into(),
+            kind: QueueKind::RetainedTopic,
+            topic: Some(topic.into()),
+            ..QueueRecord::default()
+        }
     }
 
     /// A durable subscription with default settings.

@@ -1410,6 +1410,24 @@ mod tests {
     }
 
     #[test]
+    fn a_retained_topic_record_and_its_messages_survive_a_restart_and_are_found_by_salvage() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), StoreOptions::default()).unwrap();
+        let define = Op::DefineQueue(QueueRecord::retained_topic("a", "prices.eur"));
+        write(&store, vec![define, append(7), append(8), remove(7)]).unwrap();
+        drop(store);
+        let found = crate::salvage::scan(&crate::salvage::value_files(dir.path())).unwrap();
+        assert_eq!(found.definitions["a"].kind, crate::QueueKind::RetainedTopic, "salvage reads the definition");
+        assert!(found.messages.contains_key(&("a".to_owned(), 8)), "salvage finds the retained message");
+        let store = SledStore::open(dir.path(), StoreOptions::default()).unwrap();
+        let recovery = store.recover().unwrap();
+        let retained = recovery.queue("a").unwrap();
+        assert_eq!(retained.record.kind, crate::QueueKind::RetainedTopic);
+        assert_eq!(retained.record.topic.as_deref(), Some("prices.eur"));
+        assert_eq!(retained.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [8]);
+    }
+
+    #[test]
     fn a_large_value_in_a_blob_file_is_acknowledged_and_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path(), StoreOptions::default()).unwrap();

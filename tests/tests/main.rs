@@ -28,6 +28,7 @@ mod messaging;
 mod operations;
 mod power_loss;
 mod reload;
+mod replay;
 mod security;
 mod security_auth;
 mod security_frames;

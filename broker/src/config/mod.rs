@@ -183,6 +183,12 @@ pub struct Config {
     pub expired_messages: ExpiredPolicy,
     /// Per-queue settings, `[queues.<name>]` tables (name without `/queue/`).
     pub queues: HashMap<String, QueueOverride>,
+    /// Retained history of topics, `[topics."<name or pattern>"]` tables (name without
+    /// `/topic/`); see the `retention` module.
+    pub topics: BTreeMap<String, crate::destination::retention::TopicRetention>,
+    /// Bytes of retained topic history kept in memory, every topic of every virtual host together.
+    #[serde(with = "crate::config::values::serde_with::size")]
+    pub retained_max_bytes: usize,
     /// `sled` (on disk under `data_dir`) or `memory` (nothing survives a restart; for tests
     /// and throwaway brokers).
     pub storage: StorageKind,
@@ -460,6 +466,8 @@ impl Default for Config {
             queue_idle_expiry_ms: 0,
             expired_messages: ExpiredPolicy::Drop,
             queues: HashMap::new(),
+            topics: BTreeMap::new(),
+            retained_max_bytes: crate::destination::retention::DEFAULT_RETAINED_MAX_BYTES,
             storage: StorageKind::Sled,
             disk_free_limit: stampede_storage::FreeSpaceLimit::Auto,
             disk_full_policy: crate::disk::DiskFullPolicy::Refuse,
@@ -611,6 +619,13 @@ impl Config {
         if let Some(cluster) = &self.cluster {
             cluster.validate().map_err(ConfigError::Invalid)?;
         }
+        crate::destination::retention::RetentionConfig::validate(&self.topics)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if self.cluster.is_some() && !self.topics.is_empty() {
+            return Err(ConfigError::Invalid(
+                "[topics] retention is single-node only for now: remove the [topics] tables or [cluster]".to_owned(),
+            ));
+        }
         if self.users.is_empty()
             && self.jwt.is_none()
             && !self.allow_anonymous
@@ -715,6 +730,11 @@ impl Config {
         }
     }
 
+    /// The `[topics]` retention settings and the byte budget all virtual hosts share.
+    pub fn retention_config(&self) -> crate::destination::retention::RetentionConfig {
+        crate::destination::retention::RetentionConfig::new(&self.topics, self.retained_max_bytes)
+    }
+
     /// Storage options.
     pub fn store_options(&self) -> StoreOptions {
         StoreOptions {
@@ -785,11 +805,11 @@ pub const ENV_PREFIX: &str = "STAMPEDE_";
 /// The one `STAMPEDE_*` variable that is not a configuration key: the file to read.
 const CONFIG_VARIABLE: &str = "STAMPEDE_CONFIG";
 /// Keys holding tables of named entries; they can only be set in the file.
-const TABLE_KEYS: [&str; 6] = ["queues", "users", "jwt", "webhooks", "bridges", "cluster"];
+const TABLE_KEYS: [&str; 7] = ["queues", "topics", "users", "jwt", "webhooks", "bridges", "cluster"];
 /// Tables whose keys each have a variable of their own, `STAMPEDE_<TABLE>__<KEY>`.
 const NESTED_TABLES: [&str; 1] = ["cluster"];
 
-const ENV_HELP: &str = "Every configuration key can also be set with an environment variable named STAMPEDE_ and the key in capitals (STAMPEDE_QUEUE_MAX_LENGTH=5); `stampede print-config --env` lists them with their effective values. Only the [queues.<name>], [users.<name>], [jwt], [[webhooks]] and [[bridges]] tables need the file; the keys of [cluster] have variables with two underscores (STAMPEDE_CLUSTER__NATS_URLS=nats://127.0.0.1:4222). Sizes may have units (max_body = \"4 MiB\"), booleans may be true/false, yes/no, on/off or 1/0, and addresses may be IP:PORT, [IPv6]:PORT or localhost:PORT.";
+const ENV_HELP: &str = "Every configuration key can also be set with an environment variable named STAMPEDE_ and the key in capitals (STAMPEDE_QUEUE_MAX_LENGTH=5); `stampede print-config --env` lists them with their effective values. Only the [queues.<name>], [topics.<name>], [users.<name>], [jwt], [[webhooks]] and [[bridges]] tables need the file; the keys of [cluster] have variables with two underscores (STAMPEDE_CLUSTER__NATS_URLS=nats://127.0.0.1:4222). Sizes may have units (max_body = \"4 MiB\"), booleans may be true/false, yes/no, on/off or 1/0, and addresses may be IP:PORT, [IPv6]:PORT or localhost:PORT.";
 
 /// Command line of the `stampede` binary. The flags are global: they may come before or after
 /// a subcommand (`stampede print-config --config FILE`).

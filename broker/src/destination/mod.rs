@@ -11,6 +11,7 @@ pub mod delay;
 pub mod flow;
 pub mod outbox;
 pub mod queue;
+pub mod retention;
 pub mod router;
 pub mod selector;
 pub mod topic;

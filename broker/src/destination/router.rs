@@ -23,6 +23,7 @@ use crate::destination::queue::{
     DeleteRefused, Persistence, QueueEnvironment, QueueHandle, QueueOwner, QueueSettings, QueuedMessage, Verdict,
     now_ms,
 };
+use crate::destination::retention::{Replay, Retention};
 use crate::destination::topic::{Sink, Topic, TopicPattern, TopicSubscriber};
 use crate::destination::vhost::{DEFAULT_VHOST, RouterSettings};
 
@@ -273,6 +274,8 @@ pub struct Router {
     interest_generation: AtomicU64,
     /// The scheduler of delayed topic messages, started by the first one.
     topic_delays: std::sync::OnceLock<crate::destination::delay::TopicDelays>,
+    /// Retained topic histories (last-value and replay topics).
+    retention: Retention,
     this: Weak<Router>,
 }
 
@@ -312,6 +315,7 @@ impl Router {
             tasks: tokio_util::task::TaskTracker::new(),
             metrics: Arc::default(),
             cluster: None,
+            retention: Arc::default(),
         };
         Router::for_vhost(DEFAULT_VHOST, settings, None, Arc::new(IdCounters::new()))
     }
@@ -324,8 +328,15 @@ impl Router {
         store: Option<Arc<dyn Store>>,
         ids: Arc<IdCounters>,
     ) -> Arc<Router> {
+        let retention = Retention::new(
+            Arc::clone(&settings.retention),
+            store.clone(),
+            if vhost == DEFAULT_VHOST { String::new() } else { vhost_prefix(vhost) },
+            (vhost != DEFAULT_VHOST).then(|| vhost.to_owned()),
+        );
         Arc::new_cyclic(|this: &Weak<Router>| Router {
             vhost: Arc::from(vhost),
+            retention,
             topics: RwLock::new(TopicTable::default()),
             queues: RwLock::new(HashMap::new()),
             temporary: RwLock::new(HashMap::new()),
@@ -381,11 +392,41 @@ impl Router {
         template: &Arc<MessageTemplate>,
         message: TopicMessage,
     ) -> Result<Vec<Verdict>, ClusterError> {
+        self.publish_topic_retained(name, template, message, false).await
+    }
+
+    /// [`Router::publish_topic`] for a SEND that may carry `x-retain: true` (`retain`): the
+    /// message is also kept in the topic's history when that or a `[topics]` table says so
+    /// (the `retention` module), and when its retained copy is stored, one more verdict says
+    /// when it is on disk.
+    ///
+    /// # Errors
+    /// As [`Router::publish_topic`].
+    pub async fn publish_topic_retained(
+        &self,
+        name: &str,
+        template: &Arc<MessageTemplate>,
+        message: TopicMessage,
+        retain: bool,
+    ) -> Result<Vec<Verdict>, ClusterError> {
         let mut durable = Vec::new();
         let mut congested = Vec::new();
         let Some(cluster) = &self.cluster else {
-            self.publish_topic_now(name, template, message.id, &mut durable, &mut congested);
-            return Ok(finish_delivery(template, message, durable, congested).await);
+            let stored = match self.retention.policy(name, retain, message.persistent) {
+                None => {
+                    self.publish_topic_now(name, template, message.id, &mut durable, &mut congested);
+                    None
+                }
+                Some(policy) => {
+                    // History and delivery in one step against replaying subscribers.
+                    let retaining = self.retention.retain(name, policy, template, &message);
+                    self.publish_topic_now(name, template, message.id, &mut durable, &mut congested);
+                    retaining.finish()
+                }
+            };
+            let mut verdicts = finish_delivery(template, message, durable, congested).await;
+            verdicts.extend(stored);
+            return Ok(verdicts);
         };
         let outgoing = cluster.prepare(template, &message)?;
         self.publish_topic_now(name, template, message.id, &mut durable, &mut congested);
@@ -461,6 +502,28 @@ impl Router {
     /// Delayed topic messages held now.
     pub fn delayed_topic_messages(&self) -> usize {
         self.topic_delays.get().map_or(0, |delays| delays.held())
+    }
+
+    /// Subscribes to topic `name` (or pattern) after copying the history `replay` asks for
+    /// into the subscriber's outbox, both while retained publishes are held off, so the
+    /// subscriber gets the history and then every later message, none twice (see the
+    /// `retention` module). Returns the registration and how many messages were replayed.
+    ///
+    /// Single-node only: the caller refuses replay in cluster mode.
+    pub fn subscribe_topic_with_replay(
+        &self,
+        name: &str,
+        subscriber: Arc<TopicSubscriber>,
+        replay: Replay,
+    ) -> (TopicRegistration, usize) {
+        let _paused = self.retention.pause();
+        let replayed = self.retention.replay(name, replay, &subscriber, now_ms());
+        (self.register_topic(name, subscriber), replayed)
+    }
+
+    /// Messages kept now in topic `name`'s history.
+    pub fn retained(&self, name: &str) -> usize {
+        self.retention.kept(name)
     }
 
     /// Refuses, in cluster mode, destinations that are not clustered (`[cluster] queues`).
@@ -1108,6 +1171,20 @@ impl Router {
                 continue;
             };
             match record.kind {
+                QueueKind::RetainedTopic => {
+                    let topic = record
+                        .topic
+                        .clone()
+                        .or_else(|| self.retention.topic_of_store_key(&record.name).map(str::to_owned));
+                    match topic {
+                        Some(topic) => {
+                            let kept =
+                                messages.into_iter().map(|m| (m.id, m.template, m.enqueued_at_ms, m.expires_at_ms));
+                            self.retention.restore(&topic, kept.collect(), now_ms());
+                        }
+                        None => warn!(name = %record.name, "stored retained topic without a topic name skipped"),
+                    }
+                }
                 QueueKind::Queue => match key.strip_prefix("/queue/") {
                     Some(name) => {
                         let owner = record.owner.clone();
@@ -1382,6 +1459,7 @@ mod tests {
             tasks: tokio_util::task::TaskTracker::new(),
             metrics: Arc::default(),
             cluster: None,
+            retention: Arc::default(),
         };
         let router = Router::for_vhost(DEFAULT_VHOST, settings, Some(store), Arc::new(IdCounters::new()));
         let queue = router.client_queue("orders", None).unwrap();

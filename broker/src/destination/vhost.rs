@@ -57,6 +57,8 @@ pub struct RouterSettings {
     pub metrics: Arc<Metrics>,
     /// The cluster link, in cluster mode (`[cluster]`).
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// `[topics]` retention and the byte budget every virtual host shares.
+    pub retention: Arc<crate::destination::retention::RetentionConfig>,
 }
 
 /// The broker's virtual hosts.
@@ -99,6 +101,7 @@ impl VirtualHosts {
             tasks: tokio_util::task::TaskTracker::new(),
             metrics: Arc::default(),
             cluster: None,
+            retention: Arc::default(),
         };
         VirtualHosts::new(BTreeSet::new(), settings, None)
     }

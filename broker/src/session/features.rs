@@ -1,6 +1,6 @@
 //! The SUBSCRIBE headers of features other brokers lack or spell differently: selectors,
-//! consumer priority, exclusive consumers and queue browsing (and, read in [`super::scheduling`],
-//! the redelivery policy).
+//! consumer priority, exclusive consumers, queue browsing and topic replay (plus `x-retain`,
+//! the SEND header that goes with replay; the redelivery policy is read in [`super::scheduling`]).
 //!
 //! Each feature is read by one small function that accepts every spelling a client written for
 //! another broker sends (RabbitMQ's `x-` headers, ActiveMQ's `activemq.` ones, Apollo's
@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use stampede_protocol::Frame;
 
+use crate::destination::retention::Replay;
 use crate::destination::selector::Selector;
 use crate::error::StompError;
 
@@ -27,6 +28,8 @@ pub(super) struct SubscribeFeatures {
     pub browser: bool,
     /// What happens to NACKed and abandoned messages (queues), checked by the session.
     pub redelivery: Option<super::scheduling::RedeliveryAsk>,
+    /// Topic history to deliver before the live messages.
+    pub replay: Option<Replay>,
 }
 
 impl SubscribeFeatures {
@@ -38,6 +41,7 @@ impl SubscribeFeatures {
             exclusive: exclusive(frame)?,
             browser: browser(frame)?,
             redelivery: super::scheduling::redelivery(frame)?,
+            replay: replay(frame)?,
         })
     }
 }
@@ -106,4 +110,45 @@ fn flag(frame: &Frame, names: &[&'static str]) -> Result<bool, StompError> {
             Err(StompError::new(format!("invalid {name} header {value:?}"), format!("{name} must be true or false.")))
         }
     }
+}
+
+/// `x-replay` (`last`, `all` or a whole number N ≥ 1: the last N of each matching topic) and
+/// `x-replay-since` (ms since the epoch), which may be combined; ActiveMQ's
+/// `activemq.retroactive: true` is `x-replay: all` (its broker, too, replays what its
+/// subscription recovery policy kept).
+fn replay(frame: &Frame) -> Result<Option<Replay>, StompError> {
+    let last = match frame.header("x-replay").map(str::trim) {
+        None => None,
+        Some(value) if value.eq_ignore_ascii_case("last") => Some(Some(1)),
+        Some(value) if value.eq_ignore_ascii_case("all") => Some(None),
+        Some(value) => match value.parse::<usize>() {
+            Ok(n) if n >= 1 => Some(Some(n)),
+            _ => {
+                return Err(StompError::new(
+                    format!("invalid x-replay header {value:?}"),
+                    "x-replay must be last, all, or a whole number of messages of at least 1 (the last N of each matching topic).",
+                ));
+            }
+        },
+    };
+    let since = match frame.header("x-replay-since") {
+        None => None,
+        Some(value) => Some(value.trim().parse::<u64>().map_err(|_| {
+            StompError::new(
+                format!("invalid x-replay-since header {value:?}"),
+                "x-replay-since must be a time in milliseconds since the Unix epoch (whole number).",
+            )
+        })?),
+    };
+    let retroactive = flag(frame, &["activemq.retroactive"])?;
+    if last.is_none() && since.is_none() && !retroactive {
+        return Ok(None);
+    }
+    Ok(Some(Replay { last: last.flatten(), since_ms: since }))
+}
+
+/// `x-retain` on SEND: `true` keeps the message in its topic's history (see the `retention`
+/// module), `false` (the default) keeps it only where a `[topics]` table says so.
+pub(super) fn retain(frame: &Frame) -> Result<bool, StompError> {
+    flag(frame, &["x-retain"])
 }

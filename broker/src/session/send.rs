@@ -37,6 +37,7 @@ impl Session {
         if request.transaction.is_some() {
             self.router.check_clustered_transaction(&request.destination)?;
         }
+        self.check_retain(request.frame, &request.destination)?;
         if self.buffer_in_transaction(request.frame, request.transaction)? {
             return Ok(());
         }
@@ -99,7 +100,8 @@ impl Session {
                     })?;
                     return Ok(id);
                 }
-                for verdict in self.router.publish_topic(&name, &template, message).await? {
+                let retain = super::features::retain(frame)?;
+                for verdict in self.router.publish_topic_retained(&name, &template, message, retain).await? {
                     replies.push(Reply::After { verdict, receipt_id: receipt_id.clone() });
                 }
                 return Ok(id);
@@ -145,6 +147,27 @@ impl Session {
             ));
         }
         Ok(at)
+    }
+
+    /// `x-retain` must read `true` or `false`, and asks for a topic's history, which cluster
+    /// mode does not keep (yet).
+    fn check_retain(&self, frame: &Frame, destination: &Destination<'_>) -> Result<(), StompError> {
+        if !super::features::retain(frame)? {
+            return Ok(());
+        }
+        if !matches!(destination, Destination::Topic(_)) {
+            return Err(StompError::new(
+                "invalid x-retain header: only topics retain",
+                "x-retain:true keeps a message in its topic's history for x-replay subscribers; send it to a /topic/ destination.",
+            ));
+        }
+        if self.router.cluster().is_some() {
+            return Err(StompError::new(
+                "invalid x-retain header: single-node only for now",
+                "Retained topic history is kept per node, so in cluster mode ([cluster]) x-retain is refused rather than kept on one node only.",
+            ));
+        }
+        Ok(())
     }
 
     /// The headers a MESSAGE carries: the SEND's user headers, each name once with its first

@@ -85,6 +85,9 @@ impl Session {
             // Checked before anything is created; applied when the consumer is attached.
             self.redelivery_policy(ask.clone())?;
         }
+        if request.features.replay.is_some() {
+            check_replay(&request.destination, request.durable.is_some(), self.router.cluster().is_some())?;
+        }
         let ack = request.ack;
         let credit = request.credit.map(|ask| self.credit(ask, ack));
         let queue = match &request.destination {
@@ -109,7 +112,10 @@ impl Session {
                     };
                     let selector = request.features.selector;
                     let subscriber = Arc::new(TopicSubscriber { id: self.router.next_id(), sink, selector });
-                    let registration = self.router.subscribe_topic(name, subscriber).await?;
+                    let registration = match request.features.replay {
+                        Some(replay) => self.router.subscribe_topic_with_replay(name, subscriber, replay).0,
+                        None => self.router.subscribe_topic(name, subscriber).await?,
+                    };
                     self.insert_subscription(key, id, ack, Target::Topic(registration), None);
                     return Ok(());
                 }
@@ -328,4 +334,29 @@ impl Session {
     fn may_read_topic(&self, topic: &str) -> bool {
         self.authorize(Operation::Read, &format!("/topic/{topic}")).is_ok()
     }
+}
+
+/// Replay (`x-replay`, `x-replay-since`, `activemq.retroactive`) is for plain topic
+/// subscriptions of a single node: a queue has no history to replay, a durable subscription
+/// keeps its own, and in cluster mode the history of the other nodes is not here.
+fn check_replay(destination: &Destination<'_>, durable: bool, cluster: bool) -> Result<(), StompError> {
+    if !matches!(destination, Destination::Topic(_)) {
+        return Err(StompError::new(
+            "invalid x-replay header: only topics replay",
+            "x-replay, x-replay-since and activemq.retroactive ask for a topic's retained history; subscribe to a /topic/ destination.",
+        ));
+    }
+    if durable {
+        return Err(StompError::new(
+            "invalid x-replay header: not on a durable subscription",
+            "A durable subscription keeps its own messages while its subscriber is away; x-replay is for plain topic subscriptions.",
+        ));
+    }
+    if cluster {
+        return Err(StompError::new(
+            "invalid x-replay header: single-node only for now",
+            "Retained topic history is kept per node, so in cluster mode ([cluster]) x-replay would miss what other nodes received; it is refused rather than replaying part of it.",
+        ));
+    }
+    Ok(())
 }
