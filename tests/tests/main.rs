@@ -24,6 +24,7 @@ mod management_api;
 mod messaging;
 mod operations;
 mod power_loss;
+mod resume;
 mod security;
 mod security_auth;
 mod security_frames;
