@@ -484,9 +484,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 self.shrink();
             };
             // A connection that broke (no DISCONNECT, no ERROR of ours), or whose session another
-            // connection resumed, parks its session for resumption when it can.
-            let parks = self.outbox.is_taken_over()
-                || matches!(reason, CloseReason::PeerClosed | CloseReason::Io(_) | CloseReason::HeartbeatTimeout);
+            // connection resumed, parks its session for resumption when it can. A WebSocket
+            // Close from the client is a deliberate end (a page closed or navigated away), like
+            // DISCONNECT; a TCP close is not known to be one (a killed process closes too).
+            let broke = match reason {
+                CloseReason::PeerClosed => !self.websocket,
+                CloseReason::Io(_) | CloseReason::HeartbeatTimeout => true,
+                _ => false,
+            };
+            let parks = broke || self.outbox.is_taken_over();
             if !(parks && Box::pin(self.session.park()).await) {
                 Box::pin(self.session.close()).await;
             }
