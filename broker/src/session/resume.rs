@@ -234,7 +234,9 @@ impl ResumeRegistry {
         }
     }
 
-    /// Takes out the parked sessions whose grace is over (`all`: every parked session).
+    /// Takes out the parked sessions whose grace is over (`all`: every parked session). They
+    /// stay boxed as they were parked: unboxing a large session only to close it is a copy.
+    #[allow(clippy::vec_box)]
     fn take_expired(&self, all: bool) -> Vec<Box<Session>> {
         let now = Instant::now();
         let mut entries = self.lock();
