@@ -483,7 +483,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 }
                 self.shrink();
             };
-            Box::pin(self.session.close()).await;
+            // A connection that broke (no DISCONNECT, no ERROR of ours), or whose session another
+            // connection resumed, parks its session for resumption when it can. A WebSocket
+            // Close from the client is a deliberate end (a page closed or navigated away), like
+            // DISCONNECT; a TCP close is not known to be one (a killed process closes too).
+            let broke = match reason {
+                CloseReason::PeerClosed => !self.websocket,
+                CloseReason::Io(_) | CloseReason::HeartbeatTimeout => true,
+                _ => false,
+            };
+            let parks = broke || self.outbox.is_taken_over();
+            if !(parks && Box::pin(self.session.park()).await) {
+                Box::pin(self.session.close()).await;
+            }
             self.finish(reason)
         }
     }
@@ -516,6 +528,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         ))
         .await;
         self.pending.extend(self.replies.drain(..));
+        if !Arc::ptr_eq(&self.outbox, self.session.outbox()) {
+            // CONNECT resumed a session: it brings its own outbox, with what arrived meanwhile.
+            self.adopt_resumed_session();
+        }
+        let entry = &self.registration.entry;
         if !was_connected && self.session.is_connected() {
             self.token_expiry =
                 self.session.principal().and_then(|principal| principal.expires_at).map(deadline_at_unix_secs);
@@ -525,9 +542,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         ending
     }
 
+    /// Takes on the outbox and id of the session CONNECT resumed.
+    #[cold]
+    fn adopt_resumed_session(&mut self) {
+        self.outbox = Arc::clone(self.session.outbox());
+        self.session_id = Arc::from(self.session.id());
+        self.registration.rebind(Arc::clone(&self.session_id), Arc::clone(&self.outbox));
+        // Whatever is waiting there is written in this turn's wake-up.
+        self.outbox.wake();
+    }
+
     /// The outbox woke the connection: a close asked for from outside, a slow consumer, a
-    /// failed queue, or deliveries to render.
+    /// failed queue, a takeover of the session, or deliveries to render.
     fn on_outbox_ready(&mut self) -> Option<Ending> {
+        if self.outbox.is_taken_over() {
+            return Some(fail(StompError::of_kind(
+                ErrorKind::Request,
+                "session resumed by another connection",
+                "A CONNECT with this session's resume-token arrived on another connection, which now holds the session; this connection is closed.",
+            )));
+        }
         let entry = &self.registration.entry;
         if let Some(request) = entry.close_requested() {
             let error = StompError::of_kind(request.kind, request.message.clone(), close_detail(request.kind));

@@ -137,6 +137,16 @@ pub struct Registration {
     pub entry: Arc<ConnectionEntry>,
 }
 
+impl Registration {
+    /// Registers the connection again under `id` with `outbox`: a resumed session brings its
+    /// own id and outbox, and the management API and closes from outside must reach those.
+    pub fn rebind(&mut self, id: Arc<str>, outbox: Arc<Outbox>) {
+        let (peer, transport) = (self.entry.peer, self.entry.transport);
+        // The old entry leaves when it is dropped, by this assignment.
+        *self = self.registry.register(id, peer, transport, outbox);
+    }
+}
+
 impl Drop for Registration {
     fn drop(&mut self) {
         let mut entries = self.registry.lock();

@@ -376,6 +376,8 @@ pub async fn start(config: &Config) -> Result<RunningBroker, StartError> {
     session.auth = Arc::clone(&auth);
     session.metrics = Arc::clone(&metrics);
     session.disk = store.disk_watermark();
+    // Closes detached sessions whose resumption grace is over (and all of them at shutdown).
+    tasks.spawn(Arc::clone(&session.resume).run_reaper(shutdown.clone()));
     if let Some(disk) = store.disk_watermark() {
         crate::disk::spawn_monitor(disk, &tasks, shutdown.clone());
     }

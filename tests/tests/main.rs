@@ -29,6 +29,7 @@ mod operations;
 mod power_loss;
 mod reload;
 mod replay;
+mod resume;
 mod security;
 mod security_auth;
 mod security_frames;

@@ -355,6 +355,10 @@ impl JetStreamQueue {
                 let _ = done.send(0);
             }
             Command::Shutdown { .. } | Command::DeleteIf { .. } => {}
+            // Session resumption is node-local; a clustered queue goes on handing a detached
+            // session's consumer what its credit allows, and the outbox keeps it until the
+            // session is back (or gives it back to JetStream when the grace ends).
+            Command::Pause { .. } | Command::Resume { .. } => {}
             #[cfg(test)]
             Command::Panic => panic!("a cluster queue actor panicked on purpose"),
         }

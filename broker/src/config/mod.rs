@@ -102,6 +102,16 @@ pub struct Config {
     pub max_outbox_bytes: usize,
     /// `disconnect` (ERROR and close) or `drop-oldest` (drop and count).
     pub slow_consumer_policy: SlowConsumerPolicy,
+    /// How long a session whose connection broke waits to be resumed with its
+    /// `session-resume-token`; 0 disables resumption.
+    pub session_resume_grace_ms: u64,
+    /// Bytes of topic messages a detached session keeps for its client; beyond them messages
+    /// are dropped and counted (`x-resume-gap`).
+    #[serde(with = "crate::config::values::serde_with::size")]
+    pub session_resume_buffer_bytes: usize,
+    /// Most sessions detached (waiting to be resumed) at once; beyond it a broken connection's
+    /// session ends at once.
+    pub session_resume_max_detached: usize,
     /// Most subscriptions per connection.
     pub max_subscriptions_per_connection: usize,
     /// Most unacknowledged messages per consumer (caps any prefetch asked for).
@@ -436,6 +446,9 @@ impl Default for Config {
             max_connections: 100_000,
             max_outbox_bytes: 8 * 1024 * 1024,
             slow_consumer_policy: SlowConsumerPolicy::Disconnect,
+            session_resume_grace_ms: 30_000,
+            session_resume_buffer_bytes: 256 * 1024,
+            session_resume_max_detached: 1000,
             max_subscriptions_per_connection: 1000,
             max_unacked_per_consumer: 10_000,
             consumer_window_bytes: 8 * 1024 * 1024,
@@ -686,7 +699,17 @@ impl Config {
             disk_full_block: Duration::from_millis(self.disk_full_block_ms),
             max_delay_ms: self.max_delay_ms,
             max_delayed_topic_messages: self.max_delayed_topic_messages,
+            resume: crate::session::ResumeRegistry::new(self.resume_settings()),
             ..SessionConfig::default()
+        }
+    }
+
+    /// The limits of session resumption.
+    pub fn resume_settings(&self) -> crate::session::ResumeSettings {
+        crate::session::ResumeSettings {
+            grace: Duration::from_millis(self.session_resume_grace_ms),
+            buffer_bytes: self.session_resume_buffer_bytes,
+            max_detached: self.session_resume_max_detached,
         }
     }
 

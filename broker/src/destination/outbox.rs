@@ -91,6 +91,19 @@ struct State {
     bytes: usize,
     closed: bool,
     dropped: u64,
+    /// Set while the session is detached (its connection broke, it waits to be resumed):
+    /// boxed, since only a parked session pays for it.
+    detached: Option<Box<Detached>>,
+}
+
+/// The outbox of a detached session ([`Outbox::detach`]): topic deliveries are kept up to a
+/// byte budget, and those beyond it are dropped and counted per subscription, for the
+/// `x-resume-gap` header of the first MESSAGE after resumption.
+#[derive(Debug, Default)]
+struct Detached {
+    budget: usize,
+    topic_bytes: usize,
+    gaps: rustc_hash::FxHashMap<u64, u64>,
 }
 
 /// A connection's outbox. Shared by `Arc` between the connection and every topic and queue that
@@ -108,6 +121,9 @@ pub struct Outbox {
     /// Set when a destination this connection consumes from failed (its actor panicked): the
     /// connection ends with an ERROR saying so.
     failed: AtomicBool,
+    /// Set when another connection resumed this session (`resume-token`): the connection ends
+    /// with an ERROR saying so and hands the session over.
+    taken_over: AtomicBool,
     max_bytes: usize,
 }
 
@@ -139,6 +155,7 @@ impl Outbox {
             slow: AtomicBool::new(false),
             unresponsive: AtomicBool::new(false),
             failed: AtomicBool::new(false),
+            taken_over: AtomicBool::new(false),
             max_bytes,
         })
     }
@@ -155,6 +172,18 @@ impl Outbox {
         let mut state = self.lock();
         if state.closed {
             return Err(Refused::Closed);
+        }
+        if let Some(detached) = &mut state.detached {
+            // Nobody reads a detached outbox: no stall gate, no slow-consumer policy, only the
+            // resumption budget. Beyond it the newest messages are dropped, so the gap lies
+            // between the last one kept and the first one after resumption.
+            if detached.topic_bytes + cost > detached.budget {
+                *detached.gaps.entry(delivery.subscription).or_default() += 1;
+                return Err(Refused::Closed);
+            }
+            detached.topic_bytes += cost;
+            self.push_locked(state, delivery, cost);
+            return Ok(Admitted::Queued);
         }
         if state.bytes + cost > self.max_bytes && !state.items.is_empty() {
             match policy {
@@ -263,6 +292,73 @@ impl Outbox {
     /// Bytes of deliveries waiting to be written now.
     pub fn queued_bytes(&self) -> usize {
         self.lock().bytes
+    }
+
+    /// Detaches the outbox from its connection, for session resumption: from now on topic
+    /// deliveries are kept only up to `budget` bytes (those already waiting count, newest
+    /// dropped first), the rest are counted per subscription as the gap; queue deliveries are
+    /// kept (their queue's credit bounds them).
+    pub fn detach(&self, budget: usize) {
+        let mut state = self.lock();
+        let mut detached = Box::new(Detached { budget, ..Detached::default() });
+        let mut kept = VecDeque::with_capacity(state.items.len());
+        // Oldest first, so the ones beyond the budget are the newest.
+        for delivery in std::mem::take(&mut state.items) {
+            let cost = delivery.cost();
+            if delivery.from_queue.is_none() {
+                if detached.topic_bytes + cost > budget {
+                    *detached.gaps.entry(delivery.subscription).or_default() += 1;
+                    state.bytes -= cost;
+                    continue;
+                }
+                detached.topic_bytes += cost;
+            }
+            kept.push_back(delivery);
+        }
+        state.items = kept;
+        state.detached = Some(detached);
+        drop(state);
+        self.unresponsive.store(false, Ordering::Relaxed);
+        // Publishers waiting for room must not wait for a reader that is gone.
+        self.drained.notify_waiters();
+    }
+
+    /// Attaches a detached outbox to the connection that resumed its session; returns the gap
+    /// of each subscription (topic messages dropped while detached).
+    pub fn attach(&self) -> rustc_hash::FxHashMap<u64, u64> {
+        let mut state = self.lock();
+        let gaps = state.detached.take().map(|detached| detached.gaps).unwrap_or_default();
+        drop(state);
+        self.taken_over.store(false, Ordering::Release);
+        self.ready.notify_one();
+        gaps
+    }
+
+    /// Drops the deliveries of queue consumer `consumer` that are still waiting here (its queue
+    /// is about to send every unacknowledged one again, in order).
+    pub fn remove_queue_deliveries(&self, consumer: u64) {
+        let mut state = self.lock();
+        let mut removed = 0;
+        state.items.retain(|delivery| {
+            let ours = delivery.from_queue.as_ref().is_some_and(|from| from.consumer == consumer);
+            if ours {
+                removed += delivery.cost();
+            }
+            !ours
+        });
+        state.bytes -= removed;
+    }
+
+    /// Tells the connection that another connection resumed its session: it ends with an
+    /// ERROR and hands the session over.
+    pub fn take_over(&self) {
+        self.taken_over.store(true, Ordering::Release);
+        self.ready.notify_one();
+    }
+
+    /// True once [`Outbox::take_over`] was called (until the session is attached again).
+    pub fn is_taken_over(&self) -> bool {
+        self.taken_over.load(Ordering::Acquire)
     }
 
     /// True once [`Outbox::fail`] was called.

@@ -281,11 +281,15 @@ struct ConsumerState {
     consumer: Consumer,
     unacked: u32,
     unacked_bytes: usize,
+    /// Its session is detached, waiting to be resumed: it keeps its place and its
+    /// unacknowledged messages, and gets nothing new.
+    paused: bool,
 }
 
 impl ConsumerState {
     fn has_credit_for(&self, size: usize) -> bool {
-        self.unacked < self.consumer.prefetch
+        !self.paused
+            && self.unacked < self.consumer.prefetch
             && (self.unacked == 0 || self.unacked_bytes + size <= self.consumer.window_bytes)
     }
 
@@ -329,6 +333,15 @@ pub(crate) enum Command {
         consumer: u64,
     },
     SetDefaultTtl(u64),
+    /// Session resumption: a detached session's consumer gets nothing new.
+    Pause {
+        consumer: u64,
+    },
+    /// Session resumption: the consumer's session is back; every message it holds
+    /// unacknowledged is delivered again (`redelivered:true`), in order, before anything new.
+    Resume {
+        consumer: u64,
+    },
     /// Management: drop every waiting message (unacknowledged ones stay), answer how many.
     Purge(oneshot::Sender<usize>),
     /// Management: copies of the first `count` waiting messages, taking nothing.
@@ -805,6 +818,16 @@ impl QueueHandle {
         self.command(Command::RemoveConsumer { consumer }).await
     }
 
+    /// Stops new deliveries to `consumer`, whose session is detached (session resumption).
+    pub async fn pause_consumer(&self, consumer: u64) -> Result<(), QueueGone> {
+        self.command(Command::Pause { consumer }).await
+    }
+
+    /// Resumes `consumer`: its unacknowledged messages come again, in order, then new ones.
+    pub async fn resume_consumer(&self, consumer: u64) -> Result<(), QueueGone> {
+        self.command(Command::Resume { consumer }).await
+    }
+
     /// Reports the fate of delivered messages. Never waits: see [`Shared::settlements`].
     pub fn settle(&self, consumer: u64, messages: Vec<u64>, outcome: Outcome) -> Result<(), QueueGone> {
         if messages.is_empty() {
@@ -1117,11 +1140,17 @@ impl QueueActor {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .push((consumer.id, Arc::downgrade(&consumer.outbox)));
-                self.consumers.push(ConsumerState { consumer, unacked: 0, unacked_bytes: 0 });
+                self.consumers.push(ConsumerState { consumer, unacked: 0, unacked_bytes: 0, paused: false });
                 self.shared.consumers.store(self.consumers.len(), Ordering::Relaxed);
             }
             Command::Browse(browse) => self.browse(browse),
             Command::RemoveConsumer { consumer } => self.remove_consumer(consumer),
+            Command::Pause { consumer } => {
+                if let Some(state) = self.consumers.iter_mut().find(|c| c.consumer.id == consumer) {
+                    state.paused = true;
+                }
+            }
+            Command::Resume { consumer } => self.resume_consumer(consumer),
             Command::SetDefaultTtl(ttl) => {
                 if ttl != self.settings.default_ttl_ms
                     && let Some(persistence) = &self.persistence
@@ -1311,6 +1340,35 @@ impl QueueActor {
     /// The redelivery policy consumer `consumer` asked for, if it is attached and asked.
     fn policy_of(&self, consumer: u64) -> Option<Arc<RedeliveryPolicy>> {
         self.consumers.iter().find(|c| c.consumer.id == consumer).and_then(|c| c.consumer.redelivery.clone())
+    }
+
+    /// Sends a resumed consumer its unacknowledged messages again, oldest first. What was still
+    /// waiting in its outbox is dropped first, so nothing arrives twice or out of order.
+    fn resume_consumer(&mut self, consumer: u64) {
+        let Some(mailbox) = self.own_mailbox.upgrade() else { return };
+        let handle = QueueHandle { shared: Arc::clone(&self.shared), mailbox };
+        let Some(state) = self.consumers.iter_mut().find(|c| c.consumer.id == consumer) else { return };
+        state.paused = false;
+        let outbox = Arc::clone(&state.consumer.outbox);
+        let subscription = state.consumer.subscription;
+        outbox.remove_queue_deliveries(consumer);
+        let mut held: Vec<&QueuedMessage> =
+            self.unacked.values().filter(|(owner, _)| *owner == consumer).map(|(_, message)| message).collect();
+        held.sort_by_key(|message| message.id);
+        for message in held {
+            let delivery = Delivery {
+                subscription,
+                template: Arc::clone(&message.template),
+                message_id: message.id,
+                from_queue: Some(QueueDelivery {
+                    queue: handle.clone(),
+                    consumer,
+                    delivery_count: message.delivery_count,
+                }),
+                redelivered: true,
+            };
+            let _ = outbox.push_queue(delivery);
+        }
     }
 
     fn settle(&mut self, consumer: u64, id: u64, outcome: Outcome) {

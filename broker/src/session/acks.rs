@@ -115,7 +115,8 @@ impl Session {
         let mut message_id = itoa::Buffer::new();
         let message_id_text = message_id.format(delivery.message_id);
         let mut ack_text = itoa::Buffer::new();
-        let mut per_delivery: [(&str, &str); 4] = [("", ""); 4];
+        let mut gap_text = itoa::Buffer::new();
+        let mut per_delivery: [(&str, &str); 5] = [("", ""); 5];
         per_delivery[0] = (names::SUBSCRIPTION, &subscription.id);
         per_delivery[1] = (names::MESSAGE_ID, message_id_text);
         let mut count = 2;
@@ -135,6 +136,11 @@ impl Session {
         if delivery.redelivered {
             per_delivery[count] = (names::REDELIVERED, "true");
             count += 1;
+        }
+        if subscription.resume_gap > 0 {
+            per_delivery[count] = (super::resume::RESUME_GAP, gap_text.format(subscription.resume_gap));
+            count += 1;
+            subscription.resume_gap = 0;
         }
         delivery.template.write_to(self.version, &per_delivery[..count], dst);
         if ends_browse && let Some(ended) = self.subscriptions.remove(&delivery.subscription) {

@@ -13,7 +13,10 @@ use stampede_protocol::{Command, Frame, Version, heartbeat, names};
 use tracing::trace;
 
 use super::request::{ConnectRequest, Request, SendRequest};
+use super::resume::{Found, SESSION_RESUME_TOKEN, SESSION_RESUMED};
+use super::subscriptions::Target;
 use super::{Flow, Reply, Session, State};
+use crate::destination::outbox::Outbox;
 use crate::error::{ErrorKind, StompError};
 use crate::security::Redacted;
 use crate::security::auth::{Credentials, Operation, Principal};
@@ -53,6 +56,8 @@ impl Session {
                 // The client-id is free before the RECEIPT leaves: a client that reconnects as
                 // soon as its DISCONNECT is receipted must not find its own id still held.
                 self.release_client_id();
+                // A DISCONNECT ends the session for good: its token resumes nothing.
+                self.forget_resume_token();
                 self.receipt(frame, replies);
                 return Ok(Flow::Disconnect);
             }
@@ -95,8 +100,29 @@ impl Session {
         let virtual_host = self.vhosts.resolve(request.host, principal.access.current()).to_owned();
         principal.may_use_vhost(&virtual_host)?;
         let router = self.vhosts.router(&virtual_host);
+        let resumed = match request.resume_token {
+            Some(token) => {
+                let resume = Arc::clone(&self.config.resume);
+                match resume.take(token, principal.name.as_deref(), &virtual_host).await? {
+                    Found::Session(session) => Some(session),
+                    Found::Unknown => None,
+                }
+            }
+            None => None,
+        };
+        let resuming = resumed.is_some();
         let client_id = request.client_id.map(str::to_owned);
-        if let Some(client_id) = &client_id {
+        if let Some(mut session) = resumed {
+            // This connection's fresh session gives way to the resumed one, which keeps its id,
+            // subscriptions, temporary queues and client-id; what belongs to the connection
+            // (the peer, the upgrade's credentials) and to this CONNECT (version, heart-beat,
+            // principal) is taken from here.
+            std::mem::swap(self, &mut *session);
+            self.peer = session.peer;
+            self.upgrade_credentials = session.upgrade_credentials.take();
+            self.version = version;
+            self.resume_subscriptions().await;
+        } else if let Some(client_id) = &client_id {
             // ActiveMQ refuses a second live connection with the same client id: durable
             // subscriptions are named by it, so two holders would take each other's messages.
             if !router.claim_client_id(client_id) {
@@ -115,13 +141,22 @@ impl Session {
         self.virtual_host = virtual_host;
         self.login = principal.name.clone();
         self.principal = Some(principal);
-        self.client_id = client_id;
+        if !resuming {
+            self.client_id = client_id;
+        }
         self.state = State::Connected;
         // The connection's log span (server::connection_span) says who this is from now on.
         let span = tracing::Span::current();
         span.record("vhost", self.virtual_host.as_str());
         if let Some(login) = &self.login {
             span.record("user", login.as_str());
+        }
+        // Only a client that asked (a `resume-token` header, empty the first time) gets a
+        // resumable session: any other keeps today's behaviour, its unacknowledged messages
+        // going back to the queue the moment its connection breaks.
+        if request.resume_asked {
+            let resume = Arc::clone(&self.config.resume);
+            self.resume_token = resume.issue(self.user(), &self.virtual_host, &self.outbox);
         }
         let mut connected = Frame::new(Command::Connected)
             .with_header(names::VERSION, version.as_str())
@@ -130,6 +165,12 @@ impl Session {
             .with_header(names::HEART_BEAT, self.config.heart_beat.to_header_value());
         if let Some(login) = &self.login {
             connected.headers.push("user-name", login.clone());
+        }
+        if let Some(token) = &self.resume_token {
+            connected.headers.push(SESSION_RESUME_TOKEN, token.to_string());
+        }
+        if request.resume_asked {
+            connected.headers.push(SESSION_RESUMED, if resuming { "true" } else { "false" });
         }
         replies.push(Reply::Frame(connected));
         Ok(Flow::Continue)
@@ -191,9 +232,66 @@ impl Session {
         principal.check(&self.virtual_host, operation, destination)
     }
 
+    /// A resumed session picks up where it was: its outbox is attached again (the gaps of its
+    /// topic subscriptions noted for their next MESSAGE), what the client had not acknowledged
+    /// is forgotten here and sent again by the queues, in order, with `redelivered:true`.
+    async fn resume_subscriptions(&mut self) {
+        let gaps = self.outbox.attach();
+        self.ack_owner.clear();
+        for (key, subscription) in &mut self.subscriptions {
+            subscription.pending.clear();
+            subscription.resumed = true;
+            subscription.resume_gap = gaps.get(key).copied().unwrap_or(0);
+            if let Target::Queue { queue, consumer } = &subscription.target {
+                let _ = queue.resume_consumer(*consumer).await;
+            }
+        }
+    }
+
+    /// Parks the session for resumption, after its connection broke without DISCONNECT: it
+    /// moves into the resume registry (leaving an empty, unconnected session here) and waits
+    /// there for its client. Returns false, leaving the session as it was, when it cannot wait
+    /// (not connected, resumption disabled, `session_resume_max_detached` reached); the caller
+    /// then closes it as usual. Open transactions are aborted either way.
+    pub async fn park(&mut self) -> bool {
+        if self.state != State::Connected {
+            return false;
+        }
+        let Some(token) = self.resume_token.clone() else { return false };
+        let resume = Arc::clone(&self.config.resume);
+        if resume.detached() >= resume.settings().max_detached {
+            return false;
+        }
+        self.transactions.clear();
+        self.transaction_bytes = 0;
+        self.outbox.detach(resume.settings().buffer_bytes);
+        for subscription in self.subscriptions.values() {
+            if let Target::Queue { queue, consumer } = &subscription.target {
+                let _ = queue.pause_consumer(*consumer).await;
+            }
+        }
+        let placeholder =
+            Session::new(Arc::clone(&self.id), Arc::clone(&self.config), Arc::clone(&self.vhosts), Outbox::new(0));
+        let session = std::mem::replace(self, placeholder);
+        match resume.park(&token, Box::new(session)) {
+            Ok(()) => true,
+            Err(session) => {
+                *self = *session;
+                false
+            }
+        }
+    }
+
+    fn forget_resume_token(&mut self) {
+        if let Some(token) = self.resume_token.take() {
+            self.config.resume.forget(&token);
+        }
+    }
+
     /// Releases everything the session holds: subscriptions (unacknowledged queue messages are
     /// redelivered to other consumers), open transactions (aborted), temporary queues (deleted).
     pub async fn close(&mut self) {
+        self.forget_resume_token();
         self.outbox.close();
         self.transactions.clear();
         let keys: Vec<u64> = self.subscriptions.keys().copied().collect();

@@ -17,13 +17,16 @@
 //! - [`subscriptions`]: SUBSCRIBE and UNSUBSCRIBE, durable subscriptions, browsers and
 //!   temporary queues;
 //! - [`acks`]: rendering deliveries and what the client owes for them, ACK and NACK;
-//! - [`transactions`]: BEGIN, COMMIT and ABORT, with their bounded buffers.
+//! - [`transactions`]: BEGIN, COMMIT and ABORT, with their bounded buffers;
+//! - [`resume`]: session resumption, parking a session whose connection broke until its client
+//!   comes back with its token.
 
 mod acks;
 mod dialect;
 mod features;
 mod machine;
 mod request;
+mod resume;
 mod scheduling;
 mod send;
 mod subscriptions;
@@ -49,14 +52,15 @@ use crate::http::metrics::Metrics;
 use crate::security::auth::{Authenticator, Credentials, Principal};
 
 pub use acks::AckMode;
+pub use resume::{ResumeRegistry, ResumeSettings};
 use subscriptions::Subscription;
 use transactions::Transaction;
 
 /// Headers of a MESSAGE that [`Session::render`] writes for each delivery. A SEND's own
 /// entries with these names are never forwarded, so each appears exactly once, as the broker set
 /// it.
-const PER_DELIVERY_HEADERS: [&str; 5] =
-    [names::SUBSCRIPTION, names::MESSAGE_ID, names::ACK, names::REDELIVERED, names::CONTENT_LENGTH];
+const PER_DELIVERY_HEADERS: [&str; 6] =
+    [names::SUBSCRIPTION, names::MESSAGE_ID, names::ACK, names::REDELIVERED, names::CONTENT_LENGTH, resume::RESUME_GAP];
 
 /// What every session of a broker shares.
 #[derive(Debug, Clone)]
@@ -102,6 +106,8 @@ pub struct SessionConfig {
     pub max_delay_ms: u64,
     /// `max_delayed_topic_messages`: delayed topic messages a virtual host holds at most.
     pub max_delayed_topic_messages: usize,
+    /// Detached sessions waiting to be resumed, and the tokens of connected ones.
+    pub resume: Arc<ResumeRegistry>,
 }
 
 impl Default for SessionConfig {
@@ -127,6 +133,7 @@ impl Default for SessionConfig {
             disk_full_block: Duration::from_millis(5000),
             max_delay_ms: crate::destination::delay::DEFAULT_MAX_DELAY_MS,
             max_delayed_topic_messages: crate::destination::delay::DEFAULT_MAX_DELAYED_TOPIC_MESSAGES,
+            resume: ResumeRegistry::new(crate::Config::default().resume_settings()),
         }
     }
 }
@@ -213,6 +220,8 @@ pub struct Session {
     /// Ids of the latest browsers that ended by themselves, so that a client that still sends
     /// UNSUBSCRIBE for one is not refused.
     ended_browsers: VecDeque<ByteString>,
+    /// The `session-resume-token` of this session, while it can be resumed.
+    resume_token: Option<Box<str>>,
 }
 
 /// How many ended browsers' ids a session remembers.
@@ -248,6 +257,7 @@ impl Session {
             upgrade_credentials: None,
             principal: None,
             ended_browsers: VecDeque::new(),
+            resume_token: None,
         }
     }
 
@@ -305,6 +315,12 @@ impl Session {
     /// The router of the session's virtual host.
     pub fn router(&self) -> &Arc<Router> {
         &self.router
+    }
+
+    /// The outbox deliveries for this session go to (after a resumption, the resumed
+    /// session's: the connection adopts it).
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
     }
 
     /// Deliveries the client has not yet acknowledged.

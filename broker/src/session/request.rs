@@ -87,6 +87,13 @@ pub(super) struct ConnectRequest<'f> {
     pub passcode: Option<&'f str>,
     /// ActiveMQ's `client-id`, which scopes durable subscription names.
     pub client_id: Option<&'f str>,
+    /// `resume-token`: the `session-resume-token` of an earlier CONNECTED (an empty value is
+    /// taken as absent, for clients that always set the header).
+    pub resume_token: Option<&'f str>,
+    /// The CONNECT carried a `resume-token` header, even an empty one: the client wants a
+    /// resumable session. Without it nothing is kept when the connection breaks (today's
+    /// behaviour for every client that does not know about resumption).
+    pub resume_asked: bool,
 }
 
 impl<'f> ConnectRequest<'f> {
@@ -107,6 +114,16 @@ impl<'f> ConnectRequest<'f> {
             login: frame.header(names::LOGIN),
             passcode: frame.header(names::PASSCODE),
             client_id: frame.header("client-id"),
+            resume_asked: frame.header(super::resume::RESUME_TOKEN).is_some(),
+            resume_token: match frame.header(super::resume::RESUME_TOKEN).filter(|t| !t.is_empty()) {
+                Some(token) if !super::resume::is_well_formed(token) => {
+                    return Err(StompError::new(
+                        format!("invalid resume-token header {token:?}"),
+                        "The resume-token header must be the session-resume-token of an earlier CONNECTED (32 hexadecimal digits), or absent.",
+                    ));
+                }
+                token => token,
+            },
         })
     }
 }

@@ -49,6 +49,12 @@ pub(super) struct Subscription {
     pub pending: VecDeque<Pending>,
     /// The durable subscription this consumes, if it is one.
     pub durable: Option<String>,
+    /// Topic messages dropped while the session was detached, reported (`x-resume-gap`) on the
+    /// subscription's first MESSAGE after resumption.
+    pub resume_gap: u64,
+    /// Carried over by a resumption and not yet SUBSCRIBEd again: one SUBSCRIBE with its id is
+    /// taken as already done (clients that re-subscribe on reconnect keep working).
+    pub resumed: bool,
 }
 
 impl Session {
@@ -66,6 +72,14 @@ impl Session {
             browser: features.browser,
         };
         self.router.check_clustered_subscription(&request.destination, asks)?;
+        if let Some(key) = self.by_id.get(&id)
+            && let Some(subscription) = self.subscriptions.get_mut(key)
+            && subscription.resumed
+        {
+            // The subscription is active since the resumption; its headers stand.
+            subscription.resumed = false;
+            return Ok(());
+        }
         if self.by_id.contains_key(&id) {
             return Err(StompError::new(
                 format!("subscription id {id:?} is already in use"),
@@ -220,7 +234,8 @@ impl Session {
 
     fn insert_subscription(&mut self, key: u64, id: ByteString, ack: AckMode, target: Target, durable: Option<String>) {
         self.by_id.insert(id.clone(), key);
-        let subscription = Subscription { id, ack, target, pending: VecDeque::new(), durable };
+        let subscription =
+            Subscription { id, ack, target, pending: VecDeque::new(), durable, resume_gap: 0, resumed: false };
         self.subscriptions.insert(key, Box::new(subscription));
     }
 

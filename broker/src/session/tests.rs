@@ -680,3 +680,7 @@ async fn without_flow_control_the_same_producer_fills_the_queue_and_is_refused()
     let (deepest, refused, _) = fast_producer_slow_consumer(0, 5000).await;
     assert!(refused > 0 && deepest >= 1000, "deepest {deepest}, refused {refused}");
 }
+
+// Session resumption: frames in and frames out, in their own file.
+#[path = "resume_tests.rs"]
+mod resume;
