@@ -43,7 +43,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures_util::StreamExt;
 use rustc_hash::FxHashMap;
-use stampede_protocol::{Headers, MessageTemplate, names};
+use stampede_protocol::MessageTemplate;
 use tracing::{debug, warn};
 
 use super::{Cluster, ClusterError, wire};
@@ -542,16 +542,7 @@ impl JetStreamQueue {
     /// the copy; if the copy fails, naks it (it comes back and the move is tried again).
     fn dead_letter(&mut self, held: Held, reason: DeadLetterReason) {
         let target = format!("{}{}", self.settings.dead_letter_prefix, self.name);
-        let mut headers = Headers::with_capacity(held.template.headers().len() + 2);
-        for (name, value) in held.template.headers().iter_shared() {
-            if name == names::DESTINATION {
-                headers.push(names::DESTINATION, format!("/queue/{target}"));
-                headers.push("x-original-destination", value.clone());
-            } else if name != "x-dead-letter-reason" && name != "x-original-destination" {
-                headers.push(name.clone(), value.clone());
-            }
-        }
-        headers.push("x-dead-letter-reason", reason.as_str());
+        let headers = crate::destination::queue::dead_letter_headers(&held.template, &target, reason);
         self.settings.metrics.message_dead_lettered(reason);
         // The dead-letter queue exists on this node too, as on a single node (management lists it).
         if let Some(owner) = self.environment.owner.upgrade() {

@@ -98,6 +98,24 @@ pub struct QueueRates {
     pub ack: f64,
 }
 
+/// The headers of `template` as a dead letter moved to `/queue/<target>`: its `destination`
+/// becomes the dead-letter queue, the original goes to `x-original-destination`, and
+/// `x-dead-letter-reason` says why (earlier dead-letter headers are replaced, not repeated).
+/// Shared by local queues and the cluster engine's queues, so a DLQ looks the same on both.
+pub(crate) fn dead_letter_headers(template: &MessageTemplate, target: &str, reason: DeadLetterReason) -> Headers {
+    let mut headers = Headers::with_capacity(template.headers().len() + 2);
+    for (name, value) in template.headers().iter_shared() {
+        if name == names::DESTINATION {
+            headers.push(names::DESTINATION, format!("/queue/{target}"));
+            headers.push("x-original-destination", value.clone());
+        } else if name != "x-dead-letter-reason" && name != "x-original-destination" {
+            headers.push(name.clone(), value.clone());
+        }
+    }
+    headers.push("x-dead-letter-reason", reason.as_str());
+    headers
+}
+
 /// A message held by a queue.
 #[derive(Debug, Clone)]
 pub struct QueuedMessage {
@@ -1444,16 +1462,7 @@ impl QueueActor {
             None => format!("{}{}", self.settings.dead_letter_prefix, self.shared.name),
         };
         let Some(owner) = self.environment.owner.upgrade() else { return false };
-        let mut headers = Headers::with_capacity(message.template.headers().len() + 2);
-        for (name, value) in message.template.headers().iter_shared() {
-            if name == names::DESTINATION {
-                headers.push(names::DESTINATION, format!("/queue/{target}"));
-                headers.push("x-original-destination", value.clone());
-            } else if name != "x-dead-letter-reason" && name != "x-original-destination" {
-                headers.push(name.clone(), value.clone());
-            }
-        }
-        headers.push("x-dead-letter-reason", reason.as_str());
+        let headers = dead_letter_headers(&message.template, &target, reason);
         self.settings.metrics.message_dead_lettered(reason);
         let moved = QueuedMessage {
             id: message.id,
