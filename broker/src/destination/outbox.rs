@@ -240,6 +240,11 @@ impl Outbox {
         if state.closed {
             return Err(Refused::Closed);
         }
+        if state.detached.is_some() && delivery.from_queue.is_some() {
+            // Owed to the queue, which sends it again on resumption (see `detach`); a browsing
+            // copy (no `from_queue`) is not owed to anyone and is kept.
+            return Ok(());
+        }
         self.push_locked(state, delivery, cost);
         Ok(())
     }
@@ -296,8 +301,11 @@ impl Outbox {
 
     /// Detaches the outbox from its connection, for session resumption: from now on topic
     /// deliveries are kept only up to `budget` bytes (those already waiting count, newest
-    /// dropped first), the rest are counted per subscription as the gap; queue deliveries are
-    /// kept (their queue's credit bounds them).
+    /// dropped first), the rest are counted per subscription as the gap. Queue deliveries are
+    /// not kept at all, neither those waiting nor those arriving while detached: their queue
+    /// still holds each one as unacknowledged and sends them all again, in order, when the
+    /// session resumes (or gives them to other consumers when it ends), so one written from
+    /// here would come twice and early.
     pub fn detach(&self, budget: usize) {
         let mut state = self.lock();
         let mut detached = Box::new(Detached { budget, ..Detached::default() });
@@ -305,14 +313,16 @@ impl Outbox {
         // Oldest first, so the ones beyond the budget are the newest.
         for delivery in std::mem::take(&mut state.items) {
             let cost = delivery.cost();
-            if delivery.from_queue.is_none() {
-                if detached.topic_bytes + cost > budget {
-                    *detached.gaps.entry(delivery.subscription).or_default() += 1;
-                    state.bytes -= cost;
-                    continue;
-                }
-                detached.topic_bytes += cost;
+            if delivery.from_queue.is_some() {
+                state.bytes -= cost;
+                continue;
             }
+            if detached.topic_bytes + cost > budget {
+                *detached.gaps.entry(delivery.subscription).or_default() += 1;
+                state.bytes -= cost;
+                continue;
+            }
+            detached.topic_bytes += cost;
             kept.push_back(delivery);
         }
         state.items = kept;

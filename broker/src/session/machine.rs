@@ -236,14 +236,6 @@ impl Session {
     /// topic subscriptions noted for their next MESSAGE), what the client had not acknowledged
     /// is forgotten here and sent again by the queues, in order, with `redelivered:true`.
     async fn resume_subscriptions(&mut self) {
-        // Queue deliveries that reached the outbox before the consumer was paused are dropped
-        // before the new connection may write anything: the queue sends every unacknowledged
-        // message again, in order, and one written from here first would come twice and early.
-        for subscription in self.subscriptions.values() {
-            if let Target::Queue { consumer, .. } = &subscription.target {
-                self.outbox.remove_queue_deliveries(*consumer);
-            }
-        }
         let gaps = self.outbox.attach();
         self.ack_owner.clear();
         for (key, subscription) in &mut self.subscriptions {
