@@ -181,13 +181,17 @@ impl ReadSize {
 /// Encoded output of one loop turn, with frame boundaries for WebSocket.
 struct Output {
     bytes: BytesMut,
-    /// End offset of each frame and whether it is text.
+    /// End offset of each frame and whether it is text (a heart-beat is one too: over
+    /// WebSocket it is a message of its own).
     frames: Vec<(usize, bool)>,
+    /// How many of `frames` are heart-beats, which are not STOMP frames and are left out of the
+    /// connection's `frames_out`.
+    heart_beats: usize,
 }
 
 impl Output {
     fn new() -> Output {
-        Output { bytes: BytesMut::new(), frames: Vec::new() }
+        Output { bytes: BytesMut::new(), frames: Vec::new(), heart_beats: 0 }
     }
 
     fn is_empty(&self) -> bool {
@@ -265,6 +269,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport<S> {
             }
         }
         output.frames.clear();
+        output.heart_beats = 0;
         Ok(())
     }
 
@@ -637,6 +642,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         if due.beat.is_some_and(|due| due <= now) {
             self.output.bytes.extend_from_slice(b"\n");
             self.output.mark(true);
+            self.output.heart_beats += 1;
         } else if due.ping.is_some_and(|due| due <= now) {
             if let Err(error) = self.transport.ping().await {
                 return Some((CloseReason::Io(error.to_string()), None));
@@ -694,9 +700,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             // the client will not read it, and tungstenite refuses it.
             self.output.bytes.clear();
             self.output.frames.clear();
+            self.output.heart_beats = 0;
         }
         if !self.output.is_empty() {
-            self.registration.entry.count_traffic(0, self.output.bytes.len(), self.output.frames.len());
+            let frames = self.output.frames.len() - self.output.heart_beats;
+            self.registration.entry.count_traffic(0, self.output.bytes.len(), frames);
             match timeout(settings.write_timeout, Box::pin(self.transport.write(&mut self.output))).await {
                 Ok(Ok(())) => self.last_write = Instant::now(),
                 Ok(Err(error)) => return Some(CloseReason::Io(error.to_string())),

@@ -366,6 +366,60 @@ async fn a_rejected_message_goes_to_the_subscriptions_dead_letter_queue_at_once(
     assert_eq!(dead.header("x-dead-letter-reason"), Some("rejected"));
 }
 
+/// Sends one persistent message to `queue`, takes it with a subscription asking for a
+/// redelivery delay of `delay`, and NACKs it; returns when it was NACKed (wall clock, ms).
+async fn nack_one_persistent(client: &stampede_client::Client, queue: &str, delay: Duration) -> u64 {
+    let delay = delay.as_millis().to_string();
+    let mut work = client.subscribe(queue, client_ack().header("x-redelivery-delay", delay.as_str())).await.unwrap();
+    client.send_with_receipt(queue, "retry me", headers(&[("persistent", "true")])).await.unwrap();
+    let message = next(&mut work, WAIT).await;
+    let nacked = epoch_ms();
+    client.nack(&message).await.unwrap();
+    nacked
+}
+
+/// Asserts the redelivered message came back after the restart, not before its redelivery was
+/// due (at least `due`, as its `x-deliver-at` says) and not long after.
+fn assert_redelivered_after(message: &Message, due: u64) {
+    let now = epoch_ms();
+    let at: u64 = message.header("x-deliver-at").expect("x-deliver-at: when the redelivery was due").parse().unwrap();
+    assert!(at >= due && at <= due + LATE_MARGIN.as_millis() as u64, "due at {at}, NACKed to be due at {due}");
+    assert!(now + EARLY_MARGIN.as_millis() as u64 >= at, "redelivered {} ms before its delay ran out", at - now);
+    assert!(now <= at + LATE_MARGIN.as_millis() as u64, "redelivered {} ms late", now - at);
+    assert_eq!(body(message), "retry me");
+    assert!(message.redelivered, "it was delivered once before the restart");
+}
+
+#[tokio::test]
+async fn a_nacked_persistent_message_still_waits_its_redelivery_delay_after_an_orderly_restart() {
+    let broker = TestBroker::start_durable(Config::ephemeral()).await;
+    let client = broker.client().await;
+    let nacked = nack_one_persistent(&client, "/queue/retry-restart", Duration::from_millis(2500)).await;
+    client.disconnect().await.unwrap();
+    let broker = broker.restart(Config::ephemeral()).await;
+    let client = broker.client().await;
+    let mut work = client.subscribe("/queue/retry-restart", client_ack()).await.unwrap();
+    assert!(epoch_ms() < nacked + 2500, "the restart took too long for this test to mean anything");
+    assert_redelivered_after(&next(&mut work, Duration::from_secs(10)).await, nacked + 2500);
+}
+
+#[tokio::test]
+async fn a_nacked_persistent_message_still_waits_its_redelivery_delay_after_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker_process(dir.path()).await;
+    let client = process::connect(&broker.url()).await;
+    let nacked = nack_one_persistent(&client, "/queue/retry-crash", Duration::from_millis(4000)).await;
+    // The new due time is group-committed within milliseconds of the NACK (no RECEIPT waits
+    // for it, as none waits for a delivery count); leave it ample time before the crash.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    broker.kill9().await;
+    let broker = broker_process(dir.path()).await;
+    let client = process::connect(&broker.url()).await;
+    let mut work = client.subscribe("/queue/retry-crash", client_ack()).await.unwrap();
+    assert!(epoch_ms() < nacked + 4000, "the restart took too long for this test to mean anything");
+    assert_redelivered_after(&next(&mut work, Duration::from_secs(10)).await, nacked + 4000);
+}
+
 #[tokio::test]
 async fn an_abandoned_message_waits_the_redelivery_delay_of_the_consumer_that_left() {
     let broker = TestBroker::start().await;

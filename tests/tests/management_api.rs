@@ -167,6 +167,23 @@ async fn connections_are_listed_with_their_user_transport_and_counters() {
 }
 
 #[tokio::test]
+async fn a_connections_frames_out_counts_stomp_frames_and_not_heart_beats() {
+    let broker = broker().await;
+    let mut raw = broker.raw().await;
+    let login = [("accept-version", "1.2"), ("host", "/"), ("login", USER.0), ("passcode", USER.1)];
+    let connected = raw.handshake(&[&login[..], &[("heart-beat", "0,100")]].concat(), WAIT).await.unwrap();
+    assert_eq!(connected.command, Command::Connected);
+    let path = format!("/api/v1/connections/{}", connected.header("session").unwrap());
+    let (_, before) = admin_get(&broker, &path).await;
+    assert_eq!(before["frames_out"], 1, "CONNECTED only: {before}");
+    let bytes_before = before["bytes_out"].as_u64().unwrap();
+    // Heart-beats every 100 ms: after a second several have been written.
+    let after = eventually(&broker, &path, |view| view["bytes_out"].as_u64().unwrap() >= bytes_before + 3).await;
+    assert!(after["bytes_out"].as_u64().unwrap() >= bytes_before + 3, "no heart-beats were sent: {after}");
+    assert_eq!(after["frames_out"], 1, "heart-beats are not frames: {after}");
+}
+
+#[tokio::test]
 async fn an_unknown_connection_is_404() {
     let broker = broker().await;
     let (status, body) = admin_get(&broker, "/api/v1/connections/session-nobody").await;

@@ -1300,6 +1300,23 @@ impl QueueActor {
         self.counts[ACCEPTED] += 1;
     }
 
+    /// `message`, now due at `at` for its redelivery: its `x-deliver-at` says so (as a delayed
+    /// send's does), and a persistent message is stored again with it, so a restart before `at`
+    /// holds it until then instead of redelivering it at once. Written without a verdict: like a
+    /// delivery count, it is bookkeeping for a message whose SEND was receipted long ago.
+    fn due_again_at(&mut self, mut message: QueuedMessage, at: u64) -> QueuedMessage {
+        let mut headers = message.template.headers().clone();
+        headers.retain(|name, _| name != delay::DELIVER_AT);
+        headers.push(delay::DELIVER_AT, at.to_string());
+        message.template = Arc::new(MessageTemplate::new(headers, message.template.body().clone()));
+        if message.persistent
+            && let Some(persistence) = self.persistence.as_ref()
+        {
+            self.writes.push(Op::Append { queue: persistence.key.clone(), message: message.to_stored() });
+        }
+        message
+    }
+
     /// Holds `message` until `at`.
     fn hold(&mut self, at: u64, message: QueuedMessage) {
         self.delayed_bytes += message.size();
@@ -1434,7 +1451,9 @@ impl QueueActor {
         let wait = policy.map_or(0, |p| p.delay_for(message.delivery_count.max(1)));
         if wait > 0 {
             // Held apart, so the messages behind it are delivered meanwhile.
-            self.hold(now_ms().saturating_add(wait), message);
+            let at = now_ms().saturating_add(wait);
+            let message = self.due_again_at(message, at);
+            self.hold(at, message);
             return;
         }
         self.ready_bytes += message.size();
