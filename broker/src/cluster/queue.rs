@@ -341,12 +341,13 @@ impl JetStreamQueue {
                 };
                 let _ = browse.outbox.push_queue(end);
             }
-            Command::Purge(done) => {
+            Command::Purge { done, stored } => {
                 let purged = self.ready.len();
                 for held in std::mem::take(&mut self.ready) {
                     let _ = held.message.ack().await;
                 }
                 let _ = done.send(purged);
+                let _ = stored.send(Ok(()));
             }
             Command::Peek { reply, .. } => {
                 let _ = reply.send(Vec::new());

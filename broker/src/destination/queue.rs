@@ -361,7 +361,9 @@ pub(crate) enum Command {
         consumer: u64,
     },
     /// Management: drop every waiting message (unacknowledged ones stay), answer how many.
-    Purge(oneshot::Sender<usize>),
+    /// Drops the waiting messages: `done` gets how many at once, `stored` resolves once their
+    /// removal is on disk.
+    Purge { done: oneshot::Sender<usize>, stored: VerdictSender },
     /// Management: copies of the first `count` waiting messages, taking nothing.
     Peek {
         count: usize,
@@ -516,6 +518,18 @@ impl From<QueueGone> for StompError {
             "The queue was deleted or the broker is shutting down.",
         )
     }
+}
+
+/// Why a purge did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum PurgeError {
+    /// The queue stopped first.
+    #[error(transparent)]
+    Gone(#[from] QueueGone),
+    /// The messages are gone from the queue but their removal could not be stored, so a
+    /// restart may bring them back.
+    #[error("{0}")]
+    NotStored(String),
 }
 
 /// Where a queue keeps persistent messages.
@@ -698,11 +712,16 @@ impl QueueHandle {
         self.shared.durable
     }
 
-    /// Drops every waiting message (unacknowledged ones are not touched); returns how many.
-    pub async fn purge(&self) -> Result<usize, QueueGone> {
+    /// Drops every waiting message (unacknowledged ones are not touched); returns how many,
+    /// once their removal is on disk, so a purge that answered is not undone by a crash.
+    pub async fn purge(&self) -> Result<usize, PurgeError> {
+        let gone = || PurgeError::Gone(QueueGone(Arc::clone(&self.shared.name)));
         let (done, purged) = oneshot::channel();
-        self.command(Command::Purge(done)).await?;
-        purged.await.map_err(|_| QueueGone(Arc::clone(&self.shared.name)))
+        let (stored, on_disk) = oneshot::channel();
+        self.command(Command::Purge { done, stored }).await?;
+        let purged = purged.await.map_err(|_| gone())?;
+        on_disk.await.map_err(|_| gone())?.map_err(|error| PurgeError::NotStored(error.detail))?;
+        Ok(purged)
     }
 
     /// Copies of the first `count` waiting messages (expired ones skipped), in order. Nothing is
@@ -1179,7 +1198,9 @@ impl QueueActor {
                 }
                 self.settings.default_ttl_ms = ttl;
             }
-            Command::Purge(done) => {
+            Command::Purge { done, stored } => {
+                // Answered when this batch's removals are committed (at once if none are).
+                self.waiting_for_disk.push(stored);
                 let mut purged: Vec<QueuedMessage> = std::mem::take(&mut self.ready).into();
                 purged.extend(self.delayed.drain());
                 self.ready_bytes = 0;
@@ -1841,5 +1862,76 @@ mod tests {
         assert!(outbox.has_failed(), "the consumer's connection must be told");
         assert_eq!(*owner.failed.lock().unwrap(), [(queue.id(), None)]);
         assert!(queue.add_consumer(Consumer::new(8, 2, outbox, 1, 1)).await.is_err());
+    }
+
+    /// A store that applies submissions at once but holds their completions until released, as
+    /// a slow disk does.
+    #[derive(Default)]
+    struct HeldCompletions {
+        applied: stampede_storage::MemoryStore,
+        held: Mutex<Vec<stampede_storage::Completion>>,
+    }
+
+    impl Store for HeldCompletions {
+        fn submit(&self, ops: Vec<Op>, done: Option<stampede_storage::Completion>) {
+            self.applied.submit(ops, None);
+            if let Some(done) = done {
+                self.held.lock().unwrap().push(done);
+            }
+        }
+        fn recover(&self) -> Result<stampede_storage::Recovery, stampede_storage::StorageError> {
+            self.applied.recover()
+        }
+        fn flush(&self) -> Result<(), stampede_storage::StorageError> {
+            Ok(())
+        }
+        fn disk_usage_bytes(&self) -> u64 {
+            0
+        }
+        fn metrics(&self) -> stampede_storage::StoreMetrics {
+            self.applied.metrics()
+        }
+    }
+
+    impl HeldCompletions {
+        fn release(&self) {
+            for done in std::mem::take(&mut *self.held.lock().unwrap()) {
+                done(Ok(()));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_purge_answers_only_once_its_removals_are_on_disk() {
+        let owner = Arc::new(RecordingOwner::default());
+        let weak: Weak<dyn QueueOwner> = Arc::downgrade(&owner) as Weak<dyn QueueOwner>;
+        let environment = QueueEnvironment { owner: weak, tasks: TaskTracker::new() };
+        let store = Arc::new(HeldCompletions::default());
+        let persistence = Persistence {
+            store: Arc::clone(&store) as Arc<dyn Store>,
+            key: "/queue/jobs".into(),
+            record: QueueRecord::queue("/queue/jobs"),
+            disk: None,
+        };
+        let settings = QueueSettings { durable: true, ..QueueSettings::default() };
+        let queue = QueueHandle::spawn(Arc::from("jobs"), settings, &environment, Some(persistence), Vec::new());
+        let mut stored = Vec::new();
+        for id in 1..=3 {
+            stored.push(queue.publish(QueuedMessage { persistent: true, ..message(id, "eu") }).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        store.release();
+        for verdict in stored {
+            verdict.await.unwrap().unwrap();
+        }
+        let purge = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.purge().await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!purge.is_finished(), "the purge answered before its removals were stored");
+        store.release();
+        assert_eq!(purge.await.unwrap().unwrap(), 3);
+        assert_eq!(store.recover().unwrap().message_count(), 0);
     }
 }

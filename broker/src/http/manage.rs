@@ -25,7 +25,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use stampede_protocol::{Headers, MessageTemplate, names};
 
-use crate::destination::queue::{DeleteRefused, QueueCounts, QueueHandle, QueueRates, QueuedMessage};
+use crate::destination::queue::{DeleteRefused, PurgeError, QueueCounts, QueueHandle, QueueRates, QueuedMessage};
 use crate::destination::router::{Ownership, Router as DestinationRouter};
 use crate::error::ErrorKind;
 use crate::http::{Admin, ApiError, ApiJson, SharedState};
@@ -528,7 +528,10 @@ async fn purge_queue(
     Path((vhost, name)): Path<(String, String)>,
 ) -> Result<ApiJson<Purged>, ApiError> {
     let (_, queue) = find_queue(&state, &vhost, &name)?;
-    let purged = queue.purge().await.map_err(|gone| ApiError::not_found(gone.to_string()))?;
+    let purged = queue.purge().await.map_err(|error| match error {
+        PurgeError::Gone(gone) => ApiError::not_found(gone.to_string()),
+        PurgeError::NotStored(reason) => ApiError::internal(reason),
+    })?;
     tracing::info!(queue = %queue.name(), %vhost, purged, "queue purged on request");
     Ok(ApiJson(Purged { purged }))
 }
