@@ -19,6 +19,7 @@ mod net;
 mod queue;
 mod stats;
 mod stomp;
+mod webhook_sink;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -56,6 +57,10 @@ pub struct Common {
     /// Destination name; a per-run suffix is added so runs never see each other's messages.
     #[arg(long, global = true, default_value = "bench")]
     pub name: String,
+    /// Use --name as it is, without the per-run suffix (for a destination the broker's
+    /// configuration names, such as a webhook's or a bridge's source).
+    #[arg(long, global = true)]
+    pub exact_name: bool,
     /// Seconds measured (after the warm-up).
     #[arg(long, global = true, default_value_t = 10.0)]
     pub duration: f64,
@@ -139,6 +144,11 @@ enum Scenario {
         /// the nodes of a cluster); the producers stay on --url [default: all on --url].
         #[arg(long, value_delimiter = ',')]
         consumer_urls: Vec<String>,
+        /// Also consume as a webhook backend: an HTTP server on this address (e.g.
+        /// 127.0.0.1:18089) counts what the broker POSTs to it; configure the broker's
+        /// `[[webhooks]]` with this URL and the queue's name (see --exact-name).
+        #[arg(long)]
+        webhook_sink: Option<String>,
     },
     /// Paced 1 -> 1 topic publish for latency.
     Latency {
@@ -166,6 +176,9 @@ enum Scenario {
 
 impl Common {
     pub fn unique(&self, scenario: &str) -> String {
+        if self.exact_name {
+            return self.name.clone();
+        }
         format!(
             "{}-{}-{}-{}",
             self.name,
@@ -245,6 +258,7 @@ fn main() {
                 size,
                 rate,
                 consumer_urls,
+                webhook_sink,
             } => {
                 queue::run(
                     &c,
@@ -259,6 +273,7 @@ fn main() {
                         size,
                         rate,
                         consumer_urls,
+                        webhook_sink,
                     },
                 )
                 .await

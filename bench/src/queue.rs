@@ -32,6 +32,8 @@ pub struct Params {
     pub rate: Option<f64>,
     /// Where the consumers connect, round-robin (empty: where the producers do).
     pub consumer_urls: Vec<String>,
+    /// Also consume through a broker webhook POSTing to an HTTP sink on this address.
+    pub webhook_sink: Option<String>,
 }
 
 /// One bit per sequence number of one producer.
@@ -305,6 +307,20 @@ pub async fn run(c: &Common, p: Params) -> Result<(), String> {
         seen: (0..p.producers).map(|_| Seen::new(cap)).collect(),
         unique: AtomicU64::new(0),
     });
+    let sink = match &p.webhook_sink {
+        None => None,
+        Some(addr) => {
+            let (seen, window) = (shared.clone(), shared.clone());
+            let seen = move |producer: usize, seq: u64| {
+                let new = seen.seen.get(producer).and_then(|s| s.set(seq));
+                if new == Some(true) {
+                    seen.unique.fetch_add(1, Ordering::Relaxed);
+                }
+                new
+            };
+            Some(crate::webhook_sink::start(addr, seen, move |t| window.window.has(t)).await?)
+        }
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let cons: Vec<_> =
         consumers.into_iter().map(|s| tokio::spawn(consumer(s, shared.clone(), acking, stop_rx.clone()))).collect();
@@ -400,6 +416,14 @@ pub async fn run(c: &Common, p: Params) -> Result<(), String> {
             error = r.error;
         }
     }
+    if let Some(sink) = sink {
+        let guard = sink.tally.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (tally, sink_hist) = &*guard;
+        hist.add(sink_hist).ok();
+        consumed_in_window += tally.consumed_in_window;
+        duplicates += tally.duplicates;
+        unknown += tally.unknown;
+    }
     let lost: u64 = shared.seen.iter().zip(&acknowledged).map(|(s, &n)| s.count_missing(n.min(cap))).sum();
     let secs = shared.window.secs();
     let sent_rate = if p.receipts {
@@ -426,6 +450,7 @@ pub async fn run(c: &Common, p: Params) -> Result<(), String> {
             "scenario": "queue",
             "producers": p.producers,
             "consumers": p.consumers,
+            "webhook_sink": p.webhook_sink,
             "persistent": p.persistent,
             "receipts": p.receipts,
             "window": p.window,

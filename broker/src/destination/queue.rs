@@ -363,7 +363,10 @@ pub(crate) enum Command {
     /// Management: drop every waiting message (unacknowledged ones stay), answer how many.
     /// Drops the waiting messages: `done` gets how many at once, `stored` resolves once their
     /// removal is on disk.
-    Purge { done: oneshot::Sender<usize>, stored: VerdictSender },
+    Purge {
+        done: oneshot::Sender<usize>,
+        stored: VerdictSender,
+    },
     /// Management: copies of the first `count` waiting messages, taking nothing.
     Peek {
         count: usize,
