@@ -113,6 +113,10 @@ pub enum CtlCommand {
     },
     /// Durable topic subscriptions.
     DurableSubscriptions(ListArgs),
+    /// Webhooks, with their state, counts and last error.
+    Webhooks,
+    /// STOMP bridges to other brokers, with their state, counts and last error.
+    Bridges,
 }
 
 /// Paging of the listing commands.
@@ -265,6 +269,8 @@ pub async fn run(args: &CtlArgs, http_addr: Option<SocketAddr>) -> Result<String
             api.call(Method::GET, &list_path("/api/v1/subscriptions/durable", list), None, &[]).await?,
             render_durables,
         ),
+        CtlCommand::Webhooks => (api.call(Method::GET, "/api/v1/webhooks", None, &[]).await?, render_webhooks),
+        CtlCommand::Bridges => (api.call(Method::GET, "/api/v1/bridges", None, &[]).await?, render_bridges),
     };
     if args.json {
         Ok(format!("{}\n", serde_json::to_string_pretty(&value).unwrap_or_default()))
@@ -642,6 +648,31 @@ fn render_durables(page: &Value) -> String {
         ("UNACKED", "messages_unacked"),
     ];
     listing(page, &columns, "durable subscriptions")
+}
+
+/// The columns webhooks and bridges share after their own: what they did and how they are.
+const LINK_STATUS: [(&str, &str); 5] = [
+    ("STATE", "state"),
+    ("DELIVERED", "delivered"),
+    ("FAILURES", "failures"),
+    ("IN FLIGHT", "in_flight"),
+    ("LAST ERROR", "last_error"),
+];
+
+/// Webhooks and bridges are as many as the configuration has: one table, no pages.
+fn link_listing(list: &Value, own: &[(&str, &str)], what: &str) -> String {
+    let columns: Vec<(&str, &str)> = own.iter().chain(&LINK_STATUS).copied().collect();
+    let headers: Vec<&str> = columns.iter().map(|(header, _)| *header).collect();
+    let rows = items(list).iter().map(|item| columns.iter().map(|(_, field)| text(&item[*field])).collect()).collect();
+    table(&headers, rows) + &format!("{} {what}\n", text(&list["total_count"]))
+}
+
+fn render_webhooks(list: &Value) -> String {
+    link_listing(list, &[("NAME", "name"), ("SOURCE", "source"), ("URL", "url")], "webhooks")
+}
+
+fn render_bridges(list: &Value) -> String {
+    link_listing(list, &[("NAME", "name"), ("DIRECTION", "direction"), ("FROM", "from"), ("TO", "to")], "bridges")
 }
 
 #[cfg(test)]

@@ -244,3 +244,26 @@ pub fn admin_and_user_config() -> Config {
     config.users.insert(USER.0.into(), user_with_every_permission(USER.1, false));
     config
 }
+
+/// Runs the real `stampede ctl` binary against `broker` (as alice unless `login` says
+/// otherwise); returns its exit code, standard output and standard error.
+pub async fn ctl(broker: &TestBroker, login: Option<(&str, &str)>, args: &[&str]) -> (i32, String, String) {
+    let mut command = tokio::process::Command::new(broker_binary());
+    command.arg("ctl").arg("--url").arg(broker.http_url.as_deref().expect("management listener"));
+    if let Some((user, password)) = login {
+        command.args(["--user", user]).env("STAMPEDE_CTL_PASSWORD", password);
+    } else {
+        command.env_remove("STAMPEDE_CTL_PASSWORD");
+    }
+    command.env_remove("STAMPEDE_CTL_USER").env_remove("STAMPEDE_CTL_URL").env_remove("STAMPEDE_CONFIG");
+    command.args(args).kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(60), command.output())
+        .await
+        .expect("stampede ctl finishes")
+        .expect("stampede ctl runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

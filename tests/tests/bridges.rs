@@ -292,7 +292,7 @@ async fn admin_get(broker: &TestBroker, path: &str) -> (reqwest::StatusCode, ser
 }
 
 #[tokio::test]
-async fn the_api_lists_webhooks_and_bridges_with_state_counts_and_last_error_and_hides_secrets() {
+async fn the_api_and_ctl_list_webhooks_and_bridges_with_state_counts_and_last_error_and_hide_secrets() {
     let (url, seen) = backend(vec![500]).await;
     let mut config = stampede_tests::admin_and_user_config();
     config.webhooks.push(WebhookConfig {
@@ -380,4 +380,24 @@ async fn the_api_lists_webhooks_and_bridges_with_state_counts_and_last_error_and
     let (user, password) = stampede_tests::USER;
     let plain = stampede_tests::http_client().get(&url).basic_auth(user, Some(password)).send().await.unwrap();
     assert_eq!(plain.status(), 403);
+
+    let admin = Some(stampede_tests::ADMIN);
+    let (code, out, err) = stampede_tests::ctl(&broker, admin, &["webhooks"]).await;
+    assert_eq!(code, 0, "{err}");
+    let row = out.lines().find(|line| line.starts_with("orders")).unwrap_or_else(|| panic!("orders listed: {out}"));
+    for cell in ["/queue/orders", "up", "500"] {
+        assert!(row.contains(cell), "{cell} in {row:?}");
+    }
+    assert!(out.ends_with("1 webhooks\n"), "{out}");
+    let (code, out, err) = stampede_tests::ctl(&broker, admin, &["bridges"]).await;
+    assert_eq!(code, 0, "{err}");
+    let row = out.lines().find(|line| line.starts_with("upstream")).unwrap_or_else(|| panic!("listed: {out}"));
+    for cell in ["out", "/queue/outbound", "/queue/inbound", "down"] {
+        assert!(row.contains(cell), "{cell} in {row:?}");
+    }
+    let (code, out, _) = stampede_tests::ctl(&broker, admin, &["--json", "bridges"]).await;
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(json["items"][0]["name"], "upstream");
+    assert!(!out.contains("hidden-passcode"), "{out}");
 }

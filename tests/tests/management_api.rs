@@ -10,7 +10,7 @@ use stampede_broker::Config;
 use stampede_broker::security::auth::hash_password_with;
 use stampede_client::raw::RawConnection;
 use stampede_client::{Command, Frame};
-use stampede_tests::{ADMIN, TestBroker, USER, WAIT, admin_and_user_config, http_client};
+use stampede_tests::{ADMIN, TestBroker, USER, WAIT, admin_and_user_config, ctl, http_client};
 
 async fn broker() -> TestBroker {
     TestBroker::start_with(admin_and_user_config()).await
@@ -783,29 +783,6 @@ async fn a_queue_gives_its_own_exact_counts_and_rates() {
 }
 
 // ------------------------------------------------------------------------------ stampede ctl
-
-/// Runs the real `stampede ctl` binary against `broker` (as alice unless `login` says
-/// otherwise); returns its exit code, standard output and standard error.
-async fn ctl(broker: &TestBroker, login: Option<(&str, &str)>, args: &[&str]) -> (i32, String, String) {
-    let mut command = tokio::process::Command::new(stampede_tests::broker_binary());
-    command.arg("ctl").arg("--url").arg(broker.http_url.as_deref().expect("management listener"));
-    if let Some((user, password)) = login {
-        command.args(["--user", user]).env("STAMPEDE_CTL_PASSWORD", password);
-    } else {
-        command.env_remove("STAMPEDE_CTL_PASSWORD");
-    }
-    command.env_remove("STAMPEDE_CTL_USER").env_remove("STAMPEDE_CTL_URL").env_remove("STAMPEDE_CONFIG");
-    command.args(args).kill_on_drop(true);
-    let output = tokio::time::timeout(Duration::from_secs(60), command.output())
-        .await
-        .expect("stampede ctl finishes")
-        .expect("stampede ctl runs");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
 
 #[tokio::test]
 async fn ctl_lists_queues_as_a_table_and_as_json_and_shows_one() {
