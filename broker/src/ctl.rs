@@ -481,9 +481,14 @@ fn text(value: &Value) -> String {
 
 /// A page of a listing as a table: one column per (header, field of each item).
 fn listing(page: &Value, columns: &[(&str, &str)], what: &str) -> String {
+    item_table(page, columns) + &page_footer(page, what)
+}
+
+/// The items of a listing as a table, one column per `(header, field)`.
+fn item_table(list: &Value, columns: &[(&str, &str)]) -> String {
     let headers: Vec<&str> = columns.iter().map(|(header, _)| *header).collect();
-    let rows = items(page).iter().map(|item| columns.iter().map(|(_, field)| text(&item[*field])).collect()).collect();
-    table(&headers, rows) + &page_footer(page, what)
+    let rows = items(list).iter().map(|item| columns.iter().map(|(_, field)| text(&item[*field])).collect()).collect();
+    table(&headers, rows)
 }
 
 /// A table with a header row, columns padded to their widest cell.
@@ -662,9 +667,7 @@ const LINK_STATUS: [(&str, &str); 5] = [
 /// Webhooks and bridges are as many as the configuration has: one table, no pages.
 fn link_listing(list: &Value, own: &[(&str, &str)], what: &str) -> String {
     let columns: Vec<(&str, &str)> = own.iter().chain(&LINK_STATUS).copied().collect();
-    let headers: Vec<&str> = columns.iter().map(|(header, _)| *header).collect();
-    let rows = items(list).iter().map(|item| columns.iter().map(|(_, field)| text(&item[*field])).collect()).collect();
-    table(&headers, rows) + &format!("{} {what}\n", text(&list["total_count"]))
+    item_table(list, &columns) + &format!("{} {what}\n", text(&list["total_count"]))
 }
 
 fn render_webhooks(list: &Value) -> String {

@@ -155,8 +155,10 @@ pub enum Op {
         name: String,
     },
     /// Stores a message (replacing any message with the same `seq` in that queue, delivery count
-    /// included). The broker only appends new `seq`s (its message ids only grow); a group commit
-    /// relies on that when it drops an append and the removal of the same message together.
+    /// included). The broker appends new `seq`s (its message ids only grow) and rewrites a
+    /// stored one only to record a new due time (a delayed redelivery). A group commit that
+    /// drops an append and the removal of the same message together still applies the removal,
+    /// so a rewritten message removed in the same group leaves no older copy behind.
     Append {
         /// The queue or subscription name.
         queue: String,

@@ -925,8 +925,8 @@ impl<'a> GroupPlan<'a> {
                         cancelled += 1;
                     }
                     // Still applied: the append may have replaced a message stored before the
-                    // group. When nothing is stored under the key (the broker's case, its ids
-                    // only grow), sled finds nothing to delete and writes nothing.
+                    // group (a delayed redelivery's rewrite). When nothing is stored under the
+                    // key (a message appended in this group), sled finds nothing to delete.
                     steps.push(Step::Remove(queue, *seq));
                 }
             }

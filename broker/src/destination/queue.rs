@@ -360,9 +360,8 @@ pub(crate) enum Command {
     Resume {
         consumer: u64,
     },
-    /// Management: drop every waiting message (unacknowledged ones stay), answer how many.
-    /// Drops the waiting messages: `done` gets how many at once, `stored` resolves once their
-    /// removal is on disk.
+    /// Management: drop every waiting message (unacknowledged ones stay). `done` gets how many
+    /// at once, `stored` resolves once their removal is on disk.
     Purge {
         done: oneshot::Sender<usize>,
         stored: VerdictSender,
